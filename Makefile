@@ -1,0 +1,56 @@
+# The front door. Each target sets up what it needs (a .venv from python3 >= 3.11)
+# and does one thing. `make help` lists them.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint generate check-generated bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "make: Python 3.11 or newer is needed (set PYTHON=python3.11)")'
+	$(PYTHON) -m venv $(VENV)
+
+# One stamp per dependency set; a change to pyproject.toml reinstalls.
+$(VENV)/.run: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	@touch $@
+
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[test]'
+	@touch $@ $(VENV)/.run
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[dev]'
+	@touch $@ $(VENV)/.test $(VENV)/.run
+
+node_modules/.bin/protoc-gen-buf-lint: package.json
+	@command -v npm >/dev/null || { echo "make lint: npm is needed to install buf (@bufbuild/buf)"; exit 1; }
+	npm install --no-audit --no-fund --silent
+	@touch $@
+
+run: $(VENV)/.run ## run the whole mesh in the foreground (Ctrl-C stops it)
+	$(BIN)/mesh up
+
+test: $(VENV)/.test check-generated ## run every test (unit, in-process, end-to-end)
+	$(BIN)/python -m pytest
+
+check-generated: $(VENV)/.test ## fail if generated/ does not match protos/
+	$(BIN)/mesh generate --check
+
+generate: $(VENV)/.test ## regenerate generated/ from protos/
+	$(BIN)/mesh generate
+
+lint: $(VENV)/.dev node_modules/.bin/protoc-gen-buf-lint ## ruff, mypy and buf lint
+	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff format --check services tests bench
+	$(BIN)/mypy services
+	$(BIN)/mesh lint-protos --plugin node_modules/.bin/protoc-gen-buf-lint
+
+clean: ## remove the venv, node_modules and local data (var/)
+	rm -rf $(VENV) node_modules var

@@ -1,0 +1,168 @@
+"""Channels to other services by name, configured from the mesh file.
+
+`clients.stub(PassengerServiceStub)` finds the contract behind the stub class,
+the mesh service that serves it (package `rideshare.<name>.v1`, or a
+service's `package` key), and returns a stub on a shared channel whose gRPC
+service config applies the mesh defaults: a timeout on every method, and a
+retry policy on UNAVAILABLE for methods that are safe to repeat — reads
+(`google.api.http` GET) and writes whose request carries a `request_id`
+(callers in this mesh always set it on writes). A retry budget
+(`retryThrottling`) keeps retries from multiplying an outage.
+
+Outgoing calls made while serving a call inherit its remaining deadline and
+its `x-request-id`/`traceparent` headers (see `calls.current_call`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import grpc
+from google.api import annotations_pb2
+from google.protobuf import descriptor as d
+
+from .calls import current_call
+from .config import MeshConfig, ServiceConfig
+from .errors import ConfigError
+
+StubT = TypeVar("StubT")
+
+
+def service_descriptor_of(stub_class: type) -> d.ServiceDescriptor:
+    """`PassengerServiceStub` -> the `rideshare.passengers.v1.PassengerService` descriptor."""
+    module_name = stub_class.__module__
+    if not module_name.endswith("_pb2_grpc") or not stub_class.__name__.endswith("Stub"):
+        raise TypeError(f"{stub_class!r} is not a generated gRPC stub class")
+    messages = importlib.import_module(module_name.removesuffix("_grpc"))
+    descriptor: d.ServiceDescriptor = messages.DESCRIPTOR.services_by_name[
+        stub_class.__name__.removesuffix("Stub")
+    ]
+    return descriptor
+
+
+def is_safe_to_retry(method: d.MethodDescriptor) -> bool:
+    """Reads, and writes that carry an idempotency key, may be repeated."""
+    rule = method.GetOptions().Extensions[annotations_pb2.http]
+    if rule.get:
+        return True
+    return "request_id" in method.input_type.fields_by_name
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f}s"
+
+
+def service_config(config: MeshConfig, services: Sequence[d.ServiceDescriptor]) -> dict[str, Any]:
+    """The gRPC service config for a channel carrying `services`."""
+    retry = config.client.retry
+    safe = [
+        {"service": s.full_name, "method": m.name} for s in services for m in s.methods if is_safe_to_retry(m)
+    ]
+    method_config: list[dict[str, Any]] = [
+        {"name": [{"service": s.full_name} for s in services], "timeout": _duration(config.client.timeout)}
+    ]
+    if safe and retry.max_attempts > 1:
+        method_config.append(
+            {
+                "name": safe,
+                "timeout": _duration(config.client.timeout),
+                "retryPolicy": {
+                    "maxAttempts": retry.max_attempts,
+                    "initialBackoff": _duration(retry.initial_backoff),
+                    "maxBackoff": _duration(retry.max_backoff),
+                    "backoffMultiplier": retry.backoff_multiplier,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        )
+    return {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": method_config,
+        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+    }
+
+
+class _Propagate(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """Passes the served call's remaining deadline and trace headers downstream."""
+
+    @staticmethod
+    def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        call = current_call.get()
+        if call is None:
+            return details
+        timeout = details.timeout
+        remaining = call.time_remaining()
+        if remaining is not None:
+            timeout = max(0.0, min(remaining, timeout if timeout is not None else math.inf))
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        present = {key for key, _ in metadata}
+        for key, value in call.propagated:
+            if key not in present:
+                metadata.add(key, value)
+        return grpc.aio.ClientCallDetails(
+            details.method, timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(self._details(client_call_details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(self._details(client_call_details), request)
+
+
+class Clients:
+    """One channel per mesh service, opened on first use and closed together."""
+
+    def __init__(self, config: MeshConfig, caller: str) -> None:
+        self.config = config
+        self.caller = caller
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def target_service(self, descriptor: d.ServiceDescriptor) -> ServiceConfig:
+        """The mesh service whose package serves this contract."""
+        package = descriptor.file.package
+        for service in self.config.services.values():
+            if service.package == package:
+                return service
+        raise ConfigError(
+            str(self.config.source),
+            "services",
+            f"no service in the mesh serves package {package} ({descriptor.full_name})",
+        )
+
+    def channel(self, target: ServiceConfig, descriptors: Sequence[d.ServiceDescriptor]) -> grpc.aio.Channel:
+        channel = self._channels.get(target.name)
+        if channel is None:
+            options = [
+                ("grpc.service_config", json.dumps(service_config(self.config, descriptors))),
+                ("grpc.enable_retries", 1),
+                ("grpc.primary_user_agent", f"rideshare-{self.caller}"),
+            ]
+            channel = grpc.aio.insecure_channel(
+                f"ipv4:{target.address}" if _is_ipv4(target.host) else target.address,
+                options=options,
+                interceptors=[_Propagate()],
+            )
+            self._channels[target.name] = channel
+        return channel
+
+    def stub(self, stub_class: type[StubT]) -> StubT:
+        """A stub for the service behind `stub_class`, on the shared channel."""
+        descriptor = service_descriptor_of(stub_class)
+        target = self.target_service(descriptor)
+        siblings = list(descriptor.file.services_by_name.values())
+        return stub_class(self.channel(target, siblings))  # type: ignore[call-arg]
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+
+
+def _is_ipv4(host: str) -> bool:
+    parts = host.split(".")
+    return len(parts) == 4 and all(p.isdigit() for p in parts)

@@ -1,0 +1,245 @@
+"""One call turns servicers into a running gRPC server with everything a mesh service needs.
+
+`create_server(runtime, services)` builds a `grpc.aio` server with the
+services' handlers wrapped (validation, rich errors, logging, deadline
+propagation; see `calls.py`), the standard health service with a status per
+service, and server reflection for grpcurl. `serve(name)` is the process
+entry point `mesh up` starts: it also stops gracefully on SIGTERM/SIGINT
+(health goes NOT_SERVING, new calls are refused, in-flight calls get the grace
+period to finish).
+
+The server model is `grpc.aio`: see docs/architecture.md for the measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor as d
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from . import log
+from .calls import CallWrapper
+from .client import Clients
+from .config import MeshConfig, ServiceConfig, load_config
+from .errors import ConfigError
+from .validation import RequestValidator, ResourceRegistry
+
+_log = log.get_logger("rideshare.server")
+
+#: A second server on a taken port must fail, not share it (grpc's default is SO_REUSEPORT).
+SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+
+
+@dataclass
+class Service:
+    """What a service package hands the runtime: a servicer and how to register it."""
+
+    descriptor: d.ServiceDescriptor
+    servicer: object
+    register: Callable[[Any, Any], None]
+    """The generated `add_XServiceServicer_to_server`."""
+    on_stop: Callable[[], Awaitable[None] | None] | None = None
+    """Called after the server stopped: close databases, streams."""
+
+
+@dataclass
+class Runtime:
+    """What a service's `create(runtime)` gets: its config and the mesh around it."""
+
+    config: MeshConfig
+    service: ServiceConfig
+    clients: Clients = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.clients = Clients(self.config, caller=self.service.name)
+
+    def data_path(self, filename: str) -> Path:
+        """Where this service keeps a file of its own (`var/<service>/<filename>`)."""
+        return self.config.data_dir / self.service.name / filename
+
+    @property
+    def log(self) -> Any:
+        return log.get_logger(f"rideshare.{self.service.name}")
+
+
+class PortInUse(Exception):
+    """The service's port is taken by another process."""
+
+
+class _Capture:
+    """Stands in for a server to collect what generated `add_*_to_server` registers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """The registered handlers below carry the same methods."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self.handlers[service] = dict(handlers)
+
+
+class MeshServer:
+    """A started (or startable) service server and its health status."""
+
+    def __init__(self, runtime: Runtime, services: Sequence[Service], port: int | None = None) -> None:
+        self.runtime = runtime
+        self.services = list(services)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._address = f"{runtime.service.host}:{runtime.service.port if port is None else port}"
+        resources = ResourceRegistry()
+        wrapper_domain = runtime.service.domain
+        for service in self.services:
+            resources.add_file(service.descriptor.file)
+        for service in self.services:
+            validators = {
+                f"/{service.descriptor.full_name}/{m.name}": RequestValidator(m.input_type, resources)
+                for m in service.descriptor.methods
+            }
+            wrapper = CallWrapper(wrapper_domain, validators)
+            capture = _Capture()
+            service.register(service.servicer, capture)
+            for name, handlers in capture.handlers.items():
+                wrapped = {m: wrapper.wrap(f"/{name}/{m}", h) for m, h in handlers.items()}
+                self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, wrapped),))
+                self.server.add_registered_method_handlers(name, wrapped)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [s.descriptor.full_name for s in self.services]
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+
+    async def start(self) -> int:
+        """Bind, start, and report SERVING; returns the bound port."""
+        try:
+            self.port = self.server.add_insecure_port(self._address)
+        except RuntimeError as exc:
+            raise PortInUse(f"cannot listen on {self._address}: {exc}") from None
+        if self.port == 0:
+            raise PortInUse(f"cannot listen on {self._address}: address in use or unavailable")
+        await self.server.start()
+        for service in self.services:
+            await self.health.set(service.descriptor.full_name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first (so balancers move away), then finish in-flight calls."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.runtime.config.grace_period if grace is None else grace)
+        for service in self.services:
+            if service.on_stop is not None:
+                result = service.on_stop()
+                if result is not None:
+                    await result
+        await self.runtime.clients.close()
+
+
+def load_services(runtime: Runtime) -> list[Service]:
+    """Import the service's module and call its `create(runtime)`."""
+    module = importlib.import_module(runtime.service.module)
+    create = getattr(module, "create", None)
+    if create is None:
+        raise ConfigError(
+            str(runtime.config.source),
+            f"services.{runtime.service.name}.module",
+            f"{runtime.service.module} has no create(runtime) function",
+        )
+    made = create(runtime)
+    return list(made) if isinstance(made, list | tuple) else [made]
+
+
+async def create_server(config: MeshConfig, name: str, port: int | None = None) -> MeshServer:
+    """The server for service `name`, not yet started (`port=0` picks a free port)."""
+    runtime = Runtime(config, config.service(name))
+    return MeshServer(runtime, load_services(runtime), port)
+
+
+async def _serve(config: MeshConfig, name: str, port: int | None) -> int:
+    server = await create_server(config, name, port)
+    try:
+        bound = await server.start()
+    except PortInUse:
+        wanted = port if port is not None else server.runtime.service.port
+        _log.error(
+            f"port {wanted} is already in use; is another mesh running? (service {name})",
+            extra={"fields": {"event": "port_in_use", "port": wanted}},
+        )
+        return 3
+    _log.info(
+        f"serving {name} on {server.runtime.service.host}:{bound}",
+        extra={
+            "fields": {
+                "event": "serving",
+                "port": bound,
+                "services": [s.descriptor.full_name for s in server.services],
+            }
+        },
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if os.environ.get("MESH_SUPERVISED") == "1":
+        _stop_when_supervisor_exits(loop, stop)
+    await stop.wait()
+    _log.info(
+        "stopping: draining in-flight calls",
+        extra={"fields": {"event": "stopping", "grace_s": config.grace_period}},
+    )
+    await server.stop()
+    _log.info("stopped", extra={"fields": {"event": "stopped"}})
+    return 0
+
+
+def _stop_when_supervisor_exits(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """`mesh up` holds our stdin open; EOF means it is gone, so stop rather than linger."""
+
+    def readable() -> None:
+        try:
+            data = os.read(0, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(0)
+            stop.set()
+
+    loop.add_reader(0, readable)
+
+
+def serve(name: str, config_path: str | None = None, port: int | None = None) -> int:
+    """Run one service until SIGTERM/SIGINT; the exit code says how it ended."""
+    try:
+        config = load_config(config_path)
+        log.configure(name, config.log_level)
+        config.service(name)
+    except ConfigError as exc:
+        log.configure(name)
+        _log.error(str(exc), extra={"fields": {"event": "config_error"}})
+        return 2
+    try:
+        return asyncio.run(_serve(config, name, port))
+    except ConfigError as exc:
+        _log.error(str(exc), extra={"fields": {"event": "config_error"}})
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover - the signal handler normally wins
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(serve(sys.argv[1]))

@@ -1,0 +1,1 @@
+"""The passenger service: profiles and contact details of the people who ride."""

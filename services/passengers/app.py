@@ -1,0 +1,21 @@
+"""Wires the passenger service into the mesh runtime."""
+
+from __future__ import annotations
+
+from rideshare.passengers.v1 import passengers_pb2, passengers_pb2_grpc
+
+from services.mesh import Runtime, Service
+from services.mesh.storage import Database
+
+from .servicer import PassengerServicer
+from .store import MIGRATIONS, SqlitePassengerStore
+
+
+def create(runtime: Runtime) -> Service:
+    store = SqlitePassengerStore(Database(runtime.data_path("passengers.db"), MIGRATIONS))
+    return Service(
+        descriptor=passengers_pb2.DESCRIPTOR.services_by_name["PassengerService"],
+        servicer=PassengerServicer(store),
+        register=passengers_pb2_grpc.add_PassengerServiceServicer_to_server,
+        on_stop=store.close,
+    )
