@@ -5,7 +5,7 @@ the mesh service that serves it (package `rideshare.<name>.v1`, or a
 service's `package` key), and returns a stub on a shared channel whose gRPC
 service config applies the mesh defaults: a timeout on every method, and a
 retry policy on UNAVAILABLE for methods that are safe to repeat — reads
-(`google.api.http` GET) and writes whose request carries a `request_id`
+(`google.api.http` GET, or `idempotency_level` set) and writes whose request carries a `request_id`
 (callers in this mesh always set it on writes). A retry budget
 (`retryThrottling`) keeps retries from multiplying an outage.
 
@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import grpc
 from google.api import annotations_pb2
 from google.protobuf import descriptor as d
+from google.protobuf import descriptor_pb2
 
 from .calls import current_call
 from .config import MeshConfig, ServiceConfig
@@ -45,9 +46,11 @@ def service_descriptor_of(stub_class: type) -> d.ServiceDescriptor:
 
 
 def is_safe_to_retry(method: d.MethodDescriptor) -> bool:
-    """Reads, and writes that carry an idempotency key, may be repeated."""
-    rule = method.GetOptions().Extensions[annotations_pb2.http]
-    if rule.get:
+    """Reads, methods marked idempotent, and writes that carry an idempotency key may be repeated."""
+    options = method.GetOptions()
+    if options.idempotency_level != descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN:
+        return True
+    if options.Extensions[annotations_pb2.http].get:
         return True
     return "request_id" in method.input_type.fields_by_name
 

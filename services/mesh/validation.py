@@ -7,7 +7,8 @@ repeats it:
   only the masked fields are sent);
 - a string with `(google.api.resource_reference)` must match a pattern of the
   referenced resource (`passengers/{passenger}`), or of its parent for
-  `child_type`;
+  `child_type`; another service's resource is known from the file's
+  `(google.api.resource_definition)`;
 - `page_size` may not be negative; `request_id` is at most 128 characters.
 Every violation is reported at once, each naming the field path.
 """
@@ -60,6 +61,10 @@ class ResourceRegistry:
         seen.add(file.name)
         for dep in file.dependencies:
             self.add_file(dep, seen)
+        # Resources owned by another service are declared file-wide (AIP-123);
+        # the owner's own message declaration wins if both are registered.
+        for definition in file.GetOptions().Extensions[resource_pb2.resource_definition]:
+            self._patterns.setdefault(definition.type, list(definition.pattern))
         for message in _all_messages(file.message_types_by_name.values()):
             resource = message.GetOptions().Extensions[resource_pb2.resource]
             if resource.type:
