@@ -2,8 +2,8 @@
 
 `clients.stub(PassengerServiceStub)` finds the contract behind the stub class,
 the mesh service that serves it (package `rideshare.<name>.v1`, or a
-service's `package` key), and returns a stub on a shared channel whose gRPC
-service config applies the mesh defaults: a timeout on every method, and a
+service's `package` key), and returns a stub on a shared channel that applies
+the mesh defaults: a timeout on every call, and a
 retry policy on UNAVAILABLE for methods that are safe to repeat — reads
 (`google.api.http` GET, or `idempotency_level` set) and writes whose request carries a `request_id`
 (callers in this mesh always set it on writes). A retry budget
@@ -11,13 +11,16 @@ retry policy on UNAVAILABLE for methods that are safe to repeat — reads
 
 Outgoing calls made while serving a call inherit its remaining deadline and
 its `x-request-id`/`traceparent` headers (see `calls.current_call`).
+
+The timeout is set on each call by an interceptor, not as a service-config
+`timeout`: grpcio applies the latter 1-2 s early (a 1 s timeout fails every
+call at once; grpc/grpc#34547, #40633), and the server never sees it.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import math
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -65,14 +68,11 @@ def service_config(config: MeshConfig, services: Sequence[d.ServiceDescriptor]) 
     safe = [
         {"service": s.full_name, "method": m.name} for s in services for m in s.methods if is_safe_to_retry(m)
     ]
-    method_config: list[dict[str, Any]] = [
-        {"name": [{"service": s.full_name} for s in services], "timeout": _duration(config.client.timeout)}
-    ]
+    method_config: list[dict[str, Any]] = []
     if safe and retry.max_attempts > 1:
         method_config.append(
             {
                 "name": safe,
-                "timeout": _duration(config.client.timeout),
                 "retryPolicy": {
                     "maxAttempts": retry.max_attempts,
                     "initialBackoff": _duration(retry.initial_backoff),
@@ -90,17 +90,22 @@ def service_config(config: MeshConfig, services: Sequence[d.ServiceDescriptor]) 
 
 
 class _Propagate(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    """Passes the served call's remaining deadline and trace headers downstream."""
+    """Sets the mesh timeout (unless the call set its own), shortened to the served call's
+    remaining deadline, and passes the served call's trace headers downstream."""
 
-    @staticmethod
-    def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        timeout = self.timeout if details.timeout is None else details.timeout
         call = current_call.get()
         if call is None:
-            return details
-        timeout = details.timeout
+            return grpc.aio.ClientCallDetails(
+                details.method, timeout, details.metadata, details.credentials, details.wait_for_ready
+            )
         remaining = call.time_remaining()
         if remaining is not None:
-            timeout = max(0.0, min(remaining, timeout if timeout is not None else math.inf))
+            timeout = max(0.0, min(remaining, timeout))
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         present = {key for key, _ in metadata}
         for key, value in call.propagated:
@@ -148,7 +153,7 @@ class Clients:
             channel = grpc.aio.insecure_channel(
                 f"ipv4:{target.address}" if _is_ipv4(target.host) else target.address,
                 options=options,
-                interceptors=[_Propagate()],
+                interceptors=[_Propagate(self.config.client.timeout)],
             )
             self._channels[target.name] = channel
         return channel

@@ -57,6 +57,8 @@ class ServiceConfig:
     module: str
     package: str
     settings: Mapping[str, Any]
+    source: str = "mesh config"
+    """The file these values came from, for error messages."""
 
     @property
     def address(self) -> str:
@@ -70,11 +72,15 @@ class ServiceConfig:
     def setting(self, key: str, kind: type, default: Any) -> Any:
         """A typed value from `[services.<name>.settings]`, failing fast on the wrong type."""
         value = self.settings.get(key, default)
+        where = self.source
+        if isinstance(value, _EnvValue):
+            where = f"environment {value.variable}"
+            value = value.parse(kind)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ConfigError(
-                "mesh config",
+                where,
                 f"services.{self.name}.settings.{key}",
                 f"expected {kind.__name__}, got {value!r}",
             )
@@ -159,6 +165,17 @@ class _EnvValue(str):
         obj = super().__new__(cls, value)
         obj.variable = variable
         return obj
+
+    def parse(self, kind: type) -> Any:
+        """The value as `kind` when it reads as one (settings are typed only when used)."""
+        try:
+            if kind is bool:
+                return {"true": True, "false": False}.get(self.lower(), str(self))
+            if kind is int or kind is float:
+                return kind(self)
+        except ValueError:
+            pass
+        return str(self)
 
 
 class _Parser:
@@ -310,6 +327,7 @@ class _Parser:
             module=self.string(body.get("module", f"services.{name}.app"), f"{key}.module"),
             package=self.string(body.get("package", f"rideshare.{name}.v1"), f"{key}.package"),
             settings=settings,
+            source=self.source,
         )
 
 

@@ -1,0 +1,183 @@
+"""The embedded store: versioned migrations, atomic transactions, AIP-155 replays."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rideshare.passengers.v1 import passengers_pb2 as pb
+
+from services.mesh.errors import InvalidArgument
+from services.mesh.storage import Database
+
+MIGRATIONS = [
+    "CREATE TABLE things (id INTEGER PRIMARY KEY, label TEXT NOT NULL)",
+    "ALTER TABLE things ADD COLUMN colour TEXT NOT NULL DEFAULT 'red';"
+    "CREATE INDEX things_label ON things (label)",
+]
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "svc" / "svc.db"
+
+
+@pytest.fixture
+def db(path: Path) -> Iterator[Database]:
+    database = Database(path, MIGRATIONS)
+    yield database
+    database.close()
+
+
+def test_database_file_is_created_with_its_directory_in_wal_mode(db, path):
+    assert path.exists()
+    assert db.query_one("PRAGMA journal_mode")[0] == "wal"
+    assert db.query_one("PRAGMA foreign_keys")[0] == 1
+
+
+def test_migrations_run_in_order_and_record_the_version(db):
+    # request_log is migration 1, then the service's own
+    assert db.query_one("PRAGMA user_version")[0] == 1 + len(MIGRATIONS)
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO things (label) VALUES ('a')")
+    assert dict(db.query_one("SELECT label, colour FROM things")) == {"label": "a", "colour": "red"}
+
+
+def test_reopening_does_not_rerun_migrations(path):
+    first = Database(path, MIGRATIONS)
+    with first.transaction() as tx:
+        tx.execute("INSERT INTO things (label) VALUES ('kept')")
+    first.close()
+
+    # ALTER TABLE ADD COLUMN would fail if it ran twice
+    second = Database(path, MIGRATIONS)
+    try:
+        assert [r["label"] for r in second.query("SELECT label FROM things")] == ["kept"]
+        assert second.query_one("PRAGMA user_version")[0] == 3
+    finally:
+        second.close()
+
+
+def test_a_new_migration_runs_on_an_existing_database(path):
+    Database(path, MIGRATIONS[:1]).close()
+
+    upgraded = Database(path, MIGRATIONS)
+    try:
+        assert upgraded.query_one("PRAGMA user_version")[0] == 3
+        assert "colour" in [r["name"] for r in upgraded.query("PRAGMA table_info(things)")]
+    finally:
+        upgraded.close()
+
+
+def test_a_failing_migration_leaves_the_previous_version(path):
+    broken = [*MIGRATIONS, "CREATE TABLE extra (x INTEGER); INSERT INTO nowhere VALUES (1)"]
+
+    with pytest.raises(sqlite3.OperationalError):
+        Database(path, broken)
+
+    reopened = Database(path, MIGRATIONS)
+    try:
+        assert reopened.query_one("PRAGMA user_version")[0] == 3
+        assert reopened.query_one("SELECT name FROM sqlite_master WHERE name = 'extra'") is None
+    finally:
+        reopened.close()
+
+
+def test_a_failed_transaction_writes_nothing(db):
+    def half_done() -> None:
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO things (label) VALUES ('half')")
+            raise RuntimeError("midway")
+
+    with pytest.raises(RuntimeError):
+        half_done()
+
+    assert db.query("SELECT * FROM things") == []
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO things (label) VALUES ('next')")
+    assert [r["label"] for r in db.query("SELECT label FROM things")] == ["next"]
+
+
+def create_request(request_id: str = "", email: str = "ada@example.com") -> pb.CreatePassengerRequest:
+    return pb.CreatePassengerRequest(
+        passenger=pb.Passenger(display_name="Ada", email=email), request_id=request_id
+    )
+
+
+class Writer:
+    """A write that inserts a row and answers with a passenger numbered by the row."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, tx: sqlite3.Connection) -> pb.Passenger:
+        self.calls += 1
+        cursor = tx.execute("INSERT INTO things (label) VALUES ('w')")
+        return pb.Passenger(name=f"passengers/{cursor.lastrowid}")
+
+
+def test_idempotent_replays_the_first_answer_without_writing_again(db):
+    write = Writer()
+
+    first = db.idempotent("Create", create_request("r-1"), pb.Passenger, write)
+    again = db.idempotent("Create", create_request("r-1"), pb.Passenger, write)
+
+    assert first == again == pb.Passenger(name="passengers/1")
+    assert write.calls == 1
+    assert len(db.query("SELECT * FROM things")) == 1
+
+
+def test_idempotent_answer_survives_reopening_the_file(path):
+    first_db = Database(path, MIGRATIONS)
+    first = first_db.idempotent("Create", create_request("r-1"), pb.Passenger, Writer())
+    first_db.close()
+
+    reopened = Database(path, MIGRATIONS)
+    try:
+        write = Writer()
+        again = reopened.idempotent("Create", create_request("r-1"), pb.Passenger, write)
+        assert again == first
+        assert write.calls == 0
+    finally:
+        reopened.close()
+
+
+def test_same_request_id_with_a_different_payload_is_refused(db):
+    db.idempotent("Create", create_request("r-1"), pb.Passenger, Writer())
+
+    with pytest.raises(InvalidArgument) as caught:
+        db.idempotent("Create", create_request("r-1", email="eve@example.com"), pb.Passenger, Writer())
+
+    assert caught.value.reason == "REQUEST_ID_REUSED"
+    assert [v.field for v in caught.value.violations] == ["request_id"]
+    assert len(db.query("SELECT * FROM things")) == 1
+
+
+def test_request_ids_are_scoped_to_the_method(db):
+    db.idempotent("Create", create_request("r-1"), pb.Passenger, Writer())
+    other = db.idempotent("Update", create_request("r-1"), pb.Passenger, Writer())
+
+    assert other == pb.Passenger(name="passengers/2")
+
+
+def test_without_request_id_every_call_writes(db):
+    write = Writer()
+
+    answers = [db.idempotent("Create", create_request(), pb.Passenger, write) for _ in range(2)]
+
+    assert [a.name for a in answers] == ["passengers/1", "passengers/2"]
+    assert db.query("SELECT * FROM request_log") == []
+
+
+def test_a_failed_write_is_not_remembered_so_a_retry_can_succeed(db):
+    def fail(tx: sqlite3.Connection) -> pb.Passenger:
+        tx.execute("INSERT INTO things (label) VALUES ('lost')")
+        raise InvalidArgument.field("passenger.email", "taken")
+
+    with pytest.raises(InvalidArgument):
+        db.idempotent("Create", create_request("r-1"), pb.Passenger, fail)
+
+    assert db.query("SELECT * FROM things") == []
+    assert db.idempotent("Create", create_request("r-1"), pb.Passenger, Writer()).name == "passengers/1"
