@@ -58,15 +58,18 @@ class Database:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.execute("PRAGMA busy_timeout=5000")
-        self._migrate([_REQUEST_LOG, *migrations])
+        try:
+            self._migrate([_REQUEST_LOG, *migrations])
+        except BaseException:
+            self._conn.close()
+            raise
 
     def _migrate(self, migrations: Sequence[str]) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(migrations[version:], start=version + 1):
             with self.transaction() as tx:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        tx.execute(statement)
+                for statement in _statements(script):
+                    tx.execute(statement)
                 tx.execute(f"PRAGMA user_version={number}")
 
     @contextmanager
@@ -124,6 +127,19 @@ class Database:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements; a `;` inside a string or trigger body does not split."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip() != ";":
+                yield pending.strip()
+            pending = ""
+    if pending.rstrip(";").strip():
+        yield pending.rstrip(";").strip()
 
 
 def _fingerprint(request: Message) -> str:

@@ -181,3 +181,18 @@ def test_a_failed_write_is_not_remembered_so_a_retry_can_succeed(db):
 
     assert db.query("SELECT * FROM things") == []
     assert db.idempotent("Create", create_request("r-1"), pb.Passenger, Writer()).name == "passengers/1"
+
+
+def test_a_migration_may_hold_semicolons_in_strings_and_trigger_bodies(tmp_path):
+    db = Database(
+        tmp_path / "t.db",
+        [
+            "CREATE TABLE a (x TEXT DEFAULT ';'); CREATE TABLE b (n INTEGER);"
+            "CREATE TRIGGER count_a AFTER INSERT ON a BEGIN INSERT INTO b VALUES (1); END;"
+        ],
+    )
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO a DEFAULT VALUES")
+    assert db.query_one("SELECT x FROM a")["x"] == ";"
+    assert db.query_one("SELECT count(*) AS n FROM b")["n"] == 1
+    db.close()
