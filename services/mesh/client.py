@@ -6,7 +6,8 @@ service's `package` key), and returns a stub on a shared channel that applies
 the mesh defaults: a timeout on every call, and a
 retry policy on UNAVAILABLE for methods that are safe to repeat — reads
 (`google.api.http` GET, or `idempotency_level` set) and writes whose request carries a `request_id`
-(callers in this mesh always set it on writes). A retry budget
+(the client fills in a fresh one when a caller leaves it empty, so a retry
+never applies a write twice). A retry budget
 (`retryThrottling`) keeps retries from multiplying an outage.
 
 Outgoing calls made while serving a call inherit its remaining deadline and
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import uuid
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -116,6 +118,13 @@ class _Propagate(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClien
         )
 
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        if getattr(request, "request_id", None) == "":
+            # A write the caller sent without an idempotency key gets one here, so the
+            # channel's retries on UNAVAILABLE can never apply it twice (AIP-155).
+            keyed = type(request)()
+            keyed.CopyFrom(request)
+            keyed.request_id = str(uuid.uuid4())
+            request = keyed
         return await continuation(self._details(client_call_details), request)
 
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:

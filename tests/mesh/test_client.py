@@ -7,6 +7,7 @@ import time
 
 import grpc
 import pytest
+from google.protobuf import empty_pb2
 from grpc_health.v1 import health_pb2
 from rideshare.passengers.v1 import passengers_pb2 as pb
 from rideshare.passengers.v1 import passengers_pb2_grpc
@@ -111,6 +112,12 @@ class Recorder(passengers_pb2_grpc.PassengerServiceServicer):
             raise Unavailable("warming up")
         return pb.Passenger(name=request.name)
 
+    async def DeletePassenger(self, request, context):
+        self.calls.append((context.time_remaining(), {"request_id": request.request_id}))
+        if len(self.calls) <= self.failures:
+            raise Unavailable("warming up")
+        return empty_pb2.Empty()
+
 
 class Forwarder(passengers_pb2_grpc.PassengerServiceServicer):
     """Answers GetPassenger by asking the mesh's passenger service, the way services call each other."""
@@ -214,6 +221,22 @@ def test_retries_stop_after_max_attempts(chain):
 
     assert failure.code is grpc.StatusCode.UNAVAILABLE
     assert len(recorder.calls) == 4
+
+
+def test_a_write_sent_without_request_id_gets_one_that_every_retry_repeats(serve, mesh_config, loop):
+    recording = serving(Recorder, 2)
+    back = serve(make=recording)
+    clients = Clients(with_port(mesh_config, "passengers", back.port), caller="test")
+    try:
+        stub = clients.stub(passengers_pb2_grpc.PassengerServiceStub)
+        loop.call(stub.DeletePassenger(pb.DeletePassengerRequest(name=SOME_NAME)))
+    finally:
+        loop.call(clients.close())
+
+    keys = [seen["request_id"] for _, seen in recording.servicer.calls]
+    assert len(keys) == 3
+    assert keys[0] != ""
+    assert set(keys) == {keys[0]}
 
 
 def details(timeout=None, metadata=()):
