@@ -1,0 +1,23 @@
+"""Wires the billing service into the mesh runtime; a bad tariff stops it here, at start."""
+
+from __future__ import annotations
+
+from rideshare.billing.v1 import billing_pb2, billing_pb2_grpc
+
+from services.mesh import Runtime, Service
+from services.mesh.storage import Database
+
+from .servicer import BillingServicer
+from .store import MIGRATIONS, SqliteInvoiceStore
+from .tariff import Tariff
+
+
+def create(runtime: Runtime) -> Service:
+    tariff = Tariff.from_settings(runtime.service)
+    store = SqliteInvoiceStore(Database(runtime.data_path("billing.db"), MIGRATIONS))
+    return Service(
+        descriptor=billing_pb2.DESCRIPTOR.services_by_name["BillingService"],
+        servicer=BillingServicer(tariff, store),
+        register=billing_pb2_grpc.add_BillingServiceServicer_to_server,
+        on_stop=store.close,
+    )

@@ -1,0 +1,23 @@
+"""Wires the payment service into the mesh runtime, with the simulated processor."""
+
+from __future__ import annotations
+
+from rideshare.payments.v1 import payments_pb2, payments_pb2_grpc
+
+from services.mesh import Runtime, Service
+from services.mesh.storage import Database
+
+from .processor import SimulatedProcessor
+from .servicer import PaymentServicer
+from .store import MIGRATIONS, SqlitePaymentStore
+
+
+def create(runtime: Runtime) -> Service:
+    db = Database(runtime.data_path("payments.db"), MIGRATIONS)
+    store = SqlitePaymentStore(db, SimulatedProcessor(db))
+    return Service(
+        descriptor=payments_pb2.DESCRIPTOR.services_by_name["PaymentService"],
+        servicer=PaymentServicer(store),
+        register=payments_pb2_grpc.add_PaymentServiceServicer_to_server,
+        on_stop=store.close,
+    )
