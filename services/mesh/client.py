@@ -98,8 +98,10 @@ class _Propagate(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClien
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        timeout = self.timeout if details.timeout is None else details.timeout
+    def _details(
+        self, details: grpc.aio.ClientCallDetails, default: float | None
+    ) -> grpc.aio.ClientCallDetails:
+        timeout = default if details.timeout is None else details.timeout
         call = current_call.get()
         if call is None:
             return grpc.aio.ClientCallDetails(
@@ -107,7 +109,7 @@ class _Propagate(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClien
             )
         remaining = call.time_remaining()
         if remaining is not None:
-            timeout = max(0.0, min(remaining, timeout))
+            timeout = max(0.0, remaining if timeout is None else min(remaining, timeout))
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         present = {key for key, _ in metadata}
         for key, value in call.propagated:
@@ -125,10 +127,12 @@ class _Propagate(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClien
             keyed.CopyFrom(request)
             keyed.request_id = str(uuid.uuid4())
             request = keyed
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(self._details(client_call_details, self.timeout), request)
 
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
+        # A stream (StreamNotifications) lives as long as its reader wants: no default
+        # timeout, only the served call's deadline or the caller's own.
+        return await continuation(self._details(client_call_details, None), request)
 
 
 class Clients:

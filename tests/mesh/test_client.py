@@ -243,10 +243,10 @@ def details(timeout=None, metadata=()):
     return grpc.aio.ClientCallDetails("/p.S/M", timeout, grpc.aio.Metadata(*metadata), None, None)
 
 
-def propagate(call: CallContext | None, outgoing, own: float = 20.0):
+def propagate(call: CallContext | None, outgoing, own: float | None = 20.0):
     token = current_call.set(call)
     try:
-        return _Propagate(own)._details(outgoing)
+        return _Propagate(20.0)._details(outgoing, own)
     finally:
         current_call.reset(token)
 
@@ -273,6 +273,12 @@ def test_no_deadline_upstream_keeps_the_own_timeout():
 
 def test_an_expired_deadline_gives_zero_not_a_negative_timeout():
     assert propagate(CallContext("/x", time.monotonic() - 1, ()), details(timeout=7)).timeout == 0.0
+
+
+def test_streams_get_no_default_timeout_only_the_served_deadline():
+    assert propagate(None, details(timeout=None), own=None).timeout is None
+    assert propagate(CallContext("/x", None, ()), details(timeout=None), own=None).timeout is None
+    assert propagate(CallContext("/x", time.monotonic() + 3, ()), details(timeout=None), own=None).timeout <= 3
 
 
 def test_propagated_headers_do_not_override_explicit_ones():

@@ -1,0 +1,21 @@
+"""Wires the driver service into the mesh runtime."""
+
+from __future__ import annotations
+
+from rideshare.drivers.v1 import drivers_pb2, drivers_pb2_grpc
+
+from services.mesh import Runtime, Service
+from services.mesh.storage import Database
+
+from .servicer import DriverServicer
+from .store import MIGRATIONS, SqliteDriverStore
+
+
+def create(runtime: Runtime) -> Service:
+    store = SqliteDriverStore(Database(runtime.data_path("drivers.db"), MIGRATIONS))
+    return Service(
+        descriptor=drivers_pb2.DESCRIPTOR.services_by_name["DriverService"],
+        servicer=DriverServicer(store),
+        register=drivers_pb2_grpc.add_DriverServiceServicer_to_server,
+        on_stop=store.close,
+    )

@@ -1,0 +1,221 @@
+"""The driver rules: a valid profile, the status machine, and what a search may ask for.
+
+    OFFLINE --GoOnline--> AVAILABLE --AssignTrip--> ON_TRIP --ReleaseTrip--> AVAILABLE
+    AVAILABLE --GoOffline--> OFFLINE
+
+Each transition is a pure function from the stored driver to the new one (or
+a FAILED_PRECONDITION naming the reason from the contract); the store runs it
+inside the transaction that read the row, so check and write are one step.
+A transition that changes nothing returns the driver as it was, untouched
+update_time included, which is what makes AssignTrip, ReleaseTrip and
+GoOffline safe to repeat.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from google.type.latlng_pb2 import LatLng
+from rideshare.drivers.v1.drivers_pb2 import (
+    DRIVER_STATUS_AVAILABLE,
+    DRIVER_STATUS_OFFLINE,
+    DRIVER_STATUS_ON_TRIP,
+    Driver,
+    DriverStatus,
+    UpdateDriverRequest,
+)
+
+from services.mesh import geo
+from services.mesh.aip import apply_update_mask, new_id, now
+from services.mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument
+
+UPDATABLE = ("display_name", "vehicle")
+MAX_DISPLAY_NAME = 100
+_VEHICLE_LIMITS = (("make", 100), ("model", 100), ("license_plate", 20))
+
+MAX_RADIUS_METERS = 50_000.0
+DEFAULT_SEARCH_SIZE = 10
+MAX_SEARCH_SIZE = 100
+
+
+def _text_violation(value: str, field: str, limit: int) -> FieldViolation | None:
+    if not value.strip():
+        return FieldViolation(field, "must not be blank")
+    if len(value) > limit or any(ord(c) < 32 for c in value):
+        return FieldViolation(field, f"must be 1 to {limit} printable characters")
+    return None
+
+
+def check_profile(driver: Driver, prefix: str) -> None:
+    """Every field violation of a driver's profile, at once."""
+    found = [_text_violation(driver.display_name, f"{prefix}.display_name", MAX_DISPLAY_NAME)]
+    if not driver.HasField("vehicle"):
+        found.append(FieldViolation(f"{prefix}.vehicle", "is required"))
+    else:
+        for field, limit in _VEHICLE_LIMITS:
+            found.append(_text_violation(getattr(driver.vehicle, field), f"{prefix}.vehicle.{field}", limit))
+    violations = [v for v in found if v is not None]
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def _tidy(driver: Driver) -> None:
+    driver.display_name = driver.display_name.strip()
+    for field, _ in _VEHICLE_LIMITS:
+        setattr(driver.vehicle, field, getattr(driver.vehicle, field).strip())
+
+
+def new_driver(draft: Driver) -> Driver:
+    """A new OFFLINE driver from the client's draft: fresh name and times, output fields ignored."""
+    check_profile(draft, "driver")
+    stamp = now()
+    driver = Driver(
+        name=f"drivers/{new_id()}",
+        display_name=draft.display_name,
+        vehicle=draft.vehicle,
+        status=DRIVER_STATUS_OFFLINE,
+        create_time=stamp,
+        update_time=stamp,
+    )
+    _tidy(driver)
+    return driver
+
+
+def updated_driver(current: Driver, request: UpdateDriverRequest) -> Driver:
+    """`current` with the masked profile fields of the request applied, still a valid profile."""
+    changed = _copy(current)
+    apply_update_mask(changed, request.driver, request.update_mask, UPDATABLE, "driver")
+    check_profile(changed, "driver")
+    _tidy(changed)
+    changed.update_time.CopyFrom(now())
+    return changed
+
+
+def _copy(driver: Driver) -> Driver:
+    copy = Driver()
+    copy.CopyFrom(driver)
+    return copy
+
+
+def _status_name(status: int) -> str:
+    return str(DriverStatus.Name(status))
+
+
+def _refuse(driver: Driver, reason: str, message: str, **metadata: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        message,
+        reason=reason,
+        metadata={"name": driver.name, "status": _status_name(driver.status), **metadata},
+    )
+
+
+def _moved(driver: Driver, location: LatLng) -> Driver:
+    stamp = now()
+    changed = _copy(driver)
+    changed.location.CopyFrom(location)
+    changed.location_update_time.CopyFrom(stamp)
+    changed.update_time.CopyFrom(stamp)
+    return changed
+
+
+def go_online(driver: Driver, location: LatLng) -> Driver:
+    """OFFLINE becomes AVAILABLE at `location`; an online driver keeps its status and only moves."""
+    changed = _moved(driver, location)
+    if driver.status == DRIVER_STATUS_OFFLINE:
+        changed.status = DRIVER_STATUS_AVAILABLE
+    return changed
+
+
+def go_offline(driver: Driver) -> Driver:
+    """AVAILABLE becomes OFFLINE (keeping its last location); OFFLINE stays as it is."""
+    if driver.status == DRIVER_STATUS_ON_TRIP:
+        raise _refuse(
+            driver,
+            "DRIVER_ON_TRIP",
+            f"{driver.name} is on {driver.current_trip} and cannot go offline until it ends",
+            current_trip=driver.current_trip,
+        )
+    if driver.status == DRIVER_STATUS_OFFLINE:
+        return driver
+    changed = _copy(driver)
+    changed.status = DRIVER_STATUS_OFFLINE
+    changed.update_time.CopyFrom(now())
+    return changed
+
+
+def update_location(driver: Driver, location: LatLng) -> Driver:
+    """An online driver moves; an OFFLINE one must go online first."""
+    if driver.status == DRIVER_STATUS_OFFLINE:
+        raise _refuse(driver, "DRIVER_OFFLINE", f"{driver.name} is offline; GoOnline sets its location")
+    return _moved(driver, location)
+
+
+def assign_trip(driver: Driver, trip: str) -> Driver:
+    """AVAILABLE becomes ON_TRIP for `trip`; already on `trip` is unchanged; anything else is refused."""
+    if driver.status == DRIVER_STATUS_ON_TRIP and driver.current_trip == trip:
+        return driver
+    if driver.status != DRIVER_STATUS_AVAILABLE:
+        busy = driver.status == DRIVER_STATUS_ON_TRIP
+        raise _refuse(
+            driver,
+            "DRIVER_NOT_AVAILABLE",
+            f"{driver.name} is {'on another trip' if busy else 'offline'} and cannot take {trip}",
+            trip=trip,
+        )
+    changed = _copy(driver)
+    changed.status = DRIVER_STATUS_ON_TRIP
+    changed.current_trip = trip
+    changed.update_time.CopyFrom(now())
+    return changed
+
+
+def release_trip(driver: Driver, trip: str) -> Driver:
+    """ON_TRIP for `trip` becomes AVAILABLE; a driver on no trip is unchanged; another trip is refused."""
+    if driver.status != DRIVER_STATUS_ON_TRIP:
+        return driver
+    if driver.current_trip != trip:
+        raise _refuse(
+            driver,
+            "DRIVER_ON_ANOTHER_TRIP",
+            f"{driver.name} is on {driver.current_trip}, not {trip}",
+            trip=trip,
+            current_trip=driver.current_trip,
+        )
+    changed = _copy(driver)
+    changed.status = DRIVER_STATUS_AVAILABLE
+    changed.current_trip = ""
+    changed.update_time.CopyFrom(now())
+    return changed
+
+
+def check_deletable(driver: Driver) -> None:
+    if driver.status == DRIVER_STATUS_ON_TRIP:
+        raise _refuse(
+            driver,
+            "DRIVER_ON_TRIP",
+            f"{driver.name} is on {driver.current_trip} and cannot be deleted until it ends",
+            current_trip=driver.current_trip,
+        )
+
+
+def check_location(location: LatLng, field: str = "location") -> None:
+    geo.check_latlng((location, field))
+
+
+def search_limits(location: Any, radius_meters: float, page_size: int) -> int:
+    """Validate a search; returns how many drivers it may return (the contract's page_size rules)."""
+    violations = geo.latlng_violations(location, "location")
+    if not (math.isfinite(radius_meters) and 0 < radius_meters <= MAX_RADIUS_METERS):
+        violations.append(
+            FieldViolation(
+                "radius_meters",
+                f"must be greater than 0 and at most {MAX_RADIUS_METERS:g}, got {radius_meters!r}",
+            )
+        )
+    if violations:
+        bad_location = any(v.field.startswith("location.") for v in violations)
+        raise InvalidArgument(violations, reason=geo.INVALID_LOCATION if bad_location else None)
+    if page_size <= 0:
+        return DEFAULT_SEARCH_SIZE
+    return min(page_size, MAX_SEARCH_SIZE)

@@ -1,0 +1,1 @@
+"""The notification service: short messages to passengers and drivers, kept and delivered live."""

@@ -1,0 +1,45 @@
+"""The notification rules: what a valid notification is and how it is named."""
+
+from __future__ import annotations
+
+from rideshare.notifications.v1.notifications_pb2 import Notification
+
+from services.mesh.aip import new_id, now
+from services.mesh.errors import FieldViolation, InvalidArgument
+
+MAX_TITLE = 100
+MAX_BODY = 1000
+#: Line breaks and tabs are fine in a body; other control characters are not.
+_BODY_WHITESPACE = frozenset("\n\r\t")
+
+
+def _violation(value: str, field: str, limit: int, allowed: frozenset[str]) -> FieldViolation | None:
+    if not value.strip():
+        return FieldViolation(field, "must not be blank")
+    if len(value) > limit or any(ord(c) < 32 and c not in allowed for c in value):
+        return FieldViolation(field, f"must be 1 to {limit} printable characters")
+    return None
+
+
+def check_content(notification: Notification, prefix: str) -> None:
+    """Every violation of the title and body, at once (the recipient's shape is checked by the contract)."""
+    found = [
+        _violation(notification.title, f"{prefix}.title", MAX_TITLE, frozenset()),
+        _violation(notification.body, f"{prefix}.body", MAX_BODY, _BODY_WHITESPACE),
+    ]
+    violations = [v for v in found if v is not None]
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def new_notification(draft: Notification) -> Notification:
+    """A notification from the client's draft, named under its recipient; output fields ignored."""
+    check_content(draft, "notification")
+    return Notification(
+        name=f"{draft.recipient}/notifications/{new_id()}",
+        recipient=draft.recipient,
+        title=draft.title.strip(),
+        body=draft.body.strip(),
+        trip=draft.trip,
+        create_time=now(),
+    )

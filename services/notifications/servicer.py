@@ -1,0 +1,58 @@
+"""The NotificationService gRPC surface: decode, call the rules, the store and the broker, encode."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from rideshare.notifications.v1 import notifications_pb2_grpc
+from rideshare.notifications.v1.notifications_pb2 import (
+    ListNotificationsRequest,
+    ListNotificationsResponse,
+    Notification,
+    SendNotificationRequest,
+    StreamNotificationsRequest,
+)
+
+from services.mesh import aip
+
+from . import domain
+from .broker import Broker
+from .store import NotificationStore
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+class NotificationServicer(notifications_pb2_grpc.NotificationServiceServicer):
+    """Notifications: send, list, and stream them live."""
+
+    def __init__(self, store: NotificationStore, broker: Broker) -> None:
+        self.store = store
+        self.broker = broker
+
+    async def SendNotification(self, request: SendNotificationRequest, context: Context) -> Notification:
+        notification, stored = self.store.create(domain.new_notification(request.notification), request)
+        if stored:
+            # Committed by now, and nothing awaited since: streams see notifications in commit order.
+            self.broker.publish(notification)
+        return notification
+
+    async def ListNotifications(
+        self, request: ListNotificationsRequest, context: Context
+    ) -> ListNotificationsResponse:
+        query = {"parent": request.parent}
+        after = aip.decode_page_token(request.page_token, query, kind=int) or 0
+        notifications, last = self.store.list(request.parent, after, aip.page_size(request.page_size))
+        return ListNotificationsResponse(
+            notifications=notifications,
+            next_page_token=aip.encode_page_token(last, query) if last is not None else "",
+        )
+
+    async def StreamNotifications(
+        self, request: StreamNotificationsRequest, context: Context
+    ) -> AsyncIterator[Notification]:
+        """Response headers are sent once subscribed: a client that has them will miss nothing sent after."""
+        with self.broker.subscribe(request.parent) as subscription:
+            await context.send_initial_metadata(())
+            async for notification in subscription:
+                yield notification

@@ -1,0 +1,264 @@
+"""The driver status machine over the wire: going on and offline, moving, and trips."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import grpc
+import pytest
+from google.type import latlng_pb2
+from rideshare.drivers.v1 import drivers_pb2 as pb
+
+from tests.conftest import failure_of
+
+
+def test_go_online_makes_an_offline_driver_available_at_the_place(drivers):
+    created = drivers.create()
+
+    online = drivers.go_online(created.name, 48.8566, 2.3522)
+
+    assert online.status == pb.DRIVER_STATUS_AVAILABLE
+    assert online.location == latlng_pb2.LatLng(latitude=48.8566, longitude=2.3522)
+    assert online.location_update_time == online.update_time
+    assert online.update_time.ToNanoseconds() >= created.update_time.ToNanoseconds()
+    assert drivers.get(created.name) == online
+
+
+def test_going_online_again_only_moves_the_driver(drivers):
+    online = drivers.online(51.5, -0.1)
+    on_trip = drivers.assign(online.name, "trips/t1")
+
+    moved = drivers.go_online(online.name, 51.6, -0.2)
+
+    assert moved.status == pb.DRIVER_STATUS_ON_TRIP
+    assert moved.current_trip == on_trip.current_trip
+    assert moved.location == latlng_pb2.LatLng(latitude=51.6, longitude=-0.2)
+
+
+def test_go_offline_keeps_the_last_location_and_repeats_harmlessly(drivers):
+    online = drivers.online(51.5, -0.1)
+
+    offline = drivers.call(drivers.stub.GoOffline(pb.GoOfflineRequest(name=online.name)))
+    again = drivers.call(drivers.stub.GoOffline(pb.GoOfflineRequest(name=online.name)))
+
+    assert offline.status == pb.DRIVER_STATUS_OFFLINE
+    assert offline.location == online.location
+    assert again == offline
+
+
+def test_a_driver_on_a_trip_cannot_go_offline(drivers):
+    on_trip = drivers.assign(drivers.online().name, "trips/t1")
+
+    failure = drivers.fail(drivers.stub.GoOffline(pb.GoOfflineRequest(name=on_trip.name)))
+
+    assert failure.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert failure.info.reason == "DRIVER_ON_TRIP"
+    assert failure.info.metadata["current_trip"] == "trips/t1"
+    assert drivers.get(on_trip.name) == on_trip
+
+
+def test_update_location_moves_an_online_driver(drivers):
+    online = drivers.online(51.5, -0.1)
+    request = pb.UpdateDriverLocationRequest(
+        name=online.name, location={"latitude": 51.51, "longitude": -0.11}
+    )
+
+    moved = drivers.call(drivers.stub.UpdateDriverLocation(request))
+
+    assert moved.status == pb.DRIVER_STATUS_AVAILABLE
+    assert moved.location == latlng_pb2.LatLng(latitude=51.51, longitude=-0.11)
+    assert moved.location_update_time.ToNanoseconds() >= online.location_update_time.ToNanoseconds()
+
+
+def test_an_offline_driver_cannot_report_a_location(drivers):
+    created = drivers.create()
+    request = pb.UpdateDriverLocationRequest(name=created.name, location={"latitude": 51.5})
+
+    failure = drivers.fail(drivers.stub.UpdateDriverLocation(request))
+
+    assert failure.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert failure.info.reason == "DRIVER_OFFLINE"
+    assert drivers.get(created.name) == created
+
+
+@pytest.mark.parametrize(
+    ("location", "fields"),
+    [
+        ({"latitude": 90.5, "longitude": 0}, ["location.latitude"]),
+        ({"latitude": -91, "longitude": 0}, ["location.latitude"]),
+        ({"latitude": 0, "longitude": 180.01}, ["location.longitude"]),
+        ({"latitude": 100, "longitude": -200}, ["location.latitude", "location.longitude"]),
+        ({"latitude": math.nan, "longitude": math.inf}, ["location.latitude", "location.longitude"]),
+    ],
+)
+@pytest.mark.parametrize("method", ["GoOnline", "UpdateDriverLocation"])
+def test_a_location_off_the_globe_is_invalid_location(drivers, method, location, fields):
+    online = drivers.online()
+    request_type = getattr(pb, f"{method}Request")
+
+    failure = drivers.fail(getattr(drivers.stub, method)(request_type(name=online.name, location=location)))
+
+    assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.info.reason == "INVALID_LOCATION"
+    assert failure.fields == fields
+    assert drivers.get(online.name) == online
+
+
+def test_the_edges_of_the_globe_are_valid_locations(drivers):
+    created = drivers.create()
+
+    assert drivers.go_online(created.name, 90, -180).location == latlng_pb2.LatLng(
+        latitude=90, longitude=-180
+    )
+    assert drivers.go_online(created.name, -90, 180).location == latlng_pb2.LatLng(
+        latitude=-90, longitude=180
+    )
+
+
+def test_go_online_needs_a_location(drivers):
+    created = drivers.create()
+
+    failure = drivers.fail(drivers.stub.GoOnline(pb.GoOnlineRequest(name=created.name)))
+
+    assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.fields == ["location"]
+
+
+def test_assign_trip_puts_an_available_driver_on_the_trip(drivers):
+    online = drivers.online()
+
+    on_trip = drivers.assign(online.name, "trips/t1")
+
+    assert on_trip.status == pb.DRIVER_STATUS_ON_TRIP
+    assert on_trip.current_trip == "trips/t1"
+    assert on_trip.location == online.location
+    assert drivers.get(online.name) == on_trip
+
+
+def test_assigning_the_same_trip_again_returns_the_driver_unchanged(drivers):
+    on_trip = drivers.assign(drivers.online().name, "trips/t1")
+
+    assert drivers.assign(on_trip.name, "trips/t1") == on_trip
+    assert drivers.get(on_trip.name) == on_trip
+
+
+@pytest.mark.parametrize("state", ["offline", "on another trip"])
+def test_a_driver_who_is_not_available_cannot_be_assigned(drivers, state):
+    driver = drivers.create() if state == "offline" else drivers.assign(drivers.online().name, "trips/t1")
+
+    failure = drivers.fail(drivers.stub.AssignTrip(pb.AssignTripRequest(name=driver.name, trip="trips/t2")))
+
+    assert failure.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert failure.info.reason == "DRIVER_NOT_AVAILABLE"
+    assert failure.info.metadata["trip"] == "trips/t2"
+    assert drivers.get(driver.name) == driver
+
+
+def test_two_trips_racing_for_one_driver_cannot_both_win(drivers):
+    online = drivers.online()
+
+    async def race():
+        calls = [
+            drivers.stub.AssignTrip(pb.AssignTripRequest(name=online.name, trip=f"trips/t{i}"))
+            for i in range(8)
+        ]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    outcomes = drivers.call(race())
+
+    winners = [o for o in outcomes if isinstance(o, pb.Driver)]
+    losers = [failure_of(o) for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(winners) == 1
+    assert len(losers) == 7
+    assert {f.info.reason for f in losers} == {"DRIVER_NOT_AVAILABLE"}
+    assert drivers.get(online.name).current_trip == winners[0].current_trip
+
+
+def test_release_trip_makes_the_driver_available_again_and_repeats_harmlessly(drivers):
+    on_trip = drivers.assign(drivers.online().name, "trips/t1")
+
+    released = drivers.release(on_trip.name, "trips/t1")
+    again = drivers.release(on_trip.name, "trips/t1")
+
+    assert released.status == pb.DRIVER_STATUS_AVAILABLE
+    assert released.current_trip == ""
+    assert again == released
+    assert drivers.assign(on_trip.name, "trips/t2").current_trip == "trips/t2"
+
+
+def test_releasing_a_driver_on_no_trip_returns_it_unchanged(drivers):
+    offline = drivers.create()
+    online = drivers.online()
+
+    assert drivers.release(offline.name, "trips/t1") == offline
+    assert drivers.release(online.name, "trips/t1") == online
+
+
+def test_releasing_another_trip_is_refused(drivers):
+    on_trip = drivers.assign(drivers.online().name, "trips/t1")
+
+    failure = drivers.fail(
+        drivers.stub.ReleaseTrip(pb.ReleaseTripRequest(name=on_trip.name, trip="trips/t2"))
+    )
+
+    assert failure.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert failure.info.reason == "DRIVER_ON_ANOTHER_TRIP"
+    assert dict(failure.info.metadata) == {
+        "name": on_trip.name,
+        "status": "DRIVER_STATUS_ON_TRIP",
+        "trip": "trips/t2",
+        "current_trip": "trips/t1",
+    }
+    assert drivers.get(on_trip.name) == on_trip
+
+
+def test_a_driver_on_a_trip_cannot_be_deleted(drivers):
+    on_trip = drivers.assign(drivers.online().name, "trips/t1")
+
+    failure = drivers.fail(drivers.stub.DeleteDriver(pb.DeleteDriverRequest(name=on_trip.name)))
+
+    assert failure.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert failure.info.reason == "DRIVER_ON_TRIP"
+    assert drivers.get(on_trip.name) == on_trip
+    drivers.release(on_trip.name, "trips/t1")
+    drivers.call(drivers.stub.DeleteDriver(pb.DeleteDriverRequest(name=on_trip.name)))
+
+
+def test_assign_replayed_with_its_request_id_returns_the_first_answer_without_reassigning(drivers):
+    online = drivers.online()
+    first = drivers.assign(online.name, "trips/t1", request_id="assign-t1")
+    drivers.release(online.name, "trips/t1")
+
+    replayed = drivers.assign(online.name, "trips/t1", request_id="assign-t1")
+
+    assert replayed == first
+    assert drivers.get(online.name).status == pb.DRIVER_STATUS_AVAILABLE
+    failure = drivers.fail(
+        drivers.stub.AssignTrip(
+            pb.AssignTripRequest(name=online.name, trip="trips/t2", request_id="assign-t1")
+        )
+    )
+    assert failure.info.reason == "REQUEST_ID_REUSED"
+
+
+def test_status_method_replays_return_the_first_answer(drivers):
+    created = drivers.create()
+    first = drivers.go_online(created.name, 51.5, -0.1, request_id="on-1")
+    drivers.go_online(created.name, 52.0, 0.1)
+
+    assert drivers.go_online(created.name, 51.5, -0.1, request_id="on-1") == first
+    assert drivers.get(created.name).location.latitude == 52.0
+
+    offline = pb.GoOfflineRequest(name=created.name, request_id="off-1")
+    went = drivers.call(drivers.stub.GoOffline(offline))
+    drivers.go_online(created.name, 51.5, -0.1)
+    assert drivers.call(drivers.stub.GoOffline(offline)) == went
+    assert drivers.get(created.name).status == pb.DRIVER_STATUS_AVAILABLE
+
+    release = pb.ReleaseTripRequest(name=created.name, trip="trips/t1", request_id="rel-1")
+    drivers.assign(created.name, "trips/t1")
+    released = drivers.call(drivers.stub.ReleaseTrip(release))
+    drivers.assign(created.name, "trips/t2")
+    assert drivers.call(drivers.stub.ReleaseTrip(release)) == released
+    assert drivers.get(created.name).current_trip == "trips/t2"
