@@ -31,8 +31,8 @@ class NotificationServiceStub:
     A notification belongs to its recipient, a passenger or a driver, and is
     named under it. The recipient is not looked up: the service keeps whatever it is
     sent for any well-formed recipient name. Errors carry an ErrorInfo in the domain
-    "notifications.rideshare"; the only failures are INVALID_ARGUMENT for malformed
-    input, including reason REQUEST_ID_REUSED when a request_id is sent again with a
+    "notifications.rideshare"; calls fail with INVALID_ARGUMENT for malformed input,
+    including reason REQUEST_ID_REUSED when a request_id is sent again with a
     different request.
     """
 
@@ -65,8 +65,8 @@ class NotificationServiceServicer:
     A notification belongs to its recipient, a passenger or a driver, and is
     named under it. The recipient is not looked up: the service keeps whatever it is
     sent for any well-formed recipient name. Errors carry an ErrorInfo in the domain
-    "notifications.rideshare"; the only failures are INVALID_ARGUMENT for malformed
-    input, including reason REQUEST_ID_REUSED when a request_id is sent again with a
+    "notifications.rideshare"; calls fail with INVALID_ARGUMENT for malformed input,
+    including reason REQUEST_ID_REUSED when a request_id is sent again with a
     different request.
     """
 
@@ -94,7 +94,9 @@ class NotificationServiceServicer:
         """Delivers each new notification of one recipient as it is sent, in the order sent,
         until the client cancels. Notifications sent before the stream opened are not
         replayed: list them with ListNotifications. When the server shuts down the stream
-        ends with UNAVAILABLE; reconnect, and list to catch up.
+        ends with UNAVAILABLE (reason SERVER_SHUTTING_DOWN); a reader that falls too far
+        behind is ended with RESOURCE_EXHAUSTED (reason STREAM_TOO_SLOW). Either way,
+        reconnect, and list to catch up.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,8 +134,8 @@ class NotificationService:
     A notification belongs to its recipient, a passenger or a driver, and is
     named under it. The recipient is not looked up: the service keeps whatever it is
     sent for any well-formed recipient name. Errors carry an ErrorInfo in the domain
-    "notifications.rideshare"; the only failures are INVALID_ARGUMENT for malformed
-    input, including reason REQUEST_ID_REUSED when a request_id is sent again with a
+    "notifications.rideshare"; calls fail with INVALID_ARGUMENT for malformed input,
+    including reason REQUEST_ID_REUSED when a request_id is sent again with a
     different request.
     """
 
