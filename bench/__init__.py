@@ -1,0 +1,1 @@
+"""Benchmarks: each measures something a design decision rests on (see docs/benchmarks.md)."""
