@@ -162,6 +162,11 @@ class Clients:
                 ("grpc.service_config", json.dumps(service_config(self.config, descriptors))),
                 ("grpc.enable_retries", 1),
                 ("grpc.primary_user_agent", f"rideshare-{self.caller}"),
+                # grpc's default reconnect backoff grows to 120 s, so a service that was
+                # down a minute stays unreachable long after it is back; cap it.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 2000),
             ]
             channel = grpc.aio.insecure_channel(
                 f"ipv4:{target.address}" if _is_ipv4(target.host) else target.address,

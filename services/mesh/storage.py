@@ -91,6 +91,16 @@ class Database:
         row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
         return row
 
+    def replay(self, method: str, request: Message, response_type: type[M]) -> M | None:
+        """The stored answer to `request.request_id`, or None if it is new (or absent).
+
+        Raises INVALID_ARGUMENT REQUEST_ID_REUSED if the key answered another request.
+        """
+        request_id: str = getattr(request, "request_id", "")
+        if not request_id:
+            return None
+        return self._stored(self._conn, method, request_id, fingerprint(request), response_type)
+
     def idempotent(
         self,
         method: str,
@@ -103,27 +113,36 @@ class Database:
         if not request_id:
             with self.transaction() as tx:
                 return write(tx)
-        fingerprint = _fingerprint(request)
+        digest = fingerprint(request)
         with self.transaction() as tx:
-            row = tx.execute(
-                "SELECT fingerprint, response FROM request_log WHERE method = ? AND request_id = ?",
-                (method, request_id),
-            ).fetchone()
-            if row is not None:
-                if row["fingerprint"] != fingerprint:
-                    raise InvalidArgument.field(
-                        "request_id",
-                        f"{request_id!r} was already used for a different {method} request",
-                        reason="REQUEST_ID_REUSED",
-                    )
-                return response_type.FromString(row["response"])
+            stored = self._stored(tx, method, request_id, digest, response_type)
+            if stored is not None:
+                return stored
             response = write(tx)
             tx.execute(
                 "INSERT INTO request_log (method, request_id, fingerprint, response, create_time) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (method, request_id, fingerprint, response.SerializeToString(), time.time_ns()),
+                (method, request_id, digest, response.SerializeToString(), time.time_ns()),
             )
             return response
+
+    @staticmethod
+    def _stored(
+        conn: sqlite3.Connection, method: str, request_id: str, digest: str, response_type: type[M]
+    ) -> M | None:
+        row = conn.execute(
+            "SELECT fingerprint, response FROM request_log WHERE method = ? AND request_id = ?",
+            (method, request_id),
+        ).fetchone()
+        if row is None:
+            return None
+        if row["fingerprint"] != digest:
+            raise InvalidArgument.field(
+                "request_id",
+                f"{request_id!r} was already used for a different {method} request",
+                reason="REQUEST_ID_REUSED",
+            )
+        return response_type.FromString(row["response"])
 
     def close(self) -> None:
         self._conn.close()
@@ -142,7 +161,7 @@ def _statements(script: str) -> Iterator[str]:
         yield pending.rstrip(";").strip()
 
 
-def _fingerprint(request: Message) -> str:
+def fingerprint(request: Message) -> str:
     """A digest of the request without its request_id: what 'the same request' means."""
     copy = type(request)()
     copy.CopyFrom(request)

@@ -278,7 +278,8 @@ def test_an_expired_deadline_gives_zero_not_a_negative_timeout():
 def test_streams_get_no_default_timeout_only_the_served_deadline():
     assert propagate(None, details(timeout=None), own=None).timeout is None
     assert propagate(CallContext("/x", None, ()), details(timeout=None), own=None).timeout is None
-    assert propagate(CallContext("/x", time.monotonic() + 3, ()), details(timeout=None), own=None).timeout <= 3
+    soon = CallContext("/x", time.monotonic() + 3, ())
+    assert propagate(soon, details(timeout=None), own=None).timeout <= 3
 
 
 def test_propagated_headers_do_not_override_explicit_ones():

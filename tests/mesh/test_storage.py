@@ -10,7 +10,7 @@ import pytest
 from rideshare.passengers.v1 import passengers_pb2 as pb
 
 from services.mesh.errors import InvalidArgument
-from services.mesh.storage import Database
+from services.mesh.storage import Database, fingerprint
 
 MIGRATIONS = [
     "CREATE TABLE things (id INTEGER PRIMARY KEY, label TEXT NOT NULL)",
@@ -196,3 +196,27 @@ def test_a_migration_may_hold_semicolons_in_strings_and_trigger_bodies(tmp_path)
     assert db.query_one("SELECT x FROM a")["x"] == ";"
     assert db.query_one("SELECT count(*) AS n FROM b")["n"] == 1
     db.close()
+
+
+def test_replay_finds_the_stored_answer_without_writing(tmp_path):
+    db = Database(tmp_path / "t.db", [])
+    first = pb.CreatePassengerRequest(passenger=pb.Passenger(display_name="A"), request_id="k")
+    assert db.replay("CreatePassenger", first, pb.Passenger) is None
+    db.idempotent("CreatePassenger", first, pb.Passenger, lambda tx: pb.Passenger(name="passengers/1"))
+
+    assert db.replay("CreatePassenger", first, pb.Passenger).name == "passengers/1"
+    assert db.replay("CreatePassenger", pb.CreatePassengerRequest(), pb.Passenger) is None
+    other = pb.CreatePassengerRequest(passenger=pb.Passenger(display_name="B"), request_id="k")
+    with pytest.raises(InvalidArgument) as caught:
+        db.replay("CreatePassenger", other, pb.Passenger)
+    assert caught.value.reason == "REQUEST_ID_REUSED"
+    db.close()
+
+
+def test_the_fingerprint_ignores_only_the_request_id():
+    assert fingerprint(pb.DeletePassengerRequest(name="passengers/a", request_id="x")) == fingerprint(
+        pb.DeletePassengerRequest(name="passengers/a", request_id="y")
+    )
+    assert fingerprint(pb.DeletePassengerRequest(name="passengers/a")) != fingerprint(
+        pb.DeletePassengerRequest(name="passengers/b")
+    )

@@ -1,0 +1,56 @@
+"""The trip service: rides from request to payment, coordinating the other five services.
+
+Modules: `servicer` (the gRPC surface), `workflow` (the steps that call other
+services), `domain` (the state machine and downstream keys), `notices` (what
+people are told), `store` (trips + outbox in SQLite), `clients` (every call
+to another service), `outbox` and `background` (delivery in the background).
+
+Nothing is ever half-done in a way a retry cannot finish. Two tools make that
+true: every downstream write carries a request_id derived from the trip
+(`trips/<id>:invoice`, ...), so repeating a step repeats each call with the
+same key and it takes effect once; and every step records its progress in
+the trips database as soon as it is known, so a repeat skips what is done.
+
+RequestTrip. The passenger is checked, the fare quoted and the nearest
+AVAILABLE drivers found first; only then is the trip stored, in the internal
+state MATCHING (never returned by GetTrip or ListTrips), its name fixed and
+its RequestTrip request_id recorded. Before a driver is asked (AssignTrip,
+request_id `<trip>:assign:<driver>`) it is written down as the candidate. A
+driver who lost a race (DRIVER_NOT_AVAILABLE) is crossed off and the next one
+asked; if none is left the trip is deleted and the answer is
+NO_DRIVER_AVAILABLE with no trip. When a driver says yes, one transaction
+makes the trip DRIVER_ASSIGNED, queues its notifications and stores the
+answer for AIP-155 replays. If anything fails in between (drivers down, a
+crash), the MATCHING trip stays: a repeat with the same request_id finds it,
+asks the recorded candidate again with the same key (which returns "yes" if
+the first attempt won it) and carries on, so it never assigns a second
+driver. A repeat that never comes is handled by the janitor
+(`TripWorkflow.sweep_abandoned`, setting `matching_timeout_seconds`, default
+60): it releases the candidate (`<trip>:release`) and deletes the trip, so no
+driver stays ON_TRIP for a trip nobody can see.
+
+CompleteTrip. The first attempt fixes the drop-off time (so the invoice
+request is the same on every attempt), then: CreateInvoice (`<trip>:invoice`)
+and record the invoice on the trip; CreatePayment (`<trip>:payment`, the
+trip's payment method) and record payment and payment_state; ReleaseTrip
+(`<trip>:release`); and finally, in one transaction, COMPLETED with end_time
+and the receipt queued. If billing, payments or drivers cannot be reached the
+call fails with UNAVAILABLE naming the service, the trip stays IN_PROGRESS
+with what was recorded, and a repeat (with or without the request_id)
+continues from there: one invoice, one charge, and never COMPLETED without a
+payment. A declined card is recorded (payment_state DECLINED) and completes
+the trip. CancelTrip frees the driver first and then records CANCELLED, for
+the same reason.
+
+Notifications. A step never calls the notification service: it writes its
+notifications to the `outbox` table in the same transaction as the state
+change, and the outbox loop (`outbox.py`, started with the service, stopped
+in `on_stop`) sends them in order with `request_id = <outbox id>`, backing off
+while the notification service is away. So a step never fails because of
+notifications, and every notification of a committed step is sent exactly
+once, even across restarts.
+
+Concurrency. Steps on one trip run one at a time (a lock per trip, and one
+per RequestTrip request_id, in this process). Several replicas on a shared
+database would need a row lease instead; the mesh runs one process per service.
+"""

@@ -1,0 +1,61 @@
+"""Long-running tasks of the trip service (the outbox, the janitor), started and stopped with the server.
+
+A task is started with an empty `contextvars.Context`: started lazily from a
+handler it would otherwise inherit that call's deadline and headers
+(`calls.current_call`) and pass them to every call it ever makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from services.mesh import log
+
+_log = log.get_logger("rideshare.trips.background")
+
+
+class Background:
+    """One named loop; `start()` needs a running event loop, `stop()` cancels and waits."""
+
+    def __init__(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.name = name
+        self._run = run
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        """Start unless running (or stopped for good); safe to call from any handler."""
+        if self._stopped or (self._task is not None and not self._task.done()):
+            return
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._guarded(), name=self.name, context=contextvars.Context())
+
+    def try_start(self) -> None:
+        """`start()` if an event loop is running here, else later (the first call starts it)."""
+        with contextlib.suppress(RuntimeError):
+            self.start()
+
+    async def _guarded(self) -> None:
+        while True:
+            try:
+                await self._run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug in one pass must not end delivery for the life of the process.
+                _log.exception(f"{self.name} failed; restarting it", extra={"fields": {"task": self.name}})
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

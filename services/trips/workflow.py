@@ -1,0 +1,275 @@
+"""The trip steps that span services: matching a driver, completing, cancelling (and the local ones).
+
+Each step is written so that repeating it, with the same request_id, after
+any failure finishes it exactly once; see the package docstring for the
+recovery design. Steps on one trip run one at a time in this process
+(`KeyedLocks`), so e.g. a StartTrip cannot slip between CancelTrip freeing the
+driver and recording the cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from google.type.latlng_pb2 import LatLng
+from rideshare.drivers.v1.drivers_pb2 import Driver
+from rideshare.trips.v1.trips_pb2 import (
+    AcceptTripRequest,
+    CancelTripRequest,
+    CompleteTripRequest,
+    RequestTripRequest,
+    StartTripRequest,
+    Trip,
+)
+
+from services.mesh import log
+from services.mesh.aip import resource_id
+from services.mesh.errors import FailedPrecondition, InvalidArgument
+from services.mesh.storage import fingerprint
+
+from . import domain, notices
+from .clients import Downstream
+from .outbox import Outbox
+from .store import Matching, TripStore
+
+_log = log.get_logger("rideshare.trips.workflow")
+
+
+class KeyedLocks:
+    """One asyncio lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+def no_driver_available(trip: Trip | RequestTripRequest) -> FailedPrecondition:
+    return FailedPrecondition(
+        "no driver is available near the pickup; try again in a moment",
+        reason="NO_DRIVER_AVAILABLE",
+        metadata={"latitude": f"{trip.pickup.latitude:.6f}", "longitude": f"{trip.pickup.longitude:.6f}"},
+    )
+
+
+def _request_id_reused(request_id: str) -> InvalidArgument:
+    return InvalidArgument.field(
+        "request_id",
+        f"{request_id!r} was already used for a different RequestTrip request",
+        reason="REQUEST_ID_REUSED",
+    )
+
+
+class TripWorkflow:
+    """Runs the steps of a trip against the store and the other services."""
+
+    def __init__(
+        self, store: TripStore, downstream: Downstream, outbox: Outbox, search_radius: float
+    ) -> None:
+        self.store = store
+        self.downstream = downstream
+        self.outbox = outbox
+        self.search_radius = search_radius
+        self.locks = KeyedLocks()
+
+    # --- RequestTrip --------------------------------------------------------------
+
+    async def request(self, request: RequestTripRequest) -> Trip:
+        replay = self.store.replayed("RequestTrip", request)
+        if replay is not None:
+            return replay
+        domain.check_request(request)
+        if not request.request_id:
+            return await self._match(request, None)
+        async with self.locks.hold(f"request:{request.request_id}"):
+            # A concurrent call with the same key may have finished while we waited.
+            replay = self.store.replayed("RequestTrip", request)
+            if replay is not None:
+                return replay
+            matching = self.store.matching_by_key(request.request_id)
+            if matching is not None and matching.fingerprint != fingerprint(request):
+                raise _request_id_reused(request.request_id)
+            return await self._match(request, matching)
+
+    async def _match(self, request: RequestTripRequest, matching: Matching | None) -> Trip:
+        """Find, or resume finding, the driver of a trip; the trip is kept MATCHING until one says yes."""
+        candidates: list[str] | None = None
+        if matching is None:
+            await self.downstream.get_passenger(request.passenger)
+            quote = await self.downstream.quote_fare(request.pickup, request.dropoff)
+            candidates = await self._candidates(request.pickup)
+            if not candidates:
+                raise no_driver_available(request)
+            trip = domain.new_trip(request, quote)
+            matching = self.store.add_matching(trip, request.request_id, fingerprint(request))
+        async with self.locks.hold(matching.id):
+            current = self.store.matching(matching.id)
+            if current is None:
+                # The janitor gave this attempt up (and freed its driver) while we waited: start afresh.
+                return await self._match(request, None)
+            return await self._assign(request, current, candidates)
+
+    async def _candidates(self, pickup: LatLng) -> list[str]:
+        found = await self.downstream.search_drivers(pickup, self.search_radius)
+        return [result.driver.name for result in found]
+
+    async def _assign(
+        self, request: RequestTripRequest, matching: Matching, candidates: list[str] | None
+    ) -> Trip:
+        trip = matching.trip
+        asked: set[str] = set()
+        if trip.driver:
+            # An earlier attempt asked this driver and may have won it: asking again with the same
+            # request_id returns that answer, so a driver is never left ON_TRIP for a trip we dropped.
+            asked.add(trip.driver)
+            driver = await self.downstream.assign_trip(
+                trip.driver, trip.name, domain.assign_request_id(trip.name, trip.driver)
+            )
+            if driver is not None:
+                return self._assigned(request, matching, driver)
+            self.store.set_candidate(matching.id, "")
+        if candidates is None:
+            candidates = await self._candidates(trip.pickup)
+        for name in candidates:
+            if name in asked:
+                continue
+            asked.add(name)
+            self.store.set_candidate(matching.id, name)
+            driver = await self.downstream.assign_trip(
+                name, trip.name, domain.assign_request_id(trip.name, name)
+            )
+            if driver is not None:
+                return self._assigned(request, matching, driver)
+            self.store.set_candidate(matching.id, "")
+        self.store.drop_matching(matching.id)
+        raise no_driver_available(trip)
+
+    def _assigned(self, request: RequestTripRequest, matching: Matching, driver: Driver) -> Trip:
+        trip = self.store.finish_matching(
+            matching.id, driver.name, request, lambda assigned: notices.assigned(assigned, driver)
+        )
+        self.outbox.wake()
+        return trip
+
+    async def sweep_abandoned(self, older_than: float, limit: int = 100) -> int:
+        """Give up matching attempts nobody resumed: free the driver asked, forget the trip.
+
+        A MATCHING trip untouched for `older_than` seconds belongs to a RequestTrip
+        that failed (a dependency down, a crash) and was not repeated. Its
+        candidate driver may be ON_TRIP for it; ReleaseTrip frees it (or finds
+        it was never ours), then the invisible trip is deleted, so a late repeat
+        of the request starts afresh.
+        """
+        before = time.time_ns() - int(older_than * 1e9)
+        swept = 0
+        for stale in self.store.stale_matching(before, limit):
+            async with self.locks.hold(stale.id):
+                current = self.store.matching(stale.id)
+                if current is None or current.update_ns >= before:
+                    continue
+                if current.trip.driver:
+                    await self.downstream.release_trip(
+                        current.trip.driver, current.trip.name, domain.release_request_id(current.trip.name)
+                    )
+                self.store.drop_matching(stale.id)
+                swept += 1
+                _log.warning(
+                    "gave up an abandoned trip request",
+                    extra={"fields": {"trip": current.trip.name, "driver": current.trip.driver}},
+                )
+        return swept
+
+    # --- the local steps -----------------------------------------------------------
+
+    async def accept(self, request: AcceptTripRequest) -> Trip:
+        trip_id = resource_id(request.name, "trips")
+        async with self.locks.hold(trip_id):
+            trip = self.store.transition(
+                trip_id, "AcceptTrip", request, lambda t: _with(domain.accept(t), notices.accepted)
+            )
+        self.outbox.wake()
+        return trip
+
+    async def start(self, request: StartTripRequest) -> Trip:
+        trip_id = resource_id(request.name, "trips")
+        async with self.locks.hold(trip_id):
+            trip = self.store.transition(
+                trip_id, "StartTrip", request, lambda t: _with(domain.start(t), notices.started)
+            )
+        self.outbox.wake()
+        return trip
+
+    # --- CompleteTrip and CancelTrip ----------------------------------------------
+
+    async def complete(self, request: CompleteTripRequest) -> Trip:
+        """Invoice, charge, free the driver, then COMPLETED; each step recorded as it succeeds."""
+        trip_id = resource_id(request.name, "trips")
+        async with self.locks.hold(trip_id):
+            replay = self.store.replayed("CompleteTrip", request)
+            if replay is not None:
+                return replay
+            trip = self.store.get(trip_id)
+            domain.check_completable(trip)
+            dropoff_ns = self.store.fix_dropoff(trip_id)
+            if not trip.invoice:
+                invoice = await self.downstream.create_invoice(
+                    domain.invoice_for(trip, dropoff_ns), domain.invoice_request_id(trip.name)
+                )
+                trip = self.store.record_invoice(trip_id, invoice.name)
+            if not trip.payment:
+                payment = await self.downstream.create_payment(
+                    domain.payment_for(trip), domain.payment_request_id(trip.name)
+                )
+                trip = self.store.record_payment(trip_id, payment.name, domain.payment_state(payment))
+            await self.downstream.release_trip(trip.driver, trip.name, domain.release_request_id(trip.name))
+            done = self.store.transition(
+                trip_id,
+                "CompleteTrip",
+                request,
+                lambda t: _with(domain.complete(t, dropoff_ns), notices.completed),
+            )
+        self.outbox.wake()
+        return done
+
+    async def cancel(self, request: CancelTripRequest) -> Trip:
+        """Free the driver, then CANCELLED: a trip is never cancelled with its driver still held."""
+        domain.check_cancel_reason(request.reason)
+        trip_id = resource_id(request.name, "trips")
+        async with self.locks.hold(trip_id):
+            replay = self.store.replayed("CancelTrip", request)
+            if replay is not None:
+                return replay
+            trip = self.store.get(trip_id)
+            domain.check_cancellable(trip)
+            await self.downstream.release_trip(trip.driver, trip.name, domain.release_request_id(trip.name))
+            done = self.store.transition(
+                trip_id,
+                "CancelTrip",
+                request,
+                lambda t: _with(domain.cancel(t, request.reason), notices.cancelled),
+            )
+        self.outbox.wake()
+        return done
+
+
+def _with(trip: Trip, make: Callable[[Trip], list[notices.Notice]]) -> tuple[Trip, list[notices.Notice]]:
+    """The changed trip and what to tell people about it."""
+    return trip, make(trip)

@@ -1,0 +1,112 @@
+"""The outbox delivery loop against a real store and a scripted notification service."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from services.trips.outbox import Outbox
+
+from .conftest import assigned
+
+
+def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=code.name)
+
+
+class Recipient:
+    """Stands in for the notification service: records sends, fails while told to."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+        self.failures: list[grpc.StatusCode] = []
+        self.received = asyncio.Event()
+
+    async def send(self, notice, request_id: str) -> None:
+        if self.failures:
+            raise rpc_error(self.failures.pop(0))
+        self.sent.append((notice.title, request_id))
+        self.received.set()
+
+
+def test_a_pass_sends_in_order_with_the_outbox_id_as_request_id(store):
+    for index in range(3):
+        assigned(store, driver=f"drivers/d{index}")
+    ids = [e.id for e in store.pending_notices(10)]
+    recipient = Recipient()
+
+    delivered, failed = asyncio.run(Outbox(store, recipient.send).deliver_pending())
+
+    assert (delivered, failed) == (3, False)
+    assert [request_id for _, request_id in recipient.sent] == ids
+    assert store.pending_notices(10) == []
+
+
+def test_an_unreachable_service_stops_the_pass_and_keeps_the_rest_in_order(store):
+    for index in range(3):
+        assigned(store, driver=f"drivers/d{index}")
+    ids = [e.id for e in store.pending_notices(10)]
+    recipient = Recipient()
+    recipient.failures = [grpc.StatusCode.UNAVAILABLE]
+    outbox = Outbox(store, recipient.send)
+
+    assert asyncio.run(outbox.deliver_pending()) == (0, True)
+    assert [(e.id, e.attempts) for e in store.pending_notices(10)] == [(ids[0], 1), (ids[1], 0), (ids[2], 0)]
+
+    assert asyncio.run(outbox.deliver_pending()) == (3, False)
+    assert [request_id for _, request_id in recipient.sent] == ids
+
+
+def test_a_refused_notification_is_set_aside_and_the_rest_still_go(store):
+    for index in range(2):
+        assigned(store, driver=f"drivers/d{index}")
+    ids = [e.id for e in store.pending_notices(10)]
+    recipient = Recipient()
+    recipient.failures = [grpc.StatusCode.INVALID_ARGUMENT]
+
+    assert asyncio.run(Outbox(store, recipient.send).deliver_pending()) == (1, False)
+    assert [request_id for _, request_id in recipient.sent] == ids[1:]
+    assert store.pending_notices(10) == []
+
+
+@pytest.mark.timeout(30)
+def test_the_loop_retries_with_backoff_until_the_service_is_back(store):
+    assigned(store)
+    recipient = Recipient()
+    recipient.failures = [grpc.StatusCode.UNAVAILABLE] * 3 + [grpc.StatusCode.DEADLINE_EXCEEDED]
+
+    async def scenario() -> None:
+        outbox = Outbox(store, recipient.send, initial_backoff=0.01, max_backoff=0.02, idle_poll=60)
+        outbox.start()
+        try:
+            await recipient.received.wait()
+        finally:
+            await outbox.stop()
+
+    asyncio.run(scenario())
+
+    assert len(recipient.sent) == 1
+    assert store.pending_notices(10) == []
+
+
+@pytest.mark.timeout(30)
+def test_wake_delivers_new_rows_without_waiting_for_the_poll(store):
+    recipient = Recipient()
+
+    async def scenario() -> None:
+        outbox = Outbox(store, recipient.send, idle_poll=3600)
+        outbox.start()
+        try:
+            await asyncio.sleep(0)
+            assigned(store)
+            outbox.wake()
+            await recipient.received.wait()
+        finally:
+            await outbox.stop()
+        outbox.wake()  # after stop: never restarts
+
+    asyncio.run(scenario())
+
+    assert [title for title, _ in recipient.sent] == ["Hello"]

@@ -1,0 +1,394 @@
+"""The trip workflow against scripted neighbours: races, crashes and outages, made exact.
+
+The integration tests run the real services; these make the failures that a
+real mesh cannot produce on cue (a crash between two steps, a driver lost to a
+race) and check that a retry finishes the work exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from google.type.latlng_pb2 import LatLng
+from rideshare.billing.v1.billing_pb2 import Invoice
+from rideshare.drivers.v1.drivers_pb2 import Driver, DriverSearchResult
+from rideshare.payments.v1.payments_pb2 import Payment, PaymentState
+from rideshare.trips.v1.trips_pb2 import (
+    AcceptTripRequest,
+    CancelTripRequest,
+    CompleteTripRequest,
+    StartTripRequest,
+    Trip,
+)
+
+from services.mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.trips import domain
+from services.trips.outbox import Outbox
+from services.trips.workflow import KeyedLocks, TripWorkflow
+
+from .test_domain import quote, request
+
+
+class Neighbours:
+    """The five other services, in memory, each write idempotent on its request_id like the real ones."""
+
+    def __init__(self) -> None:
+        self.passengers = {"passengers/p1"}
+        self.drivers: dict[str, str] = {"drivers/near": "", "drivers/far": ""}
+        self.down: set[str] = set()
+        self.calls: list[tuple[str, str]] = []
+        self.invoices: dict[str, Invoice] = {}
+        self.payments: dict[str, Payment] = {}
+        self.sent: list[str] = []
+        self._assigned: dict[str, Driver] = {}
+
+    def _reach(self, service: str, method: str, key: str = "") -> None:
+        if service in self.down:
+            raise Unavailable(f"{service} is down", metadata={"service": service})
+        self.calls.append((method, key))
+
+    async def get_passenger(self, name: str) -> object:
+        self._reach("passengers", "GetPassenger")
+        if name not in self.passengers:
+            raise NotFound(f"{name} does not exist", reason="PASSENGER_NOT_FOUND")
+        return object()
+
+    async def quote_fare(self, pickup: LatLng, dropoff: LatLng) -> Any:
+        self._reach("billing", "QuoteFare")
+        return quote()
+
+    async def search_drivers(self, location: LatLng, radius: float) -> list[DriverSearchResult]:
+        self._reach("drivers", "SearchDrivers")
+        return [
+            DriverSearchResult(driver=Driver(name=name), distance_meters=index)
+            for index, name in enumerate(self.drivers)
+            if not self.drivers[name]
+        ]
+
+    async def assign_trip(self, driver: str, trip: str, request_id: str) -> Driver | None:
+        self._reach("drivers", "AssignTrip", request_id)
+        if request_id in self._assigned:
+            return self._assigned[request_id]
+        if self.drivers.get(driver) not in ("", trip):
+            return None
+        self.drivers[driver] = trip
+        self._assigned[request_id] = Driver(name=driver, display_name="Dana")
+        return self._assigned[request_id]
+
+    async def release_trip(self, driver: str, trip: str, request_id: str) -> None:
+        self._reach("drivers", "ReleaseTrip", request_id)
+        if self.drivers.get(driver) == trip:
+            self.drivers[driver] = ""
+
+    async def create_invoice(self, invoice: Invoice, request_id: str) -> Invoice:
+        self._reach("billing", "CreateInvoice", request_id)
+        if request_id not in self.invoices:
+            self.invoices[request_id] = Invoice(name=f"invoices/{len(self.invoices)}", trip=invoice.trip)
+        return self.invoices[request_id]
+
+    async def create_payment(self, payment: Payment, request_id: str) -> Payment:
+        self._reach("payments", "CreatePayment", request_id)
+        if request_id not in self.payments:
+            ok = payment.payment_method == "pm_card_visa"
+            state = PaymentState.PAYMENT_STATE_SUCCEEDED if ok else PaymentState.PAYMENT_STATE_DECLINED
+            self.payments[request_id] = Payment(name=f"payments/{len(self.payments)}", state=state)
+        return self.payments[request_id]
+
+    async def send_notification(self, notice: Any, request_id: str) -> None:
+        self.sent.append(notice.title)
+
+
+Scenario = Callable[[TripWorkflow, Neighbours], Awaitable[None]]
+
+
+def run(store, scenario: Scenario, neighbours: Neighbours | None = None) -> Neighbours:
+    """Run `scenario` with a workflow on `store` and fresh (or given) neighbours, stopping the outbox."""
+    neighbours = neighbours or Neighbours()
+
+    async def main() -> None:
+        outbox = Outbox(store, neighbours.send_notification)
+        workflow = TripWorkflow(store, neighbours, outbox, 5000.0)  # type: ignore[arg-type]
+        try:
+            await scenario(workflow, neighbours)
+        finally:
+            await outbox.stop()
+        assert len(workflow.locks) == 0, "every lock is released"
+
+    asyncio.run(main())
+    return neighbours
+
+
+def visible(store) -> list[Trip]:
+    return store.page("", "", 0, 100)[0]
+
+
+def test_the_nearest_driver_is_assigned_and_told(store):
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        trip = await workflow.request(request(request_id="r1"))
+        assert trip.state == domain.DRIVER_ASSIGNED
+        assert trip.driver == "drivers/near"
+        assert mesh.drivers["drivers/near"] == trip.name
+        assert ("AssignTrip", f"{trip.name}:assign:near") in mesh.calls
+        assert [e.notice.title for e in store.pending_notices(10)] in ([], ["New trip", "Driver assigned"])
+
+    run(store, scenario)
+
+
+def test_a_driver_lost_to_a_race_is_skipped_for_the_next_one(store):
+    mesh = Neighbours()
+    original = mesh.search_drivers
+
+    async def stale_search(location: LatLng, radius: float) -> list[DriverSearchResult]:
+        results = await original(location, radius)
+        mesh.drivers["drivers/near"] = "trips/other"  # taken between the search and the assignment
+        return results
+
+    mesh.search_drivers = stale_search  # type: ignore[method-assign]
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        trip = await workflow.request(request())
+        assert trip.driver == "drivers/far"
+        assert mesh.drivers == {"drivers/near": "trips/other", "drivers/far": trip.name}
+
+    run(store, scenario, mesh)
+
+
+def test_no_driver_means_no_trip(store):
+    mesh = Neighbours()
+    mesh.drivers = {}
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        with pytest.raises(FailedPrecondition) as error:
+            await workflow.request(request(request_id="r1"))
+        assert error.value.reason == "NO_DRIVER_AVAILABLE"
+
+    run(store, scenario, mesh)
+    assert visible(store) == []
+    assert store.stale_matching(2**62, 10) == []
+
+
+def test_every_candidate_lost_means_no_trip_and_no_driver_held(store):
+    mesh = Neighbours()
+
+    async def all_taken(location: LatLng, radius: float) -> list[DriverSearchResult]:
+        mesh.drivers = {"drivers/near": "trips/a", "drivers/far": "trips/b"}
+        return [DriverSearchResult(driver=Driver(name=n)) for n in mesh.drivers]
+
+    mesh.search_drivers = all_taken  # type: ignore[method-assign]
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        with pytest.raises(FailedPrecondition):
+            await workflow.request(request())
+
+    run(store, scenario, mesh)
+    assert store.stale_matching(2**62, 10) == []
+
+
+def test_an_unknown_passenger_is_not_found_and_nothing_is_asked(store):
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        with pytest.raises(NotFound) as error:
+            await workflow.request(request(passenger="passengers/nobody"))
+        assert error.value.reason == "PASSENGER_NOT_FOUND"
+        assert [method for method, _ in mesh.calls] == ["GetPassenger"]
+
+    run(store, scenario)
+
+
+def test_a_crash_after_the_driver_said_yes_is_resumed_by_the_retry(store):
+    """The driver is ON_TRIP but the trip was not recorded: the retry finds it, never a second driver."""
+    finish = store.finish_matching
+    crashes = [RuntimeError("crash before the trip was recorded")]
+
+    def crash_once(*args: Any, **kwargs: Any) -> Trip:
+        if crashes:
+            raise crashes.pop()
+        return finish(*args, **kwargs)
+
+    store.finish_matching = crash_once
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        with pytest.raises(RuntimeError):
+            await workflow.request(request(request_id="r1"))
+        held = [name for name, trip in mesh.drivers.items() if trip]
+        assert held == ["drivers/near"]
+        assert visible(store) == []
+
+        trip = await workflow.request(request(request_id="r1"))
+        assert trip.driver == "drivers/near"
+        assert mesh.drivers["drivers/near"] == trip.name
+        assert mesh.drivers["drivers/far"] == ""
+        assert await workflow.request(request(request_id="r1")) == trip
+
+    run(store, scenario)
+    assert len(visible(store)) == 1
+
+
+def test_a_driver_service_outage_mid_request_is_resumed_by_the_retry(store):
+    mesh = Neighbours()
+    original = mesh.assign_trip
+
+    async def down_after_assigning(driver: str, trip: str, request_id: str) -> Driver | None:
+        await original(driver, trip, request_id)
+        mesh.down.add("drivers")
+        raise Unavailable("drivers is down")  # the answer is lost
+
+    mesh.assign_trip = down_after_assigning  # type: ignore[method-assign]
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        with pytest.raises(Unavailable):
+            await workflow.request(request(request_id="r1"))
+        mesh.assign_trip = original  # type: ignore[method-assign]
+        with pytest.raises(Unavailable):
+            await workflow.request(request(request_id="r1"))
+        mesh.down.clear()
+        trip = await workflow.request(request(request_id="r1"))
+        assert trip.driver == "drivers/near"
+        assert mesh.drivers == {"drivers/near": trip.name, "drivers/far": ""}
+
+    run(store, scenario, mesh)
+
+
+def test_a_reused_request_id_is_refused_even_while_matching(store):
+    mesh = Neighbours()
+    mesh.down.add("drivers")
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        mesh.down.clear()
+        original = mesh.assign_trip
+
+        async def lost(driver: str, trip: str, request_id: str) -> Driver | None:
+            raise Unavailable("drivers is down")
+
+        mesh.assign_trip = lost  # type: ignore[method-assign]
+        with pytest.raises(Unavailable):
+            await workflow.request(request(request_id="r1"))
+        mesh.assign_trip = original  # type: ignore[method-assign]
+        with pytest.raises(InvalidArgument) as error:
+            await workflow.request(request(request_id="r1", payment_method="pm_card_declined"))
+        assert error.value.reason == "REQUEST_ID_REUSED"
+
+    run(store, scenario, mesh)
+
+
+def test_concurrent_repeats_of_one_request_make_one_trip(store):
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        trips = await asyncio.gather(*(workflow.request(request(request_id="r1")) for _ in range(5)))
+        assert len({t.name for t in trips}) == 1
+        assert trips[0] == trips[-1]
+
+    run(store, scenario)
+    assert len(visible(store)) == 1
+
+
+def test_the_janitor_frees_the_driver_of_an_abandoned_request(store):
+    mesh = Neighbours()
+
+    async def lost(driver: str, trip: str, request_id: str) -> Driver | None:
+        mesh.drivers[driver] = trip  # assigned, but the answer never came back
+        raise Unavailable("drivers is down")
+
+    original = mesh.assign_trip
+    mesh.assign_trip = lost  # type: ignore[method-assign]
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        with pytest.raises(Unavailable):
+            await workflow.request(request(request_id="r1"))
+        assert await workflow.sweep_abandoned(older_than=3600) == 0, "a recent attempt is left alone"
+        await asyncio.sleep(0.01)
+        assert await workflow.sweep_abandoned(older_than=0.001) == 1
+        assert mesh.drivers == {"drivers/near": "", "drivers/far": ""}
+        assert store.stale_matching(2**62, 10) == []
+
+        mesh.assign_trip = original  # type: ignore[method-assign]
+        trip = await workflow.request(request(request_id="r1"))
+        assert trip.state == domain.DRIVER_ASSIGNED, "a late repeat starts afresh"
+
+    run(store, scenario, mesh)
+
+
+async def _ride(workflow: TripWorkflow, payment_method: str = "pm_card_visa") -> Trip:
+    trip = await workflow.request(request(payment_method=payment_method))
+    await workflow.accept(AcceptTripRequest(name=trip.name))
+    return await workflow.start(StartTripRequest(name=trip.name))
+
+
+@pytest.mark.parametrize("outage", ["billing", "payments", "drivers"])
+def test_complete_during_an_outage_keeps_the_trip_in_progress_and_the_retry_finishes_once(store, outage):
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        trip = await _ride(workflow)
+        mesh.down.add(outage)
+        complete = CompleteTripRequest(name=trip.name, request_id="c1")
+        with pytest.raises(Unavailable):
+            await workflow.complete(complete)
+        halfway = store.get(trip.name.removeprefix("trips/"))
+        assert halfway.state == domain.IN_PROGRESS
+        assert halfway.payment_state == (domain.NOT_CHARGED if outage != "drivers" else domain.PAID)
+
+        mesh.down.clear()
+        done = await workflow.complete(complete)
+        assert done.state == domain.COMPLETED
+        assert done.payment_state == domain.PAID
+        assert await workflow.complete(complete) == done
+        assert [m for m, _ in mesh.calls].count("CreateInvoice") == 1, (
+            "a recorded invoice is not asked for again"
+        )
+        assert len(mesh.invoices) == 1
+        assert len(mesh.payments) == 1
+        assert mesh.drivers[done.driver] == ""
+        assert done.end_time.ToNanoseconds() >= done.start_time.ToNanoseconds()
+
+        with pytest.raises(FailedPrecondition) as again:
+            await workflow.complete(CompleteTripRequest(name=trip.name, request_id="c2"))
+        assert again.value.reason == "TRIP_NOT_IN_PROGRESS"
+
+    run(store, scenario)
+
+
+def test_a_declined_charge_completes_the_trip_as_declined(store):
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        trip = await _ride(workflow, "pm_card_declined")
+        done = await workflow.complete(CompleteTripRequest(name=trip.name))
+        assert (done.state, done.payment_state) == (domain.COMPLETED, domain.DECLINED)
+        assert done.payment
+
+    run(store, scenario)
+
+
+def test_cancel_during_a_driver_outage_changes_nothing_until_the_retry(store):
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        trip = await workflow.request(request())
+        mesh.down.add("drivers")
+        cancel = CancelTripRequest(name=trip.name, reason="changed plans", request_id="x1")
+        with pytest.raises(Unavailable):
+            await workflow.cancel(cancel)
+        assert store.get(trip.name.removeprefix("trips/")).state == domain.DRIVER_ASSIGNED
+
+        mesh.down.clear()
+        done = await workflow.cancel(cancel)
+        assert (done.state, done.cancel_reason) == (domain.CANCELLED, "changed plans")
+        assert mesh.drivers[trip.driver] == ""
+        assert await workflow.cancel(cancel) == done
+
+    run(store, scenario)
+
+
+def test_steps_on_one_trip_wait_for_each_other():
+    locks = KeyedLocks()
+    order: list[str] = []
+
+    async def step(name: str, key: str) -> None:
+        async with locks.hold(key):
+            order.append(f"{name}+")
+            await asyncio.sleep(0.01)
+            order.append(f"{name}-")
+
+    async def main() -> None:
+        await asyncio.gather(step("a", "t1"), step("b", "t1"), step("c", "t2"))
+
+    asyncio.run(main())
+    assert order.index("a-") < order.index("b+")
+    assert order.index("c+") < order.index("a-"), "other trips do not wait"
+    assert len(locks) == 0
