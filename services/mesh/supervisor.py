@@ -86,7 +86,7 @@ class LogPrinter:
         exception = entry.pop("exception", None)
         for key in ("service", "logger"):
             entry.pop(key, None)
-        extras = " ".join(f"{k}={v}" for k, v in entry.items())
+        extras = " ".join(f"{k}={_plain(v)}" for k, v in entry.items())
         text = f"{ts} {level:<7} {msg}" + (f"  {extras}" if extras else "")
         if exception:
             text += "\n" + str(exception)
@@ -108,6 +108,13 @@ class LogPrinter:
         thread = threading.Thread(target=run, name=f"log-{name}", daemon=True)
         thread.start()
         return thread
+
+
+def _plain(value: Any) -> str:
+    """A log field as an operator reads it: lists comma-joined, not Python reprs."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def format_table(members: Sequence[Member]) -> str:
