@@ -2,8 +2,8 @@
 
 Generated `_pb2` modules carry descriptors without source info, so the `//`
 comments of the protos are lost at run time. `mesh generate` also writes
-`generated/rideshare/descriptors.binpb` (a FileDescriptorSet of our own protos
-with `--include_source_info`); this module serves it:
+`generated/rideshare/descriptors.binpb` (a FileDescriptorSet of our protos and their
+imports, with `--include_source_info`); this module serves it:
 - `SourceReflectionServicer` answers grpcurl's reflection requests with those
   richer descriptors, so `grpcurl describe` shows the comments;
 - `comments(file)` maps element paths to comments for generated documentation.
@@ -36,7 +36,7 @@ def descriptor_set_path() -> Path | None:
 
 @functools.cache
 def source_files() -> dict[str, descriptor_pb2.FileDescriptorProto]:
-    """Our proto files by name (`rideshare/trips/v1/trips.proto`), comments included."""
+    """Our proto files and their imports by name (`rideshare/trips/v1/trips.proto`), with comments."""
     path = descriptor_set_path()
     if path is None:
         return {}
@@ -46,6 +46,15 @@ def source_files() -> dict[str, descriptor_pb2.FileDescriptorProto]:
 
 class SourceReflectionServicer(ReflectionServicer):  # type: ignore[misc]
     """grpcio's reflection, answering with descriptors that keep the proto comments."""
+
+    def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
+        # protobuf's pool does not find methods (`pkg.Service.Method`) or enum values by
+        # name, so `grpcurl describe pkg.Service.Method` would fail: look up the parent.
+        response = super()._file_containing_symbol(request, fully_qualified_name)
+        parent = fully_qualified_name.rpartition(".")[0]
+        if response.HasField("error_response") and parent:
+            response = super()._file_containing_symbol(request, parent)
+        return response
 
     async def ServerReflectionInfo(
         self, request_iterator: Any, context: Any
