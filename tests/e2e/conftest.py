@@ -9,7 +9,10 @@ that no service process and no listening port is left behind.
 
 Services are named as in mesh.toml; later services (and the gateway) need
 only their name, and any value `FREE_PORT` in the mesh document becomes a
-fresh port, so an HTTP port is `{"http_port": FREE_PORT}`.
+fresh port, so an HTTP port is `{"http_port": FREE_PORT}`. `rideshare_mesh`
+is all six services with the repository's settings (tariff, client policy),
+shared by the whole session; `background` runs long-lived commands (a grpcurl
+stream, a `mesh serve` of one service) and stops them after the test.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +46,8 @@ STOP_TIMEOUT = 15.0
 GRACE_PERIOD = "1s"
 COMMAND_TIMEOUT = 20.0
 """Bound on any one `mesh status`/grpcurl command."""
+
+REPO_MESH_TOML = Path(__file__).resolve().parents[2] / "mesh.toml"
 
 #: The mesh's default ports: a `make run` may hold them, so tests never use them.
 RESERVED_PORTS = frozenset({*range(50051, 50057), 8080})
@@ -127,14 +133,18 @@ def to_toml(document: Mapping[str, Any]) -> str:
             return "[" + ", ".join(value(x) for x in v) + "]"
         raise TypeError(f"cannot write {v!r} as TOML")
 
+    def key(k: str) -> str:
+        """Bare when TOML allows it, else quoted (`"*" = [...]` in an authz table)."""
+        return k if k and all(c.isascii() and (c.isalnum() or c in "_-") for c in k) else json.dumps(k)
+
     lines: list[str] = []
 
     def table(path: list[str], body: Mapping[str, Any]) -> None:
         scalars = {k: v for k, v in body.items() if not isinstance(v, Mapping)}
         tables = {k: v for k, v in body.items() if isinstance(v, Mapping)}
         if path and (scalars or not tables):
-            lines.append(f"\n[{'.'.join(path)}]")
-        lines.extend(f"{k} = {value(v)}" for k, v in scalars.items())
+            lines.append(f"\n[{'.'.join(key(p) for p in path)}]")
+        lines.extend(f"{key(k)} = {value(v)}" for k, v in scalars.items())
         for k, v in tables.items():
             table([*path, k], v)
 
@@ -290,7 +300,9 @@ class Mesh:
                 return f"`mesh up` exited with code {process.returncode}"
             _, members = self.status()
             members = [m for m in members if m["service"] in services]
-            if len(members) == len(services) and all(m["health"] == "SERVING" for m in members):
+            # A service with `replicas = N` has N members, one per process.
+            every = {m["service"] for m in members} == set(services)
+            if every and all(m["health"] == "SERVING" for m in members):
                 self.child_pids = [m["pid"] for m in members if m.get("pid")]
                 return None
             if time.monotonic() > deadline:
@@ -444,26 +456,181 @@ def passengers_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         yield factory(["passengers"]).start()
 
 
+#: The six domain services, in the order of mesh.toml.
+DOMAIN_SERVICES = ("passengers", "drivers", "trips", "billing", "payments", "notifications")
+
+
+def repo_services(names: Sequence[str] = DOMAIN_SERVICES) -> dict[str, dict[str, Any]]:
+    """These services as the repository's mesh.toml sets them up, every port (`*port`) a free one."""
+    tables = tomllib.loads(REPO_MESH_TOML.read_text())["services"]
+    return {
+        name: {k: FREE_PORT if k == "port" or k.endswith("_port") else v for k, v in tables[name].items()}
+        for name in names
+    }
+
+
+def repo_client() -> dict[str, Any]:
+    """The `[client]` table (timeout, retry policy) of the repository's mesh.toml."""
+    client: dict[str, Any] = tomllib.loads(REPO_MESH_TOML.read_text()).get("client", {})
+    return client
+
+
+@pytest.fixture(scope="session")
+def rideshare_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """The whole mesh as `make run` runs it (every service, the repository's settings), on free ports.
+
+    Shared by every test of the session that only adds its own records; a test
+    that stops or kills services makes its own with `mesh_factory(repo_services(), ...)`.
+    """
+    with MeshFactory(tmp_path_factory) as factory:
+        yield factory(repo_services(), client=repo_client()).start()
+
+
+# -- background processes ------------------------------------------------------------------------------
+
+
+class Background:
+    """A long-running command (a grpcurl stream, `mesh serve`), its output in files, stopped on demand."""
+
+    def __init__(self, argv: Sequence[str], root: Path, env: Mapping[str, str] | None = None) -> None:
+        self.argv = list(argv)
+        self.stdout_path = root / "out"
+        self.stderr_path = root / "err"
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=clean_env(env),
+                cwd=root,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = COMMAND_TIMEOUT) -> bool:
+        """Poll stdout until it contains `text` (True), the process exits or `timeout` passes (False)."""
+        return wait_until(lambda: text in self.stdout() or self.process.poll() is not None, timeout) and (
+            text in self.stdout()
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int | None:
+        """Signal the process and wait for it; killed after `timeout`. Its exit code (None if killed)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                return self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                return None
+        return self.process.returncode
+
+    def describe(self) -> str:
+        return f"--- {' '.join(self.argv)}\n--- stdout\n{self.stdout()}--- stderr\n{self.stderr()}"
+
+
+class Backgrounds:
+    """Starts background processes for one test and stops every one afterwards."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.started: list[Background] = []
+
+    def __call__(self, *argv: str, env: Mapping[str, str] | None = None) -> Background:
+        process = Background(argv, self.tmp_path_factory.mktemp("background"), env)
+        self.started.append(process)
+        return process
+
+    def serve(self, mesh: Mesh, service: str) -> Background:
+        """`mesh serve <service> --config <mesh file>`: one service alone, on its port and data dir.
+
+        It carries MESH_CONFIG like the services `mesh up` starts, so stopping
+        the mesh finds it too if the test did not stop it.
+        """
+        return self(
+            str(MESH),
+            "serve",
+            service,
+            "--config",
+            str(mesh.config),
+            env={**mesh.env, "MESH_CONFIG": str(mesh.config.resolve())},
+        )
+
+    def close(self) -> None:
+        for process in reversed(self.started):
+            process.stop()
+
+
+@pytest.fixture
+def background(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backgrounds]:
+    """Start long-running commands for one test: `background(*argv)`, `background.serve(mesh, name)`."""
+    processes = Backgrounds(tmp_path_factory)
+    try:
+        yield processes
+    finally:
+        processes.close()
+
+
 # -- grpcurl -------------------------------------------------------------------------------------------
 
 
 class Grpcurl:
-    """The real grpcurl binary, plaintext, bounded in time."""
+    """The real grpcurl binary, plaintext (or with `transport` flags), bounded in time."""
 
-    def __init__(self, binary: Path = GRPCURL, timeout: float = COMMAND_TIMEOUT) -> None:
+    def __init__(
+        self,
+        binary: Path = GRPCURL,
+        timeout: float = COMMAND_TIMEOUT,
+        transport: Sequence[str] = ("-plaintext",),
+    ) -> None:
         self.binary = binary
         self.timeout = timeout
+        self.transport = tuple(transport)
+        """How to connect: `-plaintext`, or `-cacert/-cert/-key` for a mesh with TLS on (`Grpcurl.tls`)."""
+
+    @classmethod
+    def tls(cls, certs: Path, identity: str, ca: Path | None = None) -> Grpcurl:
+        """grpcurl presenting `identity`'s certificate from a `mesh certs` directory, trusting its CA."""
+        return cls(
+            transport=(
+                "-cacert", str(ca or certs / "ca.pem"),
+                "-cert", str(certs / f"{identity}.pem"),
+                "-key", str(certs / f"{identity}.key"),
+            )
+        )  # fmt: skip
+
+    def argv(
+        self,
+        address: str,
+        *args: str,
+        data: Any = None,
+        flags: Sequence[str] = (),
+        max_time: float | None = None,
+    ) -> list[str]:
+        """The grpcurl command line; `max_time` bounds it (default: this Grpcurl's timeout)."""
+        limit = self.timeout if max_time is None else max_time
+        command = [str(self.binary), *self.transport, "-max-time", str(limit), *flags]
+        if data is not None:
+            command += ["-d", data if isinstance(data, str) else json.dumps(data)]
+        return [*command, address, *args]
 
     def __call__(self, address: str, *args: str, data: Any = None, flags: Sequence[str] = ()) -> Result:
         """`grpcurl -plaintext [flags] [-d json] address args...` -> (exit code, stdout, stderr).
 
         `data` is sent as the request: a string as it is, anything else as JSON.
         """
-        command = [str(self.binary), "-plaintext", "-max-time", str(self.timeout), *flags]
-        if data is not None:
-            command += ["-d", data if isinstance(data, str) else json.dumps(data)]
         done = subprocess.run(
-            [*command, address, *args],
+            self.argv(address, *args, data=data, flags=flags),
             capture_output=True,
             text=True,
             timeout=self.timeout + 5,
