@@ -1,0 +1,407 @@
+"""The bridge as an ASGI application: HTTP/JSON in, gRPC out, JSON back.
+
+One request: match the route (404, or 405 with `Allow`), check the API key and
+rate limit, read the body (415 for a non-JSON content type, 413 past the
+limit), transcode (400 naming the field), call the upstream with the
+client's metadata and deadline, and answer with the response as proto3 JSON
+(or the error in the shape of `errors.py`). Server-streaming RPCs answer with
+newline-delimited JSON, or Server-Sent Events for `Accept: text/event-stream`;
+a client that goes away cancels the upstream call.
+
+Anything unexpected becomes a 500 with a correlation id, logged with its
+traceback; a client never sees a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+import grpc
+from google.protobuf.message import Message
+
+from services.mesh import log
+
+from . import errors, headers, transcode
+from .api import Api
+from .routes import Binding, Match, RouteTable
+from .upstream import Upstreams
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+_log = log.get_logger("rideshare.gateway")
+_JSON = (b"content-type", b"application/json")
+_NDJSON = (b"content-type", b"application/x-ndjson")
+_SSE = (b"content-type", b"text/event-stream")
+_NO_CACHE = (b"cache-control", b"no-cache")
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request was read."""
+
+
+class Guard(Protocol):
+    """Decides whether a request may reach an RPC (API keys, rate limits)."""
+
+    def admit(self, request_headers: Headers, query: str) -> Headers:
+        """Response headers to add (e.g. rate-limit state), or raise `errors.HttpError`."""
+        ...
+
+
+class Page(Protocol):
+    """A fixed endpoint of the bridge itself (`/openapi.json`, `/docs`)."""
+
+    async def __call__(self, path: str) -> tuple[int, Headers, bytes]: ...
+
+
+@dataclass
+class Settings:
+    """What the bridge enforces, from `[gateway]` in the mesh file."""
+
+    max_body_bytes: int = 1024 * 1024
+    max_timeout: float = 60.0
+    default_timeout: float | None = 5.0
+    """The deadline of a call whose client asked for none (None: the mesh client's own default)."""
+    cors_origins: tuple[str, ...] = ()
+
+
+@dataclass
+class Gateway:
+    """The ASGI application."""
+
+    api: Api
+    table: RouteTable
+    upstreams: Upstreams
+    settings: Settings = field(default_factory=Settings)
+    guard: Guard | None = None
+    pages: dict[str, Page] = field(default_factory=dict)
+    """Extra GET endpoints by exact path (documentation); `/healthz` is built in."""
+
+    def __post_init__(self) -> None:
+        self.upstreams.prepare({b.rpc.path: b.rpc for b in self.table.bindings}.values())
+        self._any_origin = "*" in self.settings.cors_origins
+        self._origins = {o.encode() for o in self.settings.cors_origins}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method: str = scope["method"]
+        raw = scope.get("raw_path")
+        path = raw.decode("latin-1") if raw else scope["path"]
+        request_headers: Headers = scope["headers"]
+        cors = self._cors(request_headers)
+        try:
+            if method in ("GET", "HEAD") and (path == "/healthz" or path in self.pages):
+                await self._page(path, cors, send)
+                return
+            match = self.table.match(method, path)
+            if match is None:
+                await self._no_route(method, path, request_headers, cors, send)
+                return
+            query = scope["query_string"].decode("latin-1")
+            extra = self.guard.admit(request_headers, query) if self.guard is not None else []
+            await self._call(match, query, request_headers, receive, send, cors + extra)
+        except errors.HttpError as exc:
+            await _send_error(send, exc, cors)
+        except _ClientGone:
+            return
+        except Exception as exc:
+            correlation_id = uuid.uuid4().hex[:16]
+            _log.error(
+                "unhandled error in the gateway",
+                exc_info=exc,
+                extra={"fields": {"correlation_id": correlation_id, "method": method, "path": path}},
+            )
+            error = errors.HttpError(
+                500,
+                grpc.StatusCode.INTERNAL,
+                f"internal error; quote correlation id {correlation_id} when reporting it",
+                reason="INTERNAL",
+            )
+            await _send_error(send, error, cors)
+
+    async def _call(
+        self, match: Match, query: str, request_headers: Headers, receive: Receive, send: Send, extra: Headers
+    ) -> None:
+        binding = match.binding
+        body = await self._read_body(binding, request_headers, receive) if binding.has_body else b""
+        try:
+            request = transcode.decode_request(binding, match.values, query, body)
+            metadata, grpc_timeout = headers.request_metadata(request_headers)
+            timeout_param = _query_value(query, "timeout") if "timeout=" in query else None
+            timeout = headers.parse_timeout(grpc_timeout, timeout_param, self.settings.max_timeout)
+        except transcode.BadRequest as exc:
+            raise errors.bad_request(exc) from None
+        except headers.HeaderError as exc:
+            raise errors.bad_request(transcode.BadRequest.one(exc.field, exc.description)) from None
+        if timeout is None:
+            timeout = self.settings.default_timeout
+        if binding.rpc.server_streaming:
+            await self._stream(binding, request, metadata, timeout, request_headers, receive, send, extra)
+        else:
+            await self._unary(binding, request, metadata, timeout, send, extra)
+
+    async def _unary(
+        self,
+        binding: Binding,
+        request: Message,
+        metadata: headers.Metadata,
+        deadline: float | None,
+        send: Send,
+        extra: Headers,
+    ) -> None:
+        method = self.upstreams.unary(binding.rpc)
+        if method is None:
+            raise _no_upstream(binding)
+        call = method(request, timeout=deadline, metadata=tuple(metadata))
+        try:
+            response = await call
+        except grpc.aio.AioRpcError as exc:
+            error = errors.from_rpc_error(exc)
+            error.headers += headers.response_headers(exc.initial_metadata(), exc.trailing_metadata())
+            raise error from None
+        returned = headers.response_headers(await call.initial_metadata(), await call.trailing_metadata())
+        payload = transcode.dumps(binding.encode(response))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [_JSON, (b"content-length", str(len(payload)).encode()), *returned, *extra],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _stream(
+        self,
+        binding: Binding,
+        request: Message,
+        metadata: headers.Metadata,
+        deadline: float | None,
+        request_headers: Headers,
+        receive: Receive,
+        send: Send,
+        extra: Headers,
+    ) -> None:
+        method = self.upstreams.stream(binding.rpc)
+        if method is None:
+            raise _no_upstream(binding)
+        sse = any(k == b"accept" and b"text/event-stream" in v for k, v in request_headers)
+        call = method(request, timeout=deadline, metadata=tuple(metadata))
+        disconnected = asyncio.Event()
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, call, disconnected))
+        try:
+            # Until the upstream sends its headers, a failure can still be a proper HTTP error.
+            initial = await call.initial_metadata()
+            if call.done():
+                code = await call.code()
+                if code != grpc.StatusCode.OK:
+                    error = errors.from_status(code, await call.details(), await call.trailing_metadata())
+                    error.headers += headers.response_headers(initial, None)
+                    raise error
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        _SSE if sse else _NDJSON,
+                        _NO_CACHE,
+                        *headers.response_headers(initial, None),
+                        *extra,
+                    ],
+                }
+            )
+            try:
+                async for message in call:
+                    value = binding.encode(message)
+                    await send({"type": "http.response.body", "body": _event(value, sse), "more_body": True})
+            except grpc.aio.AioRpcError as exc:
+                error = errors.from_rpc_error(exc)
+                await send(
+                    {"type": "http.response.body", "body": _error_event(error, sse), "more_body": True}
+                )
+            await send({"type": "http.response.body", "body": b""})
+        except asyncio.CancelledError:
+            if not disconnected.is_set():
+                raise
+        finally:
+            watcher.cancel()
+            if not call.done():
+                call.cancel()
+
+    async def _read_body(self, binding: Binding, request_headers: Headers, receive: Receive) -> bytes:
+        limit = self.settings.max_body_bytes
+        content_type = b""
+        length = -1
+        for key, value in request_headers:
+            if key == b"content-type":
+                content_type = value
+            elif key == b"content-length":
+                length = int(value) if value.isdigit() else -1
+        if length > limit:
+            raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if body and not _is_json(content_type):
+            raise errors.HttpError(
+                415,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unsupported content type {content_type.decode('latin-1') or '(none)'!r}; "
+                "send Content-Type: application/json",
+                reason="UNSUPPORTED_MEDIA_TYPE",
+            )
+        return body
+
+    async def _no_route(
+        self, method: str, path: str, request_headers: Headers, cors: Headers, send: Send
+    ) -> None:
+        allowed = self.table.allowed(path)
+        if not allowed:
+            raise errors.not_found(path)
+        if method == "OPTIONS" and cors:
+            await _send(send, 204, [*cors, *_preflight(allowed, request_headers)], b"")
+            return
+        raise errors.method_not_allowed(method, allowed)
+
+    async def _page(self, path: str, cors: Headers, send: Send) -> None:
+        if path == "/healthz":
+            status, page_headers, body = await self.healthz()
+        else:
+            status, page_headers, body = await self.pages[path](path)
+        await _send(send, status, [*page_headers, *cors], body)
+
+    async def healthz(self) -> tuple[int, Headers, bytes]:
+        """200 when every upstream is SERVING, else 503; the body says which is not."""
+        states = await self.upstreams.health()
+        serving = bool(states) and all(s == "SERVING" for s in states.values())
+        body = {"status": "SERVING" if serving else "NOT_SERVING", "upstreams": states}
+        return (200 if serving else 503), [_JSON], transcode.dumps(body)
+
+    def _cors(self, request_headers: Headers) -> Headers:
+        if not self._origins:
+            return []
+        for key, value in request_headers:
+            if key == b"origin":
+                if self._any_origin:
+                    return [(b"access-control-allow-origin", b"*"), (b"access-control-expose-headers", b"*")]
+                if value in self._origins:
+                    return [
+                        (b"access-control-allow-origin", value),
+                        (b"access-control-expose-headers", b"*"),
+                        (b"vary", b"origin"),
+                    ]
+                return []
+        return []
+
+
+async def _watch_disconnect(receive: Receive, call: Any, disconnected: asyncio.Event) -> None:
+    """Cancel the upstream call as soon as the client goes away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            disconnected.set()
+            call.cancel()
+            return
+
+
+def _event(value: Any, sse: bool) -> bytes:
+    if sse:
+        return b"data: " + transcode.dumps(value) + b"\n\n"
+    return transcode.dumps({"result": value}) + b"\n"
+
+
+def _error_event(error: errors.HttpError, sse: bool) -> bytes:
+    if sse:
+        return b"event: error\ndata: " + error.encode() + b"\n\n"
+    return transcode.dumps({"error": error.body()}) + b"\n"
+
+
+def _preflight(allowed: list[str], request_headers: Headers) -> Headers:
+    out = [
+        (b"access-control-allow-methods", ", ".join(allowed).encode()),
+        (b"access-control-max-age", b"600"),
+    ]
+    for key, value in request_headers:
+        if key == b"access-control-request-headers":
+            out.append((b"access-control-allow-headers", value))
+    return out
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media in (b"", b"application/json") or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+def _query_value(query: str, key: str) -> str | None:
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name == key:
+            return value
+    return None
+
+
+def _too_large(limit: int) -> errors.HttpError:
+    return errors.HttpError(
+        413,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"the body is larger than {limit} bytes",
+        reason="BODY_TOO_LARGE",
+    )
+
+
+def _no_upstream(binding: Binding) -> errors.HttpError:
+    return errors.HttpError(
+        503,
+        grpc.StatusCode.UNAVAILABLE,
+        f"no upstream serves {binding.rpc.service.full_name}",
+        reason="NO_UPSTREAM",
+    )
+
+
+async def _send(send: Send, status: int, response_headers: Headers, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-length", str(len(body)).encode()), *response_headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, error: errors.HttpError, cors: Headers) -> None:
+    await _send(send, error.status, [_JSON, *error.headers, *cors], error.encode())
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

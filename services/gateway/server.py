@@ -1,0 +1,265 @@
+"""Building and running the bridge: `mesh gateway [--upstream HOST:PORT ...] [--descriptor-set FILE]`.
+
+Without `--upstream` the bridge fronts the mesh of the mesh file: the API is
+this project's generated contracts (or `--descriptor-set`), and each service
+is called through the mesh client. With `--upstream` it fronts any gRPC
+servers: the API comes from `--descriptor-set`, or else from each upstream's
+reflection service, which also says which upstream serves which service.
+
+It serves with uvicorn on uvloop + httptools, the fastest pair here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+import uvicorn
+from google.protobuf import descriptor_pb2
+
+from services.mesh import log
+from services.mesh.config import MeshConfig, load_config
+from services.mesh.errors import ConfigError
+from services.mesh.http_telemetry import HttpTracing, MeshPage, gateway_telemetry
+from services.mesh.telemetry import Telemetry
+
+from . import api as api_module
+from . import openapi, routes
+from .app import Gateway, Settings
+from .guard import KeyGuard
+from .keys import KeyStore
+from .pages import pages
+from .upstream import Upstreams, direct, in_mesh
+
+_log = log.get_logger("rideshare.gateway")
+
+
+@dataclass
+class Options:
+    """The command line of `mesh gateway`."""
+
+    upstreams: Sequence[str] = ()
+    descriptor_set: str | None = None
+    listen: str | None = None
+    """HOST:PORT; default: `[gateway]` host and port of the mesh file."""
+    auth: bool = True
+
+
+Closer = Callable[[], Awaitable[None]]
+
+
+async def load_api(
+    options: Options, config: MeshConfig
+) -> tuple[api_module.Api, dict[str, list[str]] | None]:
+    """The API, and (when reflection was asked) which services each upstream lists."""
+    if not options.upstreams:
+        if options.descriptor_set:
+            return api_module.from_descriptor_set(options.descriptor_set), None
+        packages = {s.package for s in config.services.values()}
+        return api_module.from_generated(packages), None
+    if options.descriptor_set and len(options.upstreams) == 1:
+        return api_module.from_descriptor_set(options.descriptor_set), None
+    served: dict[str, list[str]] = {}
+    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+    for address in options.upstreams:
+        channel = grpc.aio.insecure_channel(address)
+        try:
+            services, protos = await api_module.reflected_files(channel)
+        except api_module.ApiError as exc:
+            raise api_module.ApiError(f"upstream {address}: {exc}") from None
+        finally:
+            await channel.close()
+        served[address] = services
+        for proto in protos:
+            files.setdefault(proto.name, proto)
+    if options.descriptor_set:
+        return api_module.from_descriptor_set(options.descriptor_set), served
+    return api_module.from_file_protos(files.values()), served
+
+
+async def build(
+    config: MeshConfig, options: Options, telemetry: Telemetry | None = None
+) -> tuple[Gateway, Closer]:
+    """The application and how to release what it holds (channels, databases).
+
+    `telemetry` (services/mesh/http_telemetry.py) counts and traces the calls made into the mesh.
+    """
+    loaded, served = await load_api(options, config)
+    closers: list[Closer] = []
+    upstreams: Upstreams
+    if options.upstreams:
+        upstreams = direct(config, loaded, list(options.upstreams), served)
+        closers.append(upstreams.close)
+    else:
+        upstreams, clients = in_mesh(config, loaded, telemetry)
+        closers.append(clients.close)
+    table = routes.build(loaded)
+    for problem in [*table.problems, *upstreams.problems]:
+        _log.warning(f"route left out: {problem}", extra={"fields": {"event": "route_problem"}})
+    settings = Settings(
+        max_body_bytes=config.gateway.max_body_bytes,
+        max_timeout=config.gateway.max_timeout,
+        # In the mesh the client applies its own defaults ([client] timeout, [client.methods]).
+        default_timeout=min(config.client.timeout, config.gateway.max_timeout) if options.upstreams else None,
+        cors_origins=config.gateway.cors_origins,
+    )
+    docs = pages(openapi.document(loaded, table, api_keys=options.auth))
+    if not options.upstreams:
+        docs["/mesh"] = MeshPage(config)  # the live call graph (services/mesh/graph.py)
+    guard: KeyGuard | None = None
+    if options.auth:
+        store = KeyStore.open(config)
+        guard = KeyGuard(store, config.gateway.rate_limit)
+
+        async def close_store() -> None:
+            store.close()
+
+        closers.append(close_store)
+    gateway = Gateway(loaded, table, upstreams, settings, guard=guard, pages=docs)
+
+    async def close() -> None:
+        for closer in closers:
+            await closer()
+
+    return gateway, close
+
+
+def listen_address(config: MeshConfig, options: Options) -> tuple[str, int]:
+    if not options.listen:
+        return config.gateway.host, config.gateway.port
+    host, _, port = options.listen.rpartition(":")
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError:
+        raise ConfigError("--listen", "--listen", f"expected HOST:PORT, got {options.listen!r}") from None
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before uvicorn starts so a taken port is our error, not its exit."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handling: it re-raises SIGTERM after shutdown (exit -15), and
+    `run` installs handlers that stop it with exit code 0, like the services."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def uvicorn_server(app: Gateway | HttpTracing, grace: float) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        http="httptools",
+        loop="none",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=max(1, int(grace)),
+    )
+    return _Server(config)
+
+
+async def run(config: MeshConfig, options: Options) -> int:
+    host, port = listen_address(config, options)
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        _log.error(
+            f"cannot listen on {host}:{port}: {exc.strerror}; is another gateway running?",
+            extra={"fields": {"event": "port_in_use", "port": port}},
+        )
+        return 3
+    telemetry = gateway_telemetry(config, f"{host}:{port}")  # metrics on its admin port, spans
+    try:
+        gateway, close = await build(config, options, telemetry)
+    except (api_module.ApiError, ConfigError) as exc:
+        sock.close()
+        telemetry.close()
+        _log.error(str(exc), extra={"fields": {"event": "config_error"}})
+        return 2
+    server = uvicorn_server(HttpTracing(gateway, telemetry), config.grace_period)
+    bound = sock.getsockname()[1]
+    _log.info(
+        f"gateway serving HTTP on {host}:{bound}",
+        extra={"fields": {"event": "serving", "port": bound, "routes": len(gateway.table.bindings)}},
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _stop, server)
+    if os.environ.get("MESH_SUPERVISED") == "1":
+        _stop_when_supervisor_exits(server)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        await close()
+        sock.close()
+        telemetry.close()
+    _log.info("stopped", extra={"fields": {"event": "stopped"}})
+    return 0
+
+
+def _stop(server: uvicorn.Server) -> None:
+    """A first signal drains (grace period); a second one stops at once."""
+    if server.should_exit:
+        server.force_exit = True
+    server.should_exit = True
+
+
+def _stop_when_supervisor_exits(server: uvicorn.Server) -> None:
+    """`mesh up` holds our stdin open; EOF means it is gone, so stop rather than linger."""
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        try:
+            data = os.read(0, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(0)
+            server.should_exit = True
+
+    loop.add_reader(0, readable)
+
+
+def main(config_path: str | None, options: Options) -> int:
+    """`mesh gateway`: run until SIGINT/SIGTERM; the exit code says how it ended."""
+    try:
+        config = load_config(config_path)
+        log.configure("gateway", config.log_level)
+    except ConfigError as exc:
+        log.configure("gateway")
+        _log.error(str(exc), extra={"fields": {"event": "config_error"}})
+        return 2
+    import uvloop
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(run(config, options))
+    except ConfigError as exc:
+        _log.error(str(exc), extra={"fields": {"event": "config_error"}})
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover - uvicorn's signal handler normally wins
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(None, Options()))

@@ -1,0 +1,222 @@
+"""HTTP request -> gRPC request message, and gRPC response -> JSON body, for one binding.
+
+The order is the one google/api/http.proto and grpc-gateway use: the body
+first (`*`, one field, or none), then the path variables (a path value wins
+over the same field in the body), then the query parameters for every field
+not bound by path or body. A PATCH whose request has one FieldMask that the
+client did not send gets the mask from the JSON keys of the body (AIP-134).
+
+JSON follows the proto3 mapping through the compiled codec of `codec.py` (both
+field names on input; lowerCamel, int64 as strings, enums as names on output).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from google.protobuf import descriptor as d
+from google.protobuf.message import Message
+
+from . import fields as f
+from .jsonvalues import DecodeError
+from .routes import Binding
+
+#: Query keys that the bridge itself reads; never request fields.
+RESERVED_QUERY = frozenset({"key", "timeout"})
+#: Bound on query parameters per request (parsing more is work for an attacker, not a client).
+MAX_QUERY_FIELDS = 1000
+#: Bound on distinct query keys remembered per binding (unknown keys are not cached past it).
+_QUERY_CACHE_SIZE = 512
+
+
+@dataclass(frozen=True)
+class Violation:
+    field: str
+    description: str
+
+
+class BadRequest(Exception):
+    """The HTTP request does not make a valid gRPC request; every problem names its field."""
+
+    def __init__(self, violations: list[Violation], message: str | None = None) -> None:
+        self.violations = violations
+        self.message = message or "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(self.message)
+
+    @classmethod
+    def one(cls, field: str, description: str) -> BadRequest:
+        return cls([Violation(field, description)])
+
+
+@dataclass(frozen=True)
+class _QueryTarget:
+    path: f.FieldPath
+    convert: f.Converter
+    repeated: bool
+    oneof: tuple[str, str] | None
+
+
+def decode_request(binding: Binding, values: dict[str, str], query: str, body: bytes) -> Message:
+    """The gRPC request for one HTTP request on `binding` (`values`: the decoded path variables)."""
+    request = binding.rpc.request_class()
+    document: Any = None
+    if binding.has_body and body.strip():
+        document = load_json(body)
+        try:
+            binding.decode_body(request, document)
+        except DecodeError as exc:
+            raise BadRequest.one(exc.field(binding.body_prefix), exc.description) from None
+    for path_field in binding.path_fields:
+        raw = values[path_field.variable]
+        try:
+            value = path_field.convert(raw)
+        except ValueError as exc:
+            raise BadRequest.one(path_field.path.text, str(exc)) from None
+        f.assign(path_field.path.parent_of(request), path_field.path.leaf, value)
+    if query and binding.body != "*":
+        _apply_query(binding, request, query)
+    mask = binding.field_mask
+    if mask is not None and isinstance(document, dict) and not request.HasField(mask.name):
+        assert binding.body_path is not None
+        getattr(request, mask.name).paths.extend(
+            _mask_paths(f.message_type(binding.body_path.leaf), document)
+        )
+    return request
+
+
+def load_json(body: bytes) -> Any:
+    """The parsed body: strict JSON (no NaN/Infinity literals, no key twice in an object)."""
+    try:
+        return _JSON_DECODER.decode(body.decode())
+    except UnicodeDecodeError:
+        raise BadRequest.one("body", "is not UTF-8") from None
+    except RecursionError:
+        raise BadRequest.one("body", "is nested too deeply") from None
+    except ValueError as exc:
+        raise BadRequest.one("body", f"malformed JSON: {exc}") from None
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key!r} appears twice in one object")
+            seen.add(key)
+    return found
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (write it as a string: \"{name}\")")
+
+
+_JSON_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant)
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _apply_query(binding: Binding, request: Message, query: str) -> None:
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
+    except ValueError:
+        raise BadRequest.one("query", f"more than {MAX_QUERY_FIELDS} parameters") from None
+    seen: set[str] = set()
+    oneofs: dict[tuple[str, str], str] = {}
+    problems: list[Violation] = []
+    for key, value in pairs:
+        if key in RESERVED_QUERY:
+            continue
+        target = _query_target(binding, key)
+        if target is None:
+            continue
+        if isinstance(target, Violation):
+            problems.append(target)
+            continue
+        text = target.path.text
+        if not target.repeated:
+            if text in seen:
+                problems.append(Violation(key, "given more than once"))
+                continue
+            seen.add(text)
+        if target.oneof is not None:
+            other = oneofs.setdefault(target.oneof, text)
+            if other != text:
+                problems.append(Violation(key, f"{other} of the same oneof is already set"))
+                continue
+        try:
+            converted = target.convert(value)
+        except ValueError as exc:
+            problems.append(Violation(key, str(exc)))
+            continue
+        f.assign(target.path.parent_of(request), target.path.leaf, converted)
+    if problems:
+        raise BadRequest(problems)
+
+
+def _query_target(binding: Binding, key: str) -> _QueryTarget | Violation | None:
+    cache = binding.query_cache
+    if key in cache:
+        cached: _QueryTarget | Violation | None = cache[key]
+        return cached
+    target = _resolve_query(binding, key)
+    if target is not None or len(cache) < _QUERY_CACHE_SIZE:
+        cache[key] = target
+    return target
+
+
+def _resolve_query(binding: Binding, key: str) -> _QueryTarget | Violation | None:
+    """What a query key sets; None for keys to ignore (unknown, or bound by path or body)."""
+    try:
+        path = f.resolve(binding.rpc.descriptor.input_type, key)
+    except f.FieldError as exc:
+        return None if exc.unknown else Violation(key, exc.description)
+    proto_path = path.proto_path
+    if any(proto_path[: n + 1] in binding.bound for n in range(len(proto_path))):
+        return None
+    try:
+        f.check_url_field(path, allow_repeated=True)
+        convert = f.converter(path.leaf)
+    except f.FieldError as exc:
+        return Violation(key, exc.description)
+    oneof = path.leaf.containing_oneof
+    return _QueryTarget(
+        path=path,
+        convert=convert,
+        repeated=bool(path.leaf.is_repeated),
+        oneof=None if oneof is None else (".".join(proto_path[:-1]), oneof.name),
+    )
+
+
+def _mask_paths(message: d.Descriptor, document: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """The field paths present in a JSON object: nested objects of plain messages give `a.b`."""
+    lookup = f.names(message)
+    for key, value in document.items():
+        field = lookup.get(key)
+        if field is None:
+            continue
+        path = prefix + field.name
+        nested = (
+            field.type == f.FD.TYPE_MESSAGE
+            and not field.is_repeated
+            and not f.full_type_name(field).startswith("google.protobuf.")
+            and isinstance(value, dict)
+            and value
+        )
+        if nested:
+            yield from _mask_paths(f.message_type(field), value, path + ".")
+        else:
+            yield path
+
+
+def encode_response(binding: Binding, message: Message) -> Any:
+    """The JSON value of a response: the whole message, or its `response_body` field."""
+    return binding.encode(message)
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON, UTF-8 (non-ASCII characters as they are)."""
+    return _JSON_ENCODER.encode(value).encode()

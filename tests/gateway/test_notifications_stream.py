@@ -1,0 +1,105 @@
+"""StreamNotifications over REST: the real notification service behind the gateway, NDJSON and SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from services.gateway.server import Options
+from services.mesh.config import load_config
+from services.mesh.server import MeshServer
+
+from ..conftest import with_port
+from . import harness
+
+SERVICES = "[services.passengers]\nport = 0\n\n[services.notifications]\nport = 0\n"
+
+
+@dataclass
+class Stack:
+    gateway: harness.RunningGateway
+    backend: MeshServer
+    background: harness.BackgroundLoop
+
+    def subscribers(self, recipient: str) -> int:
+        broker = self.backend.services[0].servicer.broker  # type: ignore[attr-defined]
+        count: int = broker.subscriber_count(recipient)
+        return count
+
+    def wait_for_subscribers(self, recipient: str, count: int) -> None:
+        """Wait (bounded by the harness) until `recipient` has exactly `count` open streams."""
+
+        async def poll() -> None:
+            while self.subscribers(recipient) != count:  # noqa: ASYNC110 - the broker has no event to await
+                await asyncio.sleep(0.01)
+
+        self.background.run(poll())
+
+
+@pytest.fixture(scope="module")
+def stack(background: harness.BackgroundLoop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    config = load_config(harness.write_gateway_mesh(tmp_path_factory.mktemp("mesh"), SERVICES), env={})
+    from services.mesh.server import create_server
+
+    backend = background.run(create_server(config, "notifications", port=0))
+    port = background.run(backend.start())
+    running = background.run(
+        harness.start_gateway(with_port(config, "notifications", port), Options(auth=False))
+    )
+    yield Stack(running, backend, background)
+    background.run(running.stop())
+    background.run(backend.stop(0))
+
+
+def open_stream(port: int, recipient: str, headers: dict[str, str] | None = None):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=harness.WAIT)
+    connection.request("GET", f"/v1/{recipient}/notifications:stream", headers=headers or {})
+    return connection, connection.getresponse()
+
+
+def send(stack: Stack, recipient: str, title: str) -> dict:
+    response = stack.gateway.request(
+        "POST", f"/v1/{recipient}/notifications", {"title": title, "body": "On its way."}
+    )
+    assert response.status == 200, response.body
+    return response.json
+
+
+def test_notifications_stream_as_ndjson_and_a_disconnect_ends_the_upstream_stream(stack):
+    connection, response = open_stream(stack.gateway.port, "passengers/p1")
+    assert (response.status, response.headers["content-type"]) == (200, "application/x-ndjson")
+    stack.wait_for_subscribers("passengers/p1", 1)
+
+    sent = send(stack, "passengers/p1", "Driver assigned")
+    line = json.loads(response.readline())
+    assert line == {"result": sent}
+    assert line["result"]["title"] == "Driver assigned"
+
+    connection.sock.shutdown(2)
+    connection.close()
+    stack.wait_for_subscribers("passengers/p1", 0)
+    assert stack.subscribers("passengers/p1") == 0
+
+
+def test_notifications_stream_as_server_sent_events(stack):
+    connection, response = open_stream(stack.gateway.port, "drivers/d1", {"accept": "text/event-stream"})
+    try:
+        assert response.headers["content-type"] == "text/event-stream"
+        stack.wait_for_subscribers("drivers/d1", 1)
+        sent = send(stack, "drivers/d1", "New trip")
+        assert response.readline() == b"data: " + json.dumps(sent, separators=(",", ":")).encode() + b"\n"
+        assert response.readline() == b"\n"
+    finally:
+        connection.close()
+    stack.wait_for_subscribers("drivers/d1", 0)
+
+
+def test_a_bad_recipient_is_a_plain_http_error_before_the_stream_starts(stack):
+    response = stack.gateway.request("GET", "/v1/riders/x/notifications:stream")
+
+    assert response.status == 404
