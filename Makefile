@@ -35,7 +35,7 @@ node_modules/.bin/protoc-gen-buf-lint: package.json
 	@touch $@
 
 run: $(VENV)/.run ## run the whole mesh in the foreground (Ctrl-C stops it)
-	$(BIN)/mesh up
+	$(BIN)/mesh up --dev-key
 
 test: $(VENV)/.test check-generated ## run every test (unit, in-process, end-to-end)
 	$(BIN)/python -m pytest

@@ -148,6 +148,27 @@ class KeyStore:
         self.database.close()
 
 
+def development_key(config: MeshConfig) -> str:
+    """The local development key, kept in plain text in `<data_dir>/gateway/dev-key` (0600).
+
+    `make run` prints it, so the same key works across restarts; if it was revoked or
+    the file is gone, a fresh key named `dev-<time>` replaces it.
+    """
+    path = database_path(config).parent / "dev-key"
+    store = KeyStore.open(config)
+    try:
+        if path.exists():
+            key = path.read_text().strip()
+            if store.find(key) is not None:
+                return key
+        _, key = store.create(f"dev-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
+    finally:
+        store.close()
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
 def command(
     config: MeshConfig, action: str, name: str | None, rate: float | None, burst: int | None, as_json: bool
 ) -> int:

@@ -2,7 +2,8 @@
 
 Each generated method handler is wrapped once, when the server is built (not
 per call, as a `grpc.aio.ServerInterceptor` would): the wrapper records the
-call's deadline and propagated headers for outgoing calls, validates the
+call's deadline and propagated headers for outgoing calls, refuses callers
+the mesh file does not allow (authz.py), validates the
 request against its contract, turns `MeshError` into a rich status, and turns
 anything unexpected into INTERNAL with a correlation id that is logged with
 the traceback and never shows the client a stack trace.
@@ -14,9 +15,9 @@ import contextvars
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import Message
@@ -24,6 +25,9 @@ from google.protobuf.message import Message
 from . import log
 from .errors import Internal, MeshError
 from .validation import RequestValidator
+
+if TYPE_CHECKING:
+    from .telemetry import ServerProbe, Telemetry
 
 #: Request headers that follow a call to every downstream service.
 PROPAGATED_HEADERS = ("x-request-id", "traceparent", "tracestate")
@@ -61,21 +65,35 @@ _PASS_THROUGH = {
 class CallWrapper:
     """Builds the wrapped handlers for one service (one ErrorInfo domain)."""
 
-    def __init__(self, domain: str, validators: Mapping[str, RequestValidator]) -> None:
+    def __init__(
+        self,
+        domain: str,
+        validators: Mapping[str, RequestValidator],
+        checks: Mapping[str, Callable[[grpc.aio.ServicerContext[Any, Any]], None]] | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.domain = domain
         self.validators = validators
+        self.telemetry = telemetry
+        """Records metrics and spans of each call (telemetry.py)."""
+        self.checks = checks or {}
+        """Method path -> what may refuse the call before anything else runs (authz.py)."""
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         """`method` is the full path, `/pkg.Service/Method`."""
         validate = self.validators.get(method)
+        streams = handler.response_streaming
+        probe = self.telemetry.server_probe(method, streams) if self.telemetry is not None else None
         if handler.unary_unary is not None:
-            return replace(handler, unary_unary=self._unary(method, handler.unary_unary, validate))
+            return replace(handler, unary_unary=self._unary(method, handler.unary_unary, validate, probe))
         if handler.unary_stream is not None:
-            return replace(handler, unary_stream=self._streaming(method, handler.unary_stream, validate))
+            return replace(
+                handler, unary_stream=self._streaming(method, handler.unary_stream, validate, probe)
+            )
         if handler.stream_unary is not None:
-            return replace(handler, stream_unary=self._unary(method, handler.stream_unary, None))
+            return replace(handler, stream_unary=self._unary(method, handler.stream_unary, None, probe))
         if handler.stream_stream is not None:
-            return replace(handler, stream_stream=self._streaming(method, handler.stream_stream, None))
+            return replace(handler, stream_stream=self._streaming(method, handler.stream_stream, None, probe))
         return handler
 
     def _unary(
@@ -83,12 +101,19 @@ class CallWrapper:
         method: str,
         behavior: Callable[..., Any],
         validate: RequestValidator | None,
+        probe: ServerProbe | None = None,
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message | None]]:
+        authorize = self.checks.get(method)
+
         async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Message | None:
             started = time.perf_counter()
-            tokens = _enter(method, context)
+            metadata = context.invocation_metadata() or ()  # a fresh tuple per read: read once
+            tokens = _enter(method, context, metadata)
+            observed = probe.begin(context, metadata) if probe is not None else None
             code = grpc.StatusCode.OK
             try:
+                if authorize is not None:
+                    authorize(context)
                 if validate is not None:
                     validate(request)
                 response: Message = await behavior(request, context)
@@ -103,6 +128,8 @@ class CallWrapper:
                 return None  # not reached: abort raises
             finally:
                 _leave(tokens, method, code, started)
+                if probe is not None and observed is not None:
+                    probe.end(observed, code, started)
 
         return handler
 
@@ -111,14 +138,21 @@ class CallWrapper:
         method: str,
         behavior: Callable[..., Any],
         validate: RequestValidator | None,
+        probe: ServerProbe | None = None,
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Message]]:
+        authorize = self.checks.get(method)
+
         async def handler(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Message]:
             started = time.perf_counter()
-            tokens = _enter(method, context)
+            metadata = context.invocation_metadata() or ()  # a fresh tuple per read: read once
+            tokens = _enter(method, context, metadata)
+            observed = probe.begin(context, metadata) if probe is not None else None
             code = grpc.StatusCode.OK
             try:
+                if authorize is not None:
+                    authorize(context)
                 if validate is not None:
                     validate(request)
                 async for item in behavior(request, context):
@@ -132,6 +166,8 @@ class CallWrapper:
                 await context.abort(outcome.code, outcome.details, outcome.trailing_metadata)
             finally:
                 _leave(tokens, method, code, started)
+                if probe is not None and observed is not None:
+                    probe.end(observed, code, started)
 
         return handler
 
@@ -180,11 +216,15 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
 _Tokens = tuple[contextvars.Token[CallContext | None], contextvars.Token[Mapping[str, Any] | None]]
 
 
-def _enter(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> _Tokens:
+def _enter(
+    method: str,
+    context: grpc.aio.ServicerContext[Any, Any],
+    metadata: Iterable[tuple[str, Any]] | None = None,
+) -> _Tokens:
     remaining = context.time_remaining()
     propagated = tuple(
         (key, value)
-        for key, value in (context.invocation_metadata() or ())
+        for key, value in (context.invocation_metadata() or () if metadata is None else metadata)
         if key in PROPAGATED_HEADERS and isinstance(value, str)
     )
     call = CallContext(

@@ -2,9 +2,17 @@
 
     mesh up [--only NAME,...] [--raw-logs]   start every service, stream logs, Ctrl-C stops
     mesh status [--json]                     health of every service; exit 0 only if all SERVING
-    mesh serve NAME [--port N]               run one service in this process
+    mesh serve NAME [--replica K] [--port N] run one service (one replica of it) in this process
     mesh generate [--check]                  regenerate generated/ from protos/ (or check it)
     mesh lint-protos --plugin PATH           buf lint (STANDARD) over protos/
+    mesh certs [--dir DIR] [--force]         the mesh CA and a certificate per member (for [tls])
+    mesh gateway [--upstream HOST:PORT ...] [--descriptor-set FILE] [--listen HOST:PORT] [--no-auth]
+                                             the REST bridge (default: in front of this mesh)
+    mesh keys create NAME [--rate R --burst B] | list [--json] | revoke NAME
+                                             the gateway's API keys
+    mesh stats [--json] [--window 5s]        golden metrics per service and per edge (from /metrics)
+    mesh graph [--format svg|dot] [--output FILE] [--window 0]
+                                             the live call graph, from the callers' metrics
 
 Every command takes `--config FILE` (default: $MESH_CONFIG, then ./mesh.toml).
 """
@@ -25,11 +33,50 @@ def _config(args: argparse.Namespace) -> MeshConfig:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from .supervisor import Supervisor
+    from .traffic import check_methods
 
     config = _config(args)
-    names = [n.strip() for n in args.only.split(",")] if args.only else list(config.services)
-    services = [config.service(n) for n in names]
-    return Supervisor(config, services, sys.stdout, raw_logs=args.raw_logs).run()
+    names = [n.strip() for n in args.only.split(",")] if args.only else [*config.services, "gateway"]
+    services = [config.service(n) for n in names if n != "gateway"]
+    gateway = config.gateway.enabled and "gateway" in names
+    check_methods(config)  # [client.methods] names a method that exists: say so before starting anything
+    if config.tls.enabled:
+        _ensure_certs(config)
+    notes = _gateway_notes(config) if gateway else []
+    if gateway and args.dev_key:
+        from services.gateway.keys import development_key
+
+        notes.append(f"development API key: {development_key(config)}  (send it as x-api-key)")
+    out = sys.stdout
+    return Supervisor(config, services, out, raw_logs=args.raw_logs, gateway=gateway, notes=notes).run()
+
+
+def _gateway_notes(config: MeshConfig) -> list[str]:
+    base = f"http://{config.gateway.address}"
+    return [f"REST API at {base}/v1/...  docs: {base}/docs  OpenAPI: {base}/openapi.json"]
+
+
+def _ensure_certs(config: MeshConfig) -> None:
+    """With TLS on, `mesh up` first makes what `mesh certs` would (a first run, a new service)."""
+    from . import certs
+
+    changed = [o for o in certs.ensure(config) if o.action != "kept"]
+    if changed:
+        done = ", ".join(f"{o.name} ({o.action})" for o in changed)
+        print(f"mesh: certificates in {certs.directory(config)}: {done}", flush=True)
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from . import certs
+
+    config = _config(args)
+    root = Path(args.dir).resolve() if args.dir else certs.directory(config)
+    print(certs.report(root, certs.ensure(config, root, force=args.force)))
+    if not config.tls.enabled:
+        print("tls is off in the mesh file; set [tls] enabled = true to use these certificates")
+    elif root != certs.directory(config):
+        print(f"note: the mesh reads its certificates from {certs.directory(config)} (tls.dir)")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -43,7 +90,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
-    return serve(args.name, args.config, args.port)
+    return serve(args.name, args.config, args.port, args.replica)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -62,6 +109,59 @@ def cmd_lint_protos(args: argparse.Namespace) -> int:
     return codegen.buf_lint(Path(args.plugin))
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from services.gateway.server import Options, main
+
+    options = Options(
+        upstreams=args.upstream or (),
+        descriptor_set=args.descriptor_set,
+        listen=args.listen,
+        auth=not args.no_auth,
+    )
+    return main(args.config, options)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from services.gateway import keys
+
+    name = getattr(args, "name", None)
+    rate, burst = getattr(args, "rate", None), getattr(args, "burst", None)
+    return keys.command(_config(args), args.action, name, rate, burst, getattr(args, "json", False))
+
+
+def _window(text: str) -> float:
+    from .stats import parse_window
+
+    try:
+        return parse_window(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    import json
+
+    from .stats import collect, format_report
+
+    result = collect(_config(args), args.window)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else format_report(result))
+    return 0 if any(up for up, _ in result.instances.values()) else 1
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from .graph import to_dot, to_svg
+    from .stats import collect
+
+    config = _config(args)
+    result = collect(config, args.window)
+    text = to_dot(config, result) if args.format == "dot" else to_svg(config, result)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0 if any(up for up, _ in result.instances.values()) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="mesh", description="Run, inspect and build the rideshare mesh.")
     root.add_argument("--config", help="the mesh file (default: $MESH_CONFIG, then ./mesh.toml)")
@@ -76,8 +176,15 @@ def parser() -> argparse.ArgumentParser:
     up = commands.add_parser(
         "up", parents=[common], help="start every service and stream their logs; Ctrl-C stops them"
     )
-    up.add_argument("--only", help="comma-separated services to start (default: all)")
+    up.add_argument(
+        "--only", help="comma-separated services to start, 'gateway' for the REST bridge (default: all)"
+    )
     up.add_argument("--raw-logs", action="store_true", help="print the services' JSON log lines as they are")
+    up.add_argument(
+        "--dev-key",
+        action="store_true",
+        help="print a development API key for the gateway (kept in <data_dir>/gateway/dev-key)",
+    )
     up.set_defaults(run=cmd_up)
 
     status = commands.add_parser(
@@ -89,6 +196,12 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[common], help="run one service in this process")
     serve.add_argument("name", help="the service, as named in the mesh file")
     serve.add_argument("--port", type=int, help="listen on this port instead (0 picks a free one)")
+    serve.add_argument(
+        "--replica",
+        type=int,
+        default=0,
+        help="which of the service's replicas to run (default 0): port + K * replica_port_step",
+    )
     serve.set_defaults(run=cmd_serve)
 
     generate = commands.add_parser("generate", parents=[common], help="regenerate generated/ from protos/")
@@ -100,6 +213,60 @@ def parser() -> argparse.ArgumentParser:
     )
     lint.add_argument("--plugin", required=True, help="path to protoc-gen-buf-lint")
     lint.set_defaults(run=cmd_lint_protos)
+
+    certs = commands.add_parser(
+        "certs",
+        parents=[common],
+        help="create the mesh CA and a certificate per service, gateway and mesh (keeps what is still good)",
+    )
+    certs.add_argument("--dir", help="write them here (default: tls.dir, else <data_dir>/certs)")
+    certs.add_argument("--force", action="store_true", help="make a new CA and reissue every certificate")
+    certs.set_defaults(run=cmd_certs)
+
+    gateway = commands.add_parser(
+        "gateway", parents=[common], help="run the REST bridge (default: in front of this mesh)"
+    )
+    gateway.add_argument(
+        "--upstream",
+        action="append",
+        metavar="HOST:PORT",
+        help="a gRPC server to front instead of the mesh (repeatable; routes come from its reflection)",
+    )
+    gateway.add_argument("--descriptor-set", metavar="FILE", help="take the API from this FileDescriptorSet")
+    gateway.add_argument("--listen", metavar="HOST:PORT", help="default: [gateway] host and port")
+    gateway.add_argument("--no-auth", action="store_true", help="serve without API keys (local use only)")
+    gateway.set_defaults(run=cmd_gateway)
+
+    keys = commands.add_parser(
+        "keys", parents=[common], help="create, list and revoke the gateway's API keys"
+    )
+    actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", parents=[common], help="make a key and print it (shown only once)")
+    create.add_argument("name", help="what the key is for, unique")
+    create.add_argument("--rate", type=float, help="requests per second (default: [gateway.rate_limit])")
+    create.add_argument("--burst", type=int, help="bucket size (default: [gateway.rate_limit])")
+    listing = actions.add_parser("list", parents=[common], help="every key, active and revoked")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    revoke = actions.add_parser("revoke", parents=[common], help="stop accepting a key (within a second)")
+    revoke.add_argument("name")
+    keys.set_defaults(run=cmd_keys)
+
+    stats = commands.add_parser(
+        "stats", parents=[common], help="requests/s, success rate and latency per service and per edge"
+    )
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+    stats.add_argument(
+        "--window", type=_window, default=5.0, help="over this long, e.g. 30s (default 5s; 0: since start)"
+    )
+    stats.set_defaults(run=cmd_stats)
+
+    graph = commands.add_parser("graph", parents=[common], help="draw the live call graph as SVG or DOT")
+    graph.add_argument("--format", choices=("svg", "dot"), default="svg", help="default: svg")
+    graph.add_argument("--output", metavar="FILE", help="write here instead of standard output")
+    graph.add_argument(
+        "--window", type=_window, default=0.0, help="rates over this long, e.g. 10s (default 0: since start)"
+    )
+    graph.set_defaults(run=cmd_graph)
     return root
 
 

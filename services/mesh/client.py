@@ -8,7 +8,9 @@ retry policy on UNAVAILABLE for methods that are safe to repeat — reads
 (`google.api.http` GET, or `idempotency_level` set) and writes whose request carries a `request_id`
 (the client fills in a fresh one when a caller leaves it empty, so a retry
 never applies a write twice). A retry budget
-(`retryThrottling`) keeps retries from multiplying an outage.
+(`retryThrottling`) keeps retries from multiplying an outage. The channel
+names every replica of the service and balances, health-checks and ejects
+between them; traffic.py builds that service config from `[client]`.
 
 Outgoing calls made while serving a call inherit its remaining deadline and
 its `x-request-id`/`traceparent` headers (see `calls.current_call`).
@@ -23,17 +25,22 @@ from __future__ import annotations
 import importlib
 import json
 import uuid
-from collections.abc import Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-from google.api import annotations_pb2
 from google.protobuf import descriptor as d
-from google.protobuf import descriptor_pb2
 
+from . import certs, replicas
 from .calls import current_call
 from .config import MeshConfig, ServiceConfig
 from .errors import ConfigError
+from .traffic import check_methods, is_safe_to_retry, method_timeouts, service_config, timeout_of
+
+__all__ = ["Clients", "is_safe_to_retry", "service_config", "service_descriptor_of"]
+
+if TYPE_CHECKING:
+    from .telemetry import ClientProbe, Telemetry
 
 StubT = TypeVar("StubT")
 
@@ -50,53 +57,24 @@ def service_descriptor_of(stub_class: type) -> d.ServiceDescriptor:
     return descriptor
 
 
-def is_safe_to_retry(method: d.MethodDescriptor) -> bool:
-    """Reads, methods marked idempotent, and writes that carry an idempotency key may be repeated."""
-    options = method.GetOptions()
-    if options.idempotency_level != descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN:
-        return True
-    if options.Extensions[annotations_pb2.http].get:
-        return True
-    return "request_id" in method.input_type.fields_by_name
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.3f}s"
-
-
-def service_config(config: MeshConfig, services: Sequence[d.ServiceDescriptor]) -> dict[str, Any]:
-    """The gRPC service config for a channel carrying `services`."""
-    retry = config.client.retry
-    safe = [
-        {"service": s.full_name, "method": m.name} for s in services for m in s.methods if is_safe_to_retry(m)
-    ]
-    method_config: list[dict[str, Any]] = []
-    if safe and retry.max_attempts > 1:
-        method_config.append(
-            {
-                "name": safe,
-                "retryPolicy": {
-                    "maxAttempts": retry.max_attempts,
-                    "initialBackoff": _duration(retry.initial_backoff),
-                    "maxBackoff": _duration(retry.max_backoff),
-                    "backoffMultiplier": retry.backoff_multiplier,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        )
-    return {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": method_config,
-        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
-    }
-
-
 class _Propagate(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
     """Sets the mesh timeout (unless the call set its own), shortened to the served call's
     remaining deadline, and passes the served call's trace headers downstream."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(
+        self, timeout: float, probe: ClientProbe | None = None, timeouts: Mapping[str, float] | None = None
+    ) -> None:
         self.timeout = timeout
+        self.probe = probe
+        """Records metrics and a client span of each call (telemetry.py)."""
+        self.timeouts = timeouts or {}
+        """`[client.methods]` timeouts by call path (traffic.method_timeouts)."""
+
+    def _default(self, method: str | bytes, default: float | None) -> float | None:
+        if not self.timeouts:
+            return default
+        configured = timeout_of(method, self.timeouts)
+        return default if configured is None else configured
 
     def _details(
         self, details: grpc.aio.ClientCallDetails, default: float | None
@@ -127,21 +105,30 @@ class _Propagate(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClien
             keyed.CopyFrom(request)
             keyed.request_id = str(uuid.uuid4())
             request = keyed
-        return await continuation(self._details(client_call_details, self.timeout), request)
+        details = self._details(client_call_details, self._default(client_call_details.method, self.timeout))
+        if self.probe is not None:
+            return await self.probe.unary(continuation, details, request)
+        return await continuation(details, request)
 
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         # A stream (StreamNotifications) lives as long as its reader wants: no default
-        # timeout, only the served call's deadline or the caller's own.
-        return await continuation(self._details(client_call_details, None), request)
+        # timeout, only the served call's deadline or the caller's own (or [client.methods]).
+        details = self._details(client_call_details, self._default(client_call_details.method, None))
+        if self.probe is not None:
+            return await self.probe.stream(continuation, details, request)
+        return await continuation(details, request)
 
 
 class Clients:
     """One channel per mesh service, opened on first use and closed together."""
 
-    def __init__(self, config: MeshConfig, caller: str) -> None:
+    def __init__(self, config: MeshConfig, caller: str, telemetry: Telemetry | None = None) -> None:
         self.config = config
         self.caller = caller
+        self.telemetry = telemetry
         self._channels: dict[str, grpc.aio.Channel] = {}
+        check_methods(config)
+        self._timeouts = method_timeouts(config.client)
 
     def target_service(self, descriptor: d.ServiceDescriptor) -> ServiceConfig:
         """The mesh service whose package serves this contract."""
@@ -168,10 +155,21 @@ class Clients:
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 2000),
             ]
-            channel = grpc.aio.insecure_channel(
-                f"ipv4:{target.address}" if _is_ipv4(target.host) else target.address,
+            # mTLS as this caller when the mesh has TLS on (certs.py), plaintext otherwise.
+            channel = certs.aio_channel(
+                self.config,
+                self.caller,
+                target.name,
+                # Every replica (or the service's discovery target); grpcio balances between them.
+                replicas.target(target),
                 options=options,
-                interceptors=[_Propagate(self.config.client.timeout)],
+                interceptors=[
+                    _Propagate(
+                        self.config.client.timeout,
+                        self.telemetry.client_probe(target.name) if self.telemetry is not None else None,
+                        timeouts=self._timeouts,
+                    )
+                ],
             )
             self._channels[target.name] = channel
         return channel
@@ -187,8 +185,3 @@ class Clients:
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             await channel.close()
-
-
-def _is_ipv4(host: str) -> bool:
-    parts = host.split(".")
-    return len(parts) == 4 and all(p.isdigit() for p in parts)

@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line, the same shape in every process.
 
 Each line has `ts`, `level`, `service`, `logger`, `msg`, and whatever the call
-context knows (`method`, `request_id`, `correlation_id`); extra fields passed as
+context knows (`method`, `request_id`, `trace_id`, `span_id`, `correlation_id`); extra fields passed as
 `logger.info("...", extra={"fields": {...}})` are merged in. `mesh up` reads
 these lines from every child and prints them with a service prefix.
 """
@@ -13,13 +13,16 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 #: Fields describing the current RPC, set by the runtime and added to every line.
 call_fields: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
     "call_fields", default=None
 )
+
+#: Set by `tracing`: the current trace and span ids (`trace_id`, `span_id`), if a line has any.
+trace_fields: Callable[[], Mapping[str, str] | None] | None = None
 
 _service_name = "-"
 
@@ -39,6 +42,9 @@ class JsonFormatter(logging.Formatter):
         fields_of_call = call_fields.get()
         if fields_of_call:
             entry.update(fields_of_call)
+        ids = trace_fields() if trace_fields is not None else None
+        if ids:
+            entry.update(ids)
         fields = getattr(record, "fields", None)
         if fields:
             entry.update(fields)

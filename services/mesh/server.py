@@ -28,12 +28,14 @@ from google.protobuf import descriptor as d
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from . import log
+from . import authz, certs, drain, faults, log
 from .calls import CallWrapper
 from .client import Clients
 from .config import MeshConfig, ServiceConfig, load_config
 from .descriptors import SourceReflectionServicer
 from .errors import ConfigError
+from .replicas import check_replica
+from .telemetry import Telemetry, admin_port, serve_admin
 from .validation import RequestValidator, ResourceRegistry
 
 _log = log.get_logger("rideshare.server")
@@ -62,10 +64,15 @@ class Runtime:
 
     config: MeshConfig
     service: ServiceConfig
+    replica: int = 0
+    """Which of the service's `replicas` this process is (replicas.py)."""
     clients: Clients = field(init=False)
+    telemetry: Telemetry = field(init=False)
+    """Metrics and spans of the calls this process serves and makes."""
 
     def __post_init__(self) -> None:
-        self.clients = Clients(self.config, caller=self.service.name)
+        self.telemetry = Telemetry(self.config, self.service.name)
+        self.clients = Clients(self.config, caller=self.service.name, telemetry=self.telemetry)
 
     def data_path(self, filename: str) -> Path:
         """Where this service keeps a file of its own (`var/<service>/<filename>`)."""
@@ -102,10 +109,14 @@ class MeshServer:
         self.runtime = runtime
         self.services = list(services)
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
-        self.health = health.aio.HealthServicer()
+        self.health = drain.WatchedHealth()
         self.port = 0
-        self._address = f"{runtime.service.host}:{runtime.service.port if port is None else port}"
+        wanted = runtime.service.replica_port(runtime.replica) if port is None else port
+        self._address = f"{runtime.service.host}:{wanted}"
         resources = ResourceRegistry()
+        checks = authz.checks(runtime.config, runtime.service, [s.descriptor for s in self.services])
+        self.faults = faults.faults_for(runtime.service, [s.descriptor for s in self.services])
+        """Call path -> the fault mesh.toml injects into it (faults.py); usually empty."""
         wrapper_domain = runtime.service.domain
         for service in self.services:
             resources.add_file(service.descriptor.file)
@@ -114,10 +125,11 @@ class MeshServer:
                 f"/{service.descriptor.full_name}/{m.name}": RequestValidator(m.input_type, resources)
                 for m in service.descriptor.methods
             }
-            wrapper = CallWrapper(wrapper_domain, validators)
+            wrapper = CallWrapper(wrapper_domain, validators, checks, telemetry=runtime.telemetry)
             capture = _Capture()
             service.register(service.servicer, capture)
             for name, handlers in capture.handlers.items():
+                handlers = faults.inject_all(handlers, name, self.faults)
                 wrapped = {m: wrapper.wrap(f"/{name}/{m}", h) for m, h in handlers.items()}
                 self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, wrapped),))
                 self.server.add_registered_method_handlers(name, wrapped)
@@ -129,12 +141,17 @@ class MeshServer:
 
     async def start(self) -> int:
         """Bind, start, and report SERVING; returns the bound port."""
+        credentials = certs.server_credentials(self.runtime.config, self.runtime.service.name)
         try:
-            self.port = self.server.add_insecure_port(self._address)
+            if credentials is None:
+                self.port = self.server.add_insecure_port(self._address)
+            else:
+                self.port = self.server.add_secure_port(self._address, credentials)
         except RuntimeError as exc:
             raise PortInUse(f"cannot listen on {self._address}: {exc}") from None
         if self.port == 0:
             raise PortInUse(f"cannot listen on {self._address}: address in use or unavailable")
+        self.runtime.telemetry.start(f"{self.runtime.service.host}:{self.port}")
         await self.server.start()
         for service in self.services:
             await self.health.set(service.descriptor.full_name, health_pb2.HealthCheckResponse.SERVING)
@@ -144,10 +161,12 @@ class MeshServer:
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING first (so balancers move away), then finish in-flight calls."""
         await self.health.enter_graceful_shutdown()
+        await drain.drain(self.health, self.runtime.config.drain_period)
         await _run_hooks(s.on_stopping for s in self.services)
         await self.server.stop(self.runtime.config.grace_period if grace is None else grace)
         await _run_hooks(s.on_stop for s in self.services)
         await self.runtime.clients.close()
+        self.runtime.telemetry.close()
 
 
 async def _run_hooks(hooks: Iterable[Callable[[], Awaitable[None] | None] | None]) -> None:
@@ -181,14 +200,18 @@ def load_services(runtime: Runtime) -> list[Service]:
     return list(made) if isinstance(made, list | tuple) else [made]
 
 
-async def create_server(config: MeshConfig, name: str, port: int | None = None) -> MeshServer:
-    """The server for service `name`, not yet started (`port=0` picks a free port)."""
-    runtime = Runtime(config, config.service(name))
+async def create_server(
+    config: MeshConfig, name: str, port: int | None = None, replica: int = 0
+) -> MeshServer:
+    """The server for service `name` (replica `replica`), not yet started (`port=0` picks a free port)."""
+    runtime = Runtime(config, config.service(name), replica)
     return MeshServer(runtime, load_services(runtime), port)
 
 
-async def _serve(config: MeshConfig, name: str, port: int | None) -> int:
-    server = await create_server(config, name, port)
+async def _serve(config: MeshConfig, name: str, port: int | None, replica: int = 0) -> int:
+    server = await create_server(config, name, port, replica)
+    if port is None and replica:
+        port = server.runtime.service.replica_port(replica)
     try:
         bound = await server.start()
     except PortInUse:
@@ -204,10 +227,13 @@ async def _serve(config: MeshConfig, name: str, port: int | None) -> int:
             "fields": {
                 "event": "serving",
                 "port": bound,
+                "replica": replica,
                 "services": [s.descriptor.full_name for s in server.services],
             }
         },
     )
+    service = server.runtime.service
+    serve_admin(server.runtime.telemetry, service.host, admin_port(service, port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -239,18 +265,18 @@ def _stop_when_supervisor_exits(loop: asyncio.AbstractEventLoop, stop: asyncio.E
     loop.add_reader(0, readable)
 
 
-def serve(name: str, config_path: str | None = None, port: int | None = None) -> int:
-    """Run one service until SIGTERM/SIGINT; the exit code says how it ended."""
+def serve(name: str, config_path: str | None = None, port: int | None = None, replica: int = 0) -> int:
+    """Run one service (replica `replica`) until SIGTERM/SIGINT; the exit code says how it ended."""
     try:
         config = load_config(config_path)
         log.configure(name, config.log_level)
-        config.service(name)
+        check_replica(config.service(name), replica)
     except ConfigError as exc:
         log.configure(name)
         _log.error(str(exc), extra={"fields": {"event": "config_error"}})
         return 2
     try:
-        return asyncio.run(_serve(config, name, port))
+        return asyncio.run(_serve(config, name, port, replica))
     except ConfigError as exc:
         _log.error(str(exc), extra={"fields": {"event": "config_error"}})
         return 2

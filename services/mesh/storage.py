@@ -68,6 +68,10 @@ class Database:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(migrations[version:], start=version + 1):
             with self.transaction() as tx:
+                # Replicas of a service open its file at the same moment: read the version
+                # again under the write lock, so only the first one applies each migration.
+                if tx.execute("PRAGMA user_version").fetchone()[0] >= number:
+                    continue
                 for statement in _statements(script):
                     tx.execute(statement)
                 tx.execute(f"PRAGMA user_version={number}")

@@ -29,6 +29,7 @@ from typing import Protocol
 import grpc
 
 from services.mesh import log
+from services.mesh.tracing import continued
 
 from .background import Background
 from .notices import Notice
@@ -91,7 +92,8 @@ class Outbox:
         delivered = 0
         for entry in self.store.pending_notices(self.batch):
             try:
-                await self.send(entry.notice, entry.id)
+                with continued(entry.traceparent):  # the delivery joins the trace of the step
+                    await self.send(entry.notice, entry.id)
             except grpc.aio.AioRpcError as error:
                 text = f"{error.code().name}: {error.details()}"
                 permanent = error.code() in PERMANENT

@@ -24,6 +24,7 @@ from rideshare.trips.v1.trips_pb2 import Trip
 from services.mesh.aip import now, timestamp_from_ns
 from services.mesh.errors import NotFound
 from services.mesh.storage import Database
+from services.mesh.tracing import current_traceparent
 
 from .domain import DRIVER_ASSIGNED, IN_PROGRESS, MATCHING
 from .notices import Notice
@@ -75,6 +76,8 @@ MIGRATIONS = [
     );
     CREATE INDEX outbox_by_dead ON outbox (dead, seq)
     """,
+    # The trace of the step that wrote a notification, so its delivery joins that trace.
+    "ALTER TABLE outbox ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''",
 ]
 
 
@@ -99,6 +102,8 @@ class OutboxEntry:
     id: str
     notice: Notice
     attempts: int
+    traceparent: str = ""
+    """The W3C trace context of the step that wrote it ("" if none): delivery continues that trace."""
 
 
 Change = Callable[[Trip], tuple[Trip, Sequence[Notice]]]
@@ -173,10 +178,12 @@ def _optional_ns(trip: Trip, field: str) -> int | None:
 
 def _enqueue(tx: sqlite3.Connection, notices: Sequence[Notice]) -> None:
     stamp = time.time_ns()
+    trace = current_traceparent()
     for notice in notices:
         tx.execute(
-            "INSERT INTO outbox (id, recipient, title, body, trip, create_time) VALUES (?, ?, ?, ?, ?, ?)",
-            (uuid.uuid4().hex, notice.recipient, notice.title, notice.body, notice.trip, stamp),
+            "INSERT INTO outbox (id, recipient, title, body, trip, create_time, traceparent)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (uuid.uuid4().hex, notice.recipient, notice.title, notice.body, notice.trip, stamp, trace),
         )
 
 
@@ -364,7 +371,12 @@ class SqliteTripStore:
     def pending_notices(self, limit: int) -> list[OutboxEntry]:
         rows = self.db.query("SELECT * FROM outbox WHERE dead = 0 ORDER BY seq LIMIT ?", (limit,))
         return [
-            OutboxEntry(r["id"], Notice(r["recipient"], r["title"], r["body"], r["trip"]), r["attempts"])
+            OutboxEntry(
+                r["id"],
+                Notice(r["recipient"], r["title"], r["body"], r["trip"]),
+                r["attempts"],
+                r["traceparent"],
+            )
             for r in rows
         ]
 

@@ -44,7 +44,9 @@ def test_reads_and_writes_with_a_request_id_are_safe_to_retry():
 def test_service_config_retries_only_safe_methods(mesh_config):
     config = service_config(mesh_config, [PASSENGERS, HEALTH])
 
-    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    # round_robin over the replicas, inside outlier detection (traffic.py)
+    [balancing] = config["loadBalancingConfig"]
+    assert balancing["outlier_detection_experimental"]["childPolicy"] == [{"round_robin": {}}]
     [safe] = config["methodConfig"]
     retried = {(n["service"], n["method"]) for n in safe["name"]}
     assert retried == {(PASSENGERS.full_name, m.name) for m in PASSENGERS.methods}
@@ -58,7 +60,7 @@ def test_service_config_retries_only_safe_methods(mesh_config):
         "backoffMultiplier": 2.0,
         "retryableStatusCodes": ["UNAVAILABLE"],
     }
-    assert config["retryThrottling"] == {"maxTokens": 10, "tokenRatio": 0.1}
+    assert config["retryThrottling"] == {"maxTokens": 100, "tokenRatio": 0.1}
 
 
 def test_one_attempt_means_no_retry_policy(mesh_config):
@@ -199,7 +201,10 @@ def test_trace_headers_follow_the_call_downstream_and_others_do_not(chain):
 
     [(_, metadata)] = recorder.calls
     assert metadata["x-request-id"] == "req-9"
-    assert metadata["traceparent"] == sent[1][1]
+    # The same trace, continued by the caller's own client span (telemetry.py): a new parent id.
+    version, trace_id, parent_id, flags = metadata["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01")
+    assert parent_id != "00f067aa0ba902b7"
     assert metadata["tracestate"] == "vendor=1"
     assert "authorization" not in metadata
     assert metadata["user-agent"].startswith("rideshare-passengers")

@@ -1,0 +1,453 @@
+"""Metrics and spans for every call a process serves and makes, and the admin port serving /metrics.
+
+Each process has one `Telemetry` (`Runtime.telemetry`). The call wrapper
+(calls.py) asks it for a `ServerProbe` per method when the server is built;
+the client interceptor (client.py) asks for a `ClientProbe` per target
+service when a channel is opened. The Prometheus families, on the process's
+own registry:
+
+- `mesh_server_calls_total{service, caller, grpc_service, grpc_method, grpc_code}`
+- `mesh_server_call_duration_seconds{service, grpc_service, grpc_method}` (histogram)
+- `mesh_server_calls_in_flight{service, grpc_service, grpc_method}`
+- `mesh_client_calls_total{caller, service, grpc_service, grpc_method, grpc_code}`
+- `mesh_client_call_duration_seconds{caller, service, grpc_service, grpc_method}`
+- `mesh_client_calls_in_flight{caller, service, grpc_service, grpc_method}`
+
+On both sides `caller` -> `service` is an edge of the call graph. Label values
+are bounded: methods come from the contracts, codes are the 17 gRPC codes,
+and a caller is a mesh service name, `gateway`, `mesh`, or `unknown`. Streams
+are counted but not timed (a subscription's length is not a latency).
+
+Per call the cost is a few dict lookups and lock-protected increments: the
+histogram and gauge children are bound once per method, the counter children
+once per (caller, code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.exposition import start_http_server
+
+from . import log
+from .config import MeshConfig, ServiceConfig
+from .tracing import Tracing, end_span
+
+_log = log.get_logger("rideshare.telemetry")
+
+#: Seconds; fine below 10 ms, where calls between local services land.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: What a caller is called when nothing names it (grpcurl, a client outside the mesh).
+UNKNOWN = "unknown"
+#: Callers besides the services: the REST gateway and the mesh tool (its certificate identity).
+OTHER_CALLERS = ("gateway", "mesh")
+#: Outcomes that are the server's fault (HTTP 5xx in DESIGN.md's mapping); the rest are successes.
+FAILURE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+USER_AGENT_PREFIX = "rideshare-"
+#: Calls to these are plumbing (health checks, reflection), not traffic: not counted, not traced.
+PLUMBING_PREFIX = "/grpc."
+_CALL_LABELS = ("grpc_service", "grpc_method")
+
+IdentitySource = Callable[[grpc.aio.ServicerContext[Any, Any]], str | None]
+_identity_source: IdentitySource | None = None
+
+
+def set_identity_source(source: IdentitySource | None) -> None:
+    """Name callers by `source(context)` instead of their user-agent or certificate.
+
+    With `[tls]` on, callers are already named by their certificate's SPIFFE
+    id; this is for another proof of identity. A name `source` returns that is
+    not a mesh member is counted as `unknown`; None falls back to the default.
+    """
+    global _identity_source
+    _identity_source = source
+
+
+def caller_from_user_agent(user_agent: str | None, known: frozenset[str]) -> str:
+    """`rideshare-trips grpc-python-asyncio/1.85.3 ...` -> `trips`; anything else -> `unknown`."""
+    if user_agent and user_agent.startswith(USER_AGENT_PREFIX):
+        name = user_agent[len(USER_AGENT_PREFIX) :].split(" ", 1)[0]
+        if name in known:
+            return name
+    return UNKNOWN
+
+
+def admin_port(service: ServiceConfig, port: int | None = None) -> int:
+    """The admin port of the process serving `service` on `port`; 0 for none.
+
+    A replica on another port keeps the same distance between the two ports,
+    so `mesh stats` finds every replica's /metrics from its address. A process
+    told to take any free port (`port=0`) has no predictable admin port: none.
+    """
+    if not service.admin_port or port == 0:
+        return 0
+    if port is None or not service.port:
+        return service.admin_port
+    shifted = service.admin_port + (port - service.port)
+    return shifted if 0 < shifted <= 65535 else 0
+
+
+def serve_admin(telemetry: Telemetry, host: str, wanted: int) -> int:
+    """Serve /metrics on `host:wanted` (0: nowhere); logs where (or why not). The port, or 0.
+
+    A taken admin port is logged as a warning and the process runs on
+    without metrics: telemetry must not take a service down.
+    """
+    if not wanted or telemetry.metrics is None:
+        return 0
+    try:
+        bound = telemetry.serve_metrics(host, wanted)
+    except OSError as exc:
+        _log.warning(
+            f"admin port {wanted} is not available ({exc.strerror or exc}); /metrics is not served",
+            extra={"fields": {"event": "admin_port_in_use", "admin_port": wanted}},
+        )
+        return 0
+    _log.info(
+        f"metrics on http://{host}:{bound}/metrics",
+        extra={"fields": {"event": "metrics", "admin_port": bound}},
+    )
+    return bound
+
+
+def gateway_admin_port(config: MeshConfig) -> int:
+    """The gateway's admin port: its port + `[telemetry] admin_port_offset`; 0 when there is none."""
+    gateway, settings = config.gateway, config.telemetry
+    if not (gateway.enabled and gateway.port and settings.metrics and settings.admin_port_offset):
+        return 0
+    port = gateway.port + settings.admin_port_offset
+    return port if port <= 65535 else 0
+
+
+class Metrics:
+    """The metric families of one process, on a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)  # process_start_time_seconds: rates "since start"
+        server = ("service", *_CALL_LABELS)
+        client = ("caller", "service", *_CALL_LABELS)
+        self.server_calls = Counter(
+            "mesh_server_calls",
+            "Calls this process served, by caller and status code.",
+            ("service", "caller", *_CALL_LABELS, "grpc_code"),
+            registry=self.registry,
+        )
+        self.server_latency = Histogram(
+            "mesh_server_call_duration_seconds",
+            "Time from receiving a unary call to answering it.",
+            server,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.server_in_flight = Gauge(
+            "mesh_server_calls_in_flight", "Calls being served now.", server, registry=self.registry
+        )
+        self.client_calls = Counter(
+            "mesh_client_calls",
+            "Calls this process made to other services, by status code.",
+            (*client, "grpc_code"),
+            registry=self.registry,
+        )
+        self.client_latency = Histogram(
+            "mesh_client_call_duration_seconds",
+            "Time from sending a unary call to its answer, retries included.",
+            client,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.client_in_flight = Gauge(
+            "mesh_client_calls_in_flight", "Calls waiting for an answer now.", client, registry=self.registry
+        )
+
+
+class Telemetry:
+    """Metrics, tracing and the admin port of one process (a service, or the gateway)."""
+
+    def __init__(self, config: MeshConfig, name: str) -> None:
+        self.config = config
+        self.name = name
+        self.settings = config.telemetry
+        self.metrics = Metrics() if self.settings.metrics else None
+        self.tracing: Tracing | None = None
+        self.known_callers = frozenset((*config.services, *OTHER_CALLERS))
+        self._callers: dict[str, str] = {}
+        #: With mTLS the caller is `spiffe://<trust domain>/service/<name>` in its certificate (certs.py).
+        self._spiffe_prefix = (
+            f"spiffe://{config.tls.trust_domain}/service/".encode() if config.tls.enabled else None
+        )
+        self._admin: Any = None
+
+    @property
+    def active(self) -> bool:
+        return self.metrics is not None or self.settings.traces != "off"
+
+    def start(self, instance: str) -> None:
+        """Begin recording spans (if traces are on); `instance` is this process's address."""
+        if self.settings.traces != "off" and self.tracing is None:
+            self.tracing = Tracing(self.settings, self.name, instance, self.config.data_dir)
+
+    def serve_metrics(self, host: str, port: int) -> int:
+        """Serve /metrics on `port` from a thread (prometheus-client's server); the port bound.
+
+        Raises OSError when the port is taken.
+        """
+        if self.metrics is None:
+            return 0
+        server, _ = start_http_server(port, addr=host, registry=self.metrics.registry)
+        self._admin = server
+        bound: int = server.server_port
+        return bound
+
+    def close(self) -> None:
+        """Stop serving /metrics and write out the spans still queued."""
+        if self._admin is not None:
+            self._admin.shutdown()
+            self._admin.server_close()
+            self._admin = None
+        if self.tracing is not None:
+            self.tracing.shutdown()
+            self.tracing = None
+
+    def caller(self, context: grpc.aio.ServicerContext[Any, Any], user_agent: str | None) -> str:
+        """Who calls: the certificate's identity with TLS on (proof), else the user-agent (a claim)."""
+        source = _identity_source
+        if source is not None:
+            named = source(context)
+            if named is not None:
+                return named if named in self.known_callers else UNKNOWN
+        if self._spiffe_prefix is not None:
+            spiffe = next(iter(context.auth_context().get("peer_spiffe_id", ())), b"")
+            if not spiffe.startswith(self._spiffe_prefix):
+                return UNKNOWN
+            name = spiffe[len(self._spiffe_prefix) :].decode(errors="replace")
+            return name if name in self.known_callers else UNKNOWN
+        key = user_agent or ""
+        caller = self._callers.get(key)
+        if caller is None:
+            caller = caller_from_user_agent(user_agent, self.known_callers)
+            if len(self._callers) < 256:
+                self._callers[key] = caller
+        return caller
+
+    def server_probe(self, method: str, streaming: bool = False) -> ServerProbe | None:
+        """What the call wrapper records for `method` (`/pkg.Service/Method`); None if nothing."""
+        return ServerProbe(self, method, streaming) if self.active else None
+
+    def client_probe(self, target: str) -> ClientProbe | None:
+        """What the client interceptor of the channel to `target` records; None if nothing."""
+        return ClientProbe(self, target) if self.active else None
+
+
+def _split(method: str) -> tuple[str, str]:
+    grpc_service, _, grpc_method = method.lstrip("/").partition("/")
+    return grpc_service, grpc_method
+
+
+_Begun = tuple[str, Any, Any]
+"""(caller, span or None, context token or None)."""
+
+
+class ServerProbe:
+    """Records the calls of one served method: counts by caller and code, latency, in flight, span."""
+
+    def __init__(self, telemetry: Telemetry, method: str, streaming: bool) -> None:
+        self.telemetry = telemetry
+        self.name = method.lstrip("/")
+        grpc_service, grpc_method = _split(method)
+        self.labels = (grpc_service, grpc_method)
+        self.attributes = {"rpc.system": "grpc", "rpc.service": grpc_service, "rpc.method": grpc_method}
+        self.calls: dict[tuple[str, grpc.StatusCode], Any] = {}
+        metrics = telemetry.metrics
+        self.latency: Any = None
+        self.in_flight: Any = None
+        if metrics is not None:
+            if not streaming:
+                self.latency = metrics.server_latency.labels(telemetry.name, *self.labels)
+            self.in_flight = metrics.server_in_flight.labels(telemetry.name, *self.labels)
+
+    def begin(
+        self, context: grpc.aio.ServicerContext[Any, Any], metadata: Iterable[tuple[str, Any]]
+    ) -> _Begun:
+        """`metadata` is the call's invocation metadata (the wrapper reads it once for everyone)."""
+        user_agent = traceparent = tracestate = None
+        for key, value in metadata:
+            if not isinstance(value, str):
+                continue
+            if key == "user-agent":
+                user_agent = value
+            elif key == "traceparent":
+                traceparent = value
+            elif key == "tracestate":
+                tracestate = value
+        caller = self.telemetry.caller(context, user_agent)
+        if self.in_flight is not None:
+            self.in_flight.inc()
+        tracing = self.telemetry.tracing
+        if tracing is None:
+            return caller, None, None
+        span, token = tracing.server_span(self.name, traceparent, tracestate, self.attributes)
+        if span is not None:
+            span.set_attribute("mesh.caller", caller)
+        return caller, span, token
+
+    def end(self, begun: _Begun, code: grpc.StatusCode, started: float) -> None:
+        caller, span, token = begun
+        if self.in_flight is not None:
+            self.in_flight.dec()
+            if self.latency is not None:
+                self.latency.observe(time.perf_counter() - started)
+            counter = self.calls.get((caller, code))
+            if counter is None:
+                metrics = self.telemetry.metrics
+                assert metrics is not None
+                counter = metrics.server_calls.labels(self.telemetry.name, caller, *self.labels, code.name)
+                self.calls[(caller, code)] = counter
+            counter.inc()
+        if token is not None:
+            end_span(span, code.name, code in FAILURE_CODES, token)
+
+
+class _ClientMethod:
+    """The pre-bound metric children of one (target, method)."""
+
+    def __init__(self, telemetry: Telemetry, target: str, method: str) -> None:
+        self.name = method.lstrip("/")
+        grpc_service, grpc_method = _split(method)
+        self.attributes = {
+            "rpc.system": "grpc",
+            "rpc.service": grpc_service,
+            "rpc.method": grpc_method,
+            "peer.service": target,
+        }
+        self.labels = (telemetry.name, target, grpc_service, grpc_method)
+        self.calls: dict[grpc.StatusCode, Any] = {}
+        self.latency: Any = None
+        self.in_flight: Any = None
+        if telemetry.metrics is not None:
+            self.latency = telemetry.metrics.client_latency.labels(*self.labels)
+            self.in_flight = telemetry.metrics.client_in_flight.labels(*self.labels)
+
+
+class ClientProbe:
+    """Records the calls made on one channel (to one target service), per method."""
+
+    def __init__(self, telemetry: Telemetry, target: str) -> None:
+        self.telemetry = telemetry
+        self.target = target
+        self.methods: dict[Any, _ClientMethod | None] = {}
+        self._pending: set[Any] = set()
+
+    def _method(self, method: bytes | str) -> _ClientMethod | None:
+        try:
+            return self.methods[method]
+        except KeyError:
+            pass
+        name = method.decode() if isinstance(method, bytes) else method
+        bound = None if name.startswith(PLUMBING_PREFIX) else _ClientMethod(self.telemetry, self.target, name)
+        self.methods[method] = bound
+        return bound
+
+    def _start(self, bound: _ClientMethod, details: grpc.aio.ClientCallDetails) -> tuple[Any, Any]:
+        tracing = self.telemetry.tracing
+        if tracing is None:
+            return None, details
+        span, headers = tracing.client_span(bound.name, bound.attributes)
+        if (
+            span is None
+            and details.metadata is not None
+            and details.metadata.get("traceparent") == headers[0][1]
+        ):
+            return None, details  # an unrecorded trace, already passed on as it came in
+        kept = [(k, v) for k, v in (details.metadata or ()) if k not in ("traceparent", "tracestate")]
+        metadata = grpc.aio.Metadata(*kept, *headers)
+        return span, grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    def _record(self, bound: _ClientMethod, span: Any, code: grpc.StatusCode, elapsed: float | None) -> None:
+        if bound.in_flight is not None:
+            bound.in_flight.dec()
+            if elapsed is not None:
+                bound.latency.observe(elapsed)
+            counter = bound.calls.get(code)
+            if counter is None:
+                metrics = self.telemetry.metrics
+                assert metrics is not None
+                counter = bound.calls[code] = metrics.client_calls.labels(*bound.labels, code.name)
+            counter.inc()
+        if span is not None:
+            end_span(span, code.name, code in FAILURE_CODES)
+
+    async def unary(
+        self, continuation: Callable[..., Awaitable[Any]], details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        """Runs the call to its end (so its code and time are known), then hands it back."""
+        bound = self._method(details.method)
+        if bound is None:
+            return await continuation(details, request)
+        span, details = self._start(bound, details)
+        if bound.in_flight is not None:
+            bound.in_flight.inc()
+        started = time.perf_counter()
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            call = await continuation(details, request)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await call  # the caller awaits the same call again and gets its error
+            code = await call.code()
+            return call
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            raise
+        except BaseException:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self._record(bound, span, code, time.perf_counter() - started)
+
+    async def stream(
+        self, continuation: Callable[..., Awaitable[Any]], details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        """Counts a server stream when it ends; its span lasts as long as the stream."""
+        bound = self._method(details.method)
+        if bound is None:
+            return await continuation(details, request)
+        span, details = self._start(bound, details)
+        if bound.in_flight is not None:
+            bound.in_flight.inc()
+        try:
+            call = await continuation(details, request)
+        except BaseException:
+            self._record(bound, span, grpc.StatusCode.CANCELLED, None)
+            raise
+
+        def done(finished: Any) -> None:
+            async def record() -> None:
+                try:
+                    code = await finished.code()
+                except BaseException:
+                    code = grpc.StatusCode.CANCELLED
+                self._record(bound, span, code, None)
+
+            task = asyncio.ensure_future(record())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+        call.add_done_callback(done)
+        return call

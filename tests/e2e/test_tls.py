@@ -1,0 +1,211 @@
+"""The mesh with `[tls] enabled = true` and authorization rules, as a grpcurl user meets it.
+
+One mesh of all six services and the REST gateway serves the module: `mesh
+up` makes the certificates itself, every port demands a client certificate
+from the mesh CA, services and the gateway call each other as their own
+identities, and payments lets only trips and the gateway create payments.
+grpcurl is the real binary with `-cacert/-cert/-key`, exactly as the README
+shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import FREE_PORT, Grpcurl, Mesh, MeshFactory, repo_client, repo_services
+from .rides import SERVICES, Rides
+
+pytestmark = pytest.mark.e2e
+
+PAYMENTS = SERVICES["payments"]
+PASSENGERS = SERVICES["passengers"]
+RULES = {
+    "*": ["trips", "gateway", "mesh"],
+    "CreatePayment": ["trips", "gateway"],
+}
+PAYMENT = {
+    "payment": {
+        "invoice": "invoices/tls-e2e",
+        "amount": {"currency_code": "EUR", "units": "12", "nanos": 500000000},
+        "payment_method": "pm_card_visa",
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def tls_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    services = repo_services()
+    services["payments"] = {**services["payments"], "authz": RULES}
+    with MeshFactory(tmp_path_factory) as factory:
+        mesh = factory(services, client=repo_client(), tls={"enabled": True}, gateway={"port": FREE_PORT})
+        yield mesh.start()
+
+
+def certs_of(mesh: Mesh) -> Path:
+    return mesh.data_dir / "certs"
+
+
+def as_member(mesh: Mesh, identity: str) -> Grpcurl:
+    return Grpcurl.tls(certs_of(mesh), identity)
+
+
+def test_mesh_up_made_the_certificates_before_starting_the_services(tls_mesh):
+    root = certs_of(tls_mesh)
+
+    assert "mesh: certificates in" in tls_mesh.stdout()
+    for name in ["ca", *SERVICES, "gateway", "mesh"]:
+        assert (root / f"{name}.pem").exists(), name
+        assert (root / f"{name}.key").stat().st_mode & 0o077 == 0, name
+
+
+def test_mesh_status_checks_health_over_mtls(tls_mesh):
+    code, members = tls_mesh.status()
+
+    assert code == 0
+    assert {m["service"]: m["health"] for m in members} == dict.fromkeys([*SERVICES, "gateway"], "SERVING")
+
+
+def test_the_gateway_reaches_every_service_as_its_own_identity(tls_mesh):
+    address = f"127.0.0.1:{tls_mesh.document['gateway']['port']}"
+
+    with urllib.request.urlopen(f"http://{address}/healthz", timeout=10) as response:
+        body = json.load(response)
+
+    assert body["upstreams"] == dict.fromkeys(SERVICES, "SERVING")
+
+
+def test_grpcurl_with_the_mesh_certificate_lists_and_calls(tls_mesh):
+    grpcurl = as_member(tls_mesh, "mesh")
+
+    code, out, err = grpcurl(tls_mesh.address("passengers"), "list")
+    assert code == 0, err
+    assert PASSENGERS in out.split()
+
+    draft = {"display_name": "Ada Lovelace", "email": "ada-tls@example.com"}
+    created = grpcurl.json(
+        tls_mesh.address("passengers"), f"{PASSENGERS}/CreatePassenger", {"passenger": draft}
+    )
+    assert created["name"].startswith("passengers/")
+
+
+def test_grpcurl_reaches_a_member_by_localhost_too(tls_mesh):
+    code, out, err = as_member(tls_mesh, "mesh")(f"localhost:{tls_mesh.port('payments')}", "list")
+
+    assert code == 0, err
+    assert PAYMENTS in out.split()
+
+
+def test_a_plaintext_client_cannot_connect(tls_mesh, grpcurl):
+    code, out, _ = grpcurl(tls_mesh.address("passengers"), "list")
+
+    assert code != 0
+    assert out == ""
+
+
+def test_a_client_without_a_certificate_cannot_connect(tls_mesh):
+    grpcurl = Grpcurl(transport=("-cacert", str(certs_of(tls_mesh) / "ca.pem")))
+
+    code, out, _ = grpcurl(tls_mesh.address("passengers"), "list")
+
+    assert code != 0
+    assert out == ""
+
+
+def test_a_client_with_a_certificate_from_another_ca_cannot_connect(tls_mesh, tmp_path):
+    made = tls_mesh.mesh("certs", "--dir", str(tmp_path / "other"))
+    assert made.code == 0, made.err
+    # It trusts the mesh's CA (so it accepts the server) but presents a certificate of the other CA.
+    grpcurl = Grpcurl.tls(tmp_path / "other", "mesh", ca=certs_of(tls_mesh) / "ca.pem")
+
+    code, out, _ = grpcurl(tls_mesh.address("passengers"), "list")
+
+    assert code != 0
+    assert out == ""
+
+
+def test_an_allowed_caller_may_create_a_payment(tls_mesh):
+    payment = as_member(tls_mesh, "gateway").json(
+        tls_mesh.address("payments"), f"{PAYMENTS}/CreatePayment", PAYMENT
+    )
+
+    assert payment["name"].startswith("payments/")
+    assert payment["state"] == "PAYMENT_STATE_SUCCEEDED"
+
+
+@pytest.mark.parametrize("caller", ["mesh", "passengers"])
+def test_a_caller_not_allowed_gets_permission_denied_naming_caller_and_method(tls_mesh, caller):
+    status = as_member(tls_mesh, caller).error(
+        tls_mesh.address("payments"), f"{PAYMENTS}/CreatePayment", PAYMENT
+    )
+
+    assert status.code == "PERMISSION_DENIED"
+    assert status.message == f"{caller} may not call {PAYMENTS}/CreatePayment"
+    assert status.reason == "CALLER_NOT_ALLOWED"
+    assert status.domain == "payments.rideshare"
+    assert status.metadata == {"caller": caller, "method": f"{PAYMENTS}/CreatePayment"}
+
+
+def test_the_star_rule_covers_the_other_methods_and_denies_everyone_else(tls_mesh):
+    address = tls_mesh.address("payments")
+
+    listed = as_member(tls_mesh, "mesh").json(address, f"{PAYMENTS}/ListPayments", {"page_size": 1})
+    denied = as_member(tls_mesh, "passengers").error(address, f"{PAYMENTS}/ListPayments", {"page_size": 1})
+
+    assert isinstance(listed, dict)
+    assert denied.code == "PERMISSION_DENIED"
+    assert denied.metadata["caller"] == "passengers"
+
+
+def test_health_and_reflection_answer_a_caller_the_rules_deny(tls_mesh):
+    grpcurl = as_member(tls_mesh, "passengers")
+    address = tls_mesh.address("payments")
+
+    health = grpcurl.json(address, "grpc.health.v1.Health/Check", {"service": PAYMENTS})
+    code, out, err = grpcurl(address, "describe", PAYMENTS)
+
+    assert health == {"status": "SERVING"}
+    assert code == 0, err
+    assert "rpc CreatePayment" in out
+
+
+def test_a_trip_crosses_the_mesh_over_mtls_and_trips_may_charge_the_card(tls_mesh):
+    ride = Rides(tls_mesh, as_member(tls_mesh, "gateway")).ride("pm_card_visa")
+
+    assert ride.completed["state"] == "TRIP_STATE_COMPLETED"
+    assert ride.completed["paymentState"] == "TRIP_PAYMENT_STATE_SUCCEEDED"
+    payments = as_member(tls_mesh, "mesh").json(
+        tls_mesh.address("payments"), f"{PAYMENTS}/ListPayments", {"invoice": ride.completed["invoice"]}
+    )
+    assert [p["state"] for p in payments["payments"]] == ["PAYMENT_STATE_SUCCEEDED"]
+
+
+# -- mistakes -----------------------------------------------------------------------------------------------
+
+
+def test_rules_without_tls_stop_mesh_up_with_one_clear_line(mesh_factory: MeshFactory):
+    mesh = mesh_factory({"passengers": {}, "payments": {"authz": {"*": ["passengers"]}}})
+
+    code, out, err = mesh.mesh("up")
+
+    assert code == 2
+    assert "services.payments.authz: authorization rules need tls" in err
+    assert "set [tls] enabled = true" in err
+    assert out == ""
+
+
+def test_a_rule_for_a_method_the_service_lacks_stops_it_at_start(mesh_factory: MeshFactory):
+    mesh = mesh_factory(
+        {"passengers": {}, "payments": {"authz": {"CreatePaymnt": ["passengers"]}}}, tls={"enabled": True}
+    )
+
+    code, out, err = mesh.mesh("up")
+
+    assert code == 1
+    assert "payments exited with code 2 before it was serving" in err
+    assert "services.payments.authz.CreatePaymnt: no such method in payments's contracts" in out
+    assert "did you mean 'CreatePayment'?" in out

@@ -1,0 +1,433 @@
+"""Metrics and spans of the calls a service serves and makes (telemetry.py, tracing.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import logging
+import urllib.request
+
+import grpc
+import pytest
+from prometheus_client import generate_latest
+from rideshare.passengers.v1 import passengers_pb2 as pb
+from rideshare.passengers.v1 import passengers_pb2_grpc
+
+from services.mesh import log, telemetry
+from services.mesh.client import Clients
+from services.mesh.config import MeshConfig, TelemetryConfig
+from services.mesh.http_telemetry import HttpTracing
+from services.mesh.telemetry import Telemetry, caller_from_user_agent
+from services.mesh.tracing import (
+    Tracing,
+    continued,
+    current_ids,
+    current_traceparent,
+    end_span,
+    remote_parent,
+    trace_file,
+)
+
+from ..conftest import Running, with_port
+
+SERVICE = "rideshare.passengers.v1.PassengerService"
+MISSING = "passengers/" + "a" * 32
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+def recorded(config: MeshConfig, traces: str = "file", sample_ratio: float = 1.0) -> MeshConfig:
+    return dataclasses.replace(config, telemetry=TelemetryConfig(traces=traces, sample_ratio=sample_ratio))
+
+
+def value(running: Running, name: str, **labels: str) -> float:
+    metrics = running.server.runtime.telemetry.metrics
+    assert metrics is not None
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def calls(running: Running, method: str, code: str, caller: str = "unknown") -> float:
+    return value(
+        running,
+        "mesh_server_calls_total",
+        service="passengers",
+        caller=caller,
+        grpc_service=SERVICE,
+        grpc_method=method,
+        grpc_code=code,
+    )
+
+
+def create(running: Running, stub=None) -> pb.Passenger:
+    draft = pb.Passenger(display_name="Ada", email="ada@example.com")
+    return running.call((stub or running.stub).CreatePassenger(pb.CreatePassengerRequest(passenger=draft)))
+
+
+@pytest.fixture
+def json_log():
+    """The JSON lines the rideshare loggers write while the test runs (debug level)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(log.JsonFormatter())
+    logger = logging.getLogger("rideshare")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_every_served_call_is_counted_by_method_caller_and_code(passengers):
+    created = create(passengers)
+    passengers.call(passengers.stub.GetPassenger(pb.GetPassengerRequest(name=created.name)))
+    passengers.fail(passengers.stub.GetPassenger(pb.GetPassengerRequest(name=MISSING)))
+    passengers.fail(passengers.stub.GetPassenger(pb.GetPassengerRequest(name="nonsense")))
+
+    assert calls(passengers, "CreatePassenger", "OK") == 1
+    assert calls(passengers, "GetPassenger", "OK") == 1
+    assert calls(passengers, "GetPassenger", "NOT_FOUND") == 1
+    assert calls(passengers, "GetPassenger", "INVALID_ARGUMENT") == 1
+    labels = {"service": "passengers", "grpc_service": SERVICE, "grpc_method": "GetPassenger"}
+    assert value(passengers, "mesh_server_call_duration_seconds_count", **labels) == 3
+    assert value(passengers, "mesh_server_call_duration_seconds_sum", **labels) > 0
+    assert value(passengers, "mesh_server_calls_in_flight", **labels) == 0
+
+
+def test_a_mesh_caller_is_named_by_its_user_agent(passengers):
+    channel = grpc.aio.insecure_channel(
+        passengers.address, options=[("grpc.primary_user_agent", "rideshare-gateway")]
+    )
+    try:
+        create(passengers, passengers_pb2_grpc.PassengerServiceStub(channel))
+    finally:
+        passengers.call(channel.close())
+
+    assert calls(passengers, "CreatePassenger", "OK", caller="gateway") == 1
+    assert calls(passengers, "CreatePassenger", "OK", caller="unknown") == 0
+
+
+def test_caller_names_are_bounded_to_the_mesh():
+    known = frozenset({"trips", "gateway"})
+
+    assert caller_from_user_agent("rideshare-trips grpc-python-asyncio/1.85.3", known) == "trips"
+    assert caller_from_user_agent("rideshare-gateway", known) == "gateway"
+    assert caller_from_user_agent("rideshare-evil grpc-python/1.0", known) == "unknown"
+    assert caller_from_user_agent("grpcurl/1.8.6 grpc-go/1.57.0", known) == "unknown"
+    assert caller_from_user_agent(None, known) == "unknown"
+
+
+def test_a_certificate_identity_names_the_caller_when_one_is_given(passengers, monkeypatch):
+    monkeypatch.setattr(telemetry, "_identity_source", lambda context: "mesh")
+
+    create(passengers)
+
+    assert calls(passengers, "CreatePassenger", "OK", caller="mesh") == 1
+
+
+def test_the_client_side_counts_each_edge(serve, mesh_config, loop):
+    back = serve()
+    config = with_port(mesh_config, "passengers", back.port)
+    caller = Telemetry(config, "gateway")
+    clients = Clients(config, caller="gateway", telemetry=caller)
+    try:
+        stub = clients.stub(passengers_pb2_grpc.PassengerServiceStub)
+        created = loop.call(
+            stub.CreatePassenger(
+                pb.CreatePassengerRequest(passenger=pb.Passenger(display_name="Ada", email="a@b.example"))
+            )
+        )
+        loop.call(stub.GetPassenger(pb.GetPassengerRequest(name=created.name)))
+        loop.fail(stub.GetPassenger(pb.GetPassengerRequest(name=MISSING)))
+    finally:
+        loop.call(clients.close())
+
+    assert caller.metrics is not None
+    edge = {
+        "caller": "gateway",
+        "service": "passengers",
+        "grpc_service": SERVICE,
+        "grpc_method": "GetPassenger",
+    }
+    sample = caller.metrics.registry.get_sample_value
+    assert sample("mesh_client_calls_total", {**edge, "grpc_code": "OK"}) == 1
+    assert sample("mesh_client_calls_total", {**edge, "grpc_code": "NOT_FOUND"}) == 1
+    assert sample("mesh_client_call_duration_seconds_count", edge) == 2
+    assert sample("mesh_client_calls_in_flight", edge) == 0
+    assert calls(back, "GetPassenger", "NOT_FOUND", caller="gateway") == 1
+
+
+def test_metrics_off_records_nothing(serve, mesh_config):
+    config = dataclasses.replace(mesh_config, telemetry=TelemetryConfig(metrics=False, traces="off"))
+    running = serve(config=config)
+
+    create(running)
+
+    assert running.server.runtime.telemetry.metrics is None
+    assert running.server.runtime.telemetry.server_probe("/x.S/M") is None
+
+
+def test_the_admin_port_serves_the_metrics(passengers):
+    create(passengers)
+    telemetry_of = passengers.server.runtime.telemetry
+    port = telemetry_of.serve_metrics("127.0.0.1", 0)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        telemetry_of.close()
+
+    assert 'mesh_server_calls_total{caller="unknown",grpc_code="OK",grpc_method="CreatePassenger"' in text
+    assert "process_start_time_seconds" in text
+
+
+def test_a_served_call_continues_the_callers_trace_and_logs_carry_it(serve, mesh_config, json_log):
+    running = serve(config=recorded(mesh_config))
+
+    running.fail(
+        running.stub.GetPassenger(
+            pb.GetPassengerRequest(name=MISSING), metadata=[("traceparent", TRACEPARENT)]
+        )
+    )
+    running.stop()
+
+    [finished] = [e for e in json_log() if e["msg"] == "rpc finished"]
+    assert finished["trace_id"] == TRACE_ID
+    assert len(finished["span_id"]) == 16
+    spans = [
+        json.loads(line) for line in trace_file(mesh_config.data_dir, "passengers").read_text().splitlines()
+    ]
+    [span] = [s for s in spans if s["trace_id"] == TRACE_ID]
+    assert span["kind"] == "SERVER"
+    assert span["parent_span_id"] == "00f067aa0ba902b7"
+    assert span["span_id"] == finished["span_id"]
+    assert span["name"] == f"{SERVICE}/GetPassenger"
+    assert span["attributes"]["rpc.grpc.status_code"] == "NOT_FOUND"
+    assert span["status"] == "UNSET"  # a caller's mistake is not the server's error
+
+
+def test_with_tracing_off_log_lines_still_carry_the_incoming_trace_id(serve, mesh_config, json_log):
+    running = serve(config=recorded(mesh_config, traces="off"))
+
+    running.fail(
+        running.stub.GetPassenger(
+            pb.GetPassengerRequest(name=MISSING), metadata=[("traceparent", TRACEPARENT)]
+        )
+    )
+
+    [finished] = [e for e in json_log() if e["msg"] == "rpc finished"]
+    assert finished["trace_id"] == TRACE_ID
+    assert "span_id" not in finished
+
+
+def test_an_unsampled_call_still_has_a_trace_id_in_its_logs(serve, mesh_config, json_log):
+    running = serve(config=recorded(mesh_config, sample_ratio=0.0))
+
+    running.fail(running.stub.GetPassenger(pb.GetPassengerRequest(name=MISSING)))
+    running.stop()
+
+    [finished] = [e for e in json_log() if e["msg"] == "rpc finished"]
+    assert len(finished["trace_id"]) == 32
+    assert not trace_file(mesh_config.data_dir, "passengers").exists()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "",
+        "00-" + "0" * 32 + "-00f067aa0ba902b7-01",  # all-zero trace id
+        f"00-{TRACE_ID}-" + "0" * 16 + "-01",  # all-zero parent id
+        f"ff-{TRACE_ID}-00f067aa0ba902b7-01",  # forbidden version
+        f"00-{TRACE_ID}-00f067aa0ba902b7",  # too short
+        f"00_{TRACE_ID}_00f067aa0ba902b7_01",
+        f"00-{TRACE_ID[:-1]}x-00f067aa0ba902b7-01",
+    ],
+)
+def test_an_invalid_traceparent_starts_a_new_trace(header):
+    assert remote_parent(header, None) is None
+
+
+def test_a_valid_traceparent_is_the_remote_parent():
+    from opentelemetry import trace
+
+    parent = remote_parent(TRACEPARENT, "vendor=1")
+
+    assert parent is not None
+    context = trace.get_current_span(parent).get_span_context()
+    assert f"{context.trace_id:032x}" == TRACE_ID
+    assert context.is_remote
+    assert context.trace_flags.sampled
+    assert context.trace_state.get("vendor") == "1"
+
+
+def test_work_continued_later_joins_the_trace_it_was_queued_in(mesh_config, loop):
+    tracing = Tracing(TelemetryConfig(sample_ratio=1.0), "trips", "i", mesh_config.data_dir)
+    span, token = tracing.server_span("s.S/M", TRACEPARENT, None, {})
+    queued = current_traceparent()
+    end_span(span, "OK", False, token)
+    tracing.shutdown()
+
+    assert current_traceparent() == ""
+    assert queued.split("-")[1] == TRACE_ID
+    with continued(queued):
+        assert current_ids() == {"trace_id": TRACE_ID, "span_id": queued.split("-")[2]}
+    assert current_ids() is None
+    with continued("garbage"):
+        assert current_ids() is None
+
+
+def test_the_gateway_middleware_traces_and_logs_each_request(mesh_config, loop, json_log):
+    telemetry_of = Telemetry(recorded(mesh_config), "gateway")
+    telemetry_of.start("127.0.0.1:1")
+    seen: list[dict | None] = []
+
+    async def app(scope, receive, send):
+        seen.append(current_ids())
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/v1/trips/x",
+        "headers": [(b"traceparent", TRACEPARENT.encode())],
+    }
+    loop.call(HttpTracing(app, telemetry_of)(scope, receive, send))
+    telemetry_of.close()
+
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert seen[0] is not None
+    assert seen[0]["trace_id"] == TRACE_ID
+    [line] = [e for e in json_log() if e["msg"] == "http request finished"]
+    assert (line["status"], line["path"], line["trace_id"]) == (404, "/v1/trips/x", TRACE_ID)
+    spans = [json.loads(x) for x in trace_file(mesh_config.data_dir, "gateway").read_text().splitlines()]
+    assert [(s["name"], s["kind"], s["attributes"]["http.response.status_code"]) for s in spans] == [
+        ("HTTP GET", "SERVER", 404)
+    ]
+
+
+def test_with_an_otlp_endpoint_spans_go_to_the_collector(mesh_config):
+    from concurrent import futures
+
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received: list[trace_service_pb2.ExportTraceServiceRequest] = []
+
+    class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            received.append(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        settings = TelemetryConfig(traces="otlp", otlp_endpoint=f"http://127.0.0.1:{port}", sample_ratio=1.0)
+        tracing = Tracing(settings, "passengers", "127.0.0.1:1", mesh_config.data_dir)
+        span, token = tracing.server_span("s.S/M", TRACEPARENT, None, {"rpc.system": "grpc"})
+        end_span(span, "OK", False, token)
+        tracing.shutdown()
+    finally:
+        server.stop(0)
+
+    [request] = received
+    [resource_spans] = request.resource_spans
+    names = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+    assert names["service.name"] == "passengers"
+    [exported] = resource_spans.scope_spans[0].spans
+    assert exported.name == "s.S/M"
+    assert exported.trace_id.hex() == TRACE_ID
+    assert not trace_file(mesh_config.data_dir, "passengers").exists()
+
+
+class _Peer:
+    """A served call's context as far as naming its caller goes."""
+
+    def __init__(self, spiffe: bytes | None) -> None:
+        self.spiffe = spiffe
+
+    def auth_context(self):
+        return {"peer_spiffe_id": [self.spiffe]} if self.spiffe else {}
+
+
+def test_with_tls_the_certificate_names_the_caller_not_the_user_agent(mesh_config):
+    config = dataclasses.replace(mesh_config, tls=dataclasses.replace(mesh_config.tls, enabled=True))
+    named = Telemetry(config, "passengers").caller
+
+    assert named(_Peer(b"spiffe://rideshare.local/service/gateway"), "rideshare-passengers") == "gateway"
+    assert named(_Peer(b"spiffe://rideshare.local/service/intruder"), "rideshare-gateway") == "unknown"
+    assert named(_Peer(b"spiffe://elsewhere/service/gateway"), "rideshare-gateway") == "unknown"
+    assert named(_Peer(None), "rideshare-gateway") == "unknown"
+
+
+class _Stream:
+    """A server-streaming call as the interceptor sees it: done callbacks and a final code."""
+
+    def __init__(self) -> None:
+        self.callbacks: list = []
+
+    def add_done_callback(self, callback) -> None:
+        self.callbacks.append(callback)
+
+    async def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.CANCELLED
+
+    def finish(self) -> None:
+        for callback in self.callbacks:
+            callback(self)
+
+
+def test_a_client_stream_is_counted_when_it_ends_and_not_timed(mesh_config, loop):
+    caller = Telemetry(mesh_config, "gateway")
+    probe = caller.client_probe("notifications")
+    assert probe is not None
+    stream = _Stream()
+
+    async def continuation(details, request):
+        return stream
+
+    method = b"/rideshare.notifications.v1.NotificationService/StreamNotifications"
+    details = grpc.aio.ClientCallDetails(method, None, grpc.aio.Metadata(), None, None)
+    assert loop.call(probe.stream(continuation, details, None)) is stream
+    labels = {
+        "caller": "gateway",
+        "service": "notifications",
+        "grpc_service": "rideshare.notifications.v1.NotificationService",
+        "grpc_method": "StreamNotifications",
+    }
+    sample = caller.metrics.registry.get_sample_value
+    assert sample("mesh_client_calls_in_flight", labels) == 1
+
+    async def end() -> None:
+        stream.finish()
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    loop.call(end())
+
+    assert sample("mesh_client_calls_in_flight", labels) == 0
+    assert sample("mesh_client_calls_total", {**labels, "grpc_code": "CANCELLED"}) == 1
+    assert sample("mesh_client_call_duration_seconds_count", labels) == 0
+
+
+def test_health_checks_and_reflection_are_not_traffic(mesh_config, loop):
+    caller = Telemetry(mesh_config, "gateway")
+    probe = caller.client_probe("passengers")
+    details = grpc.aio.ClientCallDetails(b"/grpc.health.v1.Health/Check", 1.0, None, None, None)
+
+    async def continuation(details, request):
+        return "the call"
+
+    assert loop.call(probe.unary(continuation, details, None)) == "the call"
+    assert 'grpc_method="Check"' not in generate_latest(caller.metrics.registry).decode()
