@@ -52,12 +52,16 @@ lint: $(VENV)/.dev node_modules/.bin/protoc-gen-buf-lint ## ruff, mypy and buf l
 	$(BIN)/mypy services
 	$(BIN)/mesh lint-protos --plugin node_modules/.bin/protoc-gen-buf-lint
 
-bench: $(VENV)/.run ## GetPassenger calls/s: runtime vs bare grpc.aio vs thread pool (BENCH_ARGS=--quick)
+bench: $(VENV)/.run ## gRPC calls/s by server model, then REST req/s vs grpc-gateway (BENCH_ARGS=--quick)
 	@command -v h2load >/dev/null || { echo "make bench: installing h2load (nghttp2-client)"; \
 		apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 	@command -v taskset >/dev/null || { echo "make bench: installing taskset (util-linux)"; \
 		apt-get update -qq && apt-get install -y -qq util-linux >/dev/null; }
+	@command -v wrk >/dev/null || { echo "make bench: installing wrk"; \
+		apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python -m bench.unary $(BENCH_ARGS)
+	$(BIN)/python -m bench.rest $(BENCH_ARGS)
+	$(BIN)/python -m bench.features $(BENCH_ARGS)
 
 clean: ## remove the venv, node_modules and local data (var/)
 	rm -rf $(VENV) node_modules var

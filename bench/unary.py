@@ -23,6 +23,7 @@ import os
 import re
 import select
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -98,24 +99,23 @@ class Server:
 
 def start_server(variant: str, config: Path, max_seconds: float) -> Server:
     """A bench server pinned to the server core; waits for the port it bound."""
+    module = ["bench.servers", variant, str(config), "--max-seconds", str(max_seconds)]
+    return start_process(variant, [sys.executable, "-m", *module])
+
+
+def start_process(variant: str, argv: list[str], port: int = 0, env: dict[str, str] | None = None) -> Server:
+    """`argv` pinned to the server core, stdin held open; waits for the port it prints on stdout
+    (or, when `port` is given, until that port accepts connections)."""
     process = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            SERVER_CORE,
-            sys.executable,
-            "-m",
-            "bench.servers",
-            variant,
-            str(config),
-            "--max-seconds",
-            str(max_seconds),
-        ],
+        ["taskset", "-c", SERVER_CORE, *argv],
         cwd=REPO,
         stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL if port else subprocess.PIPE,
+        env=env,
     )
-    server = Server(variant, process, 0)
+    server = Server(variant, process, port)
+    if port:
+        return _wait_for_port(server)
     assert process.stdout is not None
     deadline = time.monotonic() + 30
     line = b""
@@ -126,6 +126,18 @@ def start_server(variant: str, config: Path, max_seconds: float) -> Server:
             return server
     stop_server(server)
     raise SystemExit(f"bench: the {variant} server did not start (last output {line!r})")
+
+
+def _wait_for_port(server: Server) -> Server:
+    deadline = time.monotonic() + 30
+    while server.process.poll() is None and time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+            return server
+        except OSError:
+            time.sleep(0.1)
+    stop_server(server)
+    raise SystemExit(f"bench: {server.variant} did not listen on port {server.port}")
 
 
 def _readable(stream: IO[bytes], deadline: float) -> bool:
@@ -181,12 +193,12 @@ _STATUS = re.compile(r"status codes: (\d+) 2xx")
 _DATA = re.compile(r"\((\d+)\) data")
 
 
-def h2load(server: Server, framed: Path, calls: int, response_bytes: int) -> Run:
-    """One h2load run; fails loudly unless every call was a gRPC OK carrying the passenger."""
+def h2load(server: Server, framed: Path, calls: int, response_bytes: int, method: str = METHOD) -> Run:
+    """One h2load run; fails loudly unless every call was a gRPC OK carrying the expected response."""
     command = [
         "taskset", "-c", CLIENT_CORE, "h2load", "-n", str(calls), "-c", str(CONNECTIONS), "-m", str(STREAMS),
         "-N", "10s", "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(framed),
-        f"http://127.0.0.1:{server.port}{METHOD}",
+        f"http://127.0.0.1:{server.port}{method}",
     ]  # fmt: skip
     cpu_before, steal_before = server.cpu_seconds(), core_steal_seconds(SERVER_CORE)
     started = time.monotonic()

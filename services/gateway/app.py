@@ -29,7 +29,8 @@ from services.mesh import log
 from . import errors, headers, transcode
 from .api import Api
 from .routes import Binding, Match, RouteTable
-from .upstream import Upstreams
+from .upstream import Stream, Upstreams
+from .wire import RpcError
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -162,25 +163,20 @@ class Gateway:
         send: Send,
         extra: Headers,
     ) -> None:
-        method = self.upstreams.unary(binding.rpc)
-        if method is None:
+        call = self.upstreams.unary(binding.rpc)
+        if call is None:
             raise _no_upstream(binding)
-        call = method(request, timeout=deadline, metadata=tuple(metadata))
         try:
-            response = await call
-        except grpc.aio.AioRpcError as exc:
-            error = errors.from_rpc_error(exc)
-            error.headers += headers.response_headers(exc.initial_metadata(), exc.trailing_metadata())
+            reply = await call(request, deadline, tuple(metadata))
+        except RpcError as exc:
+            error = errors.from_status(exc.code, exc.details, exc.trailing_metadata)
+            error.headers += headers.response_headers(exc.initial_metadata, exc.trailing_metadata)
             raise error from None
-        returned = headers.response_headers(await call.initial_metadata(), await call.trailing_metadata())
-        payload = transcode.dumps(binding.encode(response))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [_JSON, (b"content-length", str(len(payload)).encode()), *returned, *extra],
-            }
-        )
+        payload = transcode.dumps(binding.encode(reply.message))
+        response_headers = [_JSON, (b"content-length", str(len(payload)).encode())]
+        if reply.initial_metadata or reply.trailing_metadata:
+            response_headers += headers.response_headers(reply.initial_metadata, reply.trailing_metadata)
+        await send({"type": "http.response.start", "status": 200, "headers": response_headers + extra})
         await send({"type": "http.response.body", "body": payload})
 
     async def _stream(
@@ -194,22 +190,22 @@ class Gateway:
         send: Send,
         extra: Headers,
     ) -> None:
-        method = self.upstreams.stream(binding.rpc)
-        if method is None:
+        open_stream = self.upstreams.stream(binding.rpc)
+        if open_stream is None:
             raise _no_upstream(binding)
         sse = any(k == b"accept" and b"text/event-stream" in v for k, v in request_headers)
-        call = method(request, timeout=deadline, metadata=tuple(metadata))
+        try:
+            call = await open_stream(request, deadline, tuple(metadata))
+        except RpcError as exc:
+            raise _upstream_error(exc) from None
         disconnected = asyncio.Event()
         watcher = asyncio.ensure_future(_watch_disconnect(receive, call, disconnected))
         try:
             # Until the upstream sends its headers, a failure can still be a proper HTTP error.
-            initial = await call.initial_metadata()
-            if call.done():
-                code = await call.code()
-                if code != grpc.StatusCode.OK:
-                    error = errors.from_status(code, await call.details(), await call.trailing_metadata())
-                    error.headers += headers.response_headers(initial, None)
-                    raise error
+            try:
+                initial = await call.initial_metadata()
+            except RpcError as exc:
+                raise _upstream_error(exc) from None
             await send(
                 {
                     "type": "http.response.start",
@@ -226,8 +222,10 @@ class Gateway:
                 async for message in call:
                     value = binding.encode(message)
                     await send({"type": "http.response.body", "body": _event(value, sse), "more_body": True})
-            except grpc.aio.AioRpcError as exc:
-                error = errors.from_rpc_error(exc)
+            except RpcError as exc:
+                if disconnected.is_set():
+                    return
+                error = errors.from_status(exc.code, exc.details, exc.trailing_metadata)
                 await send(
                     {"type": "http.response.body", "body": _error_event(error, sse), "more_body": True}
                 )
@@ -237,8 +235,7 @@ class Gateway:
                 raise
         finally:
             watcher.cancel()
-            if not call.done():
-                call.cancel()
+            call.cancel()
 
     async def _read_body(self, binding: Binding, request_headers: Headers, receive: Receive) -> bytes:
         limit = self.settings.max_body_bytes
@@ -251,8 +248,27 @@ class Gateway:
                 length = int(value) if value.isdigit() else -1
         if length > limit:
             raise _too_large(limit)
-        chunks: list[bytes] = []
-        size = 0
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        body: bytes = message.get("body", b"")
+        if message.get("more_body", False):
+            body = await self._rest_of_body(body, limit, receive)
+        elif len(body) > limit:
+            raise _too_large(limit)
+        if body and not _is_json(content_type):
+            raise errors.HttpError(
+                415,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unsupported content type {content_type.decode('latin-1') or '(none)'!r}; "
+                "send Content-Type: application/json",
+                reason="UNSUPPORTED_MEDIA_TYPE",
+            )
+        return body
+
+    async def _rest_of_body(self, first: bytes, limit: int, receive: Receive) -> bytes:
+        chunks = [first]
+        size = len(first)
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -263,17 +279,7 @@ class Gateway:
                 raise _too_large(limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        if body and not _is_json(content_type):
-            raise errors.HttpError(
-                415,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"unsupported content type {content_type.decode('latin-1') or '(none)'!r}; "
-                "send Content-Type: application/json",
-                reason="UNSUPPORTED_MEDIA_TYPE",
-            )
-        return body
+                return b"".join(chunks)
 
     async def _no_route(
         self, method: str, path: str, request_headers: Headers, cors: Headers, send: Send
@@ -317,7 +323,7 @@ class Gateway:
         return []
 
 
-async def _watch_disconnect(receive: Receive, call: Any, disconnected: asyncio.Event) -> None:
+async def _watch_disconnect(receive: Receive, call: Stream, disconnected: asyncio.Event) -> None:
     """Cancel the upstream call as soon as the client goes away."""
     while True:
         message = await receive()
@@ -325,6 +331,12 @@ async def _watch_disconnect(receive: Receive, call: Any, disconnected: asyncio.E
             disconnected.set()
             call.cancel()
             return
+
+
+def _upstream_error(exc: RpcError) -> errors.HttpError:
+    error = errors.from_status(exc.code, exc.details, exc.trailing_metadata)
+    error.headers += headers.response_headers(exc.initial_metadata, exc.trailing_metadata)
+    return error
 
 
 def _event(value: Any, sse: bool) -> bytes:
@@ -351,10 +363,19 @@ def _preflight(allowed: list[str], request_headers: Headers) -> Headers:
 
 
 def _is_json(content_type: bytes) -> bool:
-    media = content_type.split(b";", 1)[0].strip().lower()
-    return media in (b"", b"application/json") or (
-        media.startswith(b"application/") and media.endswith(b"+json")
-    )
+    known = _JSON_MEDIA.get(content_type)
+    if known is None:
+        media = content_type.split(b";", 1)[0].strip().lower()
+        known = media in (b"", b"application/json") or (
+            media.startswith(b"application/") and media.endswith(b"+json")
+        )
+        if len(_JSON_MEDIA) < 256:
+            _JSON_MEDIA[content_type] = known
+    return known
+
+
+_JSON_MEDIA: dict[bytes, bool] = {}
+"""Content-Type header values seen, and whether they are JSON."""
 
 
 def _query_value(query: str, key: str) -> str | None:

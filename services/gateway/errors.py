@@ -112,11 +112,6 @@ def method_not_allowed(method: str, allowed: Sequence[str]) -> HttpError:
     )
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError) -> HttpError:
-    """The HTTP error for a failed upstream call, with the rich details it carried."""
-    return from_status(error.code(), error.details(), error.trailing_metadata())
-
-
 def from_status(code: grpc.StatusCode, message: str | None, trailing: Any) -> HttpError:
     """The HTTP error for a gRPC status; `grpc-status-details-bin` in `trailing` gives the details."""
     number = int(code.value[0])

@@ -13,11 +13,14 @@ lowerCamel). Every message reachable from an operation is a schema under
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
-from google.api import field_behavior_pb2
+from google.api import field_behavior_pb2, resource_pb2
 from google.protobuf import descriptor as d
+
+from services.mesh.validation import ResourceRegistry
 
 from . import comments
 from . import fields as f
@@ -63,6 +66,12 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
     },
     **_WRAPPED,
 }
+#: Ranges the well-known google.type messages document for their fields.
+_LIMITS: dict[str, dict[str, Any]] = {
+    "google.type.LatLng.latitude": {"minimum": -90, "maximum": 90},
+    "google.type.LatLng.longitude": {"minimum": -180, "maximum": 180},
+    "google.type.Money.nanos": {"minimum": -999_999_999, "maximum": 999_999_999},
+}
 _ERROR = {
     "type": "object",
     "description": "An error: the gRPC status code, a message, and details such as ErrorInfo and BadRequest.",
@@ -82,7 +91,7 @@ def document(
     api: Api, table: RouteTable, *, title: str = "Rideshare API", api_keys: bool = True
 ) -> dict[str, Any]:
     """The whole document."""
-    builder = _Builder(comments.index(api.files.values()))
+    builder = _Builder(comments.index(api.files.values()), _resources(api))
     paths: dict[str, dict[str, Any]] = {}
     used_ids: set[str] = set()
     for binding in table.bindings:
@@ -169,9 +178,21 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
+def _resources(api: Api) -> ResourceRegistry:
+    """Resource types and name patterns declared in the API's files (for `pattern` on references)."""
+    registry = ResourceRegistry()
+    for name in api.files:
+        try:
+            registry.add_file(api.pool.FindFileByName(name))
+        except KeyError:
+            continue
+    return registry
+
+
 class _Builder:
-    def __init__(self, docs: dict[str, str]) -> None:
+    def __init__(self, docs: dict[str, str], resources: ResourceRegistry) -> None:
         self.docs = docs
+        self.resources = resources
         self.schemas: dict[str, Any] = {}
 
     def operation(
@@ -228,10 +249,50 @@ class _Builder:
             yield parameter
 
     def body_schema(self, binding: Binding) -> dict[str, Any]:
-        if binding.body_path is None:
-            return self.ref(binding.rpc.descriptor.input_type)
         # An update (a PATCH with a field mask) sends only the fields it changes.
-        return self.field_schema(binding.body_path.leaf, partial=binding.field_mask is not None)
+        partial = binding.field_mask is not None
+        prefix = () if binding.body_path is None else binding.body_path.proto_path
+        # Fields the path sets need not be in the body (the path wins over the body).
+        from_path = [
+            p.path.proto_path[len(prefix) :]
+            for p in binding.path_fields
+            if p.path.proto_path[: len(prefix)] == prefix and len(p.path.proto_path) > len(prefix)
+        ]
+        if binding.body_path is None:
+            message = binding.rpc.descriptor.input_type
+        elif binding.body_path.leaf.type == FD.TYPE_MESSAGE and not binding.body_path.leaf.is_repeated:
+            message = f.message_type(binding.body_path.leaf)
+        else:
+            return self.field_schema(binding.body_path.leaf, partial)
+        schema = self.ref(message, partial)
+        return self.without_required(message, partial, from_path) if from_path else schema
+
+    def without_required(
+        self, message: d.Descriptor, partial: bool, paths: list[tuple[str, ...]]
+    ) -> dict[str, Any]:
+        """The schema of `message`, inline, with the fields at `paths` (from the URL) optional."""
+        self.ref(message, partial)
+        schema = dict(self.schemas[message.full_name + (PARTIAL_SUFFIX if partial else "")])
+        properties = dict(schema["properties"])
+        for field in message.fields:
+            mine = [p[1:] for p in paths if p[0] == field.name]
+            if not mine:
+                continue
+            deeper = [p for p in mine if p]
+            if deeper and field.type == FD.TYPE_MESSAGE:
+                nested = self.without_required(f.message_type(field), partial, deeper)
+                properties[field.json_name] = nested
+            elif len(deeper) < len(mine):
+                value = dict(properties[field.json_name])
+                value.pop("minLength", None)
+                value["description"] = (value.get("description", "") + " Set by the URL path.").strip()
+                properties[field.json_name] = value
+                if field.json_name in schema.get("required", ()):
+                    schema["required"] = [n for n in schema["required"] if n != field.json_name]
+                    if not schema["required"]:
+                        del schema["required"]
+        schema["properties"] = properties
+        return schema
 
     def responses(self, binding: Binding) -> dict[str, Any]:
         output = binding.rpc.descriptor.output_type
@@ -280,6 +341,10 @@ class _Builder:
                 required.append(field.json_name)
                 if field.type == FD.TYPE_STRING and not field.is_repeated:
                     schema["minLength"] = 1  # proto3 cannot tell "" from unset: empty is missing
+            pattern = self.name_pattern(field)
+            if pattern is not None:
+                schema["pattern"] = pattern
+            schema.update(_LIMITS.get(field.full_name, {}))
             properties[field.json_name] = schema
         # Unknown fields are refused (400), so the document says so.
         result: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
@@ -293,6 +358,24 @@ class _Builder:
                 text + "\n\n" if text else ""
             ) + "As sent in an update: every field optional."
         return result
+
+    def name_pattern(self, field: d.FieldDescriptor) -> str | None:
+        """For a resource reference: the names it may hold (or empty, as "not set")."""
+        if field.type != FD.TYPE_STRING or field.is_repeated:
+            return None
+        reference = field.GetOptions().Extensions[resource_pb2.resource_reference]
+        if reference.type:
+            patterns = self.resources.patterns(reference.type)
+        elif reference.child_type:
+            patterns = self.resources.parent_patterns(reference.child_type)
+        else:
+            return None
+        alternatives = [
+            "/".join("[^/]+" if part.startswith("{") else re.escape(part) for part in pattern.split("/"))
+            for pattern in patterns
+            if pattern
+        ]
+        return "^(" + "|".join(alternatives) + ")?$" if alternatives else None
 
     def field_schema(self, field: d.FieldDescriptor, partial: bool = False) -> dict[str, Any]:
         if f.is_map(field):

@@ -115,6 +115,8 @@ class RouteTable:
 
     def __init__(self) -> None:
         self._tries: dict[str, _Node] = {}
+        self._exact: dict[tuple[str, str], Match] = {}
+        """(method, path) of routes without variables or wildcards, as written in the template."""
         self.bindings: list[Binding] = []
         self.problems: list[str] = []
         """Bindings left out, and why (logged at start-up)."""
@@ -146,9 +148,16 @@ class RouteTable:
             return
         slot[verb] = binding
         self.bindings.append(binding)
+        template = binding.template
+        if not template.variables and STAR not in template.segments and DOUBLE_STAR not in template.segments:
+            path = "/" + "/".join(template.segments) + (":" + template.verb if template.verb else "")
+            self._exact[(binding.http_method, path)] = Match(binding, {})
 
     def match(self, method: str, raw_path: str) -> Match | None:
         """The binding for `method` on `raw_path` (still percent-encoded), with the decoded variables."""
+        exact = self._exact.get((method, raw_path))
+        if exact is not None:
+            return exact
         root = self._tries.get(method)
         wildcard = self._tries.get("*")
         for node in (root, wildcard):

@@ -13,8 +13,10 @@ field names on input; lowerCamel, int64 as strings, enums as names on output).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -91,13 +93,21 @@ def decode_request(binding: Binding, values: dict[str, str], query: str, body: b
 def load_json(body: bytes) -> Any:
     """The parsed body: strict JSON (no NaN/Infinity literals, no key twice in an object)."""
     try:
-        return _JSON_DECODER.decode(body.decode())
+        text = body.decode()
+        start = _WHITESPACE.match(text, 0).end()  # type: ignore[union-attr]
+        value, end = _SCAN(text, start)
+        end = _WHITESPACE.match(text, end).end()  # type: ignore[union-attr]
     except UnicodeDecodeError:
         raise BadRequest.one("body", "is not UTF-8") from None
     except RecursionError:
         raise BadRequest.one("body", "is nested too deeply") from None
+    except StopIteration as stop:
+        raise BadRequest.one("body", f"malformed JSON: expecting a value at character {stop.value}") from None
     except ValueError as exc:
         raise BadRequest.one("body", f"malformed JSON: {exc}") from None
+    if end != len(text):
+        raise BadRequest.one("body", f"malformed JSON: extra data at character {end}")
+    return value
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -112,11 +122,22 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON (write it as a string: \"{name}\")")
+    raise ValueError(f'{name} is not JSON (write it as a string: "{name}")')
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 _JSON_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant)
-_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_SCAN: Any = _JSON_DECODER.scan_once  # type: ignore[attr-defined]
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+# The C encoder itself: JSONEncoder.encode builds one per call. No circular check (values are trees).
+_ENCODE: Any = (
+    c_make_encoder(None, _not_json, c_encode_basestring, None, ":", ",", False, False, False)
+    if c_make_encoder is not None and c_encode_basestring is not None
+    else json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).iterencode
+)
 
 
 def _apply_query(binding: Binding, request: Message, query: str) -> None:
@@ -218,5 +239,5 @@ def encode_response(binding: Binding, message: Message) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON, UTF-8 (non-ASCII characters as they are)."""
-    return _JSON_ENCODER.encode(value).encode()
+    """Compact JSON, UTF-8 (non-ASCII characters as they are; NaN and infinities refused)."""
+    return "".join(_ENCODE(value, 0)).encode()

@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor as d
 
-from .certs import identities, spiffe_id
+from .certs import identities, peer_spiffe_id, spiffe_id
 from .config import MeshConfig, ServiceConfig
 from .errors import ConfigError, PermissionDenied
 
@@ -120,7 +120,7 @@ def _check(method: str, rule: Rule, names: Mapping[bytes, str], ours: bytes) -> 
     anyone = ANY in rule.callers
 
     def check(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        caller = next(iter(context.auth_context().get("peer_spiffe_id", ())), b"")
+        caller = peer_spiffe_id(context)
         if caller in allowed or (anyone and caller.startswith(ours)):
             return
         who = names.get(caller) or caller_name(caller, ours)

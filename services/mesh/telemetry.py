@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.exposition import start_http_server
 
 from . import log
+from .certs import peer_spiffe_id
 from .config import MeshConfig, ServiceConfig
 from .tracing import Tracing, end_span
 
@@ -232,7 +233,7 @@ class Telemetry:
             if named is not None:
                 return named if named in self.known_callers else UNKNOWN
         if self._spiffe_prefix is not None:
-            spiffe = next(iter(context.auth_context().get("peer_spiffe_id", ())), b"")
+            spiffe = peer_spiffe_id(context)
             if not spiffe.startswith(self._spiffe_prefix):
                 return UNKNOWN
             name = spiffe[len(self._spiffe_prefix) :].decode(errors="replace")

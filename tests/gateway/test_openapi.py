@@ -100,16 +100,30 @@ def test_schemas_refuse_unknown_fields_and_empty_required_strings(project):
 
 
 def test_an_update_body_has_no_required_fields(project):
+    schemas = project[1]["components"]["schemas"]
     patch = project[1]["paths"]["/v1/passengers/{passenger}"]["patch"]
     body = patch["requestBody"]["content"]["application/json"]["schema"]
-    assert body == {"$ref": "#/components/schemas/rideshare.passengers.v1.Passenger.partial"}
-    partial = project[1]["components"]["schemas"]["rideshare.passengers.v1.Passenger.partial"]
-    assert "required" not in partial
-    assert "minLength" not in partial["properties"]["displayName"]
-    assert (
-        partial["properties"].keys()
-        == project[1]["components"]["schemas"]["rideshare.passengers.v1.Passenger"]["properties"].keys()
-    )
+    assert "required" not in body
+    assert "minLength" not in body["properties"]["displayName"]
+    assert body["properties"].keys() == schemas["rideshare.passengers.v1.Passenger"]["properties"].keys()
+    assert "required" not in schemas["rideshare.passengers.v1.Passenger.partial"]
+
+
+def test_fields_the_path_sets_are_not_required_in_the_body(project):
+    paths = project[1]["paths"]
+    send = paths["/v1/passengers/{passenger}/notifications"]["post"]
+    body = send["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["title", "body"]
+    assert "Set by the URL path" in body["properties"]["recipient"]["description"]
+    accept = paths["/v1/trips/{trip}:accept"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "name" not in accept.get("required", [])
+
+
+def test_resource_references_carry_their_name_patterns(project):
+    schemas = project[1]["components"]["schemas"]
+    trip = schemas["rideshare.trips.v1.Trip"]
+    assert trip["properties"]["passenger"]["pattern"] == "^(passengers/[^/]+)?$"
+    assert schemas["google.type.LatLng"]["properties"]["latitude"]["maximum"] == 90
 
 
 def test_int64_is_a_string_and_enums_are_names(test_document):

@@ -352,3 +352,27 @@ def test_force_on_an_empty_directory_creates_rather_than_rotates(tmp_path):
     outcomes = certs.ensure(config_of(tmp_path), force=True)
 
     assert {o.action for o in outcomes} == {"created"}
+
+
+class _Call:
+    """A served call's context as far as its peer goes; counts how often it is asked."""
+
+    def __init__(self, spiffe: bytes | None) -> None:
+        self.spiffe = spiffe
+        self.reads = 0
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        self.reads += 1
+        return {"peer_spiffe_id": [self.spiffe]} if self.spiffe else {}
+
+
+def test_the_peer_of_a_call_is_read_once_however_often_it_is_asked():
+    first, second = _Call(b"spiffe://rideshare.local/service/trips"), _Call(None)
+
+    assert (
+        certs.peer_spiffe_id(first)
+        == certs.peer_spiffe_id(first)
+        == b"spiffe://rideshare.local/service/trips"
+    )
+    assert certs.peer_spiffe_id(second) == b""
+    assert (first.reads, second.reads) == (1, 1)
