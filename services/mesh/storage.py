@@ -50,14 +50,15 @@ class Database:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        # The busy timeout comes first: replicas opening a fresh file at the same moment
+        # must wait for each other's switch to WAL instead of failing "database is locked".
+        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5.0)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a crash of the process (what a restart tests);
         # only a power loss can drop the last transactions.
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.execute("PRAGMA busy_timeout=5000")
         try:
             self._migrate([_REQUEST_LOG, *migrations])
         except BaseException:
