@@ -358,6 +358,8 @@ class Run:
     """The load client's CPU time / wall time: near 100 % would mean the client is the bottleneck."""
     others: float
     """Share of core 0 busy with anything but the target (other processes, interrupts, steal)."""
+    others_client_core: float
+    """The same on core 1, besides the load client: other work there slows core 0 down too."""
 
 
 def core_busy_seconds(core: str) -> float:
@@ -392,9 +394,11 @@ def load(args: argparse.Namespace, target: Target, expected: Passenger, seconds:
         if line.strip() != b"measuring":
             raise SystemExit(f"bench: the load client for {target.name} did not start ({line!r})")
         cpu, busy, started = target.cpu_seconds(), core_busy_seconds(SERVER_CORE), time.monotonic()
+        busy_client_core = core_busy_seconds(CLIENT_CORE)
         line = _readline(process.stdout, deadline)
         wall = time.monotonic() - started
         cpu, busy = target.cpu_seconds() - cpu, core_busy_seconds(SERVER_CORE) - busy
+        busy_client_core = core_busy_seconds(CLIENT_CORE) - busy_client_core
         if not line or process.wait(max(1.0, deadline - time.monotonic())) != 0:
             raise SystemExit(f"bench: the load client failed against {target.name} ({line!r})")
     finally:
@@ -415,6 +419,7 @@ def load(args: argparse.Namespace, target: Target, expected: Passenger, seconds:
         result["cpu_seconds"] / calls * 1e6,
         result["cpu_seconds"] / elapsed,
         max(0.0, busy - cpu) / wall,
+        max(0.0, busy_client_core - result["cpu_seconds"]) / wall,
     )
 
 
@@ -557,7 +562,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> tuple[list[Run], list[st
                 print(
                     f"round {number + 1}/{args.rounds} {name:>11}: {run.calls_per_s:7,.0f} calls/s, "
                     f"{run.server_cpu_us:5.0f} us server CPU/call; core {SERVER_CORE}: "
-                    f"ours {run.server_share:4.0%}, others {run.others:3.0%}; client {run.client_share:4.0%}",
+                    f"ours {run.server_share:4.0%}, others {run.others:3.0%}; core {CLIENT_CORE}: "
+                    f"client {run.client_share:4.0%}, others {run.others_client_core:3.0%}",
                     flush=True,
                 )
         evidence = [f"{n}: {counted_calls(t)}" for n, t in started.items() if t.variant.telemetry]
@@ -572,7 +578,8 @@ def report(runs: list[Run], rounds: int) -> str:
     by_name = {v.name: [r for r in runs if r.target == v.name] for v in VARIANTS}
     lines = [
         "| variant | against | median calls/s | throughput ratio, per round: median (min - max) "
-        "| server CPU us/call | CPU/call ratio, inverted | client core busy (max) | others on core 0 (max) |",
+        "| server CPU us/call | CPU/call ratio, inverted | client's core share (max) "
+        "| others on core 0 / 1 (max) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     costs = {}
@@ -586,7 +593,7 @@ def report(runs: list[Run], rounds: int) -> str:
             f"| {variant.name} | {variant.baseline} | {statistics.median(r.calls_per_s for r in mine):,.0f} "
             f"| {statistics.median(per_round):.3f} ({min(per_round):.2f} - {max(per_round):.2f}) "
             f"| {cpu:.0f} | {base_cpu / cpu:.3f} | {max(r.client_share for r in mine):.0%} "
-            f"| {max(r.others for r in mine):.0%} |"
+            f"| {max(r.others for r in mine):.0%} / {max(r.others_client_core for r in mine):.0%} |"
         )
     lines.append("")
     for name, baseline in GOALS:

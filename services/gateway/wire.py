@@ -53,6 +53,8 @@ MAX_MESSAGE = 4 * 1024 * 1024
 _WINDOW = MAX_MESSAGE + 5
 """What each stream may receive before we give window back: one whole message."""
 _CONNECTION_WINDOW = 64 * 1024 * 1024
+_MAX_HEADER_BLOCK = 256 * 1024
+"""Largest header block accepted across CONTINUATION frames (they have no flow control)."""
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = (
     0,
@@ -404,6 +406,8 @@ class Connection(asyncio.Protocol):
             if self.continuation is None or self.continuation[0] != stream_id:
                 raise _ProtocolError("a CONTINUATION frame out of place")
             self.continuation[2].extend(payload)
+            if len(self.continuation[2]) > _MAX_HEADER_BLOCK:
+                raise _ProtocolError(f"a header block of more than {_MAX_HEADER_BLOCK} bytes")
             if flags & _END_HEADERS:
                 stream_id, first_flags, block = self.continuation
                 self.continuation = None
