@@ -378,7 +378,11 @@ def _readline(stream: IO[bytes], deadline: float) -> bytes:
 
 
 def load(args: argparse.Namespace, target: Target, expected: Passenger, seconds: float) -> Run:
-    """One run of the load client (a process on the client core) against the target."""
+    """One run of the load client (a process on the client core) against the target.
+
+    A failed call fails the bench. So does a run in which no call finished
+    (seen only while other work flooded the machine): the message says how busy the cores were.
+    """
     command = [
         "taskset", "-c", CLIENT_CORE, sys.executable, "-m", "bench.features", "load",
         "--config", str(target.config), "--service", target.service, "--port", str(target.port),
@@ -408,19 +412,25 @@ def load(args: argparse.Namespace, target: Target, expected: Passenger, seconds:
     result = json.loads(line)
     if result["failed"]:
         raise SystemExit(f"bench: {result['failed']} calls failed against {target.name}: {result['error']}")
-    if not result["calls"]:
-        raise SystemExit(f"bench: no call to {target.name} finished in {seconds:g} s")
     calls, elapsed = result["calls"], result["seconds"]
-    return Run(
+    run = Run(
         target.name,
         calls / elapsed,
-        cpu / calls * 1e6,
+        cpu / max(calls, 1) * 1e6,
         cpu / wall,
-        result["cpu_seconds"] / calls * 1e6,
+        result["cpu_seconds"] / max(calls, 1) * 1e6,
         result["cpu_seconds"] / elapsed,
         max(0.0, busy - cpu) / wall,
         max(0.0, busy_client_core - result["cpu_seconds"]) / wall,
     )
+    if not calls:
+        raise SystemExit(
+            f"bench: no call to {target.name} finished in {seconds:g} s; core {SERVER_CORE}: servers "
+            f"{run.server_share:.0%}, others {run.others:.0%}; core {CLIENT_CORE}: client "
+            f"{run.client_share:.0%}, others {run.others_client_core:.0%}; "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
+    return run
 
 
 @dataclass

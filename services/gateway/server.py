@@ -33,7 +33,6 @@ from services.mesh.telemetry import Telemetry
 from . import api as api_module
 from . import openapi, routes
 from .app import Gateway, Settings
-from .corking import CorkedHttpToolsProtocol
 from .guard import KeyGuard
 from .keys import KeyStore
 from .pages import pages
@@ -168,7 +167,7 @@ class _Server(uvicorn.Server):
 def uvicorn_server(app: Gateway | HttpTracing, grace: float) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
-        http=CorkedHttpToolsProtocol,
+        http="httptools",
         proxy_headers=False,  # the bridge never uses the client address
         loop="none",
         lifespan="off",

@@ -344,6 +344,25 @@ def test_no_server_is_unavailable_and_a_server_that_comes_back_is_used(backgroun
         background.run(channel.close())
 
 
+def test_a_server_that_does_not_speak_http2_is_unavailable_not_a_hang(background):
+    async def http1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n")
+        writer.close()
+
+    server = background.run(asyncio.start_server(http1, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    channel = wire.Channel(f"127.0.0.1:{port}")
+    try:
+        with pytest.raises(RpcError) as caught:
+            background.run(call(channel, "Echo", b"x"))
+        assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+        assert caught.value.unprocessed
+    finally:
+        background.run(channel.close())
+        server.close()
+
+
 def test_grpc_timeout_uses_at_most_eight_digits():
     assert wire.grpc_timeout(0.25) == b"250000u"
     assert wire.grpc_timeout(5) == b"5000000u"
