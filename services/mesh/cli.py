@@ -1,7 +1,7 @@
 """The `mesh` command: run, inspect and build the mesh.
 
-    mesh up [--only NAME,...] [--raw-logs]   start every service, stream logs, Ctrl-C stops
-    mesh status [--json]                     health of every service; exit 0 only if all SERVING
+    mesh up [--only NAME,...] [--raw-logs]   start every service, stream logs, restart crashes; Ctrl-C stops
+    mesh status [--json]                     health and restarts of every service; exit 0 only if all SERVING
     mesh serve NAME [--replica K] [--port N] run one service (one replica of it) in this process
     mesh generate [--check]                  regenerate generated/ from protos/ (or check it)
     mesh lint-protos --plugin PATH           buf lint (STANDARD) over protos/
@@ -174,7 +174,9 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser(
-        "up", parents=[common], help="start every service and stream their logs; Ctrl-C stops them"
+        "up",
+        parents=[common],
+        help="start every service, stream their logs, restart any that crashes; Ctrl-C stops them",
     )
     up.add_argument(
         "--only", help="comma-separated services to start, 'gateway' for the REST bridge (default: all)"
@@ -188,7 +190,9 @@ def parser() -> argparse.ArgumentParser:
     up.set_defaults(run=cmd_up)
 
     status = commands.add_parser(
-        "status", parents=[common], help="health of every service; exit 0 only if all are SERVING"
+        "status",
+        parents=[common],
+        help="health, pid and restarts of every service; exit 0 only if all are SERVING",
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=cmd_status)

@@ -177,6 +177,27 @@ class TlsConfig:
     """The SPIFFE trust domain: identities are `spiffe://<trust_domain>/service/<name>`."""
 
 
+#: `[supervisor] restart`: which exits of a member `mesh up` answers with a new process.
+RESTART_POLICIES = ("on-failure", "no")
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """`[supervisor]`: how `mesh up` restarts a member that exits on its own (supervisor.py).
+
+    The delays are systemd's Restart=on-failure with Kubernetes' CrashLoopBackOff:
+    the first restart comes quickly, a member that keeps crashing waits twice as
+    long each time up to `max_backoff`, and one that stayed up `reset_after` is
+    forgiven its earlier crashes.
+    """
+
+    restart: str = "on-failure"
+    """on-failure: restart a member that exits with a non-zero code or dies of a signal; no: never."""
+    initial_backoff: float = 0.5
+    max_backoff: float = 30.0
+    reset_after: float = 60.0
+
+
 #: `[telemetry] traces`: where spans go (see telemetry.py).
 TRACE_SINKS = ("off", "file", "otlp")
 
@@ -270,6 +291,7 @@ class MeshConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
 
     def service(self, name: str) -> ServiceConfig:
         try:
@@ -438,6 +460,7 @@ class _Parser:
                 "gateway",
                 "tls",
                 "telemetry",
+                "supervisor",
             ),
         )
         host = self.string(root.get("host", "127.0.0.1"), "host")
@@ -499,6 +522,37 @@ class _Parser:
             gateway=gateway,
             tls=tls,
             telemetry=telemetry,
+            supervisor=self.supervisor(root.get("supervisor")),
+        )
+
+    def supervisor(self, raw: Any) -> SupervisorConfig:
+        body = self.table(raw, "supervisor", ("restart", "initial_backoff", "max_backoff", "reset_after"))
+        defaults = SupervisorConfig()
+        restart = self.string(body.get("restart", defaults.restart), "supervisor.restart")
+        if restart not in RESTART_POLICIES:
+            raise self.fail(
+                "supervisor.restart",
+                f"expected one of {', '.join(RESTART_POLICIES)}, got {restart!r}",
+                body["restart"],
+            )
+        initial = self.duration(
+            body.get("initial_backoff", defaults.initial_backoff), "supervisor.initial_backoff"
+        )
+        longest = self.duration(body.get("max_backoff", defaults.max_backoff), "supervisor.max_backoff")
+        if longest < initial:
+            key = "max_backoff" if "max_backoff" in body else "initial_backoff"
+            raise self.fail(
+                f"supervisor.{key}",
+                f"initial_backoff ({initial:g}s) is longer than max_backoff ({longest:g}s)",
+                body[key],
+            )
+        return SupervisorConfig(
+            restart=restart,
+            initial_backoff=initial,
+            max_backoff=longest,
+            reset_after=self.duration(
+                body.get("reset_after", defaults.reset_after), "supervisor.reset_after"
+            ),
         )
 
     def telemetry(self, raw: Any) -> TelemetryConfig:

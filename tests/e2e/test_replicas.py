@@ -103,7 +103,10 @@ def by_hand(tmp_path: Path) -> Iterator[Callable[..., ByHand]]:
 
 def start_replicated(mesh_factory: MeshFactory, grpcurl, **extra: object) -> tuple[Mesh, str]:
     """Two passengers replicas under `mesh up` (every call logged) and one passenger to read."""
-    mesh = mesh_factory({"passengers": {"replicas": 2}}, log_level="debug", **extra).start()
+    # These tests restart replicas by hand; the supervisor's own restarts are tested in test_mesh_restarts.py.
+    mesh = mesh_factory(
+        {"passengers": {"replicas": 2}}, log_level="debug", supervisor={"restart": "no"}, **extra
+    ).start()
     created = grpcurl.json(
         mesh.address(),
         f"{SERVICE}/CreatePassenger",

@@ -50,7 +50,8 @@ def rides(rideshare_mesh: Mesh, grpcurl: Grpcurl) -> Rides:
 
 def whole_mesh(mesh_factory) -> Mesh:
     """A mesh of every service with the repository's settings, for a test that breaks it."""
-    mesh: Mesh = mesh_factory(repo_services(), client=repo_client()).start()
+    # Members are stopped and started by hand here (the supervisor's restarts: test_mesh_restarts.py).
+    mesh: Mesh = mesh_factory(repo_services(), client=repo_client(), supervisor={"restart": "no"}).start()
     return mesh
 
 

@@ -159,8 +159,8 @@ def test_the_status_table_names_replicas_and_leaves_single_services_alone():
     ]
 
     assert format_table(members).splitlines() == [
-        "SERVICE       ADDRESS          PID  HEALTH",
-        "passengers-0  127.0.0.1:50051  10   SERVING",
-        "passengers-1  127.0.0.1:50061  11   NOT_SERVING",
-        "drivers       127.0.0.1:50052  -    DOWN",
+        "SERVICE       ADDRESS          PID  HEALTH       RESTARTS  LAST EXIT",
+        "passengers-0  127.0.0.1:50051  10   SERVING      0         -",
+        "passengers-1  127.0.0.1:50061  11   NOT_SERVING  0         -",
+        "drivers       127.0.0.1:50052  -    DOWN         0         -",
     ]
