@@ -20,23 +20,13 @@ from typing import Any
 from google.protobuf import descriptor as d
 from google.protobuf.message import Message
 
+from .jsonvalues import INT_RANGES
+
 FD = d.FieldDescriptor
 
 #: A value from a URL turned into what the field holds, or ValueError saying why not.
 Converter = Callable[[str], Any]
 
-_INT_RANGES = {
-    FD.TYPE_INT32: (-(2**31), 2**31 - 1),
-    FD.TYPE_SINT32: (-(2**31), 2**31 - 1),
-    FD.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
-    FD.TYPE_INT64: (-(2**63), 2**63 - 1),
-    FD.TYPE_SINT64: (-(2**63), 2**63 - 1),
-    FD.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
-    FD.TYPE_UINT32: (0, 2**32 - 1),
-    FD.TYPE_FIXED32: (0, 2**32 - 1),
-    FD.TYPE_UINT64: (0, 2**64 - 1),
-    FD.TYPE_FIXED64: (0, 2**64 - 1),
-}
 _WRAPPERS = {
     "google.protobuf.DoubleValue",
     "google.protobuf.FloatValue",
@@ -168,8 +158,8 @@ def converter(field: d.FieldDescriptor) -> Converter:
     kind = field.type
     if kind == FD.TYPE_STRING:
         return _string
-    if kind in _INT_RANGES:
-        low, high = _INT_RANGES[kind]
+    if kind in INT_RANGES and kind != FD.TYPE_ENUM:
+        low, high = INT_RANGES[kind]
         return functools.partial(_integer, low=low, high=high)
     if kind in (FD.TYPE_DOUBLE, FD.TYPE_FLOAT):
         return _float

@@ -13,14 +13,13 @@ lowerCamel). Every message reachable from an operation is a schema under
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
 from google.api import field_behavior_pb2, resource_pb2
 from google.protobuf import descriptor as d
 
-from services.mesh.validation import ResourceRegistry
+from services.mesh.validation import ResourceRegistry, pattern_regex
 
 from . import comments
 from . import fields as f
@@ -370,11 +369,7 @@ class _Builder:
             patterns = self.resources.parent_patterns(reference.child_type)
         else:
             return None
-        alternatives = [
-            "/".join("[^/]+" if part.startswith("{") else re.escape(part) for part in pattern.split("/"))
-            for pattern in patterns
-            if pattern
-        ]
+        alternatives = [pattern_regex(pattern) for pattern in patterns if pattern]
         return "^(" + "|".join(alternatives) + ")?$" if alternatives else None
 
     def field_schema(self, field: d.FieldDescriptor, partial: bool = False) -> dict[str, Any]:

@@ -39,11 +39,11 @@ def behaviors(field: d.FieldDescriptor) -> set[int]:
     return set(field.GetOptions().Extensions[field_behavior_pb2.field_behavior])
 
 
-def _pattern_regex(pattern: str) -> str:
-    """`passengers/{passenger}` -> `passengers/[^/]+`."""
+def pattern_regex(pattern: str) -> str:
+    """`passengers/{passenger}` -> `passengers/[^/\\s]+` (an ID never holds a slash or white space)."""
     parts = []
     for segment in pattern.split("/"):
-        parts.append("[^/]+" if segment.startswith("{") else re.escape(segment))
+        parts.append(r"[^/\s]+" if segment.startswith("{") else re.escape(segment))
     return "/".join(parts)
 
 
@@ -78,10 +78,10 @@ class ResourceRegistry:
         return ["/".join(p.split("/")[:-2]) for p in self.patterns(child_type) if p.count("/") >= 3]
 
     def matcher(self, patterns: Iterable[str]) -> re.Pattern[str] | None:
-        alternatives = [_pattern_regex(p) for p in patterns if p]
+        alternatives = [pattern_regex(p) for p in patterns if p]
         if not alternatives:
             return None
-        return re.compile("^(?:" + "|".join(alternatives) + ")$")
+        return re.compile("(?:" + "|".join(alternatives) + ")")
 
 
 def _all_messages(messages: Iterable[d.Descriptor]) -> Iterator[d.Descriptor]:
@@ -179,7 +179,7 @@ def _matches(field: d.FieldDescriptor, path: str, matcher: re.Pattern[str], patt
 
     def check(message: Message) -> Iterator[FieldViolation]:
         value = getattr(message, name)
-        if value and not matcher.match(value):
+        if value and not matcher.fullmatch(value):
             yield FieldViolation(
                 path, f"{value!r} is not a resource name of the form {expected}", "MALFORMED_NAME"
             )

@@ -122,7 +122,7 @@ def test_fields_the_path_sets_are_not_required_in_the_body(project):
 def test_resource_references_carry_their_name_patterns(project):
     schemas = project[1]["components"]["schemas"]
     trip = schemas["rideshare.trips.v1.Trip"]
-    assert trip["properties"]["passenger"]["pattern"] == "^(passengers/[^/]+)?$"
+    assert trip["properties"]["passenger"]["pattern"] == "^(passengers/[^/\\s]+)?$"
     assert schemas["google.type.LatLng"]["properties"]["latitude"]["maximum"] == 90
 
 

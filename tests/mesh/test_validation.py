@@ -66,7 +66,16 @@ def test_output_only_fields_are_ignored():
 
 @pytest.mark.parametrize(
     "name",
-    ["", "passenger/abc", "passengers/", "passengers/a/b", "drivers/abc", f"//passengers/{ID}"],
+    [
+        "",
+        "passenger/abc",
+        "passengers/",
+        "passengers/a/b",
+        "drivers/abc",
+        f"//passengers/{ID}",
+        f"passengers/{ID}\n",
+        "passengers/a b",
+    ],
 )
 def test_malformed_or_missing_names_are_refused(name):
     found = violations(pb.GetPassengerRequest(name=name))
