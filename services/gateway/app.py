@@ -15,7 +15,6 @@ traceback; a client never sees a stack trace.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -119,17 +118,11 @@ class Gateway:
         except _ClientGone:
             return
         except Exception as exc:
-            correlation_id = uuid.uuid4().hex[:16]
+            correlation_id, error = errors.internal()
             _log.error(
                 "unhandled error in the gateway",
                 exc_info=exc,
                 extra={"fields": {"correlation_id": correlation_id, "method": method, "path": path}},
-            )
-            error = errors.HttpError(
-                500,
-                grpc.StatusCode.INTERNAL,
-                f"internal error; quote correlation id {correlation_id} when reporting it",
-                reason="INTERNAL",
             )
             await _send_error(send, error, cors)
 
@@ -218,6 +211,8 @@ class Gateway:
                     ],
                 }
             )
+            # ASGI servers hold the head until a body part comes: send it now, before any message.
+            await send({"type": "http.response.body", "body": b"", "more_body": True})
             try:
                 async for message in call:
                     value = binding.encode(message)

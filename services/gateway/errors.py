@@ -11,6 +11,7 @@ in the domain `gateway.rideshare`.
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -109,6 +110,17 @@ def method_not_allowed(method: str, allowed: Sequence[str]) -> HttpError:
         f"{method} is not allowed here; allowed: {', '.join(allowed)}",
         reason="METHOD_NOT_ALLOWED",
         headers=[(b"allow", ", ".join(allowed).encode())],
+    )
+
+
+def internal() -> tuple[str, HttpError]:
+    """A new correlation id, and the 500 that quotes it (the log line carries the same id)."""
+    correlation_id = uuid.uuid4().hex[:16]
+    return correlation_id, HttpError(
+        500,
+        grpc.StatusCode.INTERNAL,
+        f"internal error; quote correlation id {correlation_id} when reporting it",
+        reason="INTERNAL",
     )
 
 

@@ -55,6 +55,8 @@ __all__ = [
     "grpc_timeout",
 ]
 
+TRANSPARENT_RETRIES = 3
+"""How many times in a row a unary call the server refused unseen is sent again."""
 HANDSHAKE_TIMEOUT = 10.0
 """How long a new connection may take to send its SETTINGS before it counts as failed."""
 
@@ -143,18 +145,30 @@ class Channel:
     async def unary(
         self, path: bytes, request: bytes, metadata: list[bytes], deadline: float | None
     ) -> tuple[bytes, Metadata, Metadata]:
-        """One unary call: the response message and the initial and trailing metadata."""
-        connection = await self._connection(deadline)
-        stream = await connection.start(path, metadata, request, deadline, False)
-        try:
-            await stream.done
-        except asyncio.CancelledError:
-            if not stream.closed:
-                stream.finish(RpcError(grpc.StatusCode.CANCELLED, "Cancelled"))
-                connection.reset(stream.id)
-            raise
-        if stream.error is not None:
-            raise stream.error
+        """One unary call: the response message and the initial and trailing metadata.
+
+        A call the server refused unseen (RST_STREAM REFUSED_STREAM, or past its GOAWAY) is
+        sent again at once, up to `TRANSPARENT_RETRIES` times, as grpc's transparent retry
+        does: a server counts a finished stream against its limit a moment after it sent the
+        end of it, so a client that keeps to the limit can still be refused in a burst.
+        """
+        refusals = 0
+        while True:
+            connection = await self._connection(deadline)
+            stream = await connection.start(path, metadata, request, deadline, False)
+            try:
+                await stream.done
+            except asyncio.CancelledError:
+                if not stream.closed:
+                    stream.finish(RpcError(grpc.StatusCode.CANCELLED, "Cancelled"))
+                    connection.reset(stream.id)
+                raise
+            error = stream.error
+            if error is None:
+                break
+            if not error.unprocessed or refusals == TRANSPARENT_RETRIES:
+                raise error
+            refusals += 1
         messages = stream.messages
         if len(messages) != 1:
             raise RpcError(
