@@ -14,6 +14,7 @@ can run several services in one process with their own files.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import random
@@ -89,15 +90,16 @@ class Tracing:
         """Starts the span of a served call, continuing the caller's trace, and makes it current.
 
         The span is None when the trace is not recorded; its context is current all the same
-        (a remote parent's, or a new trace id), so log lines and downstream calls carry it.
+        (a remote parent's, or a new trace made when first asked for), so log lines and
+        downstream calls carry it.
         """
         parent = remote_parent(traceparent, tracestate) if traceparent is not None else None
         parent_context = trace.get_current_span(parent).get_span_context() if parent is not None else None
         if not self._sampled(parent_context):
-            unrecorded = (
-                parent if parent is not None else trace.set_span_in_context(NonRecordingSpan(new_trace()))
-            )
-            return None, otel_context.attach(unrecorded)
+            if parent is None:
+                # Most calls start an unrecorded trace: its ids are made when first asked for.
+                return None, _unminted.set([None])
+            return None, otel_context.attach(parent)
         span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
         return span, otel_context.attach(trace.set_span_in_context(span))
 
@@ -107,6 +109,8 @@ class Tracing:
         """A span for an outgoing call, child of the current one, and the headers that carry it
         (an unrecorded trace passes on the current context, or a new trace id, without a span)."""
         current = trace.get_current_span().get_span_context()
+        if not current.is_valid:
+            current = _unminted_context() or current
         if not self._sampled(current):
             return None, headers_of(current if current.is_valid else new_trace())
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
@@ -115,6 +119,28 @@ class Tracing:
     def shutdown(self) -> None:
         """Writes out the spans still queued."""
         self.provider.shutdown()
+
+
+_unminted: contextvars.ContextVar[list[SpanContext | None] | None] = contextvars.ContextVar(
+    "rideshare_unminted_trace", default=None
+)
+"""The served call's unrecorded new trace, made on first use (`_unminted_context`).
+
+Minting ids and making them the current OpenTelemetry context cost ~12 us a
+call in place (docs/benchmarks.md, section 3), though most calls never log a
+line or call further; so a call that starts an unrecorded trace only gets
+this empty slot, and the first log line or outgoing call fills it in.
+"""
+
+
+def _unminted_context() -> SpanContext | None:
+    slot = _unminted.get()
+    if slot is None:
+        return None
+    context = slot[0]
+    if context is None:
+        context = slot[0] = new_trace()
+    return context
 
 
 def new_trace() -> SpanContext:
@@ -171,7 +197,9 @@ def end_span(
         if failed:
             span.set_status(StatusCode.ERROR, str(code))
         span.end()
-    if token is not None:
+    if isinstance(token, contextvars.Token) and token.var is _unminted:
+        _unminted.reset(token)
+    elif token is not None:
         otel_context.detach(token)  # type: ignore[arg-type]
 
 
@@ -182,6 +210,8 @@ def current_ids() -> dict[str, str] | None:
     the served call came with (the runtime still forwards it).
     """
     span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        span_context = _unminted_context() or span_context
     if span_context.is_valid:
         return {"trace_id": f"{span_context.trace_id:032x}", "span_id": f"{span_context.span_id:016x}"}
     call = current_call.get()
@@ -203,6 +233,8 @@ def current_traceparent() -> str:
     `continued(...)`, and its calls join the same trace.
     """
     span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        span_context = _unminted_context() or span_context
     if span_context.is_valid:
         return headers_of(span_context)[0][1]
     call = current_call.get()

@@ -233,6 +233,25 @@ def test_an_unsampled_call_still_has_a_trace_id_in_its_logs(serve, mesh_config, 
     assert not trace_file(mesh_config.data_dir, "passengers").exists()
 
 
+def test_an_unrecorded_new_trace_is_one_trace_for_the_logs_and_every_downstream_call(mesh_config):
+    tracing = Tracing(TelemetryConfig(sample_ratio=0.0), "trips", "i", mesh_config.data_dir)
+    span, token = tracing.server_span("s.S/M", None, None, {})
+    try:
+        assert span is None
+        ids = current_ids()
+        assert ids is not None
+        assert current_ids() == ids  # made once, on first use
+        for _ in range(2):
+            client, headers = tracing.client_span("s.S/Other", {})
+            assert client is None
+            assert dict(headers)["traceparent"] == f"00-{ids['trace_id']}-{ids['span_id']}-00"
+        assert current_traceparent() == f"00-{ids['trace_id']}-{ids['span_id']}-00"
+    finally:
+        end_span(span, "OK", False, token)
+        tracing.shutdown()
+    assert current_ids() is None
+
+
 @pytest.mark.parametrize(
     "header",
     [
