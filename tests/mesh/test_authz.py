@@ -17,6 +17,7 @@ from services.mesh.config import load_config
 from services.mesh.errors import ConfigError, PermissionDenied
 
 from ..conftest import with_port, write_mesh_file
+from .peers import Peer
 
 PAYMENTS = payments_pb2.DESCRIPTOR.services_by_name["PaymentService"]
 SERVICE = "rideshare.payments.v1.PaymentService"
@@ -49,16 +50,6 @@ def config_of(tmp_path: Path, rules: str = RULES, env: dict[str, str] | None = N
 def table(config, descriptors=(PAYMENTS,)) -> dict[str, set[str]]:
     rules = authz.compile_rules(config, config.service("payments"), list(descriptors))
     return {path.rsplit("/", 1)[-1]: set(rule.callers) for path, rule in rules.items()}
-
-
-class Peer:
-    """What `context.auth_context()` says about a caller, for the check alone."""
-
-    def __init__(self, spiffe: str | None) -> None:
-        self.properties = {"peer_spiffe_id": [spiffe.encode()]} if spiffe else {}
-
-    def auth_context(self) -> dict[str, list[bytes]]:
-        return self.properties
 
 
 # -- the decision table -----------------------------------------------------------------------------------

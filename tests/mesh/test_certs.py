@@ -19,6 +19,7 @@ from services.mesh.config import load_config
 from services.mesh.errors import ConfigError
 
 from ..conftest import write_mesh_file
+from .peers import Peer
 
 MESH = """\
 data_dir = "data"
@@ -354,20 +355,8 @@ def test_force_on_an_empty_directory_creates_rather_than_rotates(tmp_path):
     assert {o.action for o in outcomes} == {"created"}
 
 
-class _Call:
-    """A served call's context as far as its peer goes; counts how often it is asked."""
-
-    def __init__(self, spiffe: bytes | None) -> None:
-        self.spiffe = spiffe
-        self.reads = 0
-
-    def auth_context(self) -> dict[str, list[bytes]]:
-        self.reads += 1
-        return {"peer_spiffe_id": [self.spiffe]} if self.spiffe else {}
-
-
 def test_the_peer_of_a_call_is_read_once_however_often_it_is_asked():
-    first, second = _Call(b"spiffe://rideshare.local/service/trips"), _Call(None)
+    first, second = Peer(b"spiffe://rideshare.local/service/trips"), Peer(None)
 
     assert (
         certs.peer_spiffe_id(first)
@@ -376,3 +365,17 @@ def test_the_peer_of_a_call_is_read_once_however_often_it_is_asked():
     )
     assert certs.peer_spiffe_id(second) == b""
     assert (first.reads, second.reads) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "sans",
+    [
+        [b"spiffe://rideshare.local/service/trips", b"spiffe://rideshare.local/service/billing"],
+        [b"spiffe://rideshare.local/service/trips", b"https://example.com/x"],
+        [b"https://example.com/service/trips", b"localhost"],
+        [b"trips.rideshare.local", b"localhost", b"127.0.0.1"],
+    ],
+    ids=["two-spiffe-uris", "spiffe-and-another-uri", "no-spiffe-uri", "no-uri"],
+)
+def test_a_certificate_without_exactly_one_spiffe_uri_names_nobody(sans):
+    assert certs.peer_spiffe_id(Peer(None, sans=sans)) == b""

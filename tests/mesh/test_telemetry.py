@@ -31,6 +31,7 @@ from services.mesh.tracing import (
 )
 
 from ..conftest import Running, with_port
+from .peers import Peer
 
 SERVICE = "rideshare.passengers.v1.PassengerService"
 MISSING = "passengers/" + "a" * 32
@@ -370,24 +371,14 @@ def test_with_an_otlp_endpoint_spans_go_to_the_collector(mesh_config):
     assert not trace_file(mesh_config.data_dir, "passengers").exists()
 
 
-class _Peer:
-    """A served call's context as far as naming its caller goes."""
-
-    def __init__(self, spiffe: bytes | None) -> None:
-        self.spiffe = spiffe
-
-    def auth_context(self):
-        return {"peer_spiffe_id": [self.spiffe]} if self.spiffe else {}
-
-
 def test_with_tls_the_certificate_names_the_caller_not_the_user_agent(mesh_config):
     config = dataclasses.replace(mesh_config, tls=dataclasses.replace(mesh_config.tls, enabled=True))
     named = Telemetry(config, "passengers").caller
 
-    assert named(_Peer(b"spiffe://rideshare.local/service/gateway"), "rideshare-passengers") == "gateway"
-    assert named(_Peer(b"spiffe://rideshare.local/service/intruder"), "rideshare-gateway") == "unknown"
-    assert named(_Peer(b"spiffe://elsewhere/service/gateway"), "rideshare-gateway") == "unknown"
-    assert named(_Peer(None), "rideshare-gateway") == "unknown"
+    assert named(Peer(b"spiffe://rideshare.local/service/gateway"), "rideshare-passengers") == "gateway"
+    assert named(Peer(b"spiffe://rideshare.local/service/intruder"), "rideshare-gateway") == "unknown"
+    assert named(Peer(b"spiffe://elsewhere/service/gateway"), "rideshare-gateway") == "unknown"
+    assert named(Peer(None), "rideshare-gateway") == "unknown"
 
 
 class _Stream:
