@@ -305,16 +305,21 @@ def test_an_unknown_method_is_unimplemented(background, channel):
     assert caught.value.code is grpc.StatusCode.UNIMPLEMENTED
 
 
+def fails_unavailable_unsent(background: harness.BackgroundLoop, channel: wire.Channel) -> None:
+    """A call fails UNAVAILABLE, marked as never started on (safe to send again)."""
+    with pytest.raises(RpcError) as caught:
+        background.run(call(channel, "Echo", b"x"))
+    assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+    assert caught.value.unprocessed
+
+
 def test_no_server_is_unavailable_and_a_server_that_comes_back_is_used(background):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     channel = wire.Channel(f"127.0.0.1:{port}")
     try:
-        with pytest.raises(RpcError) as caught:
-            background.run(call(channel, "Echo", b"x"))
-        assert caught.value.code is grpc.StatusCode.UNAVAILABLE
-        assert caught.value.unprocessed
+        fails_unavailable_unsent(background, channel)
 
         backend = background.run(start_backend(port))
         try:
@@ -354,10 +359,7 @@ def test_a_server_that_does_not_speak_http2_is_unavailable_not_a_hang(background
     port = server.sockets[0].getsockname()[1]
     channel = wire.Channel(f"127.0.0.1:{port}")
     try:
-        with pytest.raises(RpcError) as caught:
-            background.run(call(channel, "Echo", b"x"))
-        assert caught.value.code is grpc.StatusCode.UNAVAILABLE
-        assert caught.value.unprocessed
+        fails_unavailable_unsent(background, channel)
     finally:
         background.run(channel.close())
         server.close()
