@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS request_log (
 """
 
 
+WAL_WAIT = 10.0
+"""How long opening a database waits for another process switching it to WAL."""
+
+
 class Database:
     """A service's own SQLite database with versioned migrations."""
 
@@ -50,11 +54,9 @@ class Database:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        # The busy timeout comes first: replicas opening a fresh file at the same moment
-        # must wait for each other's switch to WAL instead of failing "database is locked".
         self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5.0)
         self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._wal()
         # NORMAL in WAL mode survives a crash of the process (what a restart tests);
         # only a power loss can drop the last transactions.
         self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -64,6 +66,25 @@ class Database:
         except BaseException:
             self._conn.close()
             raise
+
+    def _wal(self) -> None:
+        """Switch the file to WAL, waiting for another process doing the same.
+
+        Replicas open a fresh file at the same moment. The switch needs the file to
+        itself, and SQLite answers "database is locked" at once, without its busy
+        timeout, when it cannot have it (seen in CI and in tests), so it is tried
+        again for up to `WAL_WAIT` seconds.
+        """
+        deadline = time.monotonic() + WAL_WAIT
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    self._conn.close()
+                    raise
+                time.sleep(0.02)
 
     def _migrate(self, migrations: Sequence[str]) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]

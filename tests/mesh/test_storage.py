@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,3 +222,29 @@ def test_the_fingerprint_ignores_only_the_request_id():
     assert fingerprint(pb.DeletePassengerRequest(name="passengers/a")) != fingerprint(
         pb.DeletePassengerRequest(name="passengers/b")
     )
+
+
+def _open_at(path: str, start: float) -> str:
+    """In a child process: open `path` at `start` (time.time()); "" or what went wrong."""
+    while time.time() < start:
+        pass
+    try:
+        Database(path, ["CREATE TABLE t (x INTEGER)"]).close()
+    except Exception as exc:
+        return repr(exc)
+    return ""
+
+
+def test_replicas_opening_a_fresh_file_at_the_same_moment_all_succeed(tmp_path):
+    # Replicas are processes that open a new file together: the switch to WAL and the first
+    # migration race. Before the retry, this failed with "database is locked" now and then.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        for attempt in range(10):
+            path = str(tmp_path / f"race-{attempt}.sqlite")
+            start = time.time() + 0.3
+            results = pool.starmap(_open_at, [(path, start)] * 4)
+            assert results == [""] * 4
+            db = Database(path, ["CREATE TABLE t (x INTEGER)"])
+            assert db.query_one("PRAGMA journal_mode")[0] == "wal"
+            db.close()
