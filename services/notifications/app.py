@@ -1,8 +1,9 @@
 """Wires the notification service into the mesh runtime.
 
-Setting: `[services.notifications.settings] stream_queue_size` (default 256),
-how many notifications an open stream may fall behind before it is ended
-with RESOURCE_EXHAUSTED.
+Settings, `[services.notifications.settings]`: `stream_queue_size` (default
+256), how many notifications an open stream may fall behind before it is
+ended with RESOURCE_EXHAUSTED; `stream_poll_interval` (seconds, default 0.1),
+how soon a stream sees what another replica committed (feed.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from services.mesh.errors import ConfigError
 from services.mesh.storage import Database
 
 from .broker import DEFAULT_QUEUE_SIZE, Broker
+from .feed import DEFAULT_POLL_INTERVAL, Feed
 from .servicer import NotificationServicer
 from .store import MIGRATIONS, SqliteNotificationStore
 
@@ -26,12 +28,19 @@ def create(runtime: Runtime) -> Service:
             f"services.{runtime.service.name}.settings.stream_queue_size",
             f"expected an integer of at least 1, got {queue_size}",
         )
-    broker = Broker(queue_size)
+    poll_interval = runtime.service.setting("stream_poll_interval", float, DEFAULT_POLL_INTERVAL)
+    if not 0 < poll_interval <= 60:
+        raise ConfigError(
+            runtime.service.source,
+            f"services.{runtime.service.name}.settings.stream_poll_interval",
+            f"expected seconds between 0 and 60, got {poll_interval}",
+        )
     store = SqliteNotificationStore(Database(runtime.data_path("notifications.db"), MIGRATIONS))
+    feed = Feed(Broker(queue_size), store, poll_interval)
     return Service(
         descriptor=notifications_pb2.DESCRIPTOR.services_by_name["NotificationService"],
-        servicer=NotificationServicer(store, broker),
+        servicer=NotificationServicer(store, feed),
         register=notifications_pb2_grpc.add_NotificationServiceServicer_to_server,
-        on_stopping=broker.close,
+        on_stopping=feed.close,
         on_stop=store.close,
     )

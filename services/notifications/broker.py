@@ -9,9 +9,8 @@ server's memory or hold up the sender. Closing the broker ends every stream
 with UNAVAILABLE and refuses new ones, so a stopping server is not held for
 its whole grace period by streams that would otherwise never end.
 
-The broker only knows the streams of this process: with several replicas a
-notification sent to one reaches only that replica's streams (a shared bus
-such as PostgreSQL LISTEN/NOTIFY would replace it then).
+The broker only knows the streams of this process; `feed.py` hands it every
+notification committed by any replica of the service, in commit order.
 """
 
 from __future__ import annotations
@@ -116,6 +115,10 @@ class Broker:
                     ),
                     drop_backlog=True,
                 )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def subscriber_count(self, recipient: str | None = None) -> int:
         """Open subscriptions, of one recipient or of all."""

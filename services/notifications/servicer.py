@@ -17,7 +17,7 @@ from rideshare.notifications.v1.notifications_pb2 import (
 from services.mesh import aip
 
 from . import domain
-from .broker import Broker
+from .feed import Feed
 from .store import NotificationStore
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -26,15 +26,16 @@ Context = grpc.aio.ServicerContext[object, object]
 class NotificationServicer(notifications_pb2_grpc.NotificationServiceServicer):
     """Notifications: send, list, and stream them live."""
 
-    def __init__(self, store: NotificationStore, broker: Broker) -> None:
+    def __init__(self, store: NotificationStore, feed: Feed) -> None:
         self.store = store
-        self.broker = broker
+        self.feed = feed
+        self.broker = feed.broker
 
     async def SendNotification(self, request: SendNotificationRequest, context: Context) -> Notification:
-        notification, stored = self.store.create(domain.new_notification(request.notification), request)
-        if stored:
+        notification, seq = self.store.create(domain.new_notification(request.notification), request)
+        if seq is not None:
             # Committed by now, and nothing awaited since: streams see notifications in commit order.
-            self.broker.publish(notification)
+            self.feed.committed(seq, notification)
         return notification
 
     async def ListNotifications(
@@ -52,7 +53,7 @@ class NotificationServicer(notifications_pb2_grpc.NotificationServiceServicer):
         self, request: StreamNotificationsRequest, context: Context
     ) -> AsyncIterator[Notification]:
         """Response headers are sent once subscribed: a client that has them will miss nothing sent after."""
-        with self.broker.subscribe(request.parent) as subscription:
+        with self.feed.subscribe(request.parent) as subscription:
             await context.send_initial_metadata(())
             async for notification in subscription:
                 yield notification

@@ -30,7 +30,9 @@ MIGRATIONS = [
 class NotificationStore(Protocol):
     """What the servicer needs from storage; a PostgreSQL store would implement the same."""
 
-    def create(self, notification: Notification, request: Message) -> tuple[Notification, bool]: ...
+    def create(self, notification: Notification, request: Message) -> tuple[Notification, int | None]: ...
+    def since(self, seq: int, limit: int) -> list[tuple[int, Notification]]: ...
+    def last_seq(self) -> int: ...
     def list(self, recipient: str, after: int, limit: int) -> tuple[list[Notification], int | None]: ...
     def close(self) -> None: ...
 
@@ -52,16 +54,16 @@ class SqliteNotificationStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def create(self, notification: Notification, request: Message) -> tuple[Notification, bool]:
-        """Store `notification` once per request_id; the flag says whether this call stored it.
+    def create(self, notification: Notification, request: Message) -> tuple[Notification, int | None]:
+        """Store `notification` once per request_id: the answer, and its `seq` if this call stored it.
 
-        A replay returns the first answer and False, so the caller does not deliver it twice.
+        A replay returns the first answer and None, so the caller does not deliver it twice.
         """
-        written = False
+        seq: int | None = None
 
         def write(tx: sqlite3.Connection) -> Notification:
-            nonlocal written
-            tx.execute(
+            nonlocal seq
+            cursor = tx.execute(
                 "INSERT INTO notifications (id, recipient, title, body, trip, create_time) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -73,11 +75,20 @@ class SqliteNotificationStore:
                     notification.create_time.ToNanoseconds(),
                 ),
             )
-            written = True
+            seq = cursor.lastrowid
             return notification
 
         stored = self.db.idempotent("SendNotification", request, Notification, write)
-        return stored, written
+        return stored, seq
+
+    def since(self, seq: int, limit: int) -> list[tuple[int, Notification]]:
+        """Every recipient's notifications after position `seq`, in commit order (the feed's read)."""
+        rows = self.db.query("SELECT * FROM notifications WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        return [(row["seq"], _row_to_notification(row)) for row in rows]
+
+    def last_seq(self) -> int:
+        row = self.db.query_one("SELECT COALESCE(MAX(seq), 0) AS seq FROM notifications")
+        return int(row["seq"]) if row is not None else 0
 
     def list(self, recipient: str, after: int, limit: int) -> tuple[list[Notification], int | None]:
         """Oldest first, after position `after`; the position of the last one if more follow."""
