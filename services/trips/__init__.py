@@ -51,6 +51,10 @@ notifications, and every notification of a committed step is sent exactly
 once, even across restarts.
 
 Concurrency. Steps on one trip run one at a time (a lock per trip, and one
-per RequestTrip request_id, in this process). Several replicas on a shared
-database would need a row lease instead; the mesh runs one process per service.
+per RequestTrip request_id), across the replicas sharing the database: an
+asyncio lock within a process, then a lease row (`step_leases`, renewed while
+the step runs, taken over 10 s after a holder died). The outbox loop and the
+janitor run in every replica: two replicas may send the same outbox row, but
+with the same request_id, so the notification service stores and delivers it
+once; the janitor's sweep takes each trip's lease.
 """

@@ -78,6 +78,14 @@ MIGRATIONS = [
     """,
     # The trace of the step that wrote a notification, so its delivery joins that trace.
     "ALTER TABLE outbox ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''",
+    # Steps on one trip, one at a time across the replicas sharing this file (workflow.KeyedLocks).
+    """
+    CREATE TABLE step_leases (
+        key     TEXT PRIMARY KEY,
+        owner   TEXT NOT NULL,
+        expires INTEGER NOT NULL
+    )
+    """,
 ]
 
 
@@ -131,6 +139,8 @@ class TripStore(Protocol):
     def pending_notices(self, limit: int) -> list[OutboxEntry]: ...
     def notice_delivered(self, entry_id: str) -> None: ...
     def notice_failed(self, entry_id: str, error: str, *, dead: bool) -> None: ...
+    def take_lease(self, key: str, owner: str, ttl: float) -> bool: ...
+    def release_lease(self, key: str, owner: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -391,6 +401,22 @@ class SqliteTripStore:
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?, dead = ? WHERE id = ?",
                 (error[:1000], 1 if dead else 0, entry_id),
             )
+
+    def take_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Hold `key` for `ttl` seconds unless another owner holds it unexpired; renews our own."""
+        now = time.time_ns()
+        with self.db.transaction() as tx:
+            cursor = tx.execute(
+                "INSERT INTO step_leases (key, owner, expires) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires = excluded.expires "
+                "WHERE step_leases.owner = excluded.owner OR step_leases.expires < ?",
+                (key, owner, now + int(ttl * 1e9), now),
+            )
+            return cursor.rowcount == 1
+
+    def release_lease(self, key: str, owner: str) -> None:
+        with self.db.transaction() as tx:
+            tx.execute("DELETE FROM step_leases WHERE key = ? AND owner = ?", (key, owner))
 
     def close(self) -> None:
         self.db.close()

@@ -25,8 +25,10 @@ from rideshare.trips.v1.trips_pb2 import (
 )
 
 from services.mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.mesh.storage import Database
 from services.trips import domain
 from services.trips.outbox import Outbox
+from services.trips.store import MIGRATIONS, SqliteTripStore
 from services.trips.workflow import KeyedLocks, TripWorkflow
 
 from .test_domain import quote, request
@@ -392,3 +394,52 @@ def test_steps_on_one_trip_wait_for_each_other():
     assert order.index("a-") < order.index("b+")
     assert order.index("c+") < order.index("a-"), "other trips do not wait"
     assert len(locks) == 0
+
+
+def test_steps_on_one_trip_wait_for_each_other_across_replicas(tmp_path):
+    # Two processes' locks over one database file: each has its own store (connection) and owner.
+    first = KeyedLocks(SqliteTripStore(Database(tmp_path / "trips.db", MIGRATIONS)))
+    second = KeyedLocks(SqliteTripStore(Database(tmp_path / "trips.db", MIGRATIONS)))
+    order: list[str] = []
+
+    async def step(locks: KeyedLocks, name: str, key: str) -> None:
+        async with locks.hold(key):
+            order.append(f"{name}+")
+            await asyncio.sleep(0.05)
+            order.append(f"{name}-")
+
+    async def main() -> None:
+        await asyncio.gather(step(first, "a", "t1"), step(second, "b", "t1"), step(second, "c", "t2"))
+
+    asyncio.run(main())
+    a, b = (order.index("a+"), order.index("a-")), (order.index("b+"), order.index("b-"))
+    assert a[1] < b[0] or b[1] < a[0], f"the two replicas overlapped on one trip: {order}"
+    assert order.index("c+") < max(a[1], b[1]), "other trips do not wait"
+
+
+def test_a_lease_left_by_a_dead_replica_is_taken_over_once_it_expires(tmp_path):
+    store = SqliteTripStore(Database(tmp_path / "trips.db", MIGRATIONS))
+    dead = SqliteTripStore(Database(tmp_path / "trips.db", MIGRATIONS))
+    assert dead.take_lease("t1", "dead-replica", 0.2)
+    assert not store.take_lease("t1", "live-replica", 10)  # held, not expired
+    locks = KeyedLocks(store)
+
+    async def main() -> None:
+        async with asyncio.timeout(10), locks.hold("t1"):
+            pass
+
+    asyncio.run(main())  # waited out the dead replica's 0.2 s, then took the lease
+    assert dead.take_lease("t1", "dead-replica", 10), "released after the step"
+
+
+def test_a_lease_is_released_when_the_step_fails(tmp_path):
+    store = SqliteTripStore(Database(tmp_path / "trips.db", MIGRATIONS))
+    locks = KeyedLocks(store)
+
+    async def failing() -> None:
+        async with locks.hold("t1"):
+            raise Unavailable("billing is down")
+
+    with pytest.raises(Unavailable):
+        asyncio.run(failing())
+    assert store.take_lease("t1", "someone else", 10)
