@@ -36,8 +36,8 @@ from services.gateway import api, openapi, routes
 from services.gateway.server import Options
 from services.mesh.config import load_config
 from services.mesh.server import MeshServer, create_server
-from tests.trips.mesh import SERVICES, free_ports, mesh_text
 
+from ..whole_mesh import SERVICES, free_ports, mesh_text
 from . import harness
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))

@@ -14,7 +14,7 @@ from services.trips import domain
 from services.trips.notices import Notice
 from services.trips.store import MIGRATIONS, SqliteTripStore
 
-from .mesh import Mesh
+from ..whole_mesh import Mesh
 from .test_domain import quote, request
 
 

@@ -11,7 +11,7 @@ from rideshare.passengers.v1 import passengers_pb2
 from rideshare.payments.v1 import payments_pb2
 from rideshare.trips.v1 import trips_pb2 as pb
 
-from .mesh import Mesh
+from ..whole_mesh import Mesh
 
 #: Alexanderplatz, Berlin; a driver 300 m north of it, another 6 km away; a dropoff 4 km south-east.
 PICKUP = LatLng(latitude=52.5219, longitude=13.4132)

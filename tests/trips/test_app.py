@@ -10,7 +10,7 @@ from services.mesh.config import load_config
 from services.mesh.errors import ConfigError
 from services.mesh.server import create_server
 
-from .mesh import SERVICES, mesh_text
+from ..whole_mesh import SERVICES, mesh_text
 
 
 @pytest.mark.parametrize(
