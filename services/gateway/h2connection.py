@@ -53,8 +53,12 @@ def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
 class Connection(asyncio.Protocol):
     """One HTTP/2 connection to a target and the streams on it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, authority: bytes, user_agent: bytes) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, authority: bytes, user_agent: bytes, *, https: bool = False
+    ) -> None:
         self.loop = loop
+        self.scheme = hpack.indexed(7 if https else 6)
+        """`:scheme https` or `:scheme http`, from HPACK's static table."""
         self.authority = authority
         self.user_agent = user_agent
         self.encoder = hpack.Encoder()
@@ -357,7 +361,7 @@ class Connection(asyncio.Protocol):
             head = b"".join(
                 (
                     hpack.indexed(3),  # :method POST
-                    hpack.indexed(6),  # :scheme http
+                    self.scheme,
                     encoder.field(b":path", path),
                     encoder.field(b":authority", self.authority),
                     encoder.field(b"content-type", b"application/grpc"),

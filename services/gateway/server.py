@@ -31,12 +31,13 @@ from services.mesh.http_telemetry import HttpTracing, MeshPage, gateway_telemetr
 from services.mesh.telemetry import Telemetry
 
 from . import api as api_module
-from . import openapi, routes
+from . import openapi, routes, upstream_tls
 from .app import Gateway, Settings
 from .guard import KeyGuard
 from .keys import KeyStore
 from .pages import pages
 from .upstream import Upstreams, direct, in_mesh
+from .upstream_tls import UpstreamTls
 
 _log = log.get_logger("rideshare.gateway")
 
@@ -50,13 +51,29 @@ class Options:
     listen: str | None = None
     """HOST:PORT; default: `[gateway]` host and port of the mesh file."""
     auth: bool = True
+    upstream_tls: bool = False
+    upstream_ca: str | None = None
+    upstream_cert: str | None = None
+    upstream_key: str | None = None
+    upstream_server_name: str | None = None
+
+    def tls(self, config: MeshConfig) -> UpstreamTls | None:
+        """How to reach the `--upstream`s (upstream_tls.py); None: cleartext."""
+        return upstream_tls.settings(
+            config,
+            tls=self.upstream_tls,
+            ca=self.upstream_ca,
+            cert=self.upstream_cert,
+            key=self.upstream_key,
+            server_name=self.upstream_server_name,
+        )
 
 
 Closer = Callable[[], Awaitable[None]]
 
 
 async def load_api(
-    options: Options, config: MeshConfig
+    options: Options, config: MeshConfig, tls: UpstreamTls | None = None
 ) -> tuple[api_module.Api, dict[str, list[str]] | None]:
     """The API, and (when reflection was asked) which services each upstream lists."""
     if not options.upstreams:
@@ -69,7 +86,11 @@ async def load_api(
     served: dict[str, list[str]] = {}
     files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
     for address in options.upstreams:
-        channel = grpc.aio.insecure_channel(address)
+        channel = (
+            grpc.aio.secure_channel(address, tls.credentials(), tls.channel_options())
+            if tls is not None
+            else grpc.aio.insecure_channel(address)
+        )
         try:
             services, protos = await api_module.reflected_files(channel)
         except api_module.ApiError as exc:
@@ -91,11 +112,12 @@ async def build(
 
     `telemetry` (services/mesh/http_telemetry.py) counts and traces the calls made into the mesh.
     """
-    loaded, served = await load_api(options, config)
+    tls = options.tls(config) if options.upstreams else None
+    loaded, served = await load_api(options, config, tls)
     closers: list[Closer] = []
     upstreams: Upstreams
     if options.upstreams:
-        upstreams = direct(config, loaded, list(options.upstreams), served)
+        upstreams = direct(config, loaded, list(options.upstreams), served, tls)
         closers.append(upstreams.close)
     else:
         upstreams, clients = in_mesh(config, loaded, telemetry)

@@ -35,6 +35,7 @@ from services.mesh.telemetry import Telemetry
 from . import wire
 from .api import Api
 from .routes import Rpc
+from .upstream_tls import UpstreamTls
 from .wire import Metadata, RpcError
 
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
@@ -263,8 +264,10 @@ class RetryBudget:
 class WireCaller:
     """Calls to one `--upstream` server through `wire.Channel`."""
 
-    def __init__(self, address: str, retry: RetryConfig, budget: RetryBudgetConfig) -> None:
-        self.channel = wire.Channel(address)
+    def __init__(
+        self, address: str, retry: RetryConfig, budget: RetryBudgetConfig, tls: UpstreamTls | None = None
+    ) -> None:
+        self.channel = wire.Channel(address, tls=tls)
         self.retry = retry
         self.budget = RetryBudget(budget)
 
@@ -381,9 +384,14 @@ def _has_request_id(message: d.Descriptor) -> bool:
 
 
 def direct(
-    config: MeshConfig, api: Api, addresses: list[str], served: Mapping[str, Iterable[str]] | None
+    config: MeshConfig,
+    api: Api,
+    addresses: list[str],
+    served: Mapping[str, Iterable[str]] | None,
+    tls: UpstreamTls | None = None,
 ) -> Upstreams:
-    """Callers for `addresses`; `served` says which services each lists (None: all go to the only one)."""
+    """Callers for `addresses` (over TLS with `tls`); `served` says which services each lists
+    (None: all go to the only one)."""
     routes: dict[str, str] = {}
     problems: list[str] = []
     for service in api.services:
@@ -399,7 +407,7 @@ def direct(
     callers: dict[str, Caller] = {}
     for address in addresses:
         try:
-            callers[address] = WireCaller(address, config.client.retry, config.client.retry_budget)
+            callers[address] = WireCaller(address, config.client.retry, config.client.retry_budget, tls)
         except ValueError:
             raise ConfigError("--upstream", "--upstream", f"expected HOST:PORT, got {address!r}") from None
     return Upstreams(callers=callers, routes=routes, problems=problems)

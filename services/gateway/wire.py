@@ -1,4 +1,4 @@
-"""gRPC over cleartext HTTP/2 from asyncio: the bridge's own client for `--upstream` servers.
+"""gRPC over HTTP/2 (cleartext, or TLS with ALPN h2) from asyncio: the bridge's client for `--upstream`s.
 
 Why not grpc.aio: in front of a server on the same core, the grpc.aio client
 was about half of the bridge's CPU per request (C-core's call machinery, a
@@ -26,8 +26,9 @@ What it implements (RFC 9113 as a client, the gRPC HTTP/2 protocol):
   cancellation (RST_STREAM CANCEL) when the caller goes away;
 - a maximum received message size (4 MiB, like grpc) and no compression.
 
-TLS, load balancing and health-checked routing are not here: inside the mesh
-the bridge uses the mesh client's grpc.aio channels, which have them.
+TLS is the caller's `ssl.SSLContext` (upstream_tls.py; ALPN h2 required).
+Load balancing and health-checked routing are not here: inside the mesh the
+bridge uses the mesh client's grpc.aio channels, which have them.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import grpc
 from . import hpack
 from .h2connection import Connection
 from .h2stream import MAX_MESSAGE, Metadata, RpcError, Stream, grpc_timeout
+from .upstream_tls import UpstreamTls
 
 __all__ = [
     "MAX_MESSAGE",
@@ -64,12 +66,16 @@ HANDSHAKE_TIMEOUT = 10.0
 class Channel:
     """Calls to one `host:port`, on one connection at a time."""
 
-    def __init__(self, address: str, user_agent: str = "rideshare-gateway") -> None:
+    def __init__(
+        self, address: str, user_agent: str = "rideshare-gateway", tls: UpstreamTls | None = None
+    ) -> None:
         host, _, port = address.rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
         if not self.host or not 0 < self.port < 65536:
             raise ValueError(f"expected HOST:PORT, got {address!r}")
+        self.ssl = tls.context() if tls is not None else None
+        self.server_name = (tls.server_name or self.host) if tls is not None else None
         self.authority = address.encode()
         self.user_agent = user_agent.encode()
         self.connection: Connection | None = None
@@ -107,7 +113,11 @@ class Channel:
                 )
             try:
                 _, protocol = await loop.create_connection(
-                    lambda: Connection(loop, self.authority, self.user_agent), self.host, self.port
+                    lambda: Connection(loop, self.authority, self.user_agent, https=self.ssl is not None),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.server_name,
                 )
             except OSError as exc:
                 self.backoff = min(max(self.backoff * 2, 0.1), 2.0)
@@ -118,6 +128,15 @@ class Channel:
                     f"failed to connect to {self.authority.decode()}: {self.last_error}",
                     unprocessed=True,
                 ) from None
+            if self.ssl is not None and _alpn(protocol) != "h2":
+                if protocol.transport is not None:
+                    protocol.transport.close()
+                self.last_error = "the server did not agree to HTTP/2 (ALPN h2) over TLS"
+                raise RpcError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"failed to connect to {self.authority.decode()}: {self.last_error}",
+                    unprocessed=True,
+                )
             # Streams wait for the server's SETTINGS: until then its stream limit is unknown, and
             # a burst of calls past it would be refused (RST_STREAM REFUSED_STREAM).
             await asyncio.wait(
@@ -194,6 +213,12 @@ class Channel:
             connection.transport.close()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(connection.lost), 1.0)
+
+
+def _alpn(connection: Connection) -> str | None:
+    transport = connection.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    return ssl_object.selected_alpn_protocol() if ssl_object is not None else None
 
 
 class ServerStream:

@@ -7,6 +7,7 @@
     mesh lint-protos --plugin PATH           buf lint (STANDARD) over protos/
     mesh certs [--dir DIR] [--force]         the mesh CA and a certificate per member (for [tls])
     mesh gateway [--upstream HOST:PORT ...] [--descriptor-set FILE] [--listen HOST:PORT] [--no-auth]
+                 [--upstream-tls | --upstream-ca FILE] [--upstream-cert FILE --upstream-key FILE]
                                              the REST bridge (default: in front of this mesh)
     mesh keys create NAME [--rate R --burst B] | list [--json] | revoke NAME
                                              the gateway's API keys
@@ -117,6 +118,11 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         descriptor_set=args.descriptor_set,
         listen=args.listen,
         auth=not args.no_auth,
+        upstream_tls=args.upstream_tls,
+        upstream_ca=args.upstream_ca,
+        upstream_cert=args.upstream_cert,
+        upstream_key=args.upstream_key,
+        upstream_server_name=args.upstream_server_name,
     )
     return main(args.config, options)
 
@@ -239,6 +245,15 @@ def parser() -> argparse.ArgumentParser:
     gateway.add_argument("--descriptor-set", metavar="FILE", help="take the API from this FileDescriptorSet")
     gateway.add_argument("--listen", metavar="HOST:PORT", help="default: [gateway] host and port")
     gateway.add_argument("--no-auth", action="store_true", help="serve without API keys (local use only)")
+    gateway.add_argument(
+        "--upstream-tls", action="store_true", help="reach the upstreams over TLS (system trust store)"
+    )
+    gateway.add_argument("--upstream-ca", metavar="FILE", help="TLS, trusting these PEM certificates")
+    gateway.add_argument("--upstream-cert", metavar="FILE", help="TLS client certificate (PEM)")
+    gateway.add_argument("--upstream-key", metavar="FILE", help="its private key (PEM)")
+    gateway.add_argument(
+        "--upstream-server-name", metavar="NAME", help="the name to verify (and send as SNI) instead of HOST"
+    )
     gateway.set_defaults(run=cmd_gateway)
 
     keys = commands.add_parser(
