@@ -9,7 +9,6 @@ and started again on the same port and data dir to stage an outage.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,12 +25,12 @@ from rideshare.trips.v1 import trips_pb2_grpc
 from services.mesh.config import load_config
 from services.mesh.server import MeshServer, create_server
 from tests.conftest import Loop
+from tests.ports import free_ports
 
 T = TypeVar("T")
 
 #: Start order: trips last, so its neighbours are up when it first calls them.
 SERVICES = ("passengers", "drivers", "billing", "payments", "notifications", "trips")
-RESERVED_PORTS = frozenset({*range(50051, 50057), 8080})
 #: A bound on waiting for something that must happen (a delivery after a restart), not a speed check.
 PATIENCE = 60.0
 
@@ -48,22 +47,6 @@ search_radius_meters = 5000
 matching_timeout_seconds = 60
 outbox_max_backoff_seconds = 0.5
 """
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on now (bound to 0 and released), never the mesh defaults."""
-    ports: list[int] = []
-    sockets = []
-    while len(ports) < count:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-        port = sock.getsockname()[1]
-        if port not in RESERVED_PORTS:
-            ports.append(port)
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def mesh_text(ports: dict[str, int]) -> str:

@@ -35,6 +35,8 @@ from typing import Any, NamedTuple
 import grpc
 import pytest
 
+from tests.ports import free_port
+
 BIN = Path(sys.executable).parent
 MESH = BIN / "mesh"
 GRPCURL = BIN / "grpcurl"
@@ -49,9 +51,6 @@ COMMAND_TIMEOUT = 20.0
 
 REPO_MESH_TOML = Path(__file__).resolve().parents[2] / "mesh.toml"
 
-#: The mesh's default ports: a `make run` may hold them, so tests never use them.
-RESERVED_PORTS = frozenset({*range(50051, 50057), 8080})
-
 
 class _FreePort:
     """Placeholder in a mesh document for a port picked when the mesh is written."""
@@ -64,16 +63,6 @@ class _FreePort:
 
 
 FREE_PORT: Any = _FreePort()
-
-
-def free_port(taken: Sequence[int] = ()) -> int:
-    """A port nothing listens on now (bind port 0, close); may be taken again before use."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in RESERVED_PORTS and port not in taken:
-            return port
 
 
 def listening(port: int, host: str = "127.0.0.1") -> bool:

@@ -37,7 +37,8 @@ from services.gateway.server import Options
 from services.mesh.config import load_config
 from services.mesh.server import MeshServer, create_server
 
-from ..whole_mesh import SERVICES, free_ports, mesh_text
+from ..ports import free_ports
+from ..whole_mesh import SERVICES, mesh_text
 from . import harness
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))

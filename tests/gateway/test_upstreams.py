@@ -13,7 +13,7 @@ import pytest
 from services.gateway.server import Options
 from services.mesh.server import create_server
 
-from ..e2e.conftest import free_port
+from ..ports import free_port
 from . import harness
 
 MESH = Path(sys.executable).parent / "mesh"
