@@ -15,7 +15,7 @@ traceback; a client never sees a stack trace.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
@@ -28,8 +28,8 @@ from services.mesh import log
 from . import errors, headers, transcode
 from .api import Api
 from .routes import Binding, Match, RouteTable
-from .upstream import Stream, Upstreams
-from .wire import RpcError
+from .upstream import Requests, Stream, Upstreams
+from .wire import Metadata, RpcError
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -130,20 +130,29 @@ class Gateway:
         self, match: Match, query: str, request_headers: Headers, receive: Receive, send: Send, extra: Headers
     ) -> None:
         binding = match.binding
-        body = await self._read_body(binding, request_headers, receive) if binding.has_body else b""
         try:
-            request = transcode.decode_request(binding, match.values, query, body)
             metadata, grpc_timeout = headers.request_metadata(request_headers)
             timeout_param = _query_value(query, "timeout") if "timeout=" in query else None
             timeout = headers.parse_timeout(grpc_timeout, timeout_param, self.settings.max_timeout)
-        except transcode.BadRequest as exc:
-            raise errors.bad_request(exc) from None
         except headers.HeaderError as exc:
             raise errors.bad_request(transcode.BadRequest.one(exc.field, exc.description)) from None
         if timeout is None:
             timeout = self.settings.default_timeout
+        if binding.rpc.client_streaming:
+            lines = _RequestLines(match, query, receive, self.settings.max_body_bytes)
+            _check_content_type(request_headers, streaming=True)
+            await self._stream(
+                binding, lines.messages(), metadata, timeout, request_headers, send, extra, lines
+            )
+            return
+        body = await self._read_body(binding, request_headers, receive) if binding.has_body else b""
+        try:
+            request = transcode.decode_request(binding, match.values, query, body)
+        except transcode.BadRequest as exc:
+            raise errors.bad_request(exc) from None
         if binding.rpc.server_streaming:
-            await self._stream(binding, request, metadata, timeout, request_headers, receive, send, extra)
+            lines = _RequestLines(match, query, receive, 0, read=True)
+            await self._stream(binding, request, metadata, timeout, request_headers, send, extra, lines)
         else:
             await self._unary(binding, request, metadata, timeout, send, extra)
 
@@ -175,30 +184,36 @@ class Gateway:
     async def _stream(
         self,
         binding: Binding,
-        request: Message,
+        requests: Requests,
         metadata: headers.Metadata,
         deadline: float | None,
         request_headers: Headers,
-        receive: Receive,
         send: Send,
         extra: Headers,
+        lines: _RequestLines,
     ) -> None:
+        """A streaming call of any kind; `lines` reads the request body (if it is a stream) and
+        then watches for the client going away."""
         open_stream = self.upstreams.stream(binding.rpc)
         if open_stream is None:
             raise _no_upstream(binding)
         sse = any(k == b"accept" and b"text/event-stream" in v for k, v in request_headers)
         try:
-            call = await open_stream(request, deadline, tuple(metadata))
+            call = await open_stream(requests, deadline, tuple(metadata))
         except RpcError as exc:
-            raise _upstream_error(exc) from None
+            raise lines.failure_or(exc) from None
         disconnected = asyncio.Event()
-        watcher = asyncio.ensure_future(_watch_disconnect(receive, call, disconnected))
+        watcher = asyncio.ensure_future(lines.watch(call, disconnected))
+        started = False
         try:
             # Until the upstream sends its headers, a failure can still be a proper HTTP error.
             try:
                 initial = await call.initial_metadata()
+                if not binding.rpc.server_streaming:
+                    await self._one_answer(binding, call, initial, send, extra)
+                    return
             except RpcError as exc:
-                raise _upstream_error(exc) from None
+                raise lines.failure_or(exc) from None
             await send(
                 {
                     "type": "http.response.start",
@@ -211,6 +226,7 @@ class Gateway:
                     ],
                 }
             )
+            started = True
             # ASGI servers hold the head until a body part comes: send it now, before any message.
             await send({"type": "http.response.body", "body": b"", "more_body": True})
             try:
@@ -220,26 +236,44 @@ class Gateway:
             except RpcError as exc:
                 if disconnected.is_set():
                     return
-                error = errors.from_status(exc.code, exc.details, exc.trailing_metadata)
+                error = lines.failure_or(exc)
                 await send(
                     {"type": "http.response.body", "body": _error_event(error, sse), "more_body": True}
                 )
             await send({"type": "http.response.body", "body": b""})
         except asyncio.CancelledError:
-            if not disconnected.is_set():
+            # grpc.aio answers a cancelled call by cancelling whoever awaits it: the client went
+            # away, or its request stream failed (a bad line).
+            if disconnected.is_set() or lines.gone:
+                return
+            if lines.failure is None:
                 raise
+            error = lines.failure_or(None)
+            if not started:
+                raise error from None
+            await send({"type": "http.response.body", "body": _error_event(error, sse)})
         finally:
             watcher.cancel()
             call.cancel()
 
+    async def _one_answer(
+        self, binding: Binding, call: Stream, initial: Metadata, send: Send, extra: Headers
+    ) -> None:
+        """The answer of a client-streaming call, as JSON like a unary one."""
+        answers = [message async for message in call]
+        if len(answers) != 1:
+            raise RpcError(grpc.StatusCode.INTERNAL, f"the call answered with {len(answers)} messages")
+        payload = transcode.dumps(binding.encode(answers[0]))
+        response_headers = [_JSON, (b"content-length", str(len(payload)).encode())]
+        response_headers += headers.response_headers(initial, await call.trailing_metadata())
+        await send({"type": "http.response.start", "status": 200, "headers": response_headers + extra})
+        await send({"type": "http.response.body", "body": payload})
+
     async def _read_body(self, binding: Binding, request_headers: Headers, receive: Receive) -> bytes:
         limit = self.settings.max_body_bytes
-        content_type = b""
         length = -1
         for key, value in request_headers:
-            if key == b"content-type":
-                content_type = value
-            elif key == b"content-length":
+            if key == b"content-length":
                 length = int(value) if value.isdigit() else -1
         if length > limit:
             raise _too_large(limit)
@@ -251,14 +285,8 @@ class Gateway:
             body = await self._rest_of_body(body, limit, receive)
         elif len(body) > limit:
             raise _too_large(limit)
-        if body and not _is_json(content_type):
-            raise errors.HttpError(
-                415,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"unsupported content type {content_type.decode('latin-1') or '(none)'!r}; "
-                "send Content-Type: application/json",
-                reason="UNSUPPORTED_MEDIA_TYPE",
-            )
+        if body:
+            _check_content_type(request_headers, streaming=False)
         return body
 
     async def _rest_of_body(self, first: bytes, limit: int, receive: Receive) -> bytes:
@@ -318,14 +346,91 @@ class Gateway:
         return []
 
 
-async def _watch_disconnect(receive: Receive, call: Stream, disconnected: asyncio.Event) -> None:
-    """Cancel the upstream call as soon as the client goes away."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            disconnected.set()
-            call.cancel()
-            return
+class _RequestLines:
+    """The request body of a streaming call, and the watch for the client going away.
+
+    For a client- or bidi-streaming RPC the body is a stream of requests, one JSON object per
+    line (NDJSON), each decoded like a unary body with the path and query values, and sent
+    upstream as it arrives; a line longer than the body limit is refused (413). A bad line
+    fails the call: it is cancelled, and the client gets the 400 naming the line and field.
+    With `read` the body was read already (server streaming): only the watch remains.
+    """
+
+    def __init__(self, match: Match, query: str, receive: Receive, limit: int, read: bool = False) -> None:
+        self.binding = match.binding
+        self.values = match.values
+        self.query = query
+        self.receive = receive
+        self.limit = limit
+        self.read = asyncio.Event()
+        if read:
+            self.read.set()
+        self.failure: transcode.BadRequest | errors.HttpError | None = None
+        self.gone = False
+        """The client went away while sending."""
+
+    async def messages(self) -> AsyncIterator[Message]:
+        try:
+            async for message in self._messages():
+                yield message
+        except _ClientGone:
+            self.gone = True
+            raise
+        except (transcode.BadRequest, errors.HttpError) as exc:
+            self.failure = exc
+            raise
+
+    async def _messages(self) -> AsyncIterator[Message]:
+        pending = b""
+        number = 0
+        more = True
+        while more:
+            event = await self.receive()
+            if event["type"] == "http.disconnect":
+                raise _ClientGone
+            pending += event.get("body", b"")
+            more = event.get("more_body", False)
+            if b"\n" in pending:
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    number += 1
+                    if line.strip():
+                        yield self._decode(line, number)
+            if len(pending) > self.limit:
+                raise _too_large(self.limit, f"line {number + 1} of the body")
+        self.read.set()
+        if pending.strip():
+            yield self._decode(pending, number + 1)
+
+    def _decode(self, line: bytes, number: int) -> Message:
+        if len(line) > self.limit:
+            raise _too_large(self.limit, f"line {number} of the body")
+        try:
+            return transcode.decode_request(self.binding, self.values, self.query, line)
+        except transcode.BadRequest as exc:
+            raise transcode.BadRequest(exc.violations, f"line {number} of the body: {exc.message}") from None
+
+    def failure_or(self, error: RpcError | None) -> errors.HttpError:
+        """What to tell the client of a failed call: the bad request line if that ended it."""
+        failure = self.failure
+        if isinstance(failure, transcode.BadRequest):
+            return errors.bad_request(failure)
+        if failure is not None:
+            return failure
+        if self.gone:
+            raise _ClientGone
+        assert error is not None
+        return _upstream_error(error)
+
+    async def watch(self, call: Stream, disconnected: asyncio.Event) -> None:
+        """Once the body is read, cancel the upstream call as soon as the client goes away."""
+        await self.read.wait()
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                disconnected.set()
+                call.cancel()
+                return
 
 
 def _upstream_error(exc: RpcError) -> errors.HttpError:
@@ -357,6 +462,26 @@ def _preflight(allowed: list[str], request_headers: Headers) -> Headers:
     return out
 
 
+def _check_content_type(request_headers: Headers, streaming: bool) -> None:
+    """415 unless the body is JSON (or, for a stream of requests, newline-delimited JSON)."""
+    content_type = next((v for k, v in request_headers if k == b"content-type"), b"")
+    if _is_json(content_type):
+        return
+    if streaming and content_type.split(b";", 1)[0].strip().lower() in _NDJSON_MEDIA:
+        return
+    expected = "application/x-ndjson or application/json" if streaming else "application/json"
+    raise errors.HttpError(
+        415,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"unsupported content type {content_type.decode('latin-1') or '(none)'!r}; "
+        f"send Content-Type: {expected}",
+        reason="UNSUPPORTED_MEDIA_TYPE",
+    )
+
+
+_NDJSON_MEDIA = (b"application/x-ndjson", b"application/jsonl", b"application/jsonlines")
+
+
 def _is_json(content_type: bytes) -> bool:
     known = _JSON_MEDIA.get(content_type)
     if known is None:
@@ -380,11 +505,11 @@ def _query_value(query: str, key: str) -> str | None:
     return None
 
 
-def _too_large(limit: int) -> errors.HttpError:
+def _too_large(limit: int, what: str = "the body") -> errors.HttpError:
     return errors.HttpError(
         413,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"the body is larger than {limit} bytes",
+        f"{what} is larger than {limit} bytes",
         reason="BODY_TOO_LARGE",
     )
 

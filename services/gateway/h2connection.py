@@ -338,9 +338,13 @@ class Connection(asyncio.Protocol):
         return self.open and not self.closing and self.next_id < _MAX_STREAM_ID
 
     async def start(
-        self, path: bytes, metadata: list[bytes], body: bytes, deadline: float | None, streaming: bool
+        self, path: bytes, metadata: list[bytes], body: bytes | None, deadline: float | None, streaming: bool
     ) -> Stream:
-        """Open a stream and send the request (headers, one message, end of stream)."""
+        """Open a stream and send the request: headers, one message, end of stream.
+
+        With `body` None only the headers go: the caller sends a stream of requests with
+        `send_message` and ends it with `end_requests` (client- and bidi-streaming calls).
+        """
         while len(self.streams) >= self.peer_max_streams and self.usable:
             waiter = self.loop.create_future()
             self.stream_waiters.append(waiter)
@@ -377,6 +381,9 @@ class Connection(asyncio.Protocol):
             block.append(hpack.literal(b"grpc-timeout", grpc_timeout(deadline - self.loop.time())))
         block.extend(metadata)
         headers = self._header_frames(stream_id, b"".join(block))
+        if body is None:
+            self._send(headers)
+            return stream
         message = b"\x00" + len(body).to_bytes(4, "big") + body
         size = len(message)
         if size <= min(stream.send_window, self.send_window, self.peer_max_frame):
@@ -405,7 +412,27 @@ class Connection(asyncio.Protocol):
         frames.append(_frame(_CONTINUATION, _END_HEADERS, stream_id, pieces[-1]))
         return b"".join(frames)
 
-    async def _send_data(self, stream: Stream, message: bytes, deadline: float | None) -> None:
+    async def send_message(self, stream: Stream, body: bytes, deadline: float | None) -> None:
+        """One more request message on a stream opened without a body (waits for window)."""
+        if stream.closed:
+            return
+        message = b"\x00" + len(body).to_bytes(4, "big") + body
+        size = len(message)
+        if size <= min(stream.send_window, self.send_window, self.peer_max_frame) and not self.paused:
+            stream.send_window -= size
+            self.send_window -= size
+            self._send(_frame(_DATA, 0, stream.id, message))
+            return
+        await self._send_data(stream, message, deadline, end=False)
+
+    def end_requests(self, stream: Stream) -> None:
+        """The client is done sending on a stream opened without a body (half-close)."""
+        if not stream.closed:
+            self._send(_frame(_DATA, _END_STREAM, stream.id))
+
+    async def _send_data(
+        self, stream: Stream, message: bytes, deadline: float | None, end: bool = True
+    ) -> None:
         view = memoryview(message)
         while view:
             if stream.closed:
@@ -422,7 +449,7 @@ class Connection(asyncio.Protocol):
             view = view[allowed:]
             stream.send_window -= allowed
             self.send_window -= allowed
-            self._send(_frame(_DATA, 0 if view else _END_STREAM, stream.id, chunk))
+            self._send(_frame(_DATA, _END_STREAM if end and not view else 0, stream.id, chunk))
             if self.paused:
                 self.resumed = self.resumed or self.loop.create_future()
                 await _wait(self.resumed, deadline)

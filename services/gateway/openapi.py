@@ -211,7 +211,13 @@ class _Builder:
             + list(self.query_parameters(binding)),
             "responses": self.responses(binding),
         }
-        if binding.has_body:
+        if rpc.client_streaming:
+            operation["requestBody"] = {
+                "required": False,
+                "description": "A stream of requests: one JSON object per line (newline-delimited JSON).",
+                "content": {"application/x-ndjson": {"schema": self.body_schema(binding)}},
+            }
+        elif binding.has_body:
             operation["requestBody"] = {
                 "required": False,
                 "content": {"application/json": {"schema": self.body_schema(binding)}},

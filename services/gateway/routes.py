@@ -46,6 +46,10 @@ class Rpc:
         return bool(self.descriptor.server_streaming)
 
     @property
+    def client_streaming(self) -> bool:
+        return bool(self.descriptor.client_streaming)
+
+    @property
     def service(self) -> d.ServiceDescriptor:
         return self.descriptor.containing_service
 
@@ -206,7 +210,12 @@ def _walk(node: _Node, parts: list[str], index: int, verb: str | None) -> Bindin
 
 
 def build(api: Api) -> RouteTable:
-    """The route table of every method of the API (client-streaming methods are left out)."""
+    """The route table of every method of the API.
+
+    A client- or bidi-streaming method takes one request per line of the body, so its
+    bindings must take the whole request as the body (`body: "*"`); others are left out
+    with a problem said at start-up.
+    """
     table = RouteTable()
     for service in api.services:
         for method in service.methods:
@@ -217,10 +226,13 @@ def build(api: Api) -> RouteTable:
                 response_class=api.message_class(method.output_type),
                 codec=api.codec,
             )
-            if method.client_streaming:
-                table.problems.append(f"{rpc.path}: client-streaming methods are not bridged")
-                continue
             for binding in _bindings(rpc, table.problems):
+                if rpc.client_streaming and binding.body != "*":
+                    table.problems.append(
+                        f"{rpc.path}: {binding.http_method} {binding.template.source}: a client-streaming "
+                        'method takes one request per line of the body, so it needs body: "*"'
+                    )
+                    continue
                 table.add(binding)
     return table
 

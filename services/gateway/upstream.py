@@ -8,9 +8,11 @@ go through the bridge's own HTTP/2 client (`wire.py`), with the mesh's retry
 settings for safe methods and a retry budget per upstream.
 
 Either way an RPC is a coroutine function prepared once at start-up:
-`unary(rpc)(request, timeout, metadata) -> Reply` or
-`stream(rpc)(request, timeout, metadata) -> Stream`; failures are
-`wire.RpcError` whichever client made the call.
+`unary(rpc)(request, timeout, metadata) -> Reply` or, for every streaming
+kind, `stream(rpc)(requests, timeout, metadata) -> Stream`, where `requests`
+is one message (server streaming) or an async iterable of them (client and
+bidi streaming; a client-streaming call's Stream yields its one answer).
+Failures are `wire.RpcError` whichever client made the call.
 """
 
 from __future__ import annotations
@@ -59,11 +61,17 @@ class Stream(Protocol):
 
     def __aiter__(self) -> AsyncIterator[Message]: ...
 
+    async def trailing_metadata(self) -> Metadata:
+        """Once the call is over."""
+        ...
+
     def cancel(self) -> None: ...
 
 
+Requests = Message | AsyncIterator[Message]
+"""One request, or a stream of them (client- and bidi-streaming RPCs)."""
 Unary = Callable[[Message, float | None, Metadata], Awaitable[Reply]]
-OpenStream = Callable[[Message, float | None, Metadata], Awaitable[Stream]]
+OpenStream = Callable[[Requests, float | None, Metadata], Awaitable[Stream]]
 
 
 class Caller(Protocol):
@@ -98,7 +106,7 @@ class Upstreams:
             if upstream is None:
                 continue
             caller = self.callers[upstream]
-            if rpc.server_streaming:
+            if rpc.server_streaming or rpc.client_streaming:
                 self._stream[rpc.path] = caller.stream(rpc)
             else:
                 self._unary[rpc.path] = caller.unary(rpc)
@@ -108,6 +116,7 @@ class Upstreams:
         return self._unary.get(rpc.path)
 
     def stream(self, rpc: Rpc) -> OpenStream | None:
+        """The prepared call of a streaming RPC (any kind), or None when no upstream serves it."""
         return self._stream.get(rpc.path)
 
     async def health(self, wait: float = 1.0) -> dict[str, str]:
@@ -163,12 +172,20 @@ class AioCaller:
         return call
 
     def stream(self, rpc: Rpc) -> OpenStream:
-        method = self.channel.unary_stream(
+        kind: Any = (
+            self.channel.stream_stream
+            if rpc.client_streaming and rpc.server_streaming
+            else self.channel.stream_unary
+            if rpc.client_streaming
+            else self.channel.unary_stream
+        )
+        method: Any = kind(
             rpc.path, request_serializer=_serialize, response_deserializer=rpc.response_class.FromString
         )
+        one_answer = not rpc.server_streaming
 
-        async def open_stream(request: Message, seconds: float | None, metadata: Metadata) -> Stream:
-            return _AioStream(method(request, timeout=seconds, metadata=metadata))
+        async def open_stream(requests: Requests, seconds: float | None, metadata: Metadata) -> Stream:
+            return _AioStream(method(requests, timeout=seconds, metadata=metadata), one_answer)
 
         return open_stream
 
@@ -190,8 +207,9 @@ class AioCaller:
 
 
 class _AioStream:
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, one_answer: bool) -> None:
         self.call = call
+        self.one_answer = one_answer
 
     async def initial_metadata(self) -> Metadata:
         try:
@@ -211,10 +229,16 @@ class _AioStream:
 
     async def _messages(self) -> AsyncIterator[Message]:
         try:
+            if self.one_answer:
+                yield await self.call
+                return
             async for message in self.call:
                 yield message
         except grpc.aio.AioRpcError as exc:
             raise _rpc_error(exc) from None
+
+    async def trailing_metadata(self) -> Metadata:
+        return tuple(await self.call.trailing_metadata() or ())
 
     def cancel(self) -> None:
         if not self.call.done():
@@ -330,12 +354,16 @@ class WireCaller:
         path = rpc.path.encode()
         parse = rpc.response_class.FromString
         channel = self.channel
+        server_streaming = rpc.server_streaming
 
-        async def open_stream(request: Message, seconds: float | None, metadata: Metadata) -> Stream:
+        async def open_stream(requests: Requests, seconds: float | None, metadata: Metadata) -> Stream:
             deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
             fields = wire.encode_metadata(metadata) if metadata else []
-            opened = await channel.open_stream(path, request.SerializeToString(), fields, deadline)
-            return _WireStream(opened, parse)
+            if isinstance(requests, Message):
+                opened = await channel.open_stream(path, requests.SerializeToString(), fields, deadline)
+                return _WireStream(opened, parse)
+            opened = await channel.open_stream(path, None, fields, deadline, server_streaming)
+            return _WireStream(opened, parse, asyncio.ensure_future(_send_all(opened, requests)))
 
         return open_stream
 
@@ -355,10 +383,34 @@ class WireCaller:
         await self.channel.close()
 
 
+async def _send_all(call: wire.StreamingCall, requests: AsyncIterator[Message]) -> None:
+    """Send the requests as they come, then the end of them; cancel the call if they fail.
+
+    Like grpc.aio with a request iterator that raises: the call ends CANCELLED, and whoever
+    produced the requests knows why (the bridge answers 400 for a malformed line).
+    """
+    try:
+        async for request in requests:
+            if not await call.send(request.SerializeToString()):
+                return
+        call.end_requests()
+    except BaseException:
+        call.cancel()
+        raise
+
+
 class _WireStream:
-    def __init__(self, stream: wire.ServerStream, parse: Callable[[bytes], Message]) -> None:
+    def __init__(
+        self,
+        stream: wire.StreamingCall,
+        parse: Callable[[bytes], Message],
+        sender: asyncio.Future[None] | None = None,
+    ) -> None:
         self.stream = stream
         self.parse = parse
+        self.sender = sender
+        if sender is not None:
+            sender.add_done_callback(_retrieve)
 
     async def initial_metadata(self) -> Metadata:
         return await self.stream.initial_metadata()
@@ -374,8 +426,19 @@ class _WireStream:
                 self.stream.cancel()
                 raise RpcError(grpc.StatusCode.INTERNAL, "a message of the stream is not valid") from None
 
+    async def trailing_metadata(self) -> Metadata:
+        return self.stream.trailing_metadata
+
     def cancel(self) -> None:
         self.stream.cancel()
+        if self.sender is not None:
+            self.sender.cancel()
+
+
+def _retrieve(sender: asyncio.Future[None]) -> None:
+    """The sender's failure is the request producer's to report; here it is only collected."""
+    if not sender.cancelled():
+        sender.exception()
 
 
 def _has_request_id(message: d.Descriptor) -> bool:

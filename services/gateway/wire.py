@@ -52,7 +52,7 @@ __all__ = [
     "Channel",
     "Metadata",
     "RpcError",
-    "ServerStream",
+    "StreamingCall",
     "encode_metadata",
     "grpc_timeout",
 ]
@@ -199,11 +199,18 @@ class Channel:
         return messages[0], stream.initial or (), stream.trailing
 
     async def open_stream(
-        self, path: bytes, request: bytes, metadata: list[bytes], deadline: float | None
-    ) -> ServerStream:
+        self,
+        path: bytes,
+        request: bytes | None,
+        metadata: list[bytes],
+        deadline: float | None,
+        server_streaming: bool = True,
+    ) -> StreamingCall:
+        """A call whose answer is read as it comes; with `request` None the caller sends the
+        requests (`StreamingCall.send`, then `.end_requests`): client- and bidi-streaming."""
         connection = await self._connection(deadline)
-        stream = await connection.start(path, metadata, request, deadline, True)
-        return ServerStream(stream)
+        stream = await connection.start(path, metadata, request, deadline, server_streaming)
+        return StreamingCall(stream, deadline)
 
     async def close(self) -> None:
         self.closed = True
@@ -221,11 +228,22 @@ def _alpn(connection: Connection) -> str | None:
     return ssl_object.selected_alpn_protocol() if ssl_object is not None else None
 
 
-class ServerStream:
-    """The reading side of a server-streaming call."""
+class StreamingCall:
+    """A call read message by message (server streaming), and written so (client streaming)."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, deadline: float | None) -> None:
         self._stream = stream
+        self._deadline = deadline
+
+    async def send(self, message: bytes) -> bool:
+        """Send one more request; False once the call is over (the server has answered)."""
+        stream = self._stream
+        await stream.connection.send_message(stream, message, self._deadline)
+        return not stream.closed
+
+    def end_requests(self) -> None:
+        """No more requests: the server sees the end of the request stream."""
+        self._stream.connection.end_requests(self._stream)
 
     async def initial_metadata(self) -> Metadata:
         """Once the server answered; RpcError if the call failed before it sent any message."""

@@ -139,6 +139,8 @@ class Kitchen:
     port: int
     cancelled: asyncio.Event
     streams_started: asyncio.Event
+    sums_ended: asyncio.Event
+    """A RunningSum call ended, whatever ended it."""
 
     @property
     def address(self) -> str:
@@ -154,6 +156,7 @@ async def start_kitchen(test_api: api_module.Api) -> Kitchen:
 
     cancelled = asyncio.Event()
     streams_started = asyncio.Event()
+    sums_ended = asyncio.Event()
 
     async def echo(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         seen = [
@@ -203,6 +206,27 @@ async def start_kitchen(test_api: api_module.Api) -> Kitchen:
             cancelled.set()
             raise
 
+    async def sum_values(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        reply = cls("SumReply")()
+        async for request in requests:
+            if request.value < 0:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"value {request.value} is negative")
+            reply.total += request.value
+            reply.count += 1
+            reply.labels.append(request.label)
+        return reply
+
+    async def running_sum(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        context.add_done_callback(lambda _: sums_ended.set())
+        reply = cls("SumReply")()
+        async for request in requests:
+            if request.value < 0:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"value {request.value} is negative")
+            reply.total += request.value
+            reply.count += 1
+            reply.labels.append(request.label)
+            yield reply
+
     behaviours: dict[str, dict[str, Any]] = {
         "ExampleOne": {"GetMessage": get_message},
         "ExampleTwo": {"GetMessage": echo},
@@ -221,6 +245,8 @@ async def start_kitchen(test_api: api_module.Api) -> Kitchen:
             "Fail": fail,
             "Count": count,
             "Plain": echo,
+            "Sum": sum_values,
+            "RunningSum": running_sum,
         },
     }
     server = grpc.aio.server()
@@ -233,11 +259,12 @@ async def start_kitchen(test_api: api_module.Api) -> Kitchen:
             method = service.methods_by_name[method_name]
             request_class = test_api.message_class(method.input_type)
             response_class = test_api.message_class(method.output_type)
-            make = (
-                grpc.unary_stream_rpc_method_handler
-                if method.server_streaming
-                else grpc.unary_unary_rpc_method_handler
-            )
+            make = {
+                (False, False): grpc.unary_unary_rpc_method_handler,
+                (False, True): grpc.unary_stream_rpc_method_handler,
+                (True, False): grpc.stream_unary_rpc_method_handler,
+                (True, True): grpc.stream_stream_rpc_method_handler,
+            }[method.client_streaming, method.server_streaming]
             handlers[method_name] = make(
                 behaviour,
                 request_deserializer=request_class.FromString,
@@ -249,8 +276,9 @@ async def start_kitchen(test_api: api_module.Api) -> Kitchen:
     reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server, pool=pool)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    return Kitchen(server, port, cancelled, streams_started)
+    for name in ("", *names):  # the mesh client asks for its service's name (mesh mode)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Kitchen(server, port, cancelled, streams_started, sums_ended)
 
 
 def _rich_status(code: int, message: str) -> grpc.Status:
