@@ -57,9 +57,14 @@ def service_descriptor_of(stub_class: type) -> d.ServiceDescriptor:
     return descriptor
 
 
-class _Propagate(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+class _Propagate(grpc.aio.UnaryUnaryClientInterceptor):
     """Sets the mesh timeout (unless the call set its own), shortened to the served call's
-    remaining deadline, and passes the served call's trace headers downstream."""
+    remaining deadline, and passes the served call's trace headers downstream.
+
+    One object handles every kind of call, but a channel must get it once per kind
+    (`interceptors()`): grpc.aio files an interceptor under the first kind it is an
+    instance of, so one object of all four kinds would only ever see unary calls.
+    """
 
     def __init__(
         self, timeout: float, probe: ClientProbe | None = None, timeouts: Mapping[str, float] | None = None
@@ -118,6 +123,48 @@ class _Propagate(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClien
             return await self.probe.stream(continuation, details, request)
         return await continuation(details, request)
 
+    async def intercept_stream_unary(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        # A stream of requests (the gateway bridging a client-streaming RPC) lasts as long as
+        # its sender wants, like a server stream; it is counted when it ends.
+        return await self.intercept_unary_stream(continuation, client_call_details, request_iterator)
+
+    async def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return await self.intercept_unary_stream(continuation, client_call_details, request_iterator)
+
+    def interceptors(self) -> list[Any]:
+        """What a channel is given: this object for unary calls, a view of it for each stream kind."""
+        return [self, _UnaryStream(self), _StreamUnary(self), _StreamStream(self)]
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, propagate: _Propagate) -> None:
+        self.propagate = propagate
+
+    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await self.propagate.intercept_unary_stream(continuation, client_call_details, request)
+
+
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, propagate: _Propagate) -> None:
+        self.propagate = propagate
+
+    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, requests: Any) -> Any:
+        return await self.propagate.intercept_stream_unary(continuation, client_call_details, requests)
+
+
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, propagate: _Propagate) -> None:
+        self.propagate = propagate
+
+    async def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, requests: Any
+    ) -> Any:
+        return await self.propagate.intercept_stream_stream(continuation, client_call_details, requests)
+
 
 class Clients:
     """One channel per mesh service, opened on first use and closed together."""
@@ -163,13 +210,11 @@ class Clients:
                 # Every replica (or the service's discovery target); grpcio balances between them.
                 replicas.target(target),
                 options=options,
-                interceptors=[
-                    _Propagate(
-                        self.config.client.timeout,
-                        self.telemetry.client_probe(target.name) if self.telemetry is not None else None,
-                        timeouts=self._timeouts,
-                    )
-                ],
+                interceptors=_Propagate(
+                    self.config.client.timeout,
+                    self.telemetry.client_probe(target.name) if self.telemetry is not None else None,
+                    timeouts=self._timeouts,
+                ).interceptors(),
             )
             self._channels[target.name] = channel
         return channel

@@ -29,6 +29,7 @@ from services.gateway import api as api_module
 from services.gateway import server as gateway_server
 from services.gateway.app import Gateway
 from services.mesh.config import MeshConfig
+from services.mesh.telemetry import Telemetry
 
 T = TypeVar("T")
 WAIT = 30.0
@@ -103,9 +104,11 @@ def request(
         connection.close()
 
 
-async def start_gateway(config: MeshConfig, options: gateway_server.Options) -> RunningGateway:
+async def start_gateway(
+    config: MeshConfig, options: gateway_server.Options, telemetry: Telemetry | None = None
+) -> RunningGateway:
     """Build the gateway as `mesh gateway` does and serve it with uvicorn on a free port."""
-    gateway, close = await gateway_server.build(config, options)
+    gateway, close = await gateway_server.build(config, options, telemetry)
     sock = gateway_server.bind("127.0.0.1", 0)
     server = gateway_server.uvicorn_server(gateway, 0.5)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))

@@ -20,6 +20,7 @@ import pytest
 
 from services.gateway.server import Options
 from services.mesh.config import load_config
+from services.mesh.telemetry import Telemetry
 
 from . import harness
 
@@ -31,18 +32,20 @@ def lines(*documents: Any) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def mesh_gateway(
-    background: harness.BackgroundLoop,
-    kitchen: harness.Kitchen,
-    descriptor_set: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[harness.RunningGateway]:
-    """The gateway in mesh mode: the Kitchen is a mesh service, called through grpc.aio."""
+def mesh_telemetry(tmp_path_factory: pytest.TempPathFactory, kitchen: harness.Kitchen) -> Telemetry:
     directory = tmp_path_factory.mktemp("kitchen-mesh")
     services = f'[services.kitchen]\nport = {kitchen.port}\npackage = "gatewaytest.v1"\n'
     config = load_config(harness.write_gateway_mesh(directory, services), env={})
+    return Telemetry(config, "gateway")
+
+
+@pytest.fixture(scope="module")
+def mesh_gateway(
+    background: harness.BackgroundLoop, descriptor_set: Path, mesh_telemetry: Telemetry
+) -> Iterator[harness.RunningGateway]:
+    """The gateway in mesh mode: the Kitchen is a mesh service, called through grpc.aio."""
     options = Options(descriptor_set=str(descriptor_set), auth=False)
-    running = background.run(harness.start_gateway(config, options))
+    running = background.run(harness.start_gateway(mesh_telemetry.config, options, mesh_telemetry))
     yield running
     background.run(running.stop())
 
@@ -222,6 +225,44 @@ def test_a_client_that_goes_away_mid_stream_cancels_the_upstream_call(
             received += chunk
 
     background.run(asyncio.wait_for(kitchen.sums_ended.wait(), 10))
+
+
+def test_in_the_mesh_every_kind_of_stream_is_counted_as_a_client_call(
+    mesh_gateway: harness.RunningGateway, mesh_telemetry: Telemetry, background: harness.BackgroundLoop
+) -> None:
+    assert mesh_telemetry.metrics is not None
+    registry = mesh_telemetry.metrics.registry
+    wanted = (("Sum", "OK"), ("RunningSum", "OK"), ("Sum", "INVALID_ARGUMENT"), ("Count", "OK"))
+
+    def counts() -> list[float]:
+        return [
+            registry.get_sample_value(
+                "mesh_client_calls_total",
+                {
+                    "caller": "gateway",
+                    "service": "kitchen",
+                    "grpc_service": "gatewaytest.v1.Kitchen",
+                    "grpc_method": method,
+                    "grpc_code": code,
+                },
+            )
+            or 0.0
+            for method, code in wanted
+        ]
+
+    before = counts()
+    assert mesh_gateway.request("POST", "/v1/sum", lines({"value": 1}), NDJSON).status == 200
+    assert mesh_gateway.request("POST", "/v1/running-sum", lines({"value": 1}), NDJSON).status == 200
+    assert mesh_gateway.request("POST", "/v1/sum", lines({"value": -1}), NDJSON).status == 400
+    assert mesh_gateway.request("GET", "/v1/count/2").status == 200
+
+    async def counted() -> None:  # a stream is counted when it ends, a moment after its answer
+        while True:
+            if all(now == then + 1 for now, then in zip(counts(), before, strict=True)):
+                return
+            await asyncio.sleep(0.01)
+
+    background.run(counted())
 
 
 def test_openapi_describes_a_request_stream_as_ndjson(kitchen_gateway: harness.RunningGateway) -> None:
