@@ -143,7 +143,7 @@ class Kitchen:
     cancelled: asyncio.Event
     streams_started: asyncio.Event
     sums_ended: asyncio.Event
-    """A RunningSum call ended, whatever ended it."""
+    """A Sum or RunningSum call ended, whatever ended it."""
 
     @property
     def address(self) -> str:
@@ -209,16 +209,6 @@ async def start_kitchen(test_api: api_module.Api) -> Kitchen:
             cancelled.set()
             raise
 
-    async def sum_values(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        reply = cls("SumReply")()
-        async for request in requests:
-            if request.value < 0:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"value {request.value} is negative")
-            reply.total += request.value
-            reply.count += 1
-            reply.labels.append(request.label)
-        return reply
-
     async def running_sum(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         context.add_done_callback(lambda _: sums_ended.set())
         reply = cls("SumReply")()
@@ -229,6 +219,12 @@ async def start_kitchen(test_api: api_module.Api) -> Kitchen:
             reply.count += 1
             reply.labels.append(request.label)
             yield reply
+
+    async def sum_values(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        totals = [cls("SumReply")()]  # no requests: the empty sum
+        async for total in running_sum(requests, context):
+            totals[0] = total  # the last running total is the sum
+        return totals[0]
 
     behaviours: dict[str, dict[str, Any]] = {
         "ExampleOne": {"GetMessage": get_message},
