@@ -136,7 +136,8 @@ class Gateway:
             timeout = headers.parse_timeout(grpc_timeout, timeout_param, self.settings.max_timeout)
         except headers.HeaderError as exc:
             raise errors.bad_request(transcode.BadRequest.one(exc.field, exc.description)) from None
-        if timeout is None:
+        if timeout is None and not (binding.rpc.server_streaming or binding.rpc.client_streaming):
+            # A stream lasts as long as its client stays (as in the mesh client): no default.
             timeout = self.settings.default_timeout
         if binding.rpc.client_streaming:
             lines = _RequestLines(match, query, receive, self.settings.max_body_bytes)

@@ -196,7 +196,9 @@ async def start_kitchen(test_api: api_module.Api) -> Kitchen:
         streams_started.set()
         if request.fail_after < 0:
             await context.abort_with_status(_rich_status(9, "refused at once"))
-        await context.send_initial_metadata((("stream-key", "s"),))
+        remaining = context.time_remaining()
+        deadline = "none" if remaining is None else str(int(remaining * 1000))
+        await context.send_initial_metadata((("stream-key", "s"), ("deadline-ms", deadline)))
         interval = request.interval.ToTimedelta().total_seconds()
         try:
             for n in range(1, request.count + 1):

@@ -265,6 +265,14 @@ def test_in_the_mesh_every_kind_of_stream_is_counted_as_a_client_call(
     background.run(counted())
 
 
+def test_a_stream_has_no_deadline_unless_the_client_asks(gateway: harness.RunningGateway) -> None:
+    # Unary calls get `[client] timeout` by default; a stream lasts as long as its client stays.
+    unlimited = gateway.request("GET", "/v1/count/1")
+    assert unlimited.header("grpc-metadata-deadline-ms") == "none"
+    limited = gateway.request("GET", "/v1/count/1?timeout=5s")
+    assert 0 < int(limited.header("grpc-metadata-deadline-ms") or 0) < 6000  # grpc rounds up a little
+
+
 def test_openapi_describes_a_request_stream_as_ndjson(kitchen_gateway: harness.RunningGateway) -> None:
     document = kitchen_gateway.request("GET", "/openapi.json").json
     body = document["paths"]["/v1/sum"]["post"]["requestBody"]
