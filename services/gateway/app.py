@@ -70,6 +70,8 @@ class Settings:
     default_timeout: float | None = 5.0
     """The deadline of a call whose client asked for none (None: the mesh client's own default)."""
     cors_origins: tuple[str, ...] = ()
+    sse_keepalive: float = 15.0
+    """Seconds of silence after which an SSE stream gets a `: keep-alive` comment (0: never)."""
 
 
 @dataclass
@@ -230,10 +232,13 @@ class Gateway:
             started = True
             # ASGI servers hold the head until a body part comes: send it now, before any message.
             await send({"type": "http.response.body", "body": b"", "more_body": True})
+            quiet = _Quiet(send, self.settings.sse_keepalive) if sse and self.settings.sse_keepalive else None
             try:
                 async for message in call:
                     value = binding.encode(message)
                     await send({"type": "http.response.body", "body": _event(value, sse), "more_body": True})
+                    if quiet is not None:
+                        quiet.spoke()
             except RpcError as exc:
                 if disconnected.is_set():
                     return
@@ -241,6 +246,9 @@ class Gateway:
                 await send(
                     {"type": "http.response.body", "body": _error_event(error, sse), "more_body": True}
                 )
+            finally:
+                if quiet is not None:
+                    quiet.stop()
             await send({"type": "http.response.body", "body": b""})
         except asyncio.CancelledError:
             # grpc.aio answers a cancelled call by cancelling whoever awaits it: the client went
@@ -345,6 +353,32 @@ class Gateway:
                     ]
                 return []
         return []
+
+
+class _Quiet:
+    """Sends an SSE comment (`: keep-alive`) when a stream has said nothing for `interval`."""
+
+    def __init__(self, send: Send, interval: float) -> None:
+        self.send = send
+        self.interval = interval
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()
+        self.task = asyncio.ensure_future(self._run())
+
+    def spoke(self) -> None:
+        self.last = self.loop.time()
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.last + self.interval - self.loop.time())
+            if self.loop.time() - self.last >= self.interval:
+                await self.send(
+                    {"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True}
+                )
+                self.last = self.loop.time()
 
 
 class _RequestLines:

@@ -131,6 +131,7 @@ async def build(
         # In the mesh the client applies its own defaults ([client] timeout, [client.methods]).
         default_timeout=min(config.client.timeout, config.gateway.max_timeout) if options.upstreams else None,
         cors_origins=config.gateway.cors_origins,
+        sse_keepalive=config.gateway.sse_keepalive,
     )
     docs = pages(openapi.document(loaded, table, api_keys=options.auth))
     if not options.upstreams:

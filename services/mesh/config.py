@@ -157,6 +157,9 @@ class GatewayConfig:
     """The longest deadline a client may ask for (`grpc-timeout` header or `timeout` parameter)."""
     cors_origins: tuple[str, ...] = ()
     """Origins allowed to call from a browser; "*" allows any."""
+    sse_keepalive: float = 15.0
+    """An idle Server-Sent Events stream gets a comment line this often, so proxies that close
+    quiet connections (nginx and most load balancers after 60 s) leave it open; 0: never."""
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     enabled: bool = False
     """Whether the mesh file has a `[gateway]` table, so `mesh up` starts the gateway."""
@@ -713,7 +716,9 @@ class _Parser:
 
     def gateway(self, raw: Any, default_host: str) -> GatewayConfig:
         body = self.table(
-            raw, "gateway", ("host", "port", "max_body_bytes", "max_timeout", "cors_origins", "rate_limit")
+            raw,
+            "gateway",
+            ("host", "port", "max_body_bytes", "max_timeout", "cors_origins", "sse_keepalive", "rate_limit"),
         )
         limit = self.table(body.get("rate_limit"), "gateway.rate_limit", ("requests_per_second", "burst"))
         defaults = GatewayConfig()
@@ -725,6 +730,9 @@ class _Parser:
             ),
             max_timeout=self.duration(body.get("max_timeout", defaults.max_timeout), "gateway.max_timeout"),
             cors_origins=self.strings(body.get("cors_origins", []), "gateway.cors_origins"),
+            sse_keepalive=self.period(
+                body.get("sse_keepalive", defaults.sse_keepalive), "gateway.sse_keepalive"
+            ),
             rate_limit=RateLimitConfig(
                 requests_per_second=self.number(
                     limit.get("requests_per_second", defaults.rate_limit.requests_per_second),

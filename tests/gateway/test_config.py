@@ -22,6 +22,7 @@ def test_without_a_gateway_table_the_gateway_is_off_with_defaults(tmp_path):
     assert not gateway.enabled
     assert (gateway.address, gateway.max_body_bytes, gateway.max_timeout) == ("127.0.0.1:8080", 1048576, 60.0)
     assert gateway.cors_origins == ()
+    assert gateway.sse_keepalive == 15.0
     assert (gateway.rate_limit.requests_per_second, gateway.rate_limit.burst) == (10.0, 20)
 
 
@@ -29,7 +30,7 @@ def test_a_gateway_table_turns_it_on_with_its_values(tmp_path):
     gateway = load(
         tmp_path,
         '[gateway]\nhost = "0.0.0.0"\nport = 9000\nmax_body_bytes = 2048\nmax_timeout = "2m"\n'
-        'cors_origins = ["https://a.example", "https://b.example"]\n'
+        'cors_origins = ["https://a.example", "https://b.example"]\nsse_keepalive = "0s"\n'
         "[gateway.rate_limit]\nrequests_per_second = 0.5\nburst = 3\n",
     ).gateway
 
@@ -37,6 +38,7 @@ def test_a_gateway_table_turns_it_on_with_its_values(tmp_path):
     assert gateway.address == "0.0.0.0:9000"
     assert (gateway.max_body_bytes, gateway.max_timeout) == (2048, 120.0)
     assert gateway.cors_origins == ("https://a.example", "https://b.example")
+    assert gateway.sse_keepalive == 0.0
     assert (gateway.rate_limit.requests_per_second, gateway.rate_limit.burst) == (0.5, 3)
 
 
@@ -60,6 +62,7 @@ def test_the_environment_overrides_gateway_keys(tmp_path):
         ("[gateway]\nmax_body_bytes = 0\n", "gateway.max_body_bytes", "expected an integer"),
         ('[gateway]\nmax_timeout = "soon"\n', "gateway.max_timeout", "positive duration"),
         ("[gateway]\ncors_origins = [1]\n", "gateway.cors_origins", "list of non-empty strings"),
+        ('[gateway]\nsse_keepalive = "-5s"\n', "gateway.sse_keepalive", "positive duration"),
         ("[gateway]\nprot = 1\n", "gateway.prot", "did you mean 'port'"),
         ("[gateway.rate_limit]\nburst = 0\n", "gateway.rate_limit.burst", "expected an integer"),
         (

@@ -12,6 +12,8 @@ import json
 
 import pytest
 
+from services.gateway.server import Options
+
 from . import harness
 
 GATEWAY_DOMAIN = "gateway.rideshare"
@@ -342,6 +344,27 @@ def test_a_stream_as_server_sent_events(kitchen_gateway):
     assert lines[:2] == [b'data: {"n":1}', b""]
     assert lines[2] == b"event: error"
     assert json.loads(lines[3].removeprefix(b"data: "))["code"] == 9
+
+
+def test_an_idle_event_stream_gets_keep_alive_comments(background, gateway_mesh, kitchen, descriptor_set):
+    config = harness.mesh_config(gateway_mesh, sse_keepalive=0.05)
+    options = Options(upstreams=[kitchen.address], descriptor_set=str(descriptor_set), auth=False)
+    running = background.run(harness.start_gateway(config, options))
+    try:
+        headers = {"accept": "text/event-stream"}
+        status, _, lines = stream_lines(running.port, "/v1/count/3?interval=0.3s", headers)
+        quiet, _, ndjson = stream_lines(running.port, "/v1/count/3?interval=0.3s")
+    finally:
+        background.run(running.stop())
+
+    assert status == 200
+    events = [line for line in lines if line.startswith(b"data: ")]
+    assert events == [b'data: {"n":1}', b'data: {"n":2}', b'data: {"n":3}']
+    # Comments (ignored by every EventSource) fill the 0.3 s gaps; nothing else is in the stream.
+    assert b": keep-alive" in lines[lines.index(events[0]) : lines.index(events[1])]
+    assert set(lines) == {*events, b": keep-alive", b""}
+    # NDJSON has no comment syntax: its streams get none.
+    assert (quiet, len(ndjson)) == (200, 3)
 
 
 def test_a_client_that_disconnects_cancels_the_upstream_stream(kitchen_gateway, kitchen, background):
