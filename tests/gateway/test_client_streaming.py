@@ -265,6 +265,25 @@ def test_in_the_mesh_every_kind_of_stream_is_counted_as_a_client_call(
     background.run(counted())
 
 
+def test_an_upstream_that_fails_early_is_answered_before_the_upload_ends(
+    gateway: harness.RunningGateway,
+) -> None:
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=harness.WAIT) as sock:
+        sock.sendall(
+            b"POST /v1/sum HTTP/1.1\r\nhost: test\r\ncontent-type: application/x-ndjson\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        line = b'{"value": -1}\n'
+        sock.sendall(b"%x\r\n%s\r\n" % (len(line), line))  # and the body never ends
+        received = b""
+        while b"is negative" not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+
+    assert received.startswith(b"HTTP/1.1 400 ")
+
+
 def test_a_stream_has_no_deadline_unless_the_client_asks(gateway: harness.RunningGateway) -> None:
     # Unary calls get `[client] timeout` by default; a stream lasts as long as its client stays.
     unlimited = gateway.request("GET", "/v1/count/1")
