@@ -31,6 +31,24 @@ def lines(*documents: Any) -> bytes:
     return b"".join(json.dumps(d).encode() + b"\n" for d in documents)
 
 
+def unfinished_upload(port: int, path: str, line: bytes, until: bytes) -> bytes:
+    """POST `line` as the first chunk of a body that never ends; what came back once it holds `until`.
+
+    The connection closes on the way out, with the upload still open.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=harness.WAIT) as sock:
+        sock.sendall(
+            b"POST %s HTTP/1.1\r\nhost: test\r\ncontent-type: application/x-ndjson\r\n"
+            b"transfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (path.encode(), len(line), line)
+        )
+        received = b""
+        while until not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+    return received
+
+
 @pytest.fixture(scope="module")
 def mesh_telemetry(tmp_path_factory: pytest.TempPathFactory, kitchen: harness.Kitchen) -> Telemetry:
     directory = tmp_path_factory.mktemp("kitchen-mesh")
@@ -210,20 +228,8 @@ def test_a_client_that_goes_away_mid_stream_cancels_the_upstream_call(
         kitchen.sums_ended.clear()
 
     background.run(forget())
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=harness.WAIT) as sock:
-        # A deadline far past the wait below: the call can only end that soon by being cancelled.
-        sock.sendall(
-            b"POST /v1/running-sum?timeout=30s HTTP/1.1\r\nhost: test\r\n"
-            b"content-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
-        )
-        line = b'{"value": 1}\n'
-        sock.sendall(b"%x\r\n%s\r\n" % (len(line), line))  # and the body never ends
-        received = b""
-        while b'"total":"1"' not in received:
-            chunk = sock.recv(4096)
-            assert chunk, received
-            received += chunk
-
+    # A deadline far past the wait below: the call can only end that soon by being cancelled.
+    unfinished_upload(gateway.port, "/v1/running-sum?timeout=30s", b'{"value": 1}\n', until=b'"total":"1"')
     background.run(asyncio.wait_for(kitchen.sums_ended.wait(), 10))
 
 
@@ -268,19 +274,7 @@ def test_in_the_mesh_every_kind_of_stream_is_counted_as_a_client_call(
 def test_an_upstream_that_fails_early_is_answered_before_the_upload_ends(
     gateway: harness.RunningGateway,
 ) -> None:
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=harness.WAIT) as sock:
-        sock.sendall(
-            b"POST /v1/sum HTTP/1.1\r\nhost: test\r\ncontent-type: application/x-ndjson\r\n"
-            b"transfer-encoding: chunked\r\n\r\n"
-        )
-        line = b'{"value": -1}\n'
-        sock.sendall(b"%x\r\n%s\r\n" % (len(line), line))  # and the body never ends
-        received = b""
-        while b"is negative" not in received:
-            chunk = sock.recv(4096)
-            assert chunk, received
-            received += chunk
-
+    received = unfinished_upload(gateway.port, "/v1/sum", b'{"value": -1}\n', until=b"is negative")
     assert received.startswith(b"HTTP/1.1 400 ")
 
 
