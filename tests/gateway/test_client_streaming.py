@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2
 
+from services.gateway import api, routes
 from services.gateway.server import Options
 from services.mesh.config import load_config
 from services.mesh.telemetry import Telemetry
@@ -295,3 +298,23 @@ def test_openapi_describes_a_request_stream_as_ndjson(kitchen_gateway: harness.R
     }
     bidi = document["paths"]["/v1/running-sum"]["post"]["responses"]["200"]["content"]
     assert "application/x-ndjson" in bidi
+
+
+def test_a_request_stream_binding_without_the_whole_body_is_left_out_with_a_reason(
+    descriptor_set: Path, tmp_path: Path
+) -> None:
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    kitchen = next(s for f in files.file for s in f.service if s.name == "Kitchen")
+    rule = next(m for m in kitchen.method if m.name == "Sum").options.Extensions[annotations_pb2.http]
+    rule.body = "label"  # one field cannot hold a stream of requests
+    changed = tmp_path / "changed.binpb"
+    changed.write_bytes(files.SerializeToString())
+
+    table = routes.build(api.from_descriptor_set(changed))
+
+    assert table.problems == [
+        "/gatewaytest.v1.Kitchen/Sum: POST /v1/sum: a client-streaming method takes one request per line "
+        'of the body, so it needs body: "*"'
+    ]
+    assert table.match("POST", "/v1/sum") is None
+    assert table.match("POST", "/v1/sums/x") is not None  # its other binding takes the whole body
