@@ -443,7 +443,11 @@ class _RequestLines:
         try:
             return transcode.decode_request(self.binding, self.values, self.query, line)
         except transcode.BadRequest as exc:
-            raise transcode.BadRequest(exc.violations, f"line {number} of the body: {exc.message}") from None
+            # "line 3 of the body: malformed JSON ...", not "... body: body: malformed JSON ...".
+            problems = "; ".join(
+                v.description if v.field == "body" else f"{v.field}: {v.description}" for v in exc.violations
+            )
+            raise transcode.BadRequest(exc.violations, f"line {number} of the body: {problems}") from None
 
     def failure_or(self, error: RpcError | None) -> errors.HttpError:
         """What to tell the client of a failed call: the bad request line if that ended it."""

@@ -131,8 +131,9 @@ def test_path_values_go_into_every_request_of_the_stream(gateway: harness.Runnin
     [
         (b'{"value": 2, "colour": "red"}', "colour", "unknown field"),
         (b'{"value": "two"}', "value", "two"),
-        (b'{"value": 2', "", "JSON"),
-        (b"[1, 2]", "", "object"),
+        (b'{"value": 2', "body", "line 2 of the body: malformed JSON"),
+        (b"[1, 2]", "body", "line 2 of the body: expected a JSON object"),
+        (b'\xff{"value": 2}', "body", "line 2 of the body: is not UTF-8"),
     ],
 )
 def test_a_bad_line_fails_the_call_with_400_naming_the_line_and_the_field(
@@ -145,9 +146,9 @@ def test_a_bad_line_fails_the_call_with_400_naming_the_line_and_the_field(
     assert error["code"] == 3
     assert error["message"].startswith("line 2 of the body: ")
     assert says in error["message"]
-    if field:
-        violations = next(d for d in error["details"] if d["@type"].endswith("BadRequest"))["fieldViolations"]
-        assert violations[0]["field"] == field
+    assert "body: body:" not in error["message"]
+    violations = next(d for d in error["details"] if d["@type"].endswith("BadRequest"))["fieldViolations"]
+    assert violations[0]["field"] == field
 
 
 def test_a_line_longer_than_the_body_limit_is_413(gateway: harness.RunningGateway) -> None:
