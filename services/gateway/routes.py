@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from google.api import annotations_pb2, http_pb2
@@ -41,11 +42,11 @@ class Rpc:
     response_class: type[Message]
     codec: Codec
 
-    @property
+    @cached_property  # read on every request: once from the descriptor, then from the instance
     def server_streaming(self) -> bool:
         return bool(self.descriptor.server_streaming)
 
-    @property
+    @cached_property
     def client_streaming(self) -> bool:
         return bool(self.descriptor.client_streaming)
 
