@@ -143,7 +143,7 @@ class Gateway:
             timeout = self.settings.default_timeout
         if binding.rpc.client_streaming:
             lines = _RequestLines(match, query, receive, self.settings.max_body_bytes)
-            _check_content_type(request_headers, streaming=True)
+            _check_content_type(next((v for k, v in request_headers if k == b"content-type"), b""), True)
             await self._stream(
                 binding, lines.messages(), metadata, timeout, request_headers, send, extra, lines
             )
@@ -280,9 +280,12 @@ class Gateway:
 
     async def _read_body(self, binding: Binding, request_headers: Headers, receive: Receive) -> bytes:
         limit = self.settings.max_body_bytes
+        content_type = b""
         length = -1
         for key, value in request_headers:
-            if key == b"content-length":
+            if key == b"content-type":
+                content_type = value
+            elif key == b"content-length":
                 length = int(value) if value.isdigit() else -1
         if length > limit:
             raise _too_large(limit)
@@ -295,7 +298,7 @@ class Gateway:
         elif len(body) > limit:
             raise _too_large(limit)
         if body:
-            _check_content_type(request_headers, streaming=False)
+            _check_content_type(content_type, streaming=False)
         return body
 
     async def _rest_of_body(self, first: bytes, limit: int, receive: Receive) -> bytes:
@@ -501,9 +504,8 @@ def _preflight(allowed: list[str], request_headers: Headers) -> Headers:
     return out
 
 
-def _check_content_type(request_headers: Headers, streaming: bool) -> None:
+def _check_content_type(content_type: bytes, streaming: bool) -> None:
     """415 unless the body is JSON (or, for a stream of requests, newline-delimited JSON)."""
-    content_type = next((v for k, v in request_headers if k == b"content-type"), b"")
     if _is_json(content_type):
         return
     if streaming and content_type.split(b";", 1)[0].strip().lower() in _NDJSON_MEDIA:
