@@ -111,8 +111,19 @@ async def start_backend(port: int = 0, **options: Any) -> Backend:
         await context.abort(grpc.StatusCode.NOT_FOUND, "nothing to stream")
         yield b""
 
+    async def collect(requests: AsyncIterator[bytes], context: Any) -> bytes:
+        await asyncio.sleep(0.2)  # the client fills every window first
+        sizes = [len(request) async for request in requests]
+        return f"{len(sizes)},{sum(sizes)}".encode()
+
+    async def echo_each(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for request in requests:
+            yield request
+
     unary = grpc.unary_unary_rpc_method_handler
     handlers = {
+        "Collect": grpc.stream_unary_rpc_method_handler(collect),
+        "EchoEach": grpc.stream_stream_rpc_method_handler(echo_each),
         "Echo": unary(echo),
         "Big": unary(big),
         "Fail": unary(fail),
@@ -258,6 +269,34 @@ def test_a_server_stream_delivers_every_message_then_ends(background, channel):
         return numbers
 
     assert background.run(read()) == list(range(3000))  # 30 MB: past the connection window
+
+
+def test_a_request_stream_past_every_window_waits_for_window_then_ends(background, channel):
+    async def upload() -> tuple[list[bytes], bool]:
+        stream = await channel.open_stream(path("Collect"), None, [], deadline_in(30), server_streaming=False)
+        chunk = b"r" * 100_000
+        sent = [await stream.send(chunk) for _ in range(80)]  # 8 MB; grpc-core's windows are 4 MB
+        stream.end_requests()
+        return [message async for message in stream], all(sent)
+
+    answers, all_sent = background.run(upload())
+    assert all_sent
+    assert answers == [b"80,8000000"]
+
+
+def test_a_bidi_stream_answers_as_requests_arrive(background, channel):
+    async def talk() -> list[bytes]:
+        stream = await channel.open_stream(path("EchoEach"), None, [], deadline_in(30))
+        heard = []
+        for word in (b"one", b"two", b"three"):
+            assert await stream.send(word)
+            messages = aiter(stream)
+            heard.append(await anext(messages))  # each answer comes before the next request
+        stream.end_requests()
+        heard += [message async for message in stream]
+        return heard
+
+    assert background.run(talk()) == [b"one", b"two", b"three"]
 
 
 def test_a_stream_that_fails_midway_raises_after_its_messages(background, channel):
