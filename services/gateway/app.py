@@ -6,7 +6,8 @@ limit), transcode (400 naming the field), call the upstream with the
 client's metadata and deadline, and answer with the response as proto3 JSON
 (or the error in the shape of `errors.py`). Server-streaming RPCs answer with
 newline-delimited JSON, or Server-Sent Events for `Accept: text/event-stream`;
-a client that goes away cancels the upstream call.
+client- and bidi-streaming RPCs take one JSON request per line of the body
+(`_RequestLines`); a client that goes away cancels the upstream call.
 
 Anything unexpected becomes a 500 with a correlation id, logged with its
 traceback; a client never sees a stack trace.

@@ -4,10 +4,11 @@ Why not grpc.aio: in front of a server on the same core, the grpc.aio client
 was about half of the bridge's CPU per request (C-core's call machinery, a
 completion-queue thread, a wake-up of the event loop per event); this client
 cut the bridge's CPU per request by a quarter (docs/benchmarks.md, section 2).
-It is one asyncio protocol per connection that speaks just what unary and
-server-streaming calls need: a request is one write (HEADERS + DATA), a
-response is parsed where it lands in `data_received`, and the header blocks a
-server repeats are decoded once.
+It is one asyncio protocol per connection that speaks just what gRPC calls
+need: a unary request is one write (HEADERS + DATA), a stream of requests is
+HEADERS, a DATA frame per message and an empty END_STREAM; a response is
+parsed where it lands in `data_received`, and the header blocks a server
+repeats are decoded once.
 
 What it implements (RFC 9113 as a client, the gRPC HTTP/2 protocol):
 - one connection per target, opened on first use; when it is lost, calls on
