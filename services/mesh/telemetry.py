@@ -3,24 +3,16 @@
 Each process has one `Telemetry` (`Runtime.telemetry`). The call wrapper
 (calls.py) asks it for a `ServerProbe` per method when the server is built;
 the client interceptor (client.py) asks for a `ClientProbe` per target
-service when a channel is opened. The Prometheus families, on the process's
-own registry:
+service when a channel is opened. The Prometheus families (metrics.py lists
+them) count calls by caller and code, time unary calls and show the calls in
+flight, on both sides; `caller` -> `service` is an edge of the call graph.
+Label values are bounded: methods come from the contracts, codes are the 17
+gRPC codes, and a caller is a mesh service name, `gateway`, `mesh`, or
+`unknown`. Streams are counted but not timed (a subscription's length is not
+a latency).
 
-- `mesh_server_calls_total{service, caller, grpc_service, grpc_method, grpc_code}`
-- `mesh_server_call_duration_seconds{service, grpc_service, grpc_method}` (histogram)
-- `mesh_server_calls_in_flight{service, grpc_service, grpc_method}`
-- `mesh_client_calls_total{caller, service, grpc_service, grpc_method, grpc_code}`
-- `mesh_client_call_duration_seconds{caller, service, grpc_service, grpc_method}`
-- `mesh_client_calls_in_flight{caller, service, grpc_service, grpc_method}`
-
-On both sides `caller` -> `service` is an edge of the call graph. Label values
-are bounded: methods come from the contracts, codes are the 17 gRPC codes,
-and a caller is a mesh service name, `gateway`, `mesh`, or `unknown`. Streams
-are counted but not timed (a subscription's length is not a latency).
-
-Per call the cost is a few dict lookups and lock-protected increments: the
-histogram and gauge children are bound once per method, the counter children
-once per (caller, code).
+Per call the cost is a few dict lookups and integer updates on a `Series`
+bound once per method (metrics.py says why not prometheus-client's children).
 """
 
 from __future__ import annotations
@@ -32,18 +24,16 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import start_http_server
 
 from . import log
-from .certs import peer_spiffe_id
+from .certs import peer_spiffe_id, spiffe_id
 from .config import MeshConfig, ServiceConfig
-from .tracing import Tracing, end_span
+from .metrics import Metrics, Series
+from .tracing import Tracing, end_span, restore
 
 _log = log.get_logger("rideshare.telemetry")
 
-#: Seconds; fine below 10 ms, where calls between local services land.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: What a caller is called when nothing names it (grpcurl, a client outside the mesh).
 UNKNOWN = "unknown"
 #: Callers besides the services: the REST gateway and the mesh tool (its certificate identity).
@@ -62,7 +52,8 @@ FAILURE_CODES = frozenset(
 USER_AGENT_PREFIX = "rideshare-"
 #: Calls to these are plumbing (health checks, reflection), not traffic: not counted, not traced.
 PLUMBING_PREFIX = "/grpc."
-_CALL_LABELS = ("grpc_service", "grpc_method")
+_OK = grpc.StatusCode.OK
+_OUTCOME_OK = ("OK",)
 
 IdentitySource = Callable[[grpc.aio.ServicerContext[Any, Any]], str | None]
 _identity_source: IdentitySource | None = None
@@ -135,48 +126,6 @@ def gateway_admin_port(config: MeshConfig) -> int:
     return port if port <= 65535 else 0
 
 
-class Metrics:
-    """The metric families of one process, on a registry of its own."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)  # process_start_time_seconds: rates "since start"
-        server = ("service", *_CALL_LABELS)
-        client = ("caller", "service", *_CALL_LABELS)
-        self.server_calls = Counter(
-            "mesh_server_calls",
-            "Calls this process served, by caller and status code.",
-            ("service", "caller", *_CALL_LABELS, "grpc_code"),
-            registry=self.registry,
-        )
-        self.server_latency = Histogram(
-            "mesh_server_call_duration_seconds",
-            "Time from receiving a unary call to answering it.",
-            server,
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.server_in_flight = Gauge(
-            "mesh_server_calls_in_flight", "Calls being served now.", server, registry=self.registry
-        )
-        self.client_calls = Counter(
-            "mesh_client_calls",
-            "Calls this process made to other services, by status code.",
-            (*client, "grpc_code"),
-            registry=self.registry,
-        )
-        self.client_latency = Histogram(
-            "mesh_client_call_duration_seconds",
-            "Time from sending a unary call to its answer, retries included.",
-            client,
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.client_in_flight = Gauge(
-            "mesh_client_calls_in_flight", "Calls waiting for an answer now.", client, registry=self.registry
-        )
-
-
 class Telemetry:
     """Metrics, tracing and the admin port of one process (a service, or the gateway)."""
 
@@ -189,8 +138,10 @@ class Telemetry:
         self.known_callers = frozenset((*config.services, *OTHER_CALLERS))
         self._callers: dict[str, str] = {}
         #: With mTLS the caller is `spiffe://<trust domain>/service/<name>` in its certificate (certs.py).
-        self._spiffe_prefix = (
-            f"spiffe://{config.tls.trust_domain}/service/".encode() if config.tls.enabled else None
+        self._by_spiffe: dict[bytes, str] | None = (
+            {spiffe_id(config, name).encode(): name for name in self.known_callers}
+            if config.tls.enabled
+            else None
         )
         self._admin: Any = None
 
@@ -232,12 +183,8 @@ class Telemetry:
             named = source(context)
             if named is not None:
                 return named if named in self.known_callers else UNKNOWN
-        if self._spiffe_prefix is not None:
-            spiffe = peer_spiffe_id(context)
-            if not spiffe.startswith(self._spiffe_prefix):
-                return UNKNOWN
-            name = spiffe[len(self._spiffe_prefix) :].decode(errors="replace")
-            return name if name in self.known_callers else UNKNOWN
+        if self._by_spiffe is not None:
+            return self._by_spiffe.get(peer_spiffe_id(context), UNKNOWN)
         key = user_agent or ""
         caller = self._callers.get(key)
         if caller is None:
@@ -271,16 +218,13 @@ class ServerProbe:
         self.telemetry = telemetry
         self.name = method.lstrip("/")
         grpc_service, grpc_method = _split(method)
-        self.labels = (grpc_service, grpc_method)
         self.attributes = {"rpc.system": "grpc", "rpc.service": grpc_service, "rpc.method": grpc_method}
-        self.calls: dict[tuple[str, grpc.StatusCode], Any] = {}
         metrics = telemetry.metrics
-        self.latency: Any = None
-        self.in_flight: Any = None
-        if metrics is not None:
-            if not streaming:
-                self.latency = metrics.server_latency.labels(telemetry.name, *self.labels)
-            self.in_flight = metrics.server_in_flight.labels(telemetry.name, *self.labels)
+        self.series: Series | None = (
+            metrics.server(telemetry.name, grpc_service, grpc_method, timed=not streaming)
+            if metrics is not None
+            else None
+        )
 
     def begin(
         self, context: grpc.aio.ServicerContext[Any, Any], metadata: Iterable[tuple[str, Any]]
@@ -297,8 +241,8 @@ class ServerProbe:
             elif key == "tracestate":
                 tracestate = value
         caller = self.telemetry.caller(context, user_agent)
-        if self.in_flight is not None:
-            self.in_flight.inc()
+        if self.series is not None:
+            self.series.in_flight += 1
         tracing = self.telemetry.tracing
         if tracing is None:
             return caller, None, None
@@ -309,25 +253,19 @@ class ServerProbe:
 
     def end(self, begun: _Begun, code: grpc.StatusCode, started: float) -> None:
         caller, span, token = begun
-        if self.in_flight is not None:
-            self.in_flight.dec()
-            if self.latency is not None:
-                self.latency.observe(time.perf_counter() - started)
-            counter = self.calls.get((caller, code))
-            if counter is None:
-                metrics = self.telemetry.metrics
-                assert metrics is not None
-                counter = metrics.server_calls.labels(self.telemetry.name, caller, *self.labels, code.name)
-                self.calls[(caller, code)] = counter
-            counter.inc()
-        if token is not None:
+        if self.series is not None:
+            # An enum's name and hash are Python-level calls: the usual outcome skips them.
+            self.series.finish((caller, "OK" if code is _OK else code.name), time.perf_counter() - started)
+        if span is not None:
             end_span(span, code.name, code in FAILURE_CODES, token)
+        elif token is not None:
+            restore(token)
 
 
 class _ClientMethod:
-    """The pre-bound metric children of one (target, method)."""
+    """What is bound once per (target, method): its span's name and attributes, its series."""
 
-    def __init__(self, telemetry: Telemetry, target: str, method: str) -> None:
+    def __init__(self, telemetry: Telemetry, target: str, method: str, timed: bool) -> None:
         self.name = method.lstrip("/")
         grpc_service, grpc_method = _split(method)
         self.attributes = {
@@ -336,13 +274,12 @@ class _ClientMethod:
             "rpc.method": grpc_method,
             "peer.service": target,
         }
-        self.labels = (telemetry.name, target, grpc_service, grpc_method)
-        self.calls: dict[grpc.StatusCode, Any] = {}
-        self.latency: Any = None
-        self.in_flight: Any = None
-        if telemetry.metrics is not None:
-            self.latency = telemetry.metrics.client_latency.labels(*self.labels)
-            self.in_flight = telemetry.metrics.client_in_flight.labels(*self.labels)
+        metrics = telemetry.metrics
+        self.series: Series | None = (
+            metrics.client(telemetry.name, target, grpc_service, grpc_method, timed)
+            if metrics is not None
+            else None
+        )
 
 
 class ClientProbe:
@@ -354,13 +291,18 @@ class ClientProbe:
         self.methods: dict[Any, _ClientMethod | None] = {}
         self._pending: set[Any] = set()
 
-    def _method(self, method: bytes | str) -> _ClientMethod | None:
+    def _method(self, method: bytes | str, timed: bool) -> _ClientMethod | None:
+        """`timed`: unary (a method is always called the same way, so the first call tells)."""
         try:
             return self.methods[method]
         except KeyError:
             pass
         name = method.decode() if isinstance(method, bytes) else method
-        bound = None if name.startswith(PLUMBING_PREFIX) else _ClientMethod(self.telemetry, self.target, name)
+        bound = (
+            None
+            if name.startswith(PLUMBING_PREFIX)
+            else _ClientMethod(self.telemetry, self.target, name, timed)
+        )
         self.methods[method] = bound
         return bound
 
@@ -382,16 +324,8 @@ class ClientProbe:
         )
 
     def _record(self, bound: _ClientMethod, span: Any, code: grpc.StatusCode, elapsed: float | None) -> None:
-        if bound.in_flight is not None:
-            bound.in_flight.dec()
-            if elapsed is not None:
-                bound.latency.observe(elapsed)
-            counter = bound.calls.get(code)
-            if counter is None:
-                metrics = self.telemetry.metrics
-                assert metrics is not None
-                counter = bound.calls[code] = metrics.client_calls.labels(*bound.labels, code.name)
-            counter.inc()
+        if bound.series is not None:
+            bound.series.finish(_OUTCOME_OK if code is _OK else (code.name,), elapsed)
         if span is not None:
             end_span(span, code.name, code in FAILURE_CODES)
 
@@ -399,12 +333,12 @@ class ClientProbe:
         self, continuation: Callable[..., Awaitable[Any]], details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         """Runs the call to its end (so its code and time are known), then hands it back."""
-        bound = self._method(details.method)
+        bound = self._method(details.method, timed=True)
         if bound is None:
             return await continuation(details, request)
         span, details = self._start(bound, details)
-        if bound.in_flight is not None:
-            bound.in_flight.inc()
+        if bound.series is not None:
+            bound.series.in_flight += 1
         started = time.perf_counter()
         code = grpc.StatusCode.UNKNOWN
         try:
@@ -426,12 +360,12 @@ class ClientProbe:
         self, continuation: Callable[..., Awaitable[Any]], details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         """Counts a server stream when it ends; its span lasts as long as the stream."""
-        bound = self._method(details.method)
+        bound = self._method(details.method, timed=False)
         if bound is None:
             return await continuation(details, request)
         span, details = self._start(bound, details)
-        if bound.in_flight is not None:
-            bound.in_flight.inc()
+        if bound.series is not None:
+            bound.series.in_flight += 1
         try:
             call = await continuation(details, request)
         except BaseException:

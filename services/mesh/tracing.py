@@ -197,9 +197,15 @@ def end_span(
         if failed:
             span.set_status(StatusCode.ERROR, str(code))
         span.end()
+    if token is not None:
+        restore(token)
+
+
+def restore(token: object) -> None:
+    """Makes current again the trace context `server_span` replaced (its token)."""
     if isinstance(token, contextvars.Token) and token.var is _unminted:
         _unminted.reset(token)
-    elif token is not None:
+    else:
         otel_context.detach(token)  # type: ignore[arg-type]
 
 
