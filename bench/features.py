@@ -233,14 +233,30 @@ def stop(server: Server) -> None:
             server.process.wait(30)
 
 
+def chosen(names: str | None) -> tuple[Variant, ...]:
+    """The variants `--variants a,b` names, with what they are compared with; all when None.
+
+    Raises ValueError naming an unknown variant.
+    """
+    if names is None:
+        return VARIANTS
+    by_name = {v.name: v for v in VARIANTS}
+    wanted = {"plain"}  # the client check and the test passenger need it
+    for name in (n.strip() for n in names.split(",") if n.strip()):
+        if name not in by_name:
+            raise ValueError(f"no variant {name!r}; there are {', '.join(by_name)}")
+        wanted |= {name, by_name[name].baseline}
+    return tuple(v for v in VARIANTS if v.name in wanted)
+
+
 @contextlib.contextmanager
-def variants(workdir: Path) -> Iterator[dict[str, Target]]:
-    """Every variant's processes, running; all stopped on the way out."""
+def variants(workdir: Path, which: Sequence[Variant] = VARIANTS) -> Iterator[dict[str, Target]]:
+    """The variants' processes, running; all stopped on the way out."""
     started: dict[str, Target] = {}
     logs = workdir / "logs"
     logs.mkdir()
     try:
-        for variant in VARIANTS:
+        for variant in which:
             config = workdir / f"{re.sub(r'[^a-z]+', '-', variant.name)}.toml"
             config.write_text(mesh_toml(variant, workdir))
             target = Target(variant.name, config, "front" if variant.two_hop else "passengers", [], variant)
@@ -556,7 +572,7 @@ def client_check(args: argparse.Namespace, workdir: Path, plain: Target, passeng
 def measure(args: argparse.Namespace, workdir: Path) -> tuple[list[Run], list[str]]:
     make_certs(workdir)
     runs: list[Run] = []
-    with variants(workdir) as started:
+    with variants(workdir, args.variants) as started:
         passenger = create_passenger(started["plain"])
         for target in started.values():
             check(target, passenger)
@@ -584,8 +600,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> tuple[list[Run], list[st
     return runs, evidence
 
 
-def report(runs: list[Run], rounds: int) -> str:
-    by_name = {v.name: [r for r in runs if r.target == v.name] for v in VARIANTS}
+def report(runs: list[Run], rounds: int, which: Sequence[Variant] = VARIANTS) -> str:
+    by_name = {v.name: [r for r in runs if r.target == v.name] for v in which}
     lines = [
         "| variant | against | median calls/s | throughput ratio, per round: median (min - max) "
         "| server CPU us/call | CPU/call ratio, inverted | client's core share (max) "
@@ -593,7 +609,7 @@ def report(runs: list[Run], rounds: int) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     costs = {}
-    for variant in VARIANTS:
+    for variant in which:
         mine, base = by_name[variant.name], by_name[variant.baseline]
         per_round = [mine[i].calls_per_s / base[i].calls_per_s for i in range(rounds)]
         cpu = statistics.median(r.server_cpu_us for r in mine)
@@ -607,6 +623,8 @@ def report(runs: list[Run], rounds: int) -> str:
         )
     lines.append("")
     for name, baseline in GOALS:
+        if name not in costs:
+            continue
         verdict = "under" if costs[name] < GOAL else "OVER"
         lines.append(
             f"{name} vs {baseline}: costs {costs[name]:.1%} of throughput ({verdict} the {GOAL:.0%} goal)"
@@ -628,11 +646,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--warmup-seconds", type=float, default=1.0, help="seconds of load before each measurement"
     )
+    parser.add_argument(
+        "--variants",
+        help=f"comma-separated subset to run (their baselines and plain come along); of: "
+        f"{', '.join(v.name for v in VARIANTS)}",
+    )
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight from the load client")
     parser.add_argument("--channels", type=int, default=4, help="connections of the load client")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.warmup = args.warmup_seconds
+    try:
+        args.variants = chosen(args.variants)
+    except ValueError as exc:
+        parser.error(str(exc))
     args.seconds = args.seconds or (2.0 if args.quick else 5.0)
     args.check_rounds = 1 if args.quick else 2
     if not (1 if args.quick else 3) <= args.rounds <= 50:
@@ -652,7 +679,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="rideshare-bench-features-") as workdir:
         runs, evidence = measure(args, Path(workdir))
     print()
-    print(report(runs, args.rounds))
+    print(report(runs, args.rounds, args.variants))
     print("\ntelemetry recorded:\n  " + "\n  ".join(evidence))
     print(f"\n{time.monotonic() - started:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
 
