@@ -40,7 +40,10 @@ from .traffic import check_methods, is_safe_to_retry, method_timeouts, service_c
 __all__ = ["Clients", "is_safe_to_retry", "service_config", "service_descriptor_of"]
 
 if TYPE_CHECKING:
-    from .telemetry import ClientProbe, Telemetry
+    from .telemetry import ClientProbe, Outgoing, Telemetry
+
+#: Headers a client span's own replace (tracing.headers_of).
+_TRACE_HEADERS = ("traceparent", "tracestate")
 
 StubT = TypeVar("StubT")
 
@@ -82,22 +85,30 @@ class _Propagate(grpc.aio.UnaryUnaryClientInterceptor):
         return default if configured is None else configured
 
     def _details(
-        self, details: grpc.aio.ClientCallDetails, default: float | None
+        self,
+        details: grpc.aio.ClientCallDetails,
+        default: float | None,
+        outgoing: Outgoing | None = None,
     ) -> grpc.aio.ClientCallDetails:
+        """The call's details with its timeout, the served call's headers and the trace's, built once."""
         timeout = default if details.timeout is None else details.timeout
         call = current_call.get()
-        if call is None:
-            return grpc.aio.ClientCallDetails(
-                details.method, timeout, details.metadata, details.credentials, details.wait_for_ready
-            )
-        remaining = call.time_remaining()
-        if remaining is not None:
-            timeout = max(0.0, remaining if timeout is None else min(remaining, timeout))
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        present = {key for key, _ in metadata}
-        for key, value in call.propagated:
-            if key not in present:
-                metadata.add(key, value)
+        propagated: Sequence[tuple[str, str]] = ()
+        if call is not None:
+            remaining = call.time_remaining()
+            if remaining is not None:
+                timeout = max(0.0, remaining if timeout is None else min(remaining, timeout))
+            propagated = call.propagated
+        trace = outgoing.headers if outgoing is not None else ()
+        metadata = details.metadata
+        if propagated or trace:
+            # The trace headers replace what the call or the served one carried: they name the
+            # client span (or the current trace), the parent the next hop must see.
+            replaced = _TRACE_HEADERS if trace else ()
+            items = [(key, value) for key, value in metadata or () if key not in replaced]
+            present = {key for key, _ in items}
+            items += [(k, v) for k, v in propagated if k not in present and k not in replaced]
+            metadata = grpc.aio.Metadata(*items, *trace)
         return grpc.aio.ClientCallDetails(
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )
@@ -110,17 +121,23 @@ class _Propagate(grpc.aio.UnaryUnaryClientInterceptor):
             keyed.CopyFrom(request)
             keyed.request_id = str(uuid.uuid4())
             request = keyed
-        details = self._details(client_call_details, self._default(client_call_details.method, self.timeout))
-        if self.probe is not None:
-            return await self.probe.unary(continuation, details, request)
+        method = client_call_details.method
+        probe = self.probe
+        outgoing = probe.begin(method, timed=True) if probe is not None else None
+        details = self._details(client_call_details, self._default(method, self.timeout), outgoing)
+        if probe is not None and outgoing is not None:
+            return await probe.unary(continuation, details, request, outgoing)
         return await continuation(details, request)
 
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         # A stream (StreamNotifications) lives as long as its reader wants: no default
         # timeout, only the served call's deadline or the caller's own (or [client.methods]).
-        details = self._details(client_call_details, self._default(client_call_details.method, None))
-        if self.probe is not None:
-            return await self.probe.stream(continuation, details, request)
+        method = client_call_details.method
+        probe = self.probe
+        outgoing = probe.begin(method, timed=False) if probe is not None else None
+        details = self._details(client_call_details, self._default(method, None), outgoing)
+        if probe is not None and outgoing is not None:
+            return await probe.stream(continuation, details, request, outgoing)
         return await continuation(details, request)
 
     async def intercept_stream_unary(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -282,6 +282,17 @@ class _ClientMethod:
         )
 
 
+class Outgoing:
+    """A call `ClientProbe.begin` started: what it records into, its span, the headers that carry it."""
+
+    __slots__ = ("bound", "headers", "span")
+
+    def __init__(self, bound: _ClientMethod, span: Any, headers: Sequence[tuple[str, str]]) -> None:
+        self.bound = bound
+        self.span = span
+        self.headers = headers
+
+
 class ClientProbe:
     """Records the calls made on one channel (to one target service), per method."""
 
@@ -306,22 +317,22 @@ class ClientProbe:
         self.methods[method] = bound
         return bound
 
-    def _start(self, bound: _ClientMethod, details: grpc.aio.ClientCallDetails) -> tuple[Any, Any]:
+    def begin(self, method: bytes | str, timed: bool) -> Outgoing | None:
+        """An outgoing call to `method` starts (None: plumbing, not recorded).
+
+        Its `headers` (the trace context: a client span's, or the current one
+        when the trace is not recorded) must go in the call's metadata, in place
+        of any `traceparent`/`tracestate` there; client.py builds that metadata
+        once for these and the headers it propagates. Then `unary` or `stream`.
+        """
+        bound = self._method(method, timed)
+        if bound is None:
+            return None
         tracing = self.telemetry.tracing
         if tracing is None:
-            return None, details
+            return Outgoing(bound, None, ())
         span, headers = tracing.client_span(bound.name, bound.attributes)
-        if (
-            span is None
-            and details.metadata is not None
-            and details.metadata.get("traceparent") == headers[0][1]
-        ):
-            return None, details  # an unrecorded trace, already passed on as it came in
-        kept = [(k, v) for k, v in (details.metadata or ()) if k not in ("traceparent", "tracestate")]
-        metadata = grpc.aio.Metadata(*kept, *headers)
-        return span, grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
+        return Outgoing(bound, span, headers)
 
     def _record(self, bound: _ClientMethod, span: Any, code: grpc.StatusCode, elapsed: float | None) -> None:
         if bound.series is not None:
@@ -330,13 +341,14 @@ class ClientProbe:
             end_span(span, code.name, code in FAILURE_CODES)
 
     async def unary(
-        self, continuation: Callable[..., Awaitable[Any]], details: grpc.aio.ClientCallDetails, request: Any
+        self,
+        continuation: Callable[..., Awaitable[Any]],
+        details: grpc.aio.ClientCallDetails,
+        request: Any,
+        outgoing: Outgoing,
     ) -> Any:
-        """Runs the call to its end (so its code and time are known), then hands it back."""
-        bound = self._method(details.method, timed=True)
-        if bound is None:
-            return await continuation(details, request)
-        span, details = self._start(bound, details)
+        """Runs the call `begin` started to its end (so its code and time are known), then hands it back."""
+        bound, span = outgoing.bound, outgoing.span
         if bound.series is not None:
             bound.series.in_flight += 1
         started = time.perf_counter()
@@ -357,13 +369,14 @@ class ClientProbe:
             self._record(bound, span, code, time.perf_counter() - started)
 
     async def stream(
-        self, continuation: Callable[..., Awaitable[Any]], details: grpc.aio.ClientCallDetails, request: Any
+        self,
+        continuation: Callable[..., Awaitable[Any]],
+        details: grpc.aio.ClientCallDetails,
+        request: Any,
+        outgoing: Outgoing,
     ) -> Any:
-        """Counts a server stream when it ends; its span lasts as long as the stream."""
-        bound = self._method(details.method, timed=False)
-        if bound is None:
-            return await continuation(details, request)
-        span, details = self._start(bound, details)
+        """Counts a stream `begin` started when it ends; its span lasts as long as the stream."""
+        bound, span = outgoing.bound, outgoing.span
         if bound.series is not None:
             bound.series.in_flight += 1
         try:

@@ -17,6 +17,7 @@ from services.mesh.client import Clients, _Propagate, is_safe_to_retry, service_
 from services.mesh.config import ClientConfig, RetryConfig
 from services.mesh.errors import ConfigError, Unavailable
 from services.mesh.server import Service
+from services.mesh.telemetry import Outgoing, Telemetry
 
 from ..conftest import with_port
 
@@ -248,10 +249,10 @@ def details(timeout=None, metadata=()):
     return grpc.aio.ClientCallDetails("/p.S/M", timeout, grpc.aio.Metadata(*metadata), None, None)
 
 
-def propagate(call: CallContext | None, outgoing, own: float | None = 20.0):
+def propagate(call: CallContext | None, outgoing, own: float | None = 20.0, trace=None):
     token = current_call.set(call)
     try:
-        return _Propagate(20.0)._details(outgoing, own)
+        return _Propagate(20.0)._details(outgoing, own, trace)
     finally:
         current_call.reset(token)
 
@@ -293,3 +294,17 @@ def test_propagated_headers_do_not_override_explicit_ones():
     out = propagate(call, details(metadata=[("x-request-id", "mine"), ("other", "1")]))
 
     assert sorted(out.metadata) == [("other", "1"), ("traceparent", "tp"), ("x-request-id", "mine")]
+
+
+def test_a_client_spans_trace_headers_replace_the_served_calls_and_the_callers_own(mesh_config):
+    """The next hop's parent is the client span; everything else is passed on once."""
+    served = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    span = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+    call = CallContext("/x", None, (("x-request-id", "r1"), ("traceparent", served), ("tracestate", "a=1")))
+    probe = Telemetry(mesh_config, "test").client_probe("passengers")
+    assert probe is not None
+    outgoing = Outgoing(probe._method("/p.S/M", timed=True), None, [("traceparent", span)])
+
+    out = propagate(call, details(metadata=[("traceparent", "mine"), ("other", "1")]), trace=outgoing)
+
+    assert sorted(out.metadata) == [("other", "1"), ("traceparent", span), ("x-request-id", "r1")]

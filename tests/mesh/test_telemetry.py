@@ -16,7 +16,7 @@ from rideshare.passengers.v1 import passengers_pb2 as pb
 from rideshare.passengers.v1 import passengers_pb2_grpc
 
 from services.mesh import log, telemetry
-from services.mesh.client import Clients
+from services.mesh.client import Clients, _Propagate
 from services.mesh.config import MeshConfig, TelemetryConfig
 from services.mesh.http_telemetry import HttpTracing
 from services.mesh.telemetry import Telemetry, caller_from_user_agent
@@ -409,7 +409,9 @@ def test_a_client_stream_is_counted_when_it_ends_and_not_timed(mesh_config, loop
 
     method = b"/rideshare.notifications.v1.NotificationService/StreamNotifications"
     details = grpc.aio.ClientCallDetails(method, None, grpc.aio.Metadata(), None, None)
-    assert loop.call(probe.stream(continuation, details, None)) is stream
+    outgoing = probe.begin(method, timed=False)
+    assert outgoing is not None
+    assert loop.call(probe.stream(continuation, details, None, outgoing)) is stream
     labels = {
         "caller": "gateway",
         "service": "notifications",
@@ -440,5 +442,6 @@ def test_health_checks_and_reflection_are_not_traffic(mesh_config, loop):
     async def continuation(details, request):
         return "the call"
 
-    assert loop.call(probe.unary(continuation, details, None)) == "the call"
+    assert probe.begin(details.method, timed=True) is None
+    assert loop.call(_Propagate(5.0, probe).intercept_unary_unary(continuation, details, None)) == "the call"
     assert 'grpc_method="Check"' not in generate_latest(caller.metrics.registry).decode()
