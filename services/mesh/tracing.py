@@ -90,16 +90,18 @@ class Tracing:
         """Starts the span of a served call, continuing the caller's trace, and makes it current.
 
         The span is None when the trace is not recorded; its context is current all the same
-        (a remote parent's, or a new trace made when first asked for), so log lines and
+        (the caller's, or a new trace's, made when first asked for), so log lines and
         downstream calls carry it.
         """
-        parent = remote_parent(traceparent, tracestate) if traceparent is not None else None
-        parent_context = trace.get_current_span(parent).get_span_context() if parent is not None else None
-        if not self._sampled(parent_context):
-            if parent is None:
-                # Most calls start an unrecorded trace: its ids are made when first asked for.
-                return None, _unminted.set([None])
-            return None, otel_context.attach(parent)
+        remote = parse_traceparent(traceparent) if traceparent is not None else None
+        if remote is not None and not remote[2] & 1:
+            # The caller does not record this trace, so neither do we (W3C `sampled` flag): its
+            # context is made when first asked for, like an unrecorded new trace's.
+            return None, _unminted.set([None, remote, tracestate])
+        if remote is None and not self._sampled(None):
+            # Most calls start an unrecorded trace: its ids are made when first asked for.
+            return None, _unminted.set([None, None, None])
+        parent = _parent(remote, tracestate) if remote is not None else None
         span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
         return span, otel_context.attach(trace.set_span_in_context(span))
 
@@ -121,15 +123,20 @@ class Tracing:
         self.provider.shutdown()
 
 
-_unminted: contextvars.ContextVar[list[SpanContext | None] | None] = contextvars.ContextVar(
+_Remote = tuple[int, int, int]
+"""A parsed `traceparent`: trace id, parent span id, flags."""
+
+_unminted: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
     "rideshare_unminted_trace", default=None
 )
-"""The served call's unrecorded new trace, made on first use (`_unminted_context`).
+"""The served call's unrecorded trace, its context made on first use (`_unminted_context`):
+`[SpanContext | None, the caller's parsed traceparent or None, its tracestate or None]`.
 
-Minting ids and making them the current OpenTelemetry context cost ~12 us a
-call in place (docs/benchmarks.md, section 3), though most calls never log a
-line or call further; so a call that starts an unrecorded trace only gets
-this empty slot, and the first log line or outgoing call fills it in.
+Minting ids, or building the caller's context, and making it the current
+OpenTelemetry context cost ~12 us a call in place (docs/benchmarks.md,
+section 3), though most calls never log a line or call further; so a call
+whose trace is not recorded only gets this slot, and the first log line or
+outgoing call fills it in: the caller's context when it sent one, else a new trace.
 """
 
 
@@ -137,9 +144,10 @@ def _unminted_context() -> SpanContext | None:
     slot = _unminted.get()
     if slot is None:
         return None
-    context = slot[0]
+    context: SpanContext | None = slot[0]
     if context is None:
-        context = slot[0] = new_trace()
+        remote = slot[1]
+        context = slot[0] = new_trace() if remote is None else _remote_context(remote, slot[2])
     return context
 
 
@@ -150,11 +158,9 @@ def new_trace() -> SpanContext:
     )
 
 
-def remote_parent(traceparent: str, tracestate: str | None) -> Context | None:
-    """The caller's span from its W3C headers; None when `traceparent` is not valid (a new trace starts).
-
-    The propagator's `extract` does the same with a regex, at twice the cost.
-    """
+def parse_traceparent(traceparent: str) -> _Remote | None:
+    """(trace id, parent span id, flags) from a W3C `traceparent`; None when it is not valid
+    (a new trace starts). The propagator's `extract` does the same with a regex, at twice the cost."""
     if len(traceparent) != 55 or traceparent[2] != "-" or traceparent[35] != "-" or traceparent[52] != "-":
         return None
     try:
@@ -166,11 +172,26 @@ def remote_parent(traceparent: str, tracestate: str | None) -> Context | None:
         return None
     if version == 255 or not trace_id or not span_id:
         return None
+    return trace_id, span_id, flags
+
+
+def _remote_context(remote: _Remote, tracestate: str | None) -> SpanContext:
+    trace_id, span_id, flags = remote
     state = TraceState.from_header([tracestate]) if tracestate else None
-    parent = SpanContext(
+    return SpanContext(
         trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1), trace_state=state
     )
-    return trace.set_span_in_context(NonRecordingSpan(parent))
+
+
+def _parent(remote: _Remote, tracestate: str | None) -> Context:
+    return trace.set_span_in_context(NonRecordingSpan(_remote_context(remote, tracestate)))
+
+
+def remote_parent(traceparent: str, tracestate: str | None) -> Context | None:
+    """The caller's span from its W3C headers, as an OpenTelemetry context; None when
+    `traceparent` is not valid (a new trace starts)."""
+    remote = parse_traceparent(traceparent)
+    return _parent(remote, tracestate) if remote is not None else None
 
 
 def headers_of(context: SpanContext) -> list[tuple[str, str]]:

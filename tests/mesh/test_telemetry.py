@@ -253,6 +253,25 @@ def test_an_unrecorded_new_trace_is_one_trace_for_the_logs_and_every_downstream_
     assert current_ids() is None
 
 
+def test_a_caller_that_does_not_record_its_trace_is_continued_unrecorded(mesh_config):
+    """Parent-based: the caller's `sampled` flag wins over our ratio, and its ids reach logs and next hops."""
+    tracing = Tracing(TelemetryConfig(sample_ratio=1.0), "trips", "i", mesh_config.data_dir)
+    unsampled = TRACEPARENT[:-2] + "00"
+    span, token = tracing.server_span("s.S/M", unsampled, "vendor=1", {})
+    try:
+        assert span is None
+        assert current_ids() == {"trace_id": TRACE_ID, "span_id": "00f067aa0ba902b7"}
+        client, headers = tracing.client_span("s.S/Other", {})
+        assert client is None
+        assert headers == [("traceparent", unsampled), ("tracestate", "vendor=1")]
+        assert current_traceparent() == unsampled
+    finally:
+        end_span(span, "OK", False, token)
+        tracing.shutdown()
+    assert current_ids() is None
+    assert not trace_file(mesh_config.data_dir, "trips").exists()
+
+
 @pytest.mark.parametrize(
     "header",
     [
