@@ -409,10 +409,17 @@ def peer_spiffe_id(context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
     if seen is not None and seen[0] is context:
         return seen[1]
     spiffe = b""
-    names = context.peer_identities()
-    if names and context.peer_identity_key() == "x509_subject_alternative_name":
+    names = list(context.peer_identities() or ())  # a list already: the copy is ~0.1 us
+    if names:
         uris = [name for name in names if b"://" in name]
-        if len(uris) == 1 and uris[0].startswith(b"spiffe://"):
+        # The names are the SANs, or the common name of a certificate that has none: one value
+        # (grpc takes the first CN). So two or more names are SANs, and only a lone name needs
+        # `peer_identity_key()` asked (another ~1.6 us in place) to tell which it is.
+        if (
+            len(uris) == 1
+            and uris[0].startswith(b"spiffe://")
+            and (len(names) > 1 or context.peer_identity_key() == "x509_subject_alternative_name")
+        ):
             spiffe = uris[0]
     _peer.set((context, spiffe))
     return spiffe

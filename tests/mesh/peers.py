@@ -8,18 +8,25 @@ class Peer:
 
     `Peer(spiffe)` is a certificate our CA would issue (that SPIFFE id, a DNS
     name, localhost, 127.0.0.1); `Peer(None)` a plaintext caller; `sans`
-    gives the names outright. `reads` counts how often the peer was asked.
+    gives the names outright, `common_name` makes a certificate without any.
+    `reads` counts how often the peer was asked.
     """
 
-    def __init__(self, spiffe: str | bytes | None, sans: list[bytes] | None = None) -> None:
+    def __init__(
+        self, spiffe: str | bytes | None, sans: list[bytes] | None = None, common_name: bytes | None = None
+    ) -> None:
         uri = spiffe.encode() if isinstance(spiffe, str) else spiffe
         issued = [uri, b"x.rideshare.local", b"localhost", b"127.0.0.1"] if uri else None
         self.sans = sans if sans is not None else issued
+        self.common_name = common_name
+        """Of a certificate without SANs: grpc then names the peer by it."""
         self.reads = 0
 
     def peer_identities(self) -> list[bytes] | None:
         self.reads += 1
-        return self.sans
+        return self.sans or ([self.common_name] if self.common_name else None)
 
     def peer_identity_key(self) -> str | None:
-        return "x509_subject_alternative_name" if self.sans else None
+        if self.sans:
+            return "x509_subject_alternative_name"
+        return "x509_common_name" if self.common_name else None

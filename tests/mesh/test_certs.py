@@ -379,3 +379,11 @@ def test_the_peer_of_a_call_is_read_once_however_often_it_is_asked():
 )
 def test_a_certificate_without_exactly_one_spiffe_uri_names_nobody(sans):
     assert certs.peer_spiffe_id(Peer(None, sans=sans)) == b""
+
+
+def test_a_spiffe_id_counts_only_as_a_subject_alternative_name():
+    """A lone name is either the one SAN (SPIRE's URI-only SVIDs) or a common name: grpc's key tells."""
+    trips = b"spiffe://rideshare.local/service/trips"
+
+    assert certs.peer_spiffe_id(Peer(None, sans=[trips])) == trips
+    assert certs.peer_spiffe_id(Peer(None, sans=[], common_name=trips)) == b""
