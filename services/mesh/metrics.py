@@ -7,9 +7,9 @@ child guards each update with a lock and runs its checks in Python, and the
 five updates of a call cost ~2 us in a loop (~8 us in place) against ~0.3 us
 here, which is a few per cent of a call's CPU (docs/benchmarks.md, section 3).
 Prometheus-client still owns the registry, the exposition format and the
-process metrics: `_Collector` turns the series into metric families when
-/metrics is read, the collector interface the library documents for
-exactly this ("custom collectors").
+process metrics: `Metrics` is registered as a collector and turns the series
+into metric families when /metrics is read, the interface the library
+documents for exactly this ("custom collectors").
 
 Updates come from one thread, the process's event loop (grpc.aio servers,
 interceptors and the gateway all run there), so no lock is needed on the call
@@ -120,13 +120,13 @@ CLIENT = _Side(
 
 
 class Metrics:
-    """The call metrics of one process, on a registry of its own (with the process collector)."""
+    """The call metrics of one process, and the collector of its registry (with the process one)."""
 
     def __init__(self) -> None:
+        self._series: dict[_Side, dict[tuple[str, ...], Series]] = {SERVER: {}, CLIENT: {}}
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)  # process_start_time_seconds: rates "since start"
-        self._series: dict[_Side, dict[tuple[str, ...], Series]] = {SERVER: {}, CLIENT: {}}
-        self.registry.register(_Collector(self))
+        self.registry.register(self)
 
     def server(self, service: str, grpc_service: str, grpc_method: str, timed: bool) -> Series:
         """The series of a served method (one per labels: asking twice gives the same one)."""
@@ -142,7 +142,8 @@ class Metrics:
             found = self._series[side][labels] = Series(labels, timed)
         return found
 
-    def families(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Metric]:
+        """The call families, as the registry asks for them at each scrape."""
         for side, by_labels in self._series.items():
             yield from _families(side, list(by_labels.values()))
 
@@ -166,13 +167,3 @@ def _families(side: _Side, series: list[Series]) -> Iterator[Metric]:
     yield calls
     yield latency
     yield in_flight
-
-
-class _Collector:
-    """What the registry asks for the call families at each scrape."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        return self.metrics.families()
