@@ -46,6 +46,11 @@ _RST_TO_CODE = {
 }
 
 
+def _grpc_message(body: bytes) -> bytes:
+    """A gRPC length-prefixed message: not compressed, 4-byte length, the bytes."""
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
 def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
 
@@ -384,11 +389,8 @@ class Connection(asyncio.Protocol):
         if body is None:
             self._send(headers)
             return stream
-        message = b"\x00" + len(body).to_bytes(4, "big") + body
-        size = len(message)
-        if size <= min(stream.send_window, self.send_window, self.peer_max_frame):
-            stream.send_window -= size
-            self.send_window -= size
+        message = _grpc_message(body)
+        if self._debit(stream, len(message)):
             self._send(headers + _frame(_DATA, _END_STREAM, stream_id, message))
             return stream
         self._send(headers)
@@ -416,14 +418,20 @@ class Connection(asyncio.Protocol):
         """One more request message on a stream opened without a body (waits for window)."""
         if stream.closed:
             return
-        message = b"\x00" + len(body).to_bytes(4, "big") + body
-        size = len(message)
-        if size <= min(stream.send_window, self.send_window, self.peer_max_frame) and not self.paused:
-            stream.send_window -= size
-            self.send_window -= size
+        message = _grpc_message(body)
+        if not self.paused and self._debit(stream, len(message)):
             self._send(_frame(_DATA, 0, stream.id, message))
             return
         await self._send_data(stream, message, deadline, end=False)
+
+    def _debit(self, stream: Stream, size: int) -> bool:
+        """Take `size` bytes of the stream's and the connection's send windows if a whole
+        message fits in them and in one frame now (the one-write path); else take nothing."""
+        if size > min(stream.send_window, self.send_window, self.peer_max_frame):
+            return False
+        stream.send_window -= size
+        self.send_window -= size
+        return True
 
     def end_requests(self, stream: Stream) -> None:
         """The client is done sending on a stream opened without a body (half-close)."""
