@@ -66,8 +66,9 @@ from bench.unary import (
     start_server,
     stop_server,
 )
-from services.mesh import Runtime, Service, certs
-from services.mesh.config import MeshConfig, load_config
+from services.mesh import certs
+from services.runtime import Runtime, Service, identity
+from services.runtime.config import MeshConfig, load_config
 
 METHOD = "/rideshare.passengers.v1.PassengerService/GetPassenger"
 #: The load client's identity with TLS on (the `mesh` tool's certificate).
@@ -287,9 +288,9 @@ def channel_to(target: Target, identity: str | None) -> Iterator[passengers_pb2_
     config = target.mesh()
     address = f"127.0.0.1:{target.port}"
     if config.tls.enabled and identity is not None:
-        credentials = certs.load(config, identity).channel_credentials()
+        credentials = identity.load(config, identity).channel_credentials()
         channel = grpc.secure_channel(
-            address, credentials, options=certs.channel_options(config, target.service)
+            address, credentials, options=identity.channel_options(config, target.service)
         )
     else:
         channel = grpc.insecure_channel(address)
@@ -463,7 +464,7 @@ class Tally:
 async def drive(args: argparse.Namespace) -> dict[str, Any]:
     """The load client's work: warm up, say `measuring`, count the OK calls of `--seconds`."""
     config = load_config(args.config, env={})
-    credentials = certs.channel_credentials(config, CLIENT_IDENTITY)
+    credentials = identity.channel_credentials(config, CLIENT_IDENTITY)
     address = f"127.0.0.1:{args.port}"
     channels = []
     for number in range(args.channels):
@@ -472,7 +473,7 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
         if credentials is None:
             channels.append(grpc.aio.insecure_channel(address, options=options))
         else:
-            options += certs.channel_options(config, args.service)
+            options += identity.channel_options(config, args.service)
             channels.append(grpc.aio.secure_channel(address, credentials, options=options))
     calls: list[Any] = [c.unary_unary(METHOD) for c in channels]  # no serializers: bytes in and out
     request = GetPassengerRequest(name=args.name).SerializeToString()

@@ -33,13 +33,13 @@ import grpc
 from rideshare.passengers.v1 import passengers_pb2, passengers_pb2_grpc
 from rideshare.passengers.v1.passengers_pb2 import GetPassengerRequest, Passenger
 
-from services.mesh import aip, calls, log
-from services.mesh.config import MeshConfig, load_config
-from services.mesh.server import SERVER_OPTIONS, MeshServer, Runtime, _Capture, load_services
-from services.mesh.storage import Database
-from services.mesh.validation import RequestValidator, ResourceRegistry
 from services.passengers.servicer import PassengerServicer
 from services.passengers.store import MIGRATIONS, SqlitePassengerStore
+from services.runtime import aip, calls, log
+from services.runtime.config import MeshConfig, load_config
+from services.runtime.server import SERVER_OPTIONS, MeshServer, Runtime, _Capture, load_services
+from services.runtime.storage import Database
+from services.runtime.validation import RequestValidator, ResourceRegistry
 
 VARIANTS = ("runtime", "aio", "sync", "sync-wrapped")
 SERVICE = passengers_pb2.DESCRIPTOR.services_by_name["PassengerService"]

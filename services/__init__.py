@@ -1,1 +1,1 @@
-"""The rideshare services and the runtime they share (`services.mesh`)."""
+"""The rideshare services and the runtime they share (`services.runtime`)."""

@@ -20,8 +20,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from rideshare.passengers.v1 import passengers_pb2_grpc
 
-from services.mesh.config import MeshConfig, load_config
-from services.mesh.server import MeshServer, Runtime, Service, create_server
+from services.runtime.config import MeshConfig, load_config
+from services.runtime.server import MeshServer, Runtime, Service, create_server
 
 T = TypeVar("T")
 

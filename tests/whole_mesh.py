@@ -22,8 +22,8 @@ from rideshare.passengers.v1 import passengers_pb2_grpc
 from rideshare.payments.v1 import payments_pb2_grpc
 from rideshare.trips.v1 import trips_pb2_grpc
 
-from services.mesh.config import load_config
-from services.mesh.server import MeshServer, create_server
+from services.runtime.config import load_config
+from services.runtime.server import MeshServer, create_server
 from tests.conftest import Loop
 from tests.ports import free_ports
 

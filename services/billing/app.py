@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rideshare.billing.v1 import billing_pb2, billing_pb2_grpc
 
-from services.mesh import Runtime, Service
-from services.mesh.storage import Database
+from services.runtime import Runtime, Service
+from services.runtime.storage import Database
 
 from .servicer import BillingServicer
 from .store import MIGRATIONS, SqliteInvoiceStore

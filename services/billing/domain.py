@@ -7,9 +7,9 @@ import math
 from google.protobuf.duration_pb2 import Duration
 from rideshare.billing.v1.billing_pb2 import Invoice, QuoteFareRequest, QuoteFareResponse
 
-from services.mesh import geo, money
-from services.mesh.aip import new_id, now
-from services.mesh.errors import FieldViolation, InvalidArgument
+from services.domain import geo, money
+from services.runtime.aip import new_id, now
+from services.runtime.errors import FieldViolation, InvalidArgument
 
 from .tariff import Tariff
 

@@ -14,7 +14,7 @@ from rideshare.billing.v1.billing_pb2 import (
     QuoteFareResponse,
 )
 
-from services.mesh import aip
+from services.runtime import aip
 
 from . import domain
 from .store import InvoiceStore

@@ -15,9 +15,9 @@ from google.protobuf.message import Message
 from google.type.money_pb2 import Money
 from rideshare.billing.v1.billing_pb2 import Invoice
 
-from services.mesh.aip import timestamp_from_ns
-from services.mesh.errors import AlreadyExists, NotFound
-from services.mesh.storage import Database
+from services.runtime.aip import timestamp_from_ns
+from services.runtime.errors import AlreadyExists, NotFound
+from services.runtime.storage import Database
 
 MIGRATIONS = [
     """

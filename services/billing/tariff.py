@@ -1,6 +1,6 @@
 """The tariff: how a ride is priced, read from mesh.toml and checked when the service starts.
 
-    distance  = great-circle distance pickup -> dropoff           (services/mesh/geo.py)
+    distance  = great-circle distance pickup -> dropoff           (services/domain/geo.py)
     duration  = distance / average_speed_kmh, rounded half up to whole seconds
     fare      = base_fare + per_km x distance in km + per_minute x duration in minutes,
                 rounded half up to the cent (the minor unit of the currency)
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Any
 
-from services.mesh.config import ServiceConfig
-from services.mesh.errors import ConfigError
-from services.mesh.money import is_currency_code, parse_decimal, round_minor
+from services.domain.money import is_currency_code, parse_decimal, round_minor
+from services.runtime.config import ServiceConfig
+from services.runtime.errors import ConfigError
 
 DEFAULTS: Mapping[str, Any] = {
     "currency": "EUR",

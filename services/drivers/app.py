@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rideshare.drivers.v1 import drivers_pb2, drivers_pb2_grpc
 
-from services.mesh import Runtime, Service
-from services.mesh.storage import Database
+from services.runtime import Runtime, Service
+from services.runtime.storage import Database
 
 from .servicer import DriverServicer
 from .store import MIGRATIONS, SqliteDriverStore

@@ -26,9 +26,9 @@ from rideshare.drivers.v1.drivers_pb2 import (
     UpdateDriverRequest,
 )
 
-from services.mesh import geo
-from services.mesh.aip import apply_update_mask, new_id, now
-from services.mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from services.domain import geo
+from services.runtime.aip import apply_update_mask, new_id, now
+from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 UPDATABLE = ("display_name", "vehicle")
 MAX_DISPLAY_NAME = 100

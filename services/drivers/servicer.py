@@ -23,7 +23,7 @@ from rideshare.drivers.v1.drivers_pb2 import (
     UpdateDriverRequest,
 )
 
-from services.mesh import aip
+from services.runtime import aip
 
 from . import domain
 from .store import DriverStore

@@ -22,10 +22,10 @@ from google.protobuf.message import Message
 from google.type.latlng_pb2 import LatLng
 from rideshare.drivers.v1.drivers_pb2 import DRIVER_STATUS_AVAILABLE, Driver, Vehicle
 
-from services.mesh import geo
-from services.mesh.aip import timestamp_from_ns
-from services.mesh.errors import NotFound
-from services.mesh.storage import Database
+from services.domain import geo
+from services.runtime.aip import timestamp_from_ns
+from services.runtime.errors import NotFound
+from services.runtime.storage import Database
 
 MIGRATIONS = [
     """

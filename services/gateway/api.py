@@ -2,7 +2,7 @@
 
 - `from_generated()`: this project's generated modules (every
   `rideshare.*.v1.*_pb2` under `generated/`), with the proto comments from
-  `generated/rideshare/descriptors.binpb` (see `services.mesh.descriptors`);
+  `generated/rideshare/descriptors.binpb` (see `services.runtime.descriptors`);
 - `from_descriptor_set(path)`: a `protoc --include_imports --descriptor_set_out` file;
 - `from_reflection(channel)`: the upstream's gRPC server reflection service.
 
@@ -75,7 +75,7 @@ def generated_modules() -> list[str]:
 
 def from_generated(packages: Iterable[str] | None = None) -> Api:
     """This project's contracts; `packages` (e.g. `rideshare.passengers.v1`) narrows them."""
-    from services.mesh.descriptors import source_files
+    from services.runtime.descriptors import source_files
 
     wanted = None if packages is None else set(packages)
     files: list[d.FileDescriptor] = []

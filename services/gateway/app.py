@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 import grpc
 from google.protobuf.message import Message
 
-from services.mesh import log
+from services.runtime import log
 
 from . import errors, headers, transcode
 from .api import Api

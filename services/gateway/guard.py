@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 
 import grpc
 
-from services.mesh.config import RateLimitConfig
+from services.runtime.config import RateLimitConfig
 
 from .errors import HttpError
 from .keys import ApiKey, KeyStore

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.mesh.config import MeshConfig
-from services.mesh.storage import Database
+from services.runtime.config import MeshConfig
+from services.runtime.storage import Database
 
 PREFIX = "rk_"
 _CHECK_EVERY = 0.1

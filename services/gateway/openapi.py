@@ -19,7 +19,7 @@ from typing import Any
 from google.api import field_behavior_pb2, resource_pb2
 from google.protobuf import descriptor as d
 
-from services.mesh.validation import ResourceRegistry, pattern_regex
+from services.runtime.validation import ResourceRegistry, pattern_regex
 
 from . import comments
 from . import fields as f

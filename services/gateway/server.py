@@ -17,22 +17,22 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
 import uvicorn
 from google.protobuf import descriptor_pb2
 
-from services.mesh import log
-from services.mesh.config import MeshConfig, load_config
-from services.mesh.errors import ConfigError
-from services.mesh.http_telemetry import HttpTracing, MeshPage, gateway_telemetry
-from services.mesh.telemetry import Telemetry
+from services.gateway.telemetry import HttpTracing, gateway_telemetry
+from services.runtime import log
+from services.runtime.config import MeshConfig, load_config
+from services.runtime.errors import ConfigError
+from services.runtime.telemetry import Telemetry
 
 from . import api as api_module
 from . import openapi, routes, upstream_tls
-from .app import Gateway, Settings
+from .app import Gateway, Page, Settings
 from .guard import KeyGuard
 from .keys import KeyStore
 from .pages import pages
@@ -56,6 +56,8 @@ class Options:
     upstream_cert: str | None = None
     upstream_key: str | None = None
     upstream_server_name: str | None = None
+    pages: Callable[[MeshConfig], Mapping[str, Page]] | None = None
+    """More pages to serve in mesh mode, made from the config (`mesh gateway` adds `/mesh`)."""
 
     def tls(self, config: MeshConfig) -> UpstreamTls | None:
         """How to reach the `--upstream`s (upstream_tls.py); None: cleartext."""
@@ -110,7 +112,7 @@ async def build(
 ) -> tuple[Gateway, Closer]:
     """The application and how to release what it holds (channels, databases).
 
-    `telemetry` (services/mesh/http_telemetry.py) counts and traces the calls made into the mesh.
+    `telemetry` (services/gateway/telemetry.py) counts and traces the calls made into the mesh.
     """
     tls = options.tls(config) if options.upstreams else None
     loaded, served = await load_api(options, config, tls)
@@ -134,8 +136,8 @@ async def build(
         sse_keepalive=config.gateway.sse_keepalive,
     )
     docs = pages(openapi.document(loaded, table, api_keys=options.auth))
-    if not options.upstreams:
-        docs["/mesh"] = MeshPage(config)  # the live call graph (services/mesh/graph.py)
+    if not options.upstreams and options.pages is not None:
+        docs.update(options.pages(config))
     guard: KeyGuard | None = None
     if options.auth:
         store = KeyStore.open(config)

@@ -1,7 +1,7 @@
 """The gRPC side: a prepared call per RPC, on whatever reaches the service that serves it.
 
 Inside the mesh the calls go through the mesh client's grpc.aio channels
-(`services.mesh.client.Clients`: TLS, round robin over replicas, health-aware
+(`services.runtime.client.Clients`: TLS, round robin over replicas, health-aware
 routing, retries on UNAVAILABLE for safe methods, the mesh's default
 deadlines, telemetry). In front of other servers (`--upstream HOST:PORT`) they
 go through the bridge's own HTTP/2 client (`wire.py`), with the mesh's retry
@@ -29,10 +29,10 @@ from google.protobuf import descriptor as d
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2
 
-from services.mesh.client import Clients, is_safe_to_retry
-from services.mesh.config import MeshConfig, RetryBudgetConfig, RetryConfig
-from services.mesh.errors import ConfigError
-from services.mesh.telemetry import Telemetry
+from services.runtime.client import Clients, is_safe_to_retry
+from services.runtime.config import MeshConfig, RetryBudgetConfig, RetryConfig
+from services.runtime.errors import ConfigError
+from services.runtime.telemetry import Telemetry
 
 from . import wire
 from .api import Api

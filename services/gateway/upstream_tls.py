@@ -9,7 +9,7 @@ here from the same files, so they trust and present the same things:
   sends it as SNI) instead of the host of the address;
 - `--upstream-cert FILE --upstream-key FILE`: present a client certificate;
 - with none of these and `[tls] enabled = true` in the mesh file: the mesh's
-  CA and the gateway's own identity (certs.py), so the bridge can front the
+  CA and the gateway's own identity (services/runtime/identity.py), so the bridge can front the
   mesh's services by address.
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import grpc
 
-from services.mesh import certs
-from services.mesh.config import MeshConfig
-from services.mesh.errors import ConfigError
+from services.runtime import identity as mesh_identity
+from services.runtime.config import MeshConfig
+from services.runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def settings(
             )
         if not config.tls.enabled:
             return None
-        identity = certs.load(config, "gateway")  # the mesh's own: its CA, the gateway's certificate
+        identity = mesh_identity.load(config, "gateway")  # the mesh's own: its CA, the gateway's certificate
         return UpstreamTls(identity.ca, identity.cert, identity.key, server_name)
     found = UpstreamTls(
         _read("--upstream-ca", ca) if ca is not None else None,

@@ -1,29 +1,6 @@
-"""The runtime every rideshare service uses, and the `mesh` command.
+"""The `mesh` command: the operator's tools, above the runtime and the gateway.
 
-A service package needs only a `create(runtime) -> Service` function in its
-`app` module; the runtime gives it config, storage, clients to other services,
-validation, errors, logging, health, reflection and graceful shutdown.
+`mesh up` (supervisor), `mesh status`, `mesh stats` and `mesh graph`, `mesh certs`
+(the only code that holds the CA's key), `mesh generate` and `mesh lint-protos`.
+Nothing in the runtime (services/runtime) or the gateway imports this package.
 """
-
-from .errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    MeshError,
-    NotFound,
-    Unavailable,
-)
-from .server import Runtime, Service
-
-__all__ = [
-    "AlreadyExists",
-    "FailedPrecondition",
-    "FieldViolation",
-    "InvalidArgument",
-    "MeshError",
-    "NotFound",
-    "Runtime",
-    "Service",
-    "Unavailable",
-]

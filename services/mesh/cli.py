@@ -24,8 +24,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import MeshConfig, load_config
-from .errors import ConfigError
+from services.runtime.config import MeshConfig, load_config
+from services.runtime.errors import ConfigError
 
 
 def _config(args: argparse.Namespace) -> MeshConfig:
@@ -33,8 +33,9 @@ def _config(args: argparse.Namespace) -> MeshConfig:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from services.runtime.traffic import check_methods
+
     from .supervisor import Supervisor
-    from .traffic import check_methods
 
     config = _config(args)
     names = [n.strip() for n in args.only.split(",")] if args.only else [*config.services, "gateway"]
@@ -59,24 +60,28 @@ def _gateway_notes(config: MeshConfig) -> list[str]:
 
 def _ensure_certs(config: MeshConfig) -> None:
     """With TLS on, `mesh up` first makes what `mesh certs` would (a first run, a new service)."""
+    from services.runtime import identity
+
     from . import certs
 
     changed = [o for o in certs.ensure(config) if o.action != "kept"]
     if changed:
         done = ", ".join(f"{o.name} ({o.action})" for o in changed)
-        print(f"mesh: certificates in {certs.directory(config)}: {done}", flush=True)
+        print(f"mesh: certificates in {identity.directory(config)}: {done}", flush=True)
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
+    from services.runtime import identity
+
     from . import certs
 
     config = _config(args)
-    root = Path(args.dir).resolve() if args.dir else certs.directory(config)
+    root = Path(args.dir).resolve() if args.dir else identity.directory(config)
     print(certs.report(root, certs.ensure(config, root, force=args.force)))
     if not config.tls.enabled:
         print("tls is off in the mesh file; set [tls] enabled = true to use these certificates")
-    elif root != certs.directory(config):
-        print(f"note: the mesh reads its certificates from {certs.directory(config)} (tls.dir)")
+    elif root != identity.directory(config):
+        print(f"note: the mesh reads its certificates from {identity.directory(config)} (tls.dir)")
     return 0
 
 
@@ -89,7 +94,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from services.runtime.server import serve
 
     return serve(args.name, args.config, args.port, args.replica)
 
@@ -113,6 +118,8 @@ def cmd_lint_protos(args: argparse.Namespace) -> int:
 def cmd_gateway(args: argparse.Namespace) -> int:
     from services.gateway.server import Options, main
 
+    from .graph import MeshPage
+
     options = Options(
         upstreams=args.upstream or (),
         descriptor_set=args.descriptor_set,
@@ -123,6 +130,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         upstream_cert=args.upstream_cert,
         upstream_key=args.upstream_key,
         upstream_server_name=args.upstream_server_name,
+        pages=lambda config: {"/mesh": MeshPage(config)},  # the live call graph
     )
     return main(args.config, options)
 

@@ -58,7 +58,7 @@ def generate(out: Path = GENERATED) -> None:
     fresh = Path(tempfile.mkdtemp(prefix=".generated-", dir=out.parent))
     try:
         _protoc([f"--python_out={fresh}", f"--pyi_out={fresh}", f"--grpc_python_out={fresh}"])
-        # Our protos with their comments, for reflection and docs (services/mesh/descriptors.py).
+        # Our protos with their comments, for reflection and docs (services/runtime/descriptors.py).
         _protoc(
             [
                 f"--descriptor_set_out={fresh / 'rideshare' / 'descriptors.binpb'}",

@@ -13,6 +13,7 @@ process once and compares with the previous render for the rates.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import math
 import threading
@@ -20,7 +21,8 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .config import MeshConfig
+from services.runtime.config import MeshConfig
+
 from .stats import QUANTILES, Golden, Report, Scrape, report, snapshot
 
 NODE_W, NODE_H = 180, 54
@@ -303,3 +305,15 @@ th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) {{ text-align: 
 <table><tr><th>from</th><th>to</th>{head}</tr>{edges}</table>
 </body></html>
 """
+
+
+class MeshPage:
+    """`GET /mesh`: the live call graph and golden metrics, a page that reloads itself."""
+
+    def __init__(self, config: MeshConfig) -> None:
+        self.config = config
+
+    async def __call__(self, path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        page = await asyncio.to_thread(render_mesh_page, self.config)
+        headers = [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")]
+        return 200, headers, page.encode("utf-8")

@@ -32,8 +32,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .config import MeshConfig
-from .telemetry import FAILURE_CODES, admin_port, gateway_admin_port
+from services.runtime.config import MeshConfig
+from services.runtime.telemetry import FAILURE_CODES, admin_port, gateway_admin_port
 
 SCRAPE_TIMEOUT = 2.0
 QUANTILES = (0.5, 0.95, 0.99)

@@ -38,9 +38,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from . import certs, health
-from .config import MeshConfig, ServiceConfig, SupervisorConfig
-from .replicas import Replica, replicas_of
+from services.runtime import health, identity
+from services.runtime.config import MeshConfig, ServiceConfig, SupervisorConfig
+from services.runtime.replicas import Replica, replicas_of
 
 START_TIMEOUT = 30.0
 GATEWAY = "gateway"
@@ -622,8 +622,8 @@ def _health(config: MeshConfig, name: str, address: str, timeout: float = 1.0) -
     """A member's health; with TLS on, asked as the `mesh` identity of a member that proves its name."""
     if name == GATEWAY:
         return gateway_health(address, timeout)
-    credentials = certs.channel_credentials(config, "mesh")
-    server = certs.server_name(config, name)
+    credentials = identity.channel_credentials(config, "mesh")
+    server = identity.server_name(config, name)
     return health.check(address, timeout=timeout, credentials=credentials, server_name=server)
 
 

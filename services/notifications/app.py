@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from rideshare.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 
-from services.mesh import Runtime, Service
-from services.mesh.errors import ConfigError
-from services.mesh.storage import Database
+from services.runtime import Runtime, Service
+from services.runtime.errors import ConfigError
+from services.runtime.storage import Database
 
 from .broker import DEFAULT_QUEUE_SIZE, Broker
 from .feed import DEFAULT_POLL_INTERVAL, Feed

@@ -22,7 +22,7 @@ from types import TracebackType
 
 from rideshare.notifications.v1.notifications_pb2 import Notification
 
-from services.mesh.errors import MeshError, ResourceExhausted, Unavailable
+from services.runtime.errors import MeshError, ResourceExhausted, Unavailable
 
 DEFAULT_QUEUE_SIZE = 256
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rideshare.notifications.v1.notifications_pb2 import Notification
 
-from services.mesh.aip import new_id, now
-from services.mesh.errors import FieldViolation, InvalidArgument
+from services.runtime.aip import new_id, now
+from services.runtime.errors import FieldViolation, InvalidArgument
 
 MAX_TITLE = 100
 MAX_BODY = 1000

@@ -24,7 +24,7 @@ import contextlib
 
 from rideshare.notifications.v1.notifications_pb2 import Notification
 
-from services.mesh import log
+from services.runtime import log
 
 from .broker import Broker, Subscription
 from .store import NotificationStore

@@ -14,7 +14,7 @@ from rideshare.notifications.v1.notifications_pb2 import (
     StreamNotificationsRequest,
 )
 
-from services.mesh import aip
+from services.runtime import aip
 
 from . import domain
 from .feed import Feed

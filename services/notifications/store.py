@@ -8,8 +8,8 @@ from typing import Protocol
 from google.protobuf.message import Message
 from rideshare.notifications.v1.notifications_pb2 import Notification
 
-from services.mesh.aip import timestamp_from_ns
-from services.mesh.storage import Database
+from services.runtime.aip import timestamp_from_ns
+from services.runtime.storage import Database
 
 MIGRATIONS = [
     """

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rideshare.passengers.v1 import passengers_pb2, passengers_pb2_grpc
 
-from services.mesh import Runtime, Service
-from services.mesh.storage import Database
+from services.runtime import Runtime, Service
+from services.runtime.storage import Database
 
 from .servicer import PassengerServicer
 from .store import MIGRATIONS, SqlitePassengerStore

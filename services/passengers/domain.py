@@ -6,8 +6,8 @@ import re
 
 from rideshare.passengers.v1.passengers_pb2 import Passenger, UpdatePassengerRequest
 
-from services.mesh.aip import apply_update_mask, new_id, now
-from services.mesh.errors import FieldViolation, InvalidArgument
+from services.runtime.aip import apply_update_mask, new_id, now
+from services.runtime.errors import FieldViolation, InvalidArgument
 
 MAX_DISPLAY_NAME = 100
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s.]+$")

@@ -15,7 +15,7 @@ from rideshare.passengers.v1.passengers_pb2 import (
     UpdatePassengerRequest,
 )
 
-from services.mesh import aip
+from services.runtime import aip
 
 from . import domain
 from .store import PassengerStore

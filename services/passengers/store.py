@@ -10,9 +10,9 @@ from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import Message
 from rideshare.passengers.v1.passengers_pb2 import Passenger
 
-from services.mesh.aip import timestamp_from_ns
-from services.mesh.errors import AlreadyExists, NotFound
-from services.mesh.storage import Database
+from services.runtime.aip import timestamp_from_ns
+from services.runtime.errors import AlreadyExists, NotFound
+from services.runtime.storage import Database
 
 MIGRATIONS = [
     """

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rideshare.payments.v1 import payments_pb2, payments_pb2_grpc
 
-from services.mesh import Runtime, Service
-from services.mesh.storage import Database
+from services.runtime import Runtime, Service
+from services.runtime.storage import Database
 
 from .processor import SimulatedProcessor
 from .servicer import PaymentServicer

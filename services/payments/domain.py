@@ -6,9 +6,9 @@ from decimal import Decimal
 
 from rideshare.payments.v1.payments_pb2 import Payment, PaymentState
 
-from services.mesh import money
-from services.mesh.aip import new_id, now
-from services.mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from services.domain import money
+from services.runtime.aip import new_id, now
+from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 from .processor import Charge, Outcome
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from services.mesh import money
-from services.mesh.aip import new_id
-from services.mesh.storage import Database
+from services.domain import money
+from services.runtime.aip import new_id
+from services.runtime.storage import Database
 
 #: Always succeeds.
 CARD_VISA = "pm_card_visa"

@@ -13,7 +13,7 @@ from rideshare.payments.v1.payments_pb2 import (
     RefundPaymentRequest,
 )
 
-from services.mesh import aip
+from services.runtime import aip
 
 from . import domain
 from .store import PaymentStore

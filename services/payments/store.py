@@ -19,9 +19,9 @@ from google.protobuf.message import Message
 from google.type.money_pb2 import Money
 from rideshare.payments.v1.payments_pb2 import CreatePaymentRequest, Payment, PaymentState
 
-from services.mesh.aip import timestamp_from_ns
-from services.mesh.errors import NotFound
-from services.mesh.storage import Database
+from services.runtime.aip import timestamp_from_ns
+from services.runtime.errors import NotFound
+from services.runtime.storage import Database
 
 from . import domain
 from .processor import LEDGER_SCHEMA, Processor

@@ -6,9 +6,9 @@ import asyncio
 
 from rideshare.trips.v1 import trips_pb2, trips_pb2_grpc
 
-from services.mesh import Runtime, Service, log
-from services.mesh.errors import ConfigError, MeshError
-from services.mesh.storage import Database
+from services.runtime import Runtime, Service, log
+from services.runtime.errors import ConfigError, MeshError
+from services.runtime.storage import Database
 
 from .background import Background
 from .clients import Downstream

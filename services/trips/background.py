@@ -13,7 +13,7 @@ import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from services.mesh import log
+from services.runtime import log
 
 _log = log.get_logger("rideshare.trips.background")
 

@@ -44,9 +44,9 @@ from rideshare.passengers.v1.passengers_pb2 import GetPassengerRequest, Passenge
 from rideshare.payments.v1 import payments_pb2_grpc
 from rideshare.payments.v1.payments_pb2 import CreatePaymentRequest, GetPaymentRequest, Payment
 
-from services.mesh import log
-from services.mesh.client import Clients
-from services.mesh.errors import NotFound, Unavailable
+from services.runtime import log
+from services.runtime.client import Clients
+from services.runtime.errors import NotFound, Unavailable
 
 from .notices import Notice
 

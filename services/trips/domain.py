@@ -20,9 +20,9 @@ from rideshare.billing.v1.billing_pb2 import Invoice, QuoteFareResponse
 from rideshare.payments.v1.payments_pb2 import Payment, PaymentState
 from rideshare.trips.v1.trips_pb2 import RequestTripRequest, Trip, TripPaymentState, TripState
 
-from services.mesh.aip import new_id, now, timestamp_from_ns
-from services.mesh.errors import FailedPrecondition, InvalidArgument
-from services.mesh.geo import check_latlng
+from services.domain.geo import check_latlng
+from services.runtime.aip import new_id, now, timestamp_from_ns
+from services.runtime.errors import FailedPrecondition, InvalidArgument
 
 #: The internal state of a trip whose driver is still being matched; never returned.
 MATCHING = TripState.TRIP_STATE_UNSPECIFIED

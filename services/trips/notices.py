@@ -14,7 +14,7 @@ from google.type.latlng_pb2 import LatLng
 from rideshare.drivers.v1.drivers_pb2 import Driver
 from rideshare.trips.v1.trips_pb2 import Trip
 
-from services.mesh.money import format_money
+from services.domain.money import format_money
 
 from .domain import DECLINED
 

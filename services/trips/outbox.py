@@ -28,8 +28,8 @@ from typing import Protocol
 
 import grpc
 
-from services.mesh import log
-from services.mesh.tracing import continued
+from services.runtime import log
+from services.runtime.tracing import continued
 
 from .background import Background
 from .notices import Notice

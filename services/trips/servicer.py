@@ -16,7 +16,7 @@ from rideshare.trips.v1.trips_pb2 import (
     Trip,
 )
 
-from services.mesh import aip
+from services.runtime import aip
 
 from .store import TripStore
 from .workflow import TripWorkflow

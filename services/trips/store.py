@@ -21,10 +21,10 @@ from google.type.latlng_pb2 import LatLng
 from google.type.money_pb2 import Money
 from rideshare.trips.v1.trips_pb2 import Trip
 
-from services.mesh.aip import now, timestamp_from_ns
-from services.mesh.errors import NotFound
-from services.mesh.storage import Database
-from services.mesh.tracing import current_traceparent
+from services.runtime.aip import now, timestamp_from_ns
+from services.runtime.errors import NotFound
+from services.runtime.storage import Database
+from services.runtime.tracing import current_traceparent
 
 from .domain import DRIVER_ASSIGNED, IN_PROGRESS, MATCHING
 from .notices import Notice

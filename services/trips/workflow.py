@@ -30,10 +30,10 @@ from rideshare.trips.v1.trips_pb2 import (
     Trip,
 )
 
-from services.mesh import log
-from services.mesh.aip import resource_id
-from services.mesh.errors import FailedPrecondition, InvalidArgument
-from services.mesh.storage import fingerprint
+from services.runtime import log
+from services.runtime.aip import resource_id
+from services.runtime.errors import FailedPrecondition, InvalidArgument
+from services.runtime.storage import fingerprint
 
 from . import domain, notices
 from .clients import Downstream

@@ -12,8 +12,8 @@ from google.type.latlng_pb2 import LatLng
 from google.type.money_pb2 import Money
 from rideshare.billing.v1 import billing_pb2 as pb
 
-from services.mesh.config import load_config
-from services.mesh.errors import ConfigError
+from services.runtime.config import load_config
+from services.runtime.errors import ConfigError
 from tests.billing.conftest import TARIFF, start_billing
 from tests.conftest import MESH_TOML, write_mesh_file
 

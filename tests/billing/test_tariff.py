@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from services.billing.tariff import Tariff
-from services.mesh.config import ServiceConfig, load_config
-from services.mesh.errors import ConfigError
+from services.runtime.config import ServiceConfig, load_config
+from services.runtime.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ from google.type import latlng_pb2
 from rideshare.drivers.v1 import drivers_pb2 as pb
 
 from services.drivers import domain
-from services.mesh.errors import FailedPrecondition, InvalidArgument
+from services.runtime.errors import FailedPrecondition, InvalidArgument
 
 HERE = latlng_pb2.LatLng(latitude=1, longitude=2)
 

@@ -9,7 +9,7 @@ import pytest
 from google.type import latlng_pb2
 from rideshare.drivers.v1 import drivers_pb2 as pb
 
-from services.mesh import geo
+from services.domain import geo
 
 from .conftest import CENTER
 

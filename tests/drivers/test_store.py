@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from google.type import latlng_pb2
 
+from services.domain import geo
 from services.drivers.store import MIGRATIONS, search_query
-from services.mesh import geo
-from services.mesh.storage import Database
+from services.runtime.storage import Database
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Steady load from a real mesh client, for the replica and failover tests.
 
 `Load` starts `python -m tests.e2e.load`: a process running a
-`services.mesh.client.Clients` (the channels, service config, retries and health
+`services.runtime.client.Clients` (the channels, service config, retries and health
 checking every service uses to call another) with a few workers calling
 `GetPassenger` back to back. It writes what the callers saw to a small JSON file
 as it goes, which `Load` reads. Tests wait on the number of calls made
@@ -122,8 +122,8 @@ async def _run(config_path: str, name: str, workers: int, stats_path: str) -> No
     from rideshare.passengers.v1 import passengers_pb2 as pb
     from rideshare.passengers.v1 import passengers_pb2_grpc
 
-    from services.mesh.client import Clients
-    from services.mesh.config import load_config
+    from services.runtime.client import Clients
+    from services.runtime.config import load_config
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

@@ -10,8 +10,8 @@ import pytest
 from services.gateway import api as api_module
 from services.gateway import routes
 from services.gateway.server import Options
-from services.mesh.config import MeshConfig, load_config
-from services.mesh.server import create_server
+from services.runtime.config import MeshConfig, load_config
+from services.runtime.server import create_server
 
 from ..conftest import with_port
 from . import harness

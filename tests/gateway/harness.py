@@ -28,8 +28,8 @@ from grpc_status import rpc_status
 from services.gateway import api as api_module
 from services.gateway import server as gateway_server
 from services.gateway.app import Gateway
-from services.mesh.config import MeshConfig
-from services.mesh.telemetry import Telemetry
+from services.runtime.config import MeshConfig
+from services.runtime.telemetry import Telemetry
 
 T = TypeVar("T")
 WAIT = 30.0

@@ -22,8 +22,8 @@ from google.protobuf import descriptor_pb2
 
 from services.gateway import api, routes
 from services.gateway.server import Options
-from services.mesh.config import load_config
-from services.mesh.telemetry import Telemetry
+from services.runtime.config import load_config
+from services.runtime.telemetry import Telemetry
 
 from . import harness
 

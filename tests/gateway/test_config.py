@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.mesh.config import load_config
-from services.mesh.errors import ConfigError
+from services.runtime.config import load_config
+from services.runtime.errors import ConfigError
 
 from ..conftest import write_mesh_file
 

@@ -34,8 +34,8 @@ from schemathesis.specs.openapi.checks import (
 
 from services.gateway import api, openapi, routes
 from services.gateway.server import Options
-from services.mesh.config import load_config
-from services.mesh.server import MeshServer, create_server
+from services.runtime.config import load_config
+from services.runtime.server import MeshServer, create_server
 
 from ..ports import free_ports
 from ..whole_mesh import SERVICES, mesh_text

@@ -11,7 +11,7 @@ import pytest
 from services.gateway.guard import TokenBuckets
 from services.gateway.keys import KeyProblem, KeyStore, database_path
 from services.gateway.server import Options
-from services.mesh.config import load_config
+from services.runtime.config import load_config
 
 from . import harness
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import pytest
 
 from services.gateway.server import Options
-from services.mesh.config import load_config
-from services.mesh.server import MeshServer
+from services.runtime.config import load_config
+from services.runtime.server import MeshServer
 
 from ..conftest import with_port
 from . import harness
@@ -44,7 +44,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(background: harness.BackgroundLoop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     config = load_config(harness.write_gateway_mesh(tmp_path_factory.mktemp("mesh"), SERVICES), env={})
-    from services.mesh.server import create_server
+    from services.runtime.server import create_server
 
     backend = background.run(create_server(config, "notifications", port=0))
     port = background.run(backend.start())

@@ -22,9 +22,9 @@ from services.gateway import upstream_tls, wire
 from services.gateway.api import ApiError
 from services.gateway.server import Options
 from services.mesh import certs
-from services.mesh.config import MeshConfig, load_config
-from services.mesh.errors import ConfigError
-from services.mesh.server import create_server
+from services.runtime.config import MeshConfig, load_config
+from services.runtime.errors import ConfigError
+from services.runtime.server import create_server
 
 from . import harness
 

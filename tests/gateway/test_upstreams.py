@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.gateway.server import Options
-from services.mesh.server import create_server
+from services.runtime.server import create_server
 
 from ..ports import free_port
 from . import harness

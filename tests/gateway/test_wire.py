@@ -24,7 +24,7 @@ from grpc_status import rpc_status
 from services.gateway import wire
 from services.gateway.upstream import RetryBudget, WireCaller
 from services.gateway.wire import RpcError
-from services.mesh.config import RetryBudgetConfig, RetryConfig
+from services.runtime.config import RetryBudgetConfig, RetryConfig
 
 from . import harness
 

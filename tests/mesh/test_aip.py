@@ -10,8 +10,8 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.type import money_pb2
 from rideshare.passengers.v1 import passengers_pb2 as pb
 
-from services.mesh import aip
-from services.mesh.errors import InvalidArgument
+from services.runtime import aip
+from services.runtime.errors import InvalidArgument
 
 
 def test_new_ids_are_url_safe_and_unique():

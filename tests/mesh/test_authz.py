@@ -11,10 +11,11 @@ from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rideshare.payments.v1 import payments_pb2, payments_pb2_grpc
 
-from services.mesh import authz, certs
-from services.mesh.client import Clients
-from services.mesh.config import load_config
-from services.mesh.errors import ConfigError, PermissionDenied
+from services.mesh import certs
+from services.runtime import authz, identity
+from services.runtime.client import Clients
+from services.runtime.config import load_config
+from services.runtime.errors import ConfigError, PermissionDenied
 
 from ..conftest import with_port, write_mesh_file
 from .peers import Peer
@@ -233,8 +234,8 @@ def payments(serve, tls_config):
 def channel_as(config, name: str, port: int) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(
         f"127.0.0.1:{port}",
-        certs.channel_credentials(config, name),
-        options=certs.channel_options(config, "payments"),
+        identity.channel_credentials(config, name),
+        options=identity.channel_options(config, "payments"),
     )
 
 
@@ -302,12 +303,12 @@ def test_a_client_with_a_certificate_from_another_ca_cannot_connect(payments, tl
     (tmp_path / "other").mkdir()
     other = config_of(tmp_path / "other")
     certs.ensure(other)
-    foreign = certs.load(other, "trips")
-    ours = certs.load(tls_config, "trips")
+    foreign = identity.load(other, "trips")
+    ours = identity.load(tls_config, "trips")
     # It trusts our CA (so it would accept the server) but presents a certificate the server can't verify.
     credentials = grpc.ssl_channel_credentials(ours.ca, foreign.key, foreign.cert)
     channel = grpc.aio.secure_channel(
-        f"127.0.0.1:{payments.port}", credentials, options=certs.channel_options(tls_config, "payments")
+        f"127.0.0.1:{payments.port}", credentials, options=identity.channel_options(tls_config, "payments")
     )
 
     failure = payments.fail(
@@ -322,8 +323,10 @@ def test_a_client_with_a_certificate_from_another_ca_cannot_connect(payments, tl
 def test_a_client_refuses_a_server_that_is_not_the_member_it_called(payments, tls_config):
     channel = grpc.aio.secure_channel(
         f"127.0.0.1:{payments.port}",
-        certs.channel_credentials(tls_config, "trips"),
-        options=certs.channel_options(tls_config, "passengers"),  # dialled payments' port, expects passengers
+        identity.channel_credentials(tls_config, "trips"),
+        options=identity.channel_options(
+            tls_config, "passengers"
+        ),  # dialled payments' port, expects passengers
     )
 
     failure = payments.fail(

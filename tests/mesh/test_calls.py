@@ -12,9 +12,9 @@ import pytest
 from rideshare.passengers.v1 import passengers_pb2 as pb
 from rideshare.passengers.v1 import passengers_pb2_grpc
 
-from services.mesh import log
-from services.mesh.errors import FailedPrecondition
-from services.mesh.server import Service
+from services.runtime import log
+from services.runtime.errors import FailedPrecondition
+from services.runtime.server import Service
 
 from ..conftest import with_port
 

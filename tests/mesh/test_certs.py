@@ -15,8 +15,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from services.mesh import certs
 from services.mesh.cli import main
-from services.mesh.config import load_config
-from services.mesh.errors import ConfigError
+from services.runtime import identity
+from services.runtime.config import load_config
+from services.runtime.errors import ConfigError
 
 from ..conftest import write_mesh_file
 from .peers import Peer
@@ -60,7 +61,7 @@ def test_creates_a_ca_and_a_certificate_for_every_service_the_gateway_and_the_me
     outcomes = certs.ensure(config)
 
     root = tmp_path / "data" / "certs"
-    assert certs.directory(config) == root
+    assert identity.directory(config) == root
     assert [(o.name, o.action) for o in outcomes] == [("ca", "created")] + [(m, "created") for m in MEMBERS]
     assert sorted(p.name for p in root.iterdir()) == sorted(
         f"{n}.{ext}" for n in ["ca", *MEMBERS] for ext in ("pem", "key")
@@ -70,7 +71,7 @@ def test_creates_a_ca_and_a_certificate_for_every_service_the_gateway_and_the_me
 def test_every_certificate_chains_to_the_ca_as_server_and_as_client(tmp_path):
     config = config_of(tmp_path)
     certs.ensure(config)
-    root = certs.directory(config)
+    root = identity.directory(config)
     builder = verification.PolicyBuilder().store(verifier_store(root))
 
     for name in MEMBERS:
@@ -85,7 +86,7 @@ def test_every_certificate_chains_to_the_ca_as_server_and_as_client(tmp_path):
 def test_a_certificate_names_its_spiffe_id_its_server_name_and_local_addresses(tmp_path):
     config = config_of(tmp_path)
     certs.ensure(config)
-    names = sans(cert(certs.directory(config), "payments"))
+    names = sans(cert(identity.directory(config), "payments"))
 
     assert names.get_values_for_type(x509.UniformResourceIdentifier) == [
         "spiffe://rideshare.local/service/payments"
@@ -104,7 +105,7 @@ def test_a_host_name_becomes_a_dns_name_and_a_wildcard_address_is_left_out(tmp_p
         '[services.payments]\nport = 6002\nhost = "payments.internal"\n',
     )
     certs.ensure(config)
-    root = certs.directory(config)
+    root = identity.directory(config)
 
     assert "payments.internal" in sans(cert(root, "payments")).get_values_for_type(x509.DNSName)
     assert sans(cert(root, "passengers")).get_values_for_type(x509.IPAddress) == [
@@ -115,7 +116,7 @@ def test_a_host_name_becomes_a_dns_name_and_a_wildcard_address_is_left_out(tmp_p
 def test_the_ca_may_sign_certificates_and_the_members_may_not(tmp_path):
     config = config_of(tmp_path)
     certs.ensure(config)
-    root = certs.directory(config)
+    root = identity.directory(config)
     ca, leaf = cert(root, "ca"), cert(root, "passengers")
 
     constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints)
@@ -135,38 +136,40 @@ def test_private_keys_are_readable_by_the_owner_only(tmp_path):
     config = config_of(tmp_path)
     certs.ensure(config)
 
-    for key in certs.directory(config).glob("*.key"):
+    for key in identity.directory(config).glob("*.key"):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
 
 
 def test_a_second_run_keeps_every_certificate_as_it_is(tmp_path):
     config = config_of(tmp_path)
     certs.ensure(config)
-    before = snapshot(certs.directory(config))
+    before = snapshot(identity.directory(config))
 
     outcomes = certs.ensure(config)
 
     assert {o.action for o in outcomes} == {"kept"}
-    assert snapshot(certs.directory(config)) == before
+    assert snapshot(identity.directory(config)) == before
 
 
 def test_a_service_added_later_gets_its_certificate_and_the_rest_are_kept(tmp_path):
     certs.ensure(config_of(tmp_path))
-    before = snapshot(certs.directory(config_of(tmp_path)))
+    before = snapshot(identity.directory(config_of(tmp_path)))
     config = config_of(tmp_path, MESH + "[services.trips]\nport = 6003\n")
 
     outcomes = {o.name: o.action for o in certs.ensure(config)}
 
     assert outcomes == {"ca": "kept", **dict.fromkeys(MEMBERS, "kept"), "trips": "created"}
-    after = snapshot(certs.directory(config))
+    after = snapshot(identity.directory(config))
     assert {k: v for k, v in after.items() if not k.startswith("trips.")} == before
-    cert(certs.directory(config), "trips").verify_directly_issued_by(cert(certs.directory(config), "ca"))
+    cert(identity.directory(config), "trips").verify_directly_issued_by(
+        cert(identity.directory(config), "ca")
+    )
 
 
 def test_force_makes_a_new_ca_and_reissues_everything(tmp_path):
     config = config_of(tmp_path)
     certs.ensure(config)
-    root = certs.directory(config)
+    root = identity.directory(config)
     old_ca, old_leaf = cert(root, "ca"), cert(root, "payments")
 
     outcomes = certs.ensure(config, force=True)
@@ -195,7 +198,7 @@ def test_a_certificate_close_to_expiry_is_renewed(tmp_path):
 def test_a_key_that_does_not_match_its_certificate_is_reissued(tmp_path):
     config = config_of(tmp_path)
     certs.ensure(config)
-    root = certs.directory(config)
+    root = identity.directory(config)
     (root / "payments.key").write_bytes((root / "passengers.key").read_bytes())
 
     outcomes = {o.name: o for o in certs.ensure(config)}
@@ -203,7 +206,7 @@ def test_a_key_that_does_not_match_its_certificate_is_reissued(tmp_path):
     assert outcomes["payments"].action == "reissued"
     assert "key does not match" in outcomes["payments"].why
     assert outcomes["passengers"].action == "kept"
-    assert certs.load(config, "payments").name == "payments"
+    assert identity.load(config, "payments").name == "payments"
 
 
 def test_a_new_trust_domain_reissues_the_certificates_under_the_same_ca(tmp_path):
@@ -213,13 +216,13 @@ def test_a_new_trust_domain_reissues_the_certificates_under_the_same_ca(tmp_path
     outcomes = {o.name: o.action for o in certs.ensure(config)}
 
     assert outcomes == {"ca": "kept", **dict.fromkeys(MEMBERS, "reissued")}
-    names = sans(cert(certs.directory(config), "mesh")).get_values_for_type(x509.UniformResourceIdentifier)
+    names = sans(cert(identity.directory(config), "mesh")).get_values_for_type(x509.UniformResourceIdentifier)
     assert names == ["spiffe://acme.test/service/mesh"]
 
 
 def test_without_the_ca_key_nothing_new_can_be_issued_and_the_error_says_what_to_do(tmp_path):
     certs.ensure(config_of(tmp_path))
-    (certs.directory(config_of(tmp_path)) / "ca.key").unlink()
+    (identity.directory(config_of(tmp_path)) / "ca.key").unlink()
     config = config_of(tmp_path, MESH + "[services.trips]\nport = 6003\n")
 
     with pytest.raises(ConfigError, match=r"cannot issue trips's certificate: no CA key.*mesh certs --force"):
@@ -231,7 +234,7 @@ def test_an_existing_certificate_directory_elsewhere_is_used(tmp_path):
 
     certs.ensure(config)
 
-    assert certs.directory(config) == tmp_path.resolve() / "pki"
+    assert identity.directory(config) == tmp_path.resolve() / "pki"
     assert (tmp_path / "pki" / "mesh.pem").exists()
 
 
@@ -242,7 +245,7 @@ def test_load_without_certificates_says_to_run_mesh_certs(tmp_path):
     config = config_of(tmp_path)
 
     with pytest.raises(ConfigError, match=r"certs/ca\.pem: tls: missing; run `mesh certs` to create"):
-        certs.load(config, "passengers")
+        identity.load(config, "passengers")
 
 
 def test_load_refuses_a_certificate_from_another_ca(tmp_path):
@@ -253,27 +256,27 @@ def test_load_refuses_a_certificate_from_another_ca(tmp_path):
     certs.ensure(theirs)
     for ext in ("pem", "key"):
         name = f"payments.{ext}"
-        (certs.directory(ours) / name).write_bytes((certs.directory(theirs) / name).read_bytes())
+        (identity.directory(ours) / name).write_bytes((identity.directory(theirs) / name).read_bytes())
 
     with pytest.raises(ConfigError, match="not signed by this CA; run `mesh certs`"):
-        certs.load(ours, "payments")
+        identity.load(ours, "payments")
 
 
 def test_credentials_are_none_while_tls_is_off(tmp_path):
     config = config_of(tmp_path, MESH.replace("enabled = true", "enabled = false"))
 
-    assert certs.server_credentials(config, "passengers") is None
-    assert certs.channel_credentials(config, "mesh") is None
-    assert certs.channel_options(config, "passengers") == []
+    assert identity.server_credentials(config, "passengers") is None
+    assert identity.channel_credentials(config, "mesh") is None
+    assert identity.channel_options(config, "passengers") == []
 
 
 def test_with_tls_on_clients_check_the_name_of_the_member_they_call(tmp_path):
     config = config_of(tmp_path)
     certs.ensure(config)
 
-    assert certs.server_credentials(config, "passengers") is not None
-    assert certs.channel_credentials(config, "gateway") is not None
-    assert certs.channel_options(config, "payments") == [
+    assert identity.server_credentials(config, "passengers") is not None
+    assert identity.channel_credentials(config, "gateway") is not None
+    assert identity.channel_options(config, "payments") == [
         ("grpc.ssl_target_name_override", "payments.rideshare.local")
     ]
 
@@ -359,11 +362,11 @@ def test_the_peer_of_a_call_is_read_once_however_often_it_is_asked():
     first, second = Peer(b"spiffe://rideshare.local/service/trips"), Peer(None)
 
     assert (
-        certs.peer_spiffe_id(first)
-        == certs.peer_spiffe_id(first)
+        identity.peer_spiffe_id(first)
+        == identity.peer_spiffe_id(first)
         == b"spiffe://rideshare.local/service/trips"
     )
-    assert certs.peer_spiffe_id(second) == b""
+    assert identity.peer_spiffe_id(second) == b""
     assert (first.reads, second.reads) == (1, 1)
 
 
@@ -378,12 +381,12 @@ def test_the_peer_of_a_call_is_read_once_however_often_it_is_asked():
     ids=["two-spiffe-uris", "spiffe-and-another-uri", "no-spiffe-uri", "no-uri"],
 )
 def test_a_certificate_without_exactly_one_spiffe_uri_names_nobody(sans):
-    assert certs.peer_spiffe_id(Peer(None, sans=sans)) == b""
+    assert identity.peer_spiffe_id(Peer(None, sans=sans)) == b""
 
 
 def test_a_spiffe_id_counts_only_as_a_subject_alternative_name():
     """A lone name is either the one SAN (SPIRE's URI-only SVIDs) or a common name: grpc's key tells."""
     trips = b"spiffe://rideshare.local/service/trips"
 
-    assert certs.peer_spiffe_id(Peer(None, sans=[trips])) == trips
-    assert certs.peer_spiffe_id(Peer(None, sans=[], common_name=trips)) == b""
+    assert identity.peer_spiffe_id(Peer(None, sans=[trips])) == trips
+    assert identity.peer_spiffe_id(Peer(None, sans=[], common_name=trips)) == b""

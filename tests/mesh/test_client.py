@@ -12,12 +12,18 @@ from grpc_health.v1 import health_pb2
 from rideshare.passengers.v1 import passengers_pb2 as pb
 from rideshare.passengers.v1 import passengers_pb2_grpc
 
-from services.mesh.calls import CallContext, current_call
-from services.mesh.client import Clients, _Propagate, is_safe_to_retry, service_config, service_descriptor_of
-from services.mesh.config import ClientConfig, RetryConfig
-from services.mesh.errors import ConfigError, Unavailable
-from services.mesh.server import Service
-from services.mesh.telemetry import Outgoing, Telemetry
+from services.runtime.client import (
+    Clients,
+    _Propagate,
+    is_safe_to_retry,
+    service_config,
+    service_descriptor_of,
+)
+from services.runtime.config import ClientConfig, RetryConfig
+from services.runtime.context import CallContext, current_call
+from services.runtime.errors import ConfigError, Unavailable
+from services.runtime.server import Service
+from services.runtime.telemetry import Outgoing, Telemetry
 
 from ..conftest import with_port
 

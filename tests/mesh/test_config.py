@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.mesh.config import load_config
-from services.mesh.errors import ConfigError
+from services.runtime.config import load_config
+from services.runtime.errors import ConfigError
 
 from ..conftest import write_mesh_file
 

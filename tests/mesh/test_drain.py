@@ -9,8 +9,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rideshare.passengers.v1 import passengers_pb2 as pb
 from rideshare.passengers.v1 import passengers_pb2_grpc
 
-from services.mesh.client import Clients
-from services.mesh.drain import WatchedHealth, drain
+from services.runtime.client import Clients
+from services.runtime.drain import WatchedHealth, drain
 
 from ..conftest import with_port
 

@@ -7,8 +7,8 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 
-from services.mesh import errors
-from services.mesh.errors import FieldViolation, InvalidArgument, NotFound
+from services.runtime import errors
+from services.runtime.errors import FieldViolation, InvalidArgument, NotFound
 
 
 def unpack(status):

@@ -10,11 +10,11 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from rideshare.passengers.v1 import passengers_pb2 as pb
 from rideshare.passengers.v1 import passengers_pb2_grpc
 
-from services.mesh.client import Clients
-from services.mesh.config import FaultConfig, MeshConfig, RetryBudgetConfig, ServiceConfig, load_config
-from services.mesh.errors import ConfigError
-from services.mesh.faults import Fault, faults_for
-from services.mesh.server import Service
+from services.runtime.client import Clients
+from services.runtime.config import FaultConfig, MeshConfig, RetryBudgetConfig, ServiceConfig, load_config
+from services.runtime.errors import ConfigError
+from services.runtime.faults import Fault, faults_for
+from services.runtime.server import Service
 
 from ..conftest import MESH_TOML, with_port, write_mesh_file
 

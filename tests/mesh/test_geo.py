@@ -8,8 +8,8 @@ import random
 import pytest
 from google.type import latlng_pb2
 
-from services.mesh import geo
-from services.mesh.errors import InvalidArgument
+from services.domain import geo
+from services.runtime.errors import InvalidArgument
 
 
 def point(latitude: float, longitude: float) -> latlng_pb2.LatLng:

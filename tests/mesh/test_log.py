@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.mesh import log
+from services.runtime import log
 
 
 @pytest.fixture

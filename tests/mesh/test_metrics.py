@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.mesh.metrics import LATENCY_BUCKETS, Metrics
+from services.runtime.metrics import LATENCY_BUCKETS, Metrics
 
 SERVICE = "rideshare.passengers.v1.PassengerService"
 

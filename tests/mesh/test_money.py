@@ -1,4 +1,4 @@
-"""services.mesh.money: exact Money <-> Decimal, currency and amount checks, rounding to the cent."""
+"""services.domain.money: exact Money <-> Decimal, currency and amount checks, rounding to the cent."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from decimal import Decimal
 import pytest
 from google.type.money_pb2 import Money
 
-from services.mesh import money
-from services.mesh.errors import InvalidArgument
+from services.domain import money
+from services.runtime.errors import InvalidArgument
 
 
 @pytest.mark.parametrize(

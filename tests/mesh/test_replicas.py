@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from services.mesh.config import load_config
-from services.mesh.errors import ConfigError
-from services.mesh.replicas import check_replica, replicas_of, target
 from services.mesh.supervisor import Member, format_table, status
+from services.runtime.config import load_config
+from services.runtime.errors import ConfigError
+from services.runtime.replicas import check_replica, replicas_of, target
 
 from ..conftest import write_mesh_file
 

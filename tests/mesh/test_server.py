@@ -11,8 +11,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from rideshare.passengers.v1 import passengers_pb2 as pb
 
-from services.mesh.server import PortInUse, Service, create_server
 from services.passengers import app as passengers_app
+from services.runtime.server import PortInUse, Service, create_server
 
 SERVICE = "rideshare.passengers.v1.PassengerService"
 SERVING = health_pb2.HealthCheckResponse.SERVING

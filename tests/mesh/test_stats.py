@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from services.mesh.config import load_config
 from services.mesh.graph import layers, render_mesh_page, to_dot, to_svg
 from services.mesh.stats import (
     Scrape,
@@ -21,6 +20,7 @@ from services.mesh.stats import (
     report,
     targets,
 )
+from services.runtime.config import load_config
 
 INF = math.inf
 

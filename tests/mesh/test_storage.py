@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from rideshare.passengers.v1 import passengers_pb2 as pb
 
-from services.mesh.errors import InvalidArgument
-from services.mesh.storage import Database, fingerprint
+from services.runtime.errors import InvalidArgument
+from services.runtime.storage import Database, fingerprint
 
 MIGRATIONS = [
     "CREATE TABLE things (id INTEGER PRIMARY KEY, label TEXT NOT NULL)",

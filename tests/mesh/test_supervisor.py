@@ -12,8 +12,6 @@ import time
 
 import pytest
 
-from services.mesh.config import load_config
-from services.mesh.errors import ConfigError
 from services.mesh.supervisor import (
     Backoff,
     Child,
@@ -24,6 +22,8 @@ from services.mesh.supervisor import (
     state_file,
     status,
 )
+from services.runtime.config import load_config
+from services.runtime.errors import ConfigError
 
 from ..conftest import write_mesh_file
 

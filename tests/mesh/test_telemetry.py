@@ -15,12 +15,12 @@ from prometheus_client import generate_latest
 from rideshare.passengers.v1 import passengers_pb2 as pb
 from rideshare.passengers.v1 import passengers_pb2_grpc
 
-from services.mesh import log, telemetry
-from services.mesh.client import Clients, _Propagate
-from services.mesh.config import MeshConfig, TelemetryConfig
-from services.mesh.http_telemetry import HttpTracing
-from services.mesh.telemetry import Telemetry, caller_from_user_agent
-from services.mesh.tracing import (
+from services.gateway.telemetry import HttpTracing
+from services.runtime import log, telemetry
+from services.runtime.client import Clients, _Propagate
+from services.runtime.config import MeshConfig, TelemetryConfig
+from services.runtime.telemetry import Telemetry, caller_from_user_agent
+from services.runtime.tracing import (
     Tracing,
     continued,
     current_ids,

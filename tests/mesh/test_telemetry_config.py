@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from services.mesh.config import load_config
-from services.mesh.errors import ConfigError
-from services.mesh.telemetry import admin_port, gateway_admin_port
+from services.runtime.config import load_config
+from services.runtime.errors import ConfigError
+from services.runtime.telemetry import admin_port, gateway_admin_port
 
 from ..conftest import write_mesh_file
 

@@ -11,11 +11,11 @@ from rideshare.billing.v1 import billing_pb2
 from rideshare.passengers.v1 import passengers_pb2 as pb
 from rideshare.passengers.v1 import passengers_pb2_grpc
 
-from services.mesh.client import Clients, _Propagate
-from services.mesh.config import load_config
-from services.mesh.errors import ConfigError
-from services.mesh.server import Service
-from services.mesh.traffic import check_methods, method_timeouts, service_config, timeout_of
+from services.runtime.client import Clients, _Propagate
+from services.runtime.config import load_config
+from services.runtime.errors import ConfigError
+from services.runtime.server import Service
+from services.runtime.traffic import check_methods, method_timeouts, service_config, timeout_of
 
 from ..conftest import MESH_TOML, with_port, write_mesh_file
 

@@ -6,8 +6,8 @@ import pytest
 from google.protobuf import field_mask_pb2
 from rideshare.passengers.v1 import passengers_pb2 as pb
 
-from services.mesh.errors import InvalidArgument
-from services.mesh.validation import RequestValidator, ResourceRegistry
+from services.runtime.errors import InvalidArgument
+from services.runtime.validation import RequestValidator, ResourceRegistry
 
 ID = "0123456789abcdef0123456789abcdef"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.mesh.config import load_config
-from services.mesh.errors import ConfigError
-from services.mesh.server import create_server
+from services.runtime.config import load_config
+from services.runtime.errors import ConfigError
+from services.runtime.server import create_server
 from tests.conftest import MESH_TOML, write_mesh_file
 
 

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from rideshare.notifications.v1 import notifications_pb2 as pb
 
-from services.mesh.errors import ResourceExhausted, Unavailable
 from services.notifications.broker import Broker
+from services.runtime.errors import ResourceExhausted, Unavailable
 
 
 def note(recipient: str, title: str) -> pb.Notification:

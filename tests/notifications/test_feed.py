@@ -7,12 +7,12 @@ from pathlib import Path
 
 from rideshare.notifications.v1 import notifications_pb2 as pb
 
-from services.mesh.errors import Unavailable
-from services.mesh.storage import Database
 from services.notifications import domain
 from services.notifications.broker import Broker
 from services.notifications.feed import Feed
 from services.notifications.store import MIGRATIONS, SqliteNotificationStore
+from services.runtime.errors import Unavailable
+from services.runtime.storage import Database
 
 WAIT = 10.0
 

@@ -6,8 +6,8 @@ import pytest
 from google.protobuf import field_mask_pb2
 from rideshare.passengers.v1 import passengers_pb2 as pb
 
-from services.mesh.errors import InvalidArgument
 from services.passengers import domain
+from services.runtime.errors import InvalidArgument
 
 
 def fields_refused(passenger: pb.Passenger) -> list[str]:

@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from services.mesh.storage import Database
 from services.payments.processor import Charge, SimulatedProcessor
 from services.payments.store import MIGRATIONS
+from services.runtime.storage import Database
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ from google.type.money_pb2 import Money
 from rideshare.payments.v1 import payments_pb2 as pb
 from rideshare.payments.v1 import payments_pb2_grpc
 
-from services.mesh.client import Clients
-from services.mesh.errors import Unavailable
-from services.mesh.server import Runtime, Service
 from services.payments import app
 from services.payments.processor import SimulatedProcessor
 from services.payments.servicer import PaymentServicer
+from services.runtime.client import Clients
+from services.runtime.errors import Unavailable
+from services.runtime.server import Runtime, Service
 from tests.conftest import with_port
 from tests.payments.conftest import processor, start_payments
 

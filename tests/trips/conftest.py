@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rideshare.trips.v1.trips_pb2 import Trip
 
-from services.mesh.storage import Database, fingerprint
+from services.runtime.storage import Database, fingerprint
 from services.trips import domain
 from services.trips.notices import Notice
 from services.trips.store import MIGRATIONS, SqliteTripStore

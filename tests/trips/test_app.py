@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from services.mesh.config import load_config
-from services.mesh.errors import ConfigError
-from services.mesh.server import create_server
+from services.runtime.config import load_config
+from services.runtime.errors import ConfigError
+from services.runtime.server import create_server
 
 from ..whole_mesh import SERVICES, mesh_text
 

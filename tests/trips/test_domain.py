@@ -10,7 +10,7 @@ from rideshare.billing.v1.billing_pb2 import QuoteFareResponse
 from rideshare.payments.v1.payments_pb2 import Payment, PaymentState
 from rideshare.trips.v1.trips_pb2 import RequestTripRequest, Trip
 
-from services.mesh.errors import FailedPrecondition, InvalidArgument
+from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.trips import domain
 
 ASSIGNED, ACCEPTED, IN_PROGRESS = domain.DRIVER_ASSIGNED, domain.ACCEPTED, domain.IN_PROGRESS

@@ -6,8 +6,8 @@ import grpc
 import pytest
 from rideshare.trips.v1.trips_pb2 import AcceptTripRequest, RequestTripRequest, Trip
 
-from services.mesh.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.mesh.storage import Database, fingerprint
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.storage import Database, fingerprint
 from services.trips import domain
 from services.trips.store import MIGRATIONS, SqliteTripStore
 

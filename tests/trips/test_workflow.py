@@ -24,8 +24,8 @@ from rideshare.trips.v1.trips_pb2 import (
     Trip,
 )
 
-from services.mesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from services.mesh.storage import Database
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.runtime.storage import Database
 from services.trips import domain
 from services.trips.outbox import Outbox
 from services.trips.store import MIGRATIONS, SqliteTripStore

@@ -23,35 +23,16 @@ import grpc
 from google.protobuf.message import Message
 
 from . import log
+from .context import PROPAGATED_HEADERS, CallContext, current_call
 from .errors import Internal, MeshError
 from .validation import RequestValidator
 
 if TYPE_CHECKING:
     from .telemetry import ServerProbe, Telemetry
 
-#: Request headers that follow a call to every downstream service.
-PROPAGATED_HEADERS = ("x-request-id", "traceparent", "tracestate")
-
 _access = log.get_logger("rideshare.access")
 _errors = log.get_logger("rideshare.errors")
 
-
-@dataclass(frozen=True)
-class CallContext:
-    """The RPC being served: its method, deadline and headers to pass on."""
-
-    method: str
-    deadline: float | None
-    """Absolute `time.monotonic()` time the caller stops waiting, if it set one."""
-    propagated: tuple[tuple[str, str], ...]
-
-    def time_remaining(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
-
-current_call: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
-    "current_call", default=None
-)
 
 #: Downstream failures that a handler did not handle and that mean the same to our caller.
 _PASS_THROUGH = {

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.protobuf import descriptor as d
 
-from . import certs, replicas
-from .calls import current_call
+from . import identity, replicas
 from .config import MeshConfig, ServiceConfig
+from .context import current_call
 from .errors import ConfigError
 from .traffic import check_methods, is_safe_to_retry, method_timeouts, service_config, timeout_of
 
@@ -220,7 +220,7 @@ class Clients:
                 ("grpc.max_reconnect_backoff_ms", 2000),
             ]
             # mTLS as this caller when the mesh has TLS on (certs.py), plaintext otherwise.
-            channel = certs.aio_channel(
+            channel = identity.aio_channel(
                 self.config,
                 self.caller,
                 target.name,

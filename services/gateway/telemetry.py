@@ -1,7 +1,7 @@
-"""Telemetry for the REST gateway: its metrics and spans, and the `/mesh` page it serves.
+"""Telemetry for the REST gateway: its metrics and spans.
 
 The gateway is an HTTP server that calls the mesh through `Clients`, so it
-needs three things the gRPC services get from the runtime:
+needs two things the gRPC services get from the runtime:
 
 - `gateway_telemetry(config)`: its `Telemetry` (pass it to `Clients`, so every
   call it makes is counted as an edge `gateway -> service` and traced), its
@@ -10,24 +10,19 @@ needs three things the gRPC services get from the runtime:
   request that continues the request's `traceparent`, so the gateway's log
   lines and the gRPC calls it makes share one trace id; it logs each request
   like the services log each call (`http request finished`: 4xx/5xx at info,
-  the rest at debug), inside the span, so that line carries the trace id too;
-- `MeshPage(config)`: the `/mesh` page (graph.py's `render_mesh_page`), as
-  an async page callable: it renders in a thread, since it scrapes.
-"""
+  the rest at debug), inside the span, so that line carries the trace id too;"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from . import log
-from .config import MeshConfig
-from .graph import render_mesh_page
-from .telemetry import Telemetry, gateway_admin_port, serve_admin
-from .tracing import end_span
+from services.runtime import log
+from services.runtime.config import MeshConfig
+from services.runtime.telemetry import Telemetry, gateway_admin_port, serve_admin
+from services.runtime.tracing import end_span
 
 _access = log.get_logger("rideshare.gateway.access")
 
@@ -88,15 +83,3 @@ class HttpTracing:
                 _access.log(level, "http request finished", extra={"fields": fields})
             if token is not None:
                 end_span(span, status, status >= 500, token, key="http.response.status_code")
-
-
-class MeshPage:
-    """`GET /mesh`: the live call graph and golden metrics, a page that reloads itself."""
-
-    def __init__(self, config: MeshConfig) -> None:
-        self.config = config
-
-    async def __call__(self, path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        page = await asyncio.to_thread(render_mesh_page, self.config)
-        headers = [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")]
-        return 200, headers, page.encode("utf-8")

@@ -30,9 +30,9 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor as d
 
-from .certs import identities, peer_spiffe_id, spiffe_id
 from .config import MeshConfig, ServiceConfig
 from .errors import ConfigError, PermissionDenied
+from .identity import identities, peer_spiffe_id, spiffe_id
 
 ANY = "*"
 REASON = "CALLER_NOT_ALLOWED"

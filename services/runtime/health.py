@@ -19,9 +19,9 @@ def check(
 ) -> str:
     """SERVING, NOT_SERVING, or DOWN when nothing answers at `address`.
 
-    With `credentials` (the `mesh` tool's identity, `certs.channel_credentials(config, "mesh")`)
+    With `credentials` (the `mesh` tool's identity, `identity.channel_credentials(config, "mesh")`)
     the check runs over mTLS, as a mesh with TLS on requires; `server_name`
-    (`certs.server_name(config, service)`) is the name the server's certificate must carry.
+    (`identity.server_name(config, service)`) is the name the server's certificate must carry.
     """
     if credentials is None:
         channel = grpc.insecure_channel(address)

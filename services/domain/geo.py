@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import FieldViolation, InvalidArgument
+from services.runtime.errors import FieldViolation, InvalidArgument
 
 #: The Earth's mean radius (IUGG), in meters.
 EARTH_RADIUS_METERS = 6_371_008.8

@@ -28,7 +28,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from google.type.money_pb2 import Money
 
-from .errors import FieldViolation, InvalidArgument
+from services.runtime.errors import FieldViolation, InvalidArgument
 
 ROUNDING = ROUND_HALF_UP
 INVALID_AMOUNT = "INVALID_AMOUNT"

@@ -27,8 +27,8 @@ import grpc
 from prometheus_client.exposition import start_http_server
 
 from . import log
-from .certs import peer_spiffe_id, spiffe_id
 from .config import MeshConfig, ServiceConfig
+from .identity import peer_spiffe_id, spiffe_id
 from .metrics import Metrics, Series
 from .tracing import Tracing, end_span, restore
 

@@ -28,7 +28,7 @@ from google.protobuf import descriptor as d
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from . import authz, certs, drain, faults, log
+from . import authz, drain, faults, identity, log
 from .calls import CallWrapper
 from .client import Clients
 from .config import MeshConfig, ServiceConfig, load_config
@@ -141,7 +141,7 @@ class MeshServer:
 
     async def start(self) -> int:
         """Bind, start, and report SERVING; returns the bound port."""
-        credentials = certs.server_credentials(self.runtime.config, self.runtime.service.name)
+        credentials = identity.server_credentials(self.runtime.config, self.runtime.service.name)
         try:
             if credentials is None:
                 self.port = self.server.add_insecure_port(self._address)

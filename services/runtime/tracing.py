@@ -41,8 +41,8 @@ from opentelemetry.trace import (
 )
 
 from . import log
-from .calls import current_call
 from .config import TelemetryConfig
+from .context import current_call
 
 #: A trace file is moved to `<name>.jsonl.1` (replacing the previous one) when it grows past this.
 TRACE_FILE_MAX_BYTES = 64 * 1024 * 1024

@@ -1,0 +1,1 @@
+"""Domain helpers the services share: money (google.type.Money) and geography (LatLng, distances)."""
