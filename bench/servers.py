@@ -37,7 +37,7 @@ from services.passengers.servicer import PassengerServicer
 from services.passengers.store import MIGRATIONS, SqlitePassengerStore
 from services.runtime import aip, calls, log
 from services.runtime.config import MeshConfig, load_config
-from services.runtime.server import SERVER_OPTIONS, MeshServer, Runtime, _Capture, load_services
+from services.runtime.server import SERVER_OPTIONS, MeshServer, Runtime, _Capture, load_services, run
 from services.runtime.storage import Database
 from services.runtime.validation import RequestValidator, ResourceRegistry
 
@@ -200,7 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.variant in ("sync", "sync-wrapped"):
         serve_sync(config, args.variant == "sync-wrapped", args.max_seconds)
     else:
-        asyncio.run(serve_aio(config, args.variant == "runtime", args.max_seconds))
+        # The runtime's variant runs as `mesh serve` does (uvloop); bare aio as a plain grpc.aio program.
+        if args.variant == "runtime":
+            run(serve_aio(config, True, args.max_seconds))
+        else:
+            asyncio.run(serve_aio(config, False, args.max_seconds))
 
 
 if __name__ == "__main__":
