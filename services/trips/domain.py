@@ -114,10 +114,10 @@ def _refuse(trip: Trip, reason: str, wanted: Iterable[TripState.ValueType], verb
     )
 
 
-def _next(trip: Trip, state: int) -> Trip:
+def _next(trip: Trip, state: TripState.ValueType) -> Trip:
     changed = Trip()
     changed.CopyFrom(trip)
-    changed.state = state  # type: ignore[assignment]
+    changed.state = state
     changed.update_time.CopyFrom(now())
     return changed
 
