@@ -47,7 +47,7 @@ test: $(VENV)/.test check-generated ## run every test (unit, in-process, end-to-
 check-generated: $(VENV)/.test ## fail if generated/ does not match protos/
 	$(BIN)/mesh generate --check
 
-generate: $(VENV)/.test ## regenerate generated/ from protos/
+generate: $(VENV)/.test ## regenerate generated/ (modules and typed stubs) from protos/
 	$(BIN)/mesh generate
 
 lint: $(VENV)/.dev node_modules/.bin/protoc-gen-buf-lint ## ruff, mypy and buf lint

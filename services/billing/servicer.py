@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from rideshare.billing.v1 import billing_pb2_grpc
 from rideshare.billing.v1.billing_pb2 import (
@@ -20,7 +22,7 @@ from . import domain
 from .store import InvoiceStore
 from .tariff import Tariff
 
-Context = grpc.aio.ServicerContext[object, object]
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):

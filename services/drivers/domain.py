@@ -98,7 +98,7 @@ def _copy(driver: Driver) -> Driver:
     return copy
 
 
-def _status_name(status: int) -> str:
+def _status_name(status: DriverStatus.ValueType) -> str:
     return str(DriverStatus.Name(status))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf.empty_pb2 import Empty
 from rideshare.drivers.v1 import drivers_pb2_grpc
@@ -28,7 +30,7 @@ from services.runtime import aip
 from . import domain
 from .store import DriverStore
 
-Context = grpc.aio.ServicerContext[object, object]
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class DriverServicer(drivers_pb2_grpc.DriverServiceServicer):

@@ -1,8 +1,11 @@
 """Code generation and contract linting: `mesh generate [--check]`, `mesh lint-protos`.
 
 grpcio-tools turns every `protos/**/*.proto` into `generated/` (`_pb2.py`,
-`_pb2.pyi`, `_pb2_grpc.py`). `--check` regenerates into a temporary directory
-and fails if the committed files differ, so stale stubs cannot land.
+`_pb2_grpc.py`), and mypy-protobuf's protoc plugins write their types
+(`_pb2.pyi`, `_pb2_grpc.pyi`, the stubs and servicers typed for grpc.aio, the
+proto comments as docstrings), so mypy checks every call and servicer against
+the contracts. `--check` regenerates into a temporary directory and fails if
+the committed files differ, so stale stubs cannot land.
 
 The googleapis protos (`google/api/*.proto`, `google/type/*.proto`) come from
 the googleapis-common-protos wheel and the well-known types from grpcio-tools,
@@ -17,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -48,6 +52,15 @@ def _protoc(args: list[str]) -> None:
         raise SystemExit(f"protoc failed with exit code {code}")
 
 
+def _plugin(name: str) -> str:
+    """The path of a protoc plugin mypy-protobuf installs next to this Python (or on PATH)."""
+    search = os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")])
+    found = shutil.which(name, path=search)
+    if found is None:
+        raise SystemExit(f"mesh generate: {name} not found; install mypy-protobuf (pip install -e '.[test]')")
+    return found
+
+
 def generate(out: Path = GENERATED) -> None:
     """Write fresh stubs for every proto into `out`, replacing it whole.
 
@@ -57,7 +70,17 @@ def generate(out: Path = GENERATED) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(prefix=".generated-", dir=out.parent))
     try:
-        _protoc([f"--python_out={fresh}", f"--pyi_out={fresh}", f"--grpc_python_out={fresh}"])
+        _protoc(
+            [
+                f"--python_out={fresh}",
+                f"--grpc_python_out={fresh}",
+                f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+                f"--mypy_out=quiet:{fresh}",
+                # Typed for grpc.aio only: every stub and servicer of the mesh is async.
+                f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+                f"--mypy_grpc_out=quiet,only_async:{fresh}",
+            ]
+        )
         # Our protos with their comments, for reflection and docs (services/runtime/descriptors.py).
         _protoc(
             [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from rideshare.notifications.v1 import notifications_pb2_grpc
@@ -20,7 +21,7 @@ from . import domain
 from .feed import Feed
 from .store import NotificationStore
 
-Context = grpc.aio.ServicerContext[object, object]
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class NotificationServicer(notifications_pb2_grpc.NotificationServiceServicer):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf.empty_pb2 import Empty
 from rideshare.passengers.v1 import passengers_pb2_grpc
@@ -20,7 +22,7 @@ from services.runtime import aip
 from . import domain
 from .store import PassengerStore
 
-Context = grpc.aio.ServicerContext[object, object]
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class PassengerServicer(passengers_pb2_grpc.PassengerServiceServicer):

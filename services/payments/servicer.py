@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from rideshare.payments.v1 import payments_pb2_grpc
 from rideshare.payments.v1.payments_pb2 import (
@@ -18,7 +20,7 @@ from services.runtime import aip
 from . import domain
 from .store import PaymentStore
 
-Context = grpc.aio.ServicerContext[object, object]
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):

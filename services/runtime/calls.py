@@ -7,11 +7,18 @@ the mesh file does not allow (authz.py), validates the
 request against its contract, turns `MeshError` into a rich status, and turns
 anything unexpected into INTERNAL with a correlation id that is logged with
 the traceback and never shows the client a stack trace.
+
+One wrapper serves the four RPC kinds: a response stream is sent with
+`context.write` from a coroutine (`behavior_of`), so every kind is a coroutine
+`(request, context)` and the steps above are written once. A unary call runs
+through exactly the code it did before streams shared it: the hot path pays
+nothing for the generality.
 """
 
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 import time
 import uuid
@@ -20,7 +27,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.protobuf.message import Message
 
 from . import log
 from .context import PROPAGATED_HEADERS, CallContext, current_call
@@ -61,32 +67,32 @@ class CallWrapper:
         """Method path -> what may refuse the call before anything else runs (authz.py)."""
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-        """`method` is the full path, `/pkg.Service/Method`."""
+        """`method` is the full path, `/pkg.Service/Method`; any of the four RPC kinds."""
+        found = behavior_of(handler)
+        if found is None:
+            return handler
+        kind, behavior = found
         validate = self.validators.get(method)
-        streams = handler.response_streaming
-        probe = self.telemetry.server_probe(method, streams) if self.telemetry is not None else None
-        if handler.unary_unary is not None:
-            return replace(handler, unary_unary=self._unary(method, handler.unary_unary, validate, probe))
-        if handler.unary_stream is not None:
-            return replace(
-                handler, unary_stream=self._streaming(method, handler.unary_stream, validate, probe)
-            )
-        if handler.stream_unary is not None:
-            return replace(handler, stream_unary=self._unary(method, handler.stream_unary, None, probe))
-        if handler.stream_stream is not None:
-            return replace(handler, stream_stream=self._streaming(method, handler.stream_stream, None, probe))
-        return handler
+        if handler.request_streaming and validate is not None:
+            behavior, validate = _validating(behavior, validate), None
+        probe = (
+            self.telemetry.server_probe(method, handler.response_streaming)
+            if self.telemetry is not None
+            else None
+        )
+        return replace(handler, **{kind: self._wrapped(method, behavior, validate, probe)})
 
-    def _unary(
+    def _wrapped(
         self,
         method: str,
-        behavior: Callable[..., Any],
+        behavior: Behavior,
         validate: RequestValidator | None,
-        probe: ServerProbe | None = None,
-    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message | None]]:
+        probe: ServerProbe | None,
+    ) -> Behavior:
+        """The one wrapper: the same steps around every kind of call, in one coroutine."""
         authorize = self.checks.get(method)
 
-        async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Message | None:
+        async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             metadata = context.invocation_metadata() or ()  # a fresh tuple per read: read once
             tokens = _enter(method, context, metadata)
@@ -97,8 +103,7 @@ class CallWrapper:
                     authorize(context)
                 if validate is not None:
                     validate(request)
-                response: Message = await behavior(request, context)
-                return response
+                return await behavior(request, context)
             except grpc.aio.AbortError:
                 code = _code_of(context)
                 raise
@@ -107,44 +112,6 @@ class CallWrapper:
                 code = outcome.code
                 await context.abort(outcome.code, outcome.details, outcome.trailing_metadata)
                 return None  # not reached: abort raises
-            finally:
-                _leave(tokens, method, code, started)
-                if probe is not None and observed is not None:
-                    probe.end(observed, code, started)
-
-        return handler
-
-    def _streaming(
-        self,
-        method: str,
-        behavior: Callable[..., Any],
-        validate: RequestValidator | None,
-        probe: ServerProbe | None = None,
-    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Message]]:
-        authorize = self.checks.get(method)
-
-        async def handler(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Message]:
-            started = time.perf_counter()
-            metadata = context.invocation_metadata() or ()  # a fresh tuple per read: read once
-            tokens = _enter(method, context, metadata)
-            observed = probe.begin(context, metadata) if probe is not None else None
-            code = grpc.StatusCode.OK
-            try:
-                if authorize is not None:
-                    authorize(context)
-                if validate is not None:
-                    validate(request)
-                async for item in behavior(request, context):
-                    yield item
-            except grpc.aio.AbortError:
-                code = _code_of(context)
-                raise
-            except Exception as exc:
-                outcome = self._outcome(exc)
-                code = outcome.code
-                await context.abort(outcome.code, outcome.details, outcome.trailing_metadata)
             finally:
                 _leave(tokens, method, code, started)
                 if probe is not None and observed is not None:
@@ -183,10 +150,61 @@ class Outcome:
     trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+"""Every RPC kind in one shape: `(request or request iterator, context)` -> the
+response, or None once a response stream has been sent with `context.write`
+(grpc.aio serves a coroutine handler of a streaming method that way)."""
+
+
+def behavior_of(handler: grpc.RpcMethodHandler[Any, Any]) -> tuple[str, Behavior] | None:
+    """The handler's kind (`unary_stream`, ...) and its behaviour as a `Behavior`.
+
+    A response stream written as an async generator is turned into a coroutine
+    that writes each item, so whatever wraps it is one coroutine for all kinds.
+    """
+    kind = ("stream_" if handler.request_streaming else "unary_") + (
+        "stream" if handler.response_streaming else "unary"
+    )
+    behavior = getattr(handler, kind)
+    if behavior is None:
+        return None
+    if handler.response_streaming and not inspect.iscoroutinefunction(behavior):
+        return kind, _written(behavior)
+    return kind, behavior
+
+
 def replace(handler: grpc.RpcMethodHandler[Any, Any], **changes: Any) -> grpc.RpcMethodHandler[Any, Any]:
     """A copy of a generated handler (a namedtuple) with other behaviours."""
     copy: grpc.RpcMethodHandler[Any, Any] = handler._replace(**changes)  # type: ignore[attr-defined]
     return copy
+
+
+def _written(stream: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]) -> Behavior:
+    async def written(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        async for response in stream(request, context):
+            await context.write(response)
+
+    return written
+
+
+def _validating(behavior: Behavior, validate: RequestValidator) -> Behavior:
+    """A client stream's requests are each checked as the handler reads them.
+
+    The first before the handler sees anything; a bad later one ends the call
+    with INVALID_ARGUMENT like a bad first one (the contract holds for every
+    message, not only the first).
+    """
+
+    async def validated(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await behavior(_checked(requests, validate), context)
+
+    return validated
+
+
+async def _checked(requests: AsyncIterator[Any], validate: RequestValidator) -> AsyncIterator[Any]:
+    async for request in requests:
+        validate(request)
+        yield request
 
 
 def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:

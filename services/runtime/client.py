@@ -26,7 +26,7 @@ import importlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import descriptor as d
@@ -45,7 +45,14 @@ if TYPE_CHECKING:
 #: Headers a client span's own replace (tracing.headers_of).
 _TRACE_HEADERS = ("traceparent", "tracestate")
 
-StubT = TypeVar("StubT")
+
+class _Stub(Protocol):
+    """What a generated `XServiceStub` is made from (its .pyi types the rest)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None: ...
+
+
+StubT = TypeVar("StubT", bound=_Stub)
 
 
 def service_descriptor_of(stub_class: type) -> d.ServiceDescriptor:
@@ -241,7 +248,7 @@ class Clients:
         descriptor = service_descriptor_of(stub_class)
         target = self.target_service(descriptor)
         siblings = list(descriptor.file.services_by_name.values())
-        return stub_class(self.channel(target, siblings))  # type: ignore[call-arg]
+        return stub_class(self.channel(target, siblings))
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}

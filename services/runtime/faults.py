@@ -20,14 +20,14 @@ status like any other, and a server that injects faults says so in its log at st
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import grpc
 from google.protobuf import descriptor as d
 
 from . import log
-from .calls import replace
+from .calls import Behavior, behavior_of, replace
 from .config import FaultConfig, ServiceConfig
 from .errors import ConfigError
 
@@ -105,18 +105,12 @@ def faults_for(service: ServiceConfig, descriptors: Iterable[d.ServiceDescriptor
 
 
 def inject(handler: grpc.RpcMethodHandler[Any, Any], fault: Fault | None) -> grpc.RpcMethodHandler[Any, Any]:
-    """The handler with `fault` run before its behaviour (unchanged without one)."""
-    if fault is None:
+    """The handler with `fault` run before its behaviour (unchanged without one), for any RPC kind."""
+    found = behavior_of(handler)
+    if fault is None or found is None:
         return handler
-    if handler.unary_unary is not None:
-        return replace(handler, unary_unary=_unary(fault, handler.unary_unary))
-    if handler.unary_stream is not None:
-        return replace(handler, unary_stream=_streaming(fault, handler.unary_stream))
-    if handler.stream_unary is not None:
-        return replace(handler, stream_unary=_unary(fault, handler.stream_unary))
-    if handler.stream_stream is not None:
-        return replace(handler, stream_stream=_streaming(fault, handler.stream_stream))
-    return handler
+    kind, behavior = found
+    return replace(handler, **{kind: _faulty(fault, behavior)})
 
 
 def inject_all(
@@ -126,18 +120,9 @@ def inject_all(
     return {m: inject(h, faults.get(f"/{service}/{m}")) for m, h in handlers.items()}
 
 
-def _unary(fault: Fault, behavior: Callable[..., Any]) -> Callable[..., Any]:
+def _faulty(fault: Fault, behavior: Behavior) -> Behavior:
     async def faulty(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await fault(context)
         return await behavior(request, context)
-
-    return faulty
-
-
-def _streaming(fault: Fault, behavior: Callable[..., Any]) -> Callable[..., Any]:
-    async def faulty(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await fault(context)
-        async for item in behavior(request, context):
-            yield item
 
     return faulty

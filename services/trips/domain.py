@@ -40,7 +40,7 @@ MAX_PAYMENT_METHOD = 100
 MAX_CANCEL_REASON = 500
 
 
-def state_name(state: int) -> str:
+def state_name(state: TripState.ValueType) -> str:
     return TripState.Name(state)
 
 
@@ -105,7 +105,7 @@ def payment_request_id(trip: str) -> str:
     return f"{trip}:payment"
 
 
-def _refuse(trip: Trip, reason: str, wanted: Iterable[int], verb: str) -> FailedPrecondition:
+def _refuse(trip: Trip, reason: str, wanted: Iterable[TripState.ValueType], verb: str) -> FailedPrecondition:
     states = " or ".join(state_name(s) for s in wanted)
     return FailedPrecondition(
         f"{trip.name} is {state_name(trip.state)}; only a trip that is {states} can be {verb}",
@@ -114,10 +114,10 @@ def _refuse(trip: Trip, reason: str, wanted: Iterable[int], verb: str) -> Failed
     )
 
 
-def _next(trip: Trip, state: int) -> Trip:
+def _next(trip: Trip, state: TripState.ValueType) -> Trip:
     changed = Trip()
     changed.CopyFrom(trip)
-    changed.state = state  # type: ignore[assignment]
+    changed.state = state
     changed.update_time.CopyFrom(now())
     return changed
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from rideshare.trips.v1 import trips_pb2_grpc
 from rideshare.trips.v1.trips_pb2 import (
@@ -21,7 +23,7 @@ from services.runtime import aip
 from .store import TripStore
 from .workflow import TripWorkflow
 
-Context = grpc.aio.ServicerContext[object, object]
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class TripServicer(trips_pb2_grpc.TripServiceServicer):

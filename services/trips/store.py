@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
@@ -182,7 +182,7 @@ def _row_to_matching(row: sqlite3.Row) -> Matching:
     return Matching(_row_to_trip(row), row["request_key"] or "", row["fingerprint"], row["update_time"])
 
 
-def _optional_ns(trip: Trip, field: str) -> int | None:
+def _optional_ns(trip: Trip, field: Literal["start_time", "end_time"]) -> int | None:
     return getattr(trip, field).ToNanoseconds() if trip.HasField(field) else None
 
 

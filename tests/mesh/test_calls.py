@@ -13,8 +13,11 @@ from rideshare.passengers.v1 import passengers_pb2 as pb
 from rideshare.passengers.v1 import passengers_pb2_grpc
 
 from services.runtime import log
-from services.runtime.errors import FailedPrecondition
+from services.runtime.calls import CallWrapper
+from services.runtime.context import current_call
+from services.runtime.errors import FailedPrecondition, PermissionDenied
 from services.runtime.server import Service
+from services.runtime.validation import RequestValidator, ResourceRegistry
 
 from ..conftest import with_port
 
@@ -183,3 +186,180 @@ def test_a_downstream_error_the_handler_did_not_expect_is_internal(serve, mesh_c
 
     assert failure.code is grpc.StatusCode.INTERNAL
     assert "correlation id" in failure.message
+
+
+# The four RPC kinds through the one wrapper. No contract has a client stream, so a
+# test service serves GetPassengerRequest -> Passenger in every kind, named after it.
+KINDS = ["unary_unary", "unary_stream", "stream_unary", "stream_stream"]
+KIND_SERVICE = "test.Kinds"
+
+
+class Kinds:
+    """Answers each request with a passenger of the same name, or fails with `failure`."""
+
+    def __init__(self) -> None:
+        self.failure: Exception | None = None
+        self.seen: list[str] = []
+        self.methods: list[str] = []
+
+    def answer(self, request: pb.GetPassengerRequest) -> pb.Passenger:
+        self.seen.append(request.name)
+        call = current_call.get()
+        self.methods.append(call.method if call is not None else "")
+        if self.failure is not None:
+            raise self.failure
+        return pb.Passenger(name=request.name)
+
+    async def unary_unary(self, request, context):
+        return self.answer(request)
+
+    async def unary_stream(self, request, context):
+        yield self.answer(request)
+        yield self.answer(request)
+
+    async def stream_unary(self, requests, context):
+        answers = [self.answer(request) async for request in requests]
+        return answers[-1]
+
+    async def stream_stream(self, requests, context):
+        async for request in requests:
+            yield self.answer(request)
+
+
+class KindServer:
+    def __init__(self, loop, checks) -> None:
+        self.loop = loop
+        self.backend = Kinds()
+        resources = ResourceRegistry()
+        resources.add_file(pb.DESCRIPTOR)
+        paths = {kind: f"/{KIND_SERVICE}/{kind}" for kind in KINDS}
+        validators = {
+            path: RequestValidator(pb.GetPassengerRequest.DESCRIPTOR, resources) for path in paths.values()
+        }
+        wrapper = CallWrapper("kinds.rideshare", validators, checks)
+        codec = {
+            "request_deserializer": pb.GetPassengerRequest.FromString,
+            "response_serializer": pb.Passenger.SerializeToString,
+        }
+        handlers = {
+            kind: wrapper.wrap(
+                paths[kind], getattr(grpc, f"{kind}_rpc_method_handler")(getattr(self.backend, kind), **codec)
+            )
+            for kind in KINDS
+        }
+        self.server, self.channel = loop.call(self._start(handlers))
+
+    async def _start(self, handlers):
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(KIND_SERVICE, handlers),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+    async def _call(self, kind: str, names: list[str]) -> list[str]:
+        method = getattr(self.channel, kind)(
+            f"/{KIND_SERVICE}/{kind}",
+            request_serializer=pb.GetPassengerRequest.SerializeToString,
+            response_deserializer=pb.Passenger.FromString,
+        )
+        requests = [pb.GetPassengerRequest(name=name) for name in names]
+        call = method(requests[0]) if kind.startswith("unary_") else method(iter(requests))
+        if kind.endswith("_stream"):
+            return [response.name async for response in call]
+        return [(await call).name]
+
+    def call(self, kind: str, *names: str) -> list[str]:
+        return self.loop.call(self._call(kind, list(names)))
+
+    def fail(self, kind: str, *names: str):
+        return self.loop.fail(self._call(kind, list(names)))
+
+    async def stop(self) -> None:
+        await self.channel.close()
+        await self.server.stop(0)
+
+
+@pytest.fixture
+def kinds(loop):
+    """The test service with every kind wrapped; `kinds(checks)` for one with authorization checks."""
+    started = []
+
+    def start(checks=None) -> KindServer:
+        server = KindServer(loop, checks)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        loop.call(server.stop())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_rpc_kind_answers_through_the_wrapper_with_the_call_recorded(kinds, kind):
+    served = kinds()
+    name = "passengers/" + "b" * 32
+
+    answered = served.call(kind, name)
+
+    assert answered == [name] * (2 if kind == "unary_stream" else 1)
+    assert set(served.backend.methods) == {f"/{KIND_SERVICE}/{kind}"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_rpc_kind_turns_a_mesh_error_into_its_rich_status_and_logs_it(kinds, kind, json_log):
+    served = kinds()
+    served.backend.failure = FailedPrecondition("suspended", reason="SUSPENDED")
+
+    failure = served.fail(kind, SOME_NAME)
+
+    assert failure.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert (failure.info.reason, failure.info.domain) == ("SUSPENDED", "kinds.rideshare")
+    [entry] = [e for e in json_log() if e["logger"] == "rideshare.access"]
+    assert (entry["code"], entry["method"]) == ("FAILED_PRECONDITION", f"/{KIND_SERVICE}/{kind}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_rpc_kind_turns_the_unexpected_into_internal_with_a_correlation_id(kinds, kind):
+    served = kinds()
+    served.backend.failure = RuntimeError("db password is hunter2")
+
+    failure = served.fail(kind, SOME_NAME)
+
+    assert failure.code is grpc.StatusCode.INTERNAL
+    assert "hunter2" not in failure.message
+    assert set(failure.info.metadata) == {"correlation_id"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_rpc_kind_validates_its_request_before_the_handler_sees_it(kinds, kind):
+    served = kinds()
+
+    failure = served.fail(kind, "nope")
+
+    assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.fields == ["name"]
+    assert served.backend.seen == []
+
+
+@pytest.mark.parametrize("kind", ["stream_unary", "stream_stream"])
+def test_a_client_stream_is_validated_message_by_message(kinds, kind):
+    served = kinds()
+
+    failure = served.fail(kind, SOME_NAME, "nope", SOME_NAME)
+
+    assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.fields == ["name"]
+    assert served.backend.seen == [SOME_NAME]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_rpc_kind_is_refused_by_authorization_before_validation(kinds, kind):
+    def refuse(context):
+        raise PermissionDenied("not for you")
+
+    served = kinds({f"/{KIND_SERVICE}/{k}": refuse for k in KINDS})
+
+    failure = served.fail(kind, "nope")
+
+    assert failure.code is grpc.StatusCode.PERMISSION_DENIED
+    assert served.backend.seen == []
