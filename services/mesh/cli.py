@@ -35,7 +35,7 @@ def _config(args: argparse.Namespace) -> MeshConfig:
 def cmd_up(args: argparse.Namespace) -> int:
     from services.runtime.traffic import check_methods
 
-    from .supervisor import Supervisor
+    from .lifecycle import Supervisor
 
     config = _config(args)
     names = [n.strip() for n in args.only.split(",")] if args.only else [*config.services, "gateway"]
@@ -86,7 +86,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .supervisor import format_table, status, status_json
+    from .status import format_table, status, status_json
 
     members = status(_config(args))
     print(status_json(members) if args.json else format_table(members))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.mesh.supervisor import Member, format_table, status
+from services.mesh.status import Member, format_table, status
 from services.runtime.config import load_config
 from services.runtime.errors import ConfigError
 from services.runtime.replicas import check_replica, replicas_of, target

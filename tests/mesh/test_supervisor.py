@@ -1,27 +1,19 @@
-"""When a member of `mesh up` exits on its own: the backoff, what is said, what `mesh status` reads."""
+"""`mesh up` and `mesh status`: the backoff, what is said when a member exits, the logs, what status reads."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
 import socket
-import subprocess
-import sys
-import time
+from datetime import datetime
 
 import pytest
 
-from services.mesh.supervisor import (
-    Backoff,
-    Child,
-    Member,
-    Supervisor,
-    describe_exit,
-    format_table,
-    state_file,
-    status,
-)
+from services.mesh.lifecycle import Backoff, Child, Supervisor, describe_exit
+from services.mesh.logs import LINE_LIMIT, LogPrinter
+from services.mesh.status import Member, format_table, state_file, status
 from services.runtime.config import load_config
 from services.runtime.errors import ConfigError
 
@@ -144,74 +136,150 @@ def supervisor(tmp_path, settings: str = "") -> tuple[Supervisor, io.StringIO]:
     return Supervisor(config, list(config.services.values()), out), out
 
 
-def exited_child(sup: Supervisor, code: int) -> tuple[Child, subprocess.Popen[str]]:
-    """A registered member whose process (a real one) has ended with `code`."""
-    child = sup.child("passengers", ["serve", "passengers"], "127.0.0.1", 1)
-    program = f"import os, sys; os.kill(os.getpid(), {-code})" if code < 0 else f"raise SystemExit({code})"
-    process = subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE, text=True)
-    process.wait()
-    child.process = process
-    child.started = time.monotonic()
-    return child, process
+def passengers(sup: Supervisor) -> Child:
+    return sup.children["passengers"]
 
 
 def test_a_crashed_child_is_named_with_its_pid_and_signal_and_its_restart_scheduled(tmp_path):
     sup, out = supervisor(tmp_path)
-    child, process = exited_child(sup, -9)
+    child = passengers(sup)
 
-    sup.exited(child, process)
+    delay = sup.exited(child, pid=4321, code=-9)
 
     said = out.getvalue()
-    assert said.startswith(f"mesh: passengers (pid {process.pid}) was killed by SIGKILL at ")
+    assert said.startswith("mesh: passengers (pid 4321) was killed by SIGKILL at ")
     assert said.rstrip().endswith("; restarting it in 0.5s (restart 1)")
+    assert delay == 0.5
     assert child.process is None
-    assert child.restart_at is not None
     assert child.last_exit == "killed by SIGKILL"
+    assert child.last_exit_at is not None
+    assert datetime.fromisoformat(child.last_exit_at).utcoffset() is not None  # local time, with its offset
     assert child.left_down is None
 
 
 def test_a_child_that_stopped_cleanly_stays_down(tmp_path):
     sup, out = supervisor(tmp_path)
-    child, process = exited_child(sup, 0)
+    child = passengers(sup)
 
-    sup.exited(child, process)
+    delay = sup.exited(child, pid=4321, code=0)
 
     assert "exited with code 0" in out.getvalue()
     assert "not restarting it (it stopped cleanly)" in out.getvalue()
-    assert child.restart_at is None
+    assert delay is None
     assert child.left_down == 0
 
 
 def test_with_restart_no_a_crashed_child_stays_down_and_is_reported_at_the_end(tmp_path):
     sup, out = supervisor(tmp_path, '[supervisor]\nrestart = "no"\n')
-    child, process = exited_child(sup, 1)
+    child = passengers(sup)
 
-    sup.exited(child, process)
+    delay = sup.exited(child, pid=4321, code=1)
 
-    assert f"passengers (pid {process.pid}) exited with code 1 at " in out.getvalue()
+    assert "passengers (pid 4321) exited with code 1 at " in out.getvalue()
     assert 'not restarting it ([supervisor] restart = "no")' in out.getvalue()
-    assert child.restart_at is None
-    assert sup.stop_all() == {"passengers": 1}
+    assert delay is None
+    assert asyncio.run(sup.stop_all()) == {"passengers": 1}
 
 
 def test_a_port_someone_else_holds_is_reported_and_retried_later(tmp_path):
     sup, out = supervisor(tmp_path)
+    child = passengers(sup)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
-        port = squatter.getsockname()[1]
-        child = sup.child("passengers", ["serve", "passengers"], "127.0.0.1", port)
+        child.port = squatter.getsockname()[1]
         child.backoff.next(uptime=1.0)
 
-        started = sup.restart(child)
+        delay = sup.blocked(child)
 
-    assert not started
+    assert delay == 1.0
     assert out.getvalue() == (
-        f"mesh: passengers: port {port} on 127.0.0.1 is taken by another process; trying again in 1s\n"
+        f"mesh: passengers: port {child.port} on 127.0.0.1 is taken by another process; trying again in 1s\n"
     )
     assert child.process is None
     assert child.restarts == 0
-    assert child.restart_at is not None
+
+
+def test_the_gateway_stops_first_then_the_services_last_started_first(tmp_path, monkeypatch):
+    config = load(tmp_path, MESH + "[services.drivers]\nport = 2\n[services.trips]\nport = 3\n[gateway]\n")
+    sup = Supervisor(config, list(config.services.values()), io.StringIO(), gateway=True)
+    events: list[str] = []
+
+    async def stop(child: Child) -> int:
+        events.append(f"signal {child.name}")
+        await asyncio.sleep(0)
+        events.append(f"stopped {child.name}")
+        return 0
+
+    monkeypatch.setattr(sup, "stop", stop)
+
+    assert asyncio.run(sup.stop_all()) == {}
+    assert events[:2] == ["signal gateway", "stopped gateway"]
+    assert [e for e in events if e.startswith("signal")] == [
+        "signal gateway",
+        "signal trips",
+        "signal drivers",
+        "signal passengers",
+    ]
+
+
+# -- how the children's logs are printed ----------------------------------------------------------------
+
+LINE = json.dumps(
+    {
+        "ts": "2025-06-01T01:12:09.123Z",
+        "level": "info",
+        "service": "passengers",
+        "logger": "rideshare.server",
+        "msg": "serving passengers on 127.0.0.1:50051",
+        "port": 50051,
+        "services": ["a.A", "b.B"],
+    }
+)
+
+
+def printed(line: str, raw: bool = False) -> list[str]:
+    out = io.StringIO()
+    LogPrinter(["passengers", "drivers-1"], out, raw).write("passengers", line + "\n")
+    return out.getvalue().splitlines()
+
+
+def test_a_json_log_line_is_shown_as_time_level_message_and_fields_behind_the_member_name():
+    assert printed(LINE) == [
+        "passengers | 01:12:09.123 INFO    serving passengers on 127.0.0.1:50051  port=50051 services=a.A,b.B"
+    ]
+
+
+def test_an_exception_follows_its_log_line_each_of_its_lines_behind_the_name():
+    line = json.dumps({"ts": "", "level": "error", "msg": "boom", "exception": "Traceback\n  ValueError"})
+
+    assert printed(line) == [
+        "passengers |  ERROR   boom",
+        "passengers | Traceback",
+        "passengers |   ValueError",
+    ]
+
+
+def test_raw_logs_and_lines_that_are_not_json_log_entries_pass_through_unchanged():
+    assert printed(LINE, raw=True) == [f"passengers | {LINE}"]
+    assert printed("Traceback (most recent call last):") == [
+        "passengers | Traceback (most recent call last):"
+    ]
+    assert printed("[1, 2]") == ["passengers | [1, 2]"]
+
+
+def test_a_line_too_long_to_read_is_left_out_and_the_lines_after_it_still_print():
+    async def pump() -> str:
+        stream = asyncio.StreamReader(limit=LINE_LIMIT)
+        stream.feed_data(b"x" * (LINE_LIMIT + 1) + b"\nafter\n")
+        stream.feed_eof()
+        out = io.StringIO()
+        await LogPrinter(["passengers"], out).pump("passengers", stream)
+        return out.getvalue()
+
+    assert asyncio.run(pump()) == (
+        f"passengers | (a line longer than {LINE_LIMIT} bytes was left out)\npassengers | after\n"
+    )
 
 
 # -- what `mesh status` shows ------------------------------------------------------------------------
@@ -221,7 +289,7 @@ def test_status_shows_the_restarts_and_last_exit_the_running_supervisor_recorded
     config = load(tmp_path)
     path = state_file(config)
     path.parent.mkdir(parents=True)
-    stamp = time.time()
+    stamp = "2025-06-01T03:12:09+02:00"
     path.write_text(
         json.dumps(
             {
@@ -245,12 +313,12 @@ def test_status_shows_the_restarts_and_last_exit_the_running_supervisor_recorded
 
     assert (member.pid, member.health, member.restarts, member.last_exit) == (None, "DOWN", 4, "exit code 1")
     assert member.last_exit_at is not None
-    assert member.last_exit_at.startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(stamp)))
+    assert member.last_exit_at == stamp
     table = format_table([member]).splitlines()
     assert table[0].split() == ["SERVICE", "ADDRESS", "PID", "HEALTH", "RESTARTS", "LAST", "EXIT"]
     assert table[1].split() == [
         "passengers", "127.0.0.1:1", "-", "DOWN", "4", "exit", "code", "1", "at",
-        time.strftime("%H:%M:%S", time.localtime(stamp)),
+        "03:12:09",
     ]  # fmt: skip
 
 
