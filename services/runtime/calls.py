@@ -97,7 +97,7 @@ class CallWrapper:
             metadata = context.invocation_metadata() or ()  # a fresh tuple per read: read once
             tokens = _enter(method, context, metadata)
             observed = probe.begin(context, metadata) if probe is not None else None
-            code = grpc.StatusCode.OK
+            code: grpc.StatusCode | None = grpc.StatusCode.OK
             try:
                 if authorize is not None:
                     authorize(context)
@@ -109,13 +109,19 @@ class CallWrapper:
                 raise
             except Exception as exc:
                 outcome = self._outcome(exc)
-                code = outcome.code
+                # Logged and counted before `abort` sends the status: whoever sees the
+                # failure can already read its log line and metrics.
+                _leave(tokens, method, outcome.code, started)
+                if probe is not None and observed is not None:
+                    probe.end(observed, outcome.code, started)
+                code = None
                 await context.abort(outcome.code, outcome.details, outcome.trailing_metadata)
                 return None  # not reached: abort raises
             finally:
-                _leave(tokens, method, code, started)
-                if probe is not None and observed is not None:
-                    probe.end(observed, code, started)
+                if code is not None:
+                    _leave(tokens, method, code, started)
+                    if probe is not None and observed is not None:
+                        probe.end(observed, code, started)
 
         return handler
 
