@@ -148,6 +148,14 @@ def test_a_file_that_is_not_a_certificate_is_named(gateway_mesh, tmp_path):
         upstream_tls.settings(gateway_mesh, ca=str(junk))
 
 
+def test_a_key_that_is_not_the_certificates_is_named(gateway_mesh, secured):
+    folder = secured[1]
+    with pytest.raises(ConfigError, match=r"--upstream-cert.*the key does not match"):
+        upstream_tls.settings(
+            gateway_mesh, cert=str(folder / "gateway.pem"), key=str(folder / "passengers.key")
+        )
+
+
 def test_mesh_gateway_with_a_bad_option_exits_2_with_one_line(tmp_path):
     done = subprocess.run(
         [
