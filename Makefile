@@ -25,13 +25,9 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[test]'
 	@touch $@ $(VENV)/.run
 
-$(VENV)/.bench: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[bench]'
-	@touch $@ $(VENV)/.run
-
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[dev]'
-	@touch $@ $(VENV)/.test $(VENV)/.bench $(VENV)/.run
+	@touch $@ $(VENV)/.test $(VENV)/.run
 
 node_modules/.bin/protoc-gen-buf-lint: package.json
 	@command -v npm >/dev/null || { echo "make lint: npm is needed to install buf (@bufbuild/buf)"; exit 1; }
@@ -56,7 +52,7 @@ lint: $(VENV)/.dev node_modules/.bin/protoc-gen-buf-lint ## ruff, mypy and buf l
 	$(BIN)/mypy services
 	$(BIN)/mesh lint-protos --plugin node_modules/.bin/protoc-gen-buf-lint
 
-bench: $(VENV)/.bench ## gRPC calls/s by server model, REST req/s vs grpc-gateway, feature costs (BENCH_ARGS=--quick)
+bench: $(VENV)/.run ## gRPC calls/s by server model, REST req/s vs grpc-gateway, feature costs (BENCH_ARGS=--quick)
 	@command -v h2load >/dev/null || { echo "make bench: installing h2load (nghttp2-client)"; \
 		apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 	@command -v taskset >/dev/null || { echo "make bench: installing taskset (util-linux)"; \
@@ -65,7 +61,6 @@ bench: $(VENV)/.bench ## gRPC calls/s by server model, REST req/s vs grpc-gatewa
 		apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python -m bench.unary $(BENCH_ARGS)
 	$(BIN)/python -m bench.rest $(BENCH_ARGS)
-	$(BIN)/python -m bench.clients $(BENCH_ARGS)
 	$(BIN)/python -m bench.features $(BENCH_ARGS)
 
 clean: ## remove the venv, node_modules and local data (var/)

@@ -10,8 +10,13 @@ What runs (every server pinned to core 0, load generators to core 1):
 - `direct`: h2load straight to the backend (the gRPC ceiling; 8 connections x 8 streams);
 - `bridge`: our bridge in front of the backend as `mesh gateway --upstream ...
   --descriptor-set ... --no-auth` (what fronting any gRPC server costs);
-- `bridge-mesh`: the same bridge in mesh mode (the backend is a mesh service:
-  calls go through the mesh client, with its retries, balancing and telemetry);
+- `bridge-mesh`: the same bridge in mesh mode (the backend is a mesh service).
+  Both call through the runtime's grpc.aio client, with its retries, balancing
+  and telemetry; they differ in how the upstream is named;
+- `bridge-mesh@REF` (with `--baseline-ref REF`): the bridge-mesh of another git
+  revision, checked out into a temporary worktree (removed at the end) and run
+  from there on this venv, so a change is measured side by side with what it
+  replaces, on the whole request;
 - `grpc-gateway`: grpc-gateway 1.6.4 built from ../shared/anchors/grpc-gateway
   (Debian's Go packages, offline); skipped with a message when the anchor is
   missing or does not build.
@@ -30,6 +35,7 @@ the ratios (that sum, inverted) should agree with the throughput ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -60,7 +66,6 @@ from bench.unary import (
 ANCHOR = REPO.parent / "shared" / "anchors" / "grpc-gateway"
 BODY = '{"message":"hi","n":"3"}'
 CONNECTIONS = 16
-VARIANTS = ("direct", "bridge", "bridge-mesh", "grpc-gateway")
 RATIOS = (
     ("bridge / grpc-gateway", "bridge", "grpc-gateway"),
     ("bridge-mesh / grpc-gateway", "bridge-mesh", "grpc-gateway"),
@@ -143,8 +148,43 @@ def build_grpc_gateway(dest: Path) -> Path | None:
 
 
 @contextmanager
+def baseline_tree(ref: str) -> Iterator[Path]:
+    """`ref` checked out (detached) in a temporary git worktree, removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="rideshare-bench-baseline-"))
+    added = subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(folder), ref],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if added.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise SystemExit(f"bench: --baseline-ref {ref}: git worktree add failed: {added.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)],
+            capture_output=True,
+            check=False,
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def baseline_env(tree: Path) -> dict[str, str]:
+    """Imports from `tree` first: its packages before the editable install of this one (and no
+    current directory on the path), its generated code before ours."""
+    return {
+        **os.environ,
+        "MESH_SUPERVISED": "1",
+        "PYTHONSAFEPATH": "1",
+        "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "generated")]),
+    }
+
+
+@contextmanager
 def servers(
-    workdir: Path, args: argparse.Namespace, gateway_binary: Path | None
+    workdir: Path, args: argparse.Namespace, gateway_binary: Path | None, baseline: Path | None = None
 ) -> Iterator[dict[str, Server]]:
     started: dict[str, Server] = {}
     try:
@@ -169,6 +209,12 @@ def servers(
         started["bridge-mesh"] = start_process(
             "bridge-mesh", [*mesh, *common, "--listen", f"127.0.0.1:{port}"], port=port, env=env
         )
+        if baseline is not None:
+            port = free_port()
+            name = f"bridge-mesh@{args.baseline_ref}"
+            started[name] = start_process(
+                name, [*mesh, *common, "--listen", f"127.0.0.1:{port}"], port=port, env=baseline_env(baseline)
+            )
         if gateway_binary is not None:
             port = free_port()
             started["grpc-gateway"] = start_process(
@@ -240,7 +286,7 @@ def direct(backend: Server, framed: Path, calls: int, response_bytes: int) -> Ru
 
 
 def measure(
-    args: argparse.Namespace, workdir: Path, gateway_binary: Path | None
+    args: argparse.Namespace, workdir: Path, gateway_binary: Path | None, baseline: Path | None = None
 ) -> tuple[list[Run], list[str]]:
     script = workdir / "post.lua"
     script.write_text(LUA.format(body=BODY))
@@ -250,8 +296,8 @@ def measure(
     response_bytes = len(frame(response_class(message="hi", n=3).SerializeToString()))
     calls = max(1000, int(args.seconds * 3000))
     runs: list[Run] = []
-    with servers(workdir, args, gateway_binary) as started:
-        variants = [v for v in VARIANTS if v in started]
+    with servers(workdir, args, gateway_binary, baseline) as started:
+        variants = [v for v in started if v != "backend"]  # in the order they started
         backend = started["backend"]
         for variant in variants[1:]:
             check(started[variant])
@@ -280,6 +326,8 @@ def measure(
 
 
 def report(runs: list[Run], variants: list[str], rounds: int) -> str:
+    ratios = [*RATIOS]
+    ratios += [(f"bridge-mesh / {v}", "bridge-mesh", v) for v in variants if v.startswith("bridge-mesh@")]
     by_variant = {v: [r for r in runs if r.variant == v] for v in variants}
     lines = [
         "| variant | median req/s | min - max | bridge CPU us/req (median) | backend CPU us/req (median) |",
@@ -297,7 +345,7 @@ def report(runs: list[Run], variants: list[str], rounds: int) -> str:
         "| ratio (throughput) | of medians | per round: median (min - max) | core-0 CPU/req, inverted |",
         "| --- | ---: | ---: | ---: |",
     ]
-    for label, top, bottom in RATIOS:
+    for label, top, bottom in ratios:
         if top not in by_variant or bottom not in by_variant:
             continue
         per_round = [by_variant[top][i].rate / by_variant[bottom][i].rate for i in range(rounds)]
@@ -311,6 +359,11 @@ def report(runs: list[Run], variants: list[str], rounds: int) -> str:
             f"| {label} | {medians:.2f} | {statistics.median(per_round):.2f} "
             f"({min(per_round):.2f} - {max(per_round):.2f}) | {cpu:.2f} |"
         )
+    lines += ["", "Per round, as measured:"]
+    for label, top, bottom in ratios:
+        if top in by_variant and bottom in by_variant:
+            per_round = [by_variant[top][i].rate / by_variant[bottom][i].rate for i in range(rounds)]
+            lines.append(f"- {label}: {', '.join(f'{r:.3f}' for r in per_round)}")
     return "\n".join(lines)
 
 
@@ -325,6 +378,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gateway-dir", type=Path, help="where grpc-gateway is built (default $TMPDIR)")
     parser.add_argument("--no-grpc-gateway", action="store_true", help="skip building and measuring it")
     parser.add_argument("--max-seconds", type=float, default=1800, help="servers stop after this, regardless")
+    parser.add_argument(
+        "--baseline-ref",
+        metavar="REF",
+        help="also run the bridge-mesh of this git revision (a temporary worktree), side by side",
+    )
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (3 if args.quick else 5)
     args.seconds = args.seconds or (3.0 if args.quick else 10.0)
@@ -342,8 +400,10 @@ def main(argv: list[str] | None = None) -> None:
         f"load average {os.getloadavg()[0]:.2f}"
     )
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="rideshare-bench-rest-") as workdir:
-        runs, variants = measure(args, Path(workdir), binary)
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rideshare-bench-rest-")))
+        baseline = stack.enter_context(baseline_tree(args.baseline_ref)) if args.baseline_ref else None
+        runs, variants = measure(args, workdir, binary, baseline)
     print()
     print(report(runs, variants, args.rounds))
     print(f"\n{time.monotonic() - started:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import descriptor as d
-from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
-
-from .codec import Codec
 
 #: Services that are plumbing, not API: never routed.
 _PLUMBING_PREFIXES = ("grpc.",)
@@ -42,15 +40,10 @@ class Api:
     services: list[d.ServiceDescriptor]
     files: Mapping[str, descriptor_pb2.FileDescriptorProto]
     """File protos by name, comments included where the source had them."""
-    codec: Codec = field(init=False)
-    """Proto3 JSON for the messages of `pool`, compiled per type."""
-
-    def __post_init__(self) -> None:
-        self.codec = Codec(self.pool)
 
     def message_class(self, message: d.Descriptor) -> type[Message]:
         """The Python class of a message of this pool (the generated one for the default pool)."""
-        return self.codec.message_class(message.full_name)
+        return message_factory.GetMessageClass(message)
 
 
 def _api_services(files: Iterable[d.FileDescriptor]) -> list[d.ServiceDescriptor]:

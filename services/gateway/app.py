@@ -29,8 +29,7 @@ from services.runtime import log
 from . import errors, headers, transcode
 from .api import Api
 from .routes import Binding, Match, RouteTable
-from .upstream import Requests, Stream, Upstreams
-from .wire import Metadata, RpcError
+from .upstream import Metadata, Requests, Stream, Upstreams
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -68,8 +67,6 @@ class Settings:
 
     max_body_bytes: int = 1024 * 1024
     max_timeout: float = 60.0
-    default_timeout: float | None = 5.0
-    """The deadline of a call whose client asked for none (None: the mesh client's own default)."""
     cors_origins: tuple[str, ...] = ()
     sse_keepalive: float = 15.0
     """Seconds of silence after which an SSE stream gets a `: keep-alive` comment (0: never)."""
@@ -139,9 +136,6 @@ class Gateway:
             timeout = headers.parse_timeout(grpc_timeout, timeout_param, self.settings.max_timeout)
         except headers.HeaderError as exc:
             raise errors.bad_request(transcode.BadRequest.one(exc.field, exc.description)) from None
-        if timeout is None and not (binding.rpc.server_streaming or binding.rpc.client_streaming):
-            # A stream lasts as long as its client stays (as in the mesh client): no default.
-            timeout = self.settings.default_timeout
         if binding.rpc.client_streaming:
             lines = _RequestLines(match, query, receive, self.settings.max_body_bytes)
             _check_content_type(next((v for k, v in request_headers if k == b"content-type"), b""), True)
@@ -173,11 +167,9 @@ class Gateway:
         if call is None:
             raise _no_upstream(binding)
         try:
-            reply = await call(request, deadline, tuple(metadata))
-        except RpcError as exc:
-            error = errors.from_status(exc.code, exc.details, exc.trailing_metadata)
-            error.headers += headers.response_headers(exc.initial_metadata, exc.trailing_metadata)
-            raise error from None
+            reply = await call(request, deadline, metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise _upstream_error(exc) from None
         payload = transcode.dumps(binding.encode(reply.message))
         response_headers = [_JSON, (b"content-length", str(len(payload)).encode())]
         if reply.initial_metadata or reply.trailing_metadata:
@@ -203,8 +195,8 @@ class Gateway:
             raise _no_upstream(binding)
         sse = any(k == b"accept" and b"text/event-stream" in v for k, v in request_headers)
         try:
-            call = await open_stream(requests, deadline, tuple(metadata))
-        except RpcError as exc:
+            call = await open_stream(requests, deadline, metadata)
+        except grpc.aio.AioRpcError as exc:
             raise lines.failure_or(exc) from None
         disconnected = asyncio.Event()
         watcher = asyncio.ensure_future(lines.watch(call, disconnected))
@@ -216,7 +208,7 @@ class Gateway:
                 if not binding.rpc.server_streaming:
                     await self._one_answer(binding, call, initial, send, extra)
                     return
-            except RpcError as exc:
+            except grpc.aio.AioRpcError as exc:
                 raise lines.failure_or(exc) from None
             await send(
                 {
@@ -240,7 +232,7 @@ class Gateway:
                     await send({"type": "http.response.body", "body": _event(value, sse), "more_body": True})
                     if quiet is not None:
                         quiet.spoke()
-            except RpcError as exc:
+            except grpc.aio.AioRpcError as exc:
                 if disconnected.is_set():
                     return
                 error = lines.failure_or(exc)
@@ -270,10 +262,8 @@ class Gateway:
         self, binding: Binding, call: Stream, initial: Metadata, send: Send, extra: Headers
     ) -> None:
         """The answer of a client-streaming call, as JSON like a unary one."""
-        answers = [message async for message in call]
-        if len(answers) != 1:
-            raise RpcError(grpc.StatusCode.INTERNAL, f"the call answered with {len(answers)} messages")
-        payload = transcode.dumps(binding.encode(answers[0]))
+        answer = await anext(aiter(call))  # grpc.aio gives exactly one, or raises
+        payload = transcode.dumps(binding.encode(answer))
         response_headers = [_JSON, (b"content-length", str(len(payload)).encode())]
         response_headers += headers.response_headers(initial, await call.trailing_metadata())
         await send({"type": "http.response.start", "status": 200, "headers": response_headers + extra})
@@ -453,7 +443,7 @@ class _RequestLines:
             )
             raise transcode.BadRequest(exc.violations, f"line {number} of the body: {problems}") from None
 
-    def failure_or(self, error: RpcError | None) -> errors.HttpError:
+    def failure_or(self, error: grpc.aio.AioRpcError | None) -> errors.HttpError:
         """What to tell the client of a failed call: the bad request line if that ended it."""
         failure = self.failure
         if isinstance(failure, transcode.BadRequest):
@@ -476,9 +466,9 @@ class _RequestLines:
                 return
 
 
-def _upstream_error(exc: RpcError) -> errors.HttpError:
-    error = errors.from_status(exc.code, exc.details, exc.trailing_metadata)
-    error.headers += headers.response_headers(exc.initial_metadata, exc.trailing_metadata)
+def _upstream_error(exc: grpc.aio.AioRpcError) -> errors.HttpError:
+    error = errors.from_status(exc.code(), exc.details(), exc.trailing_metadata())
+    error.headers += headers.response_headers(exc.initial_metadata(), exc.trailing_metadata())
     return error
 
 

@@ -18,30 +18,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import descriptor as d
+from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
-
-from .jsonvalues import INT_RANGES
 
 FD = d.FieldDescriptor
 
-#: A value from a URL turned into what the field holds, or ValueError saying why not.
+#: A value from a URL turned into what the field holds, or ValueError saying why not
+#: (integers out of range say so when they are assigned: protobuf checks them).
 Converter = Callable[[str], Any]
 
-_WRAPPERS = {
-    "google.protobuf.DoubleValue",
-    "google.protobuf.FloatValue",
-    "google.protobuf.Int64Value",
-    "google.protobuf.UInt64Value",
-    "google.protobuf.Int32Value",
-    "google.protobuf.UInt32Value",
-    "google.protobuf.BoolValue",
-    "google.protobuf.StringValue",
-    "google.protobuf.BytesValue",
-}
+_WRAPPERS = frozenset(f"google.protobuf.{name}" for name in wrappers_pb2.DESCRIPTOR.message_types_by_name)
 #: Message types a single URL string can stand for.
 URL_MESSAGES = frozenset(
     {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask", *_WRAPPERS}
 )
+_INTEGERS = frozenset({FD.CPPTYPE_INT32, FD.CPPTYPE_INT64, FD.CPPTYPE_UINT32, FD.CPPTYPE_UINT64})
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
@@ -158,9 +149,8 @@ def converter(field: d.FieldDescriptor) -> Converter:
     kind = field.type
     if kind == FD.TYPE_STRING:
         return _string
-    if kind in INT_RANGES and kind != FD.TYPE_ENUM:
-        low, high = INT_RANGES[kind]
-        return functools.partial(_integer, low=low, high=high)
+    if field.cpp_type in _INTEGERS:
+        return _integer
     if kind in (FD.TYPE_DOUBLE, FD.TYPE_FLOAT):
         return _float
     if kind == FD.TYPE_BOOL:
@@ -194,14 +184,11 @@ def _string(value: str) -> str:
     return value
 
 
-def _integer(value: str, low: int, high: int) -> int:
+def _integer(value: str) -> int:
     try:
-        number = int(value, 10)
+        return int(value, 10)
     except ValueError:
         raise ValueError(f"expected an integer, got {value!r}") from None
-    if not low <= number <= high:
-        raise ValueError(f"{number} is out of range ({low} to {high})")
-    return number
 
 
 def _float(value: str) -> float:
@@ -244,7 +231,7 @@ def _enum(value: str, enum: d.EnumDescriptor, closed: bool) -> int:
     except ValueError:
         choices = ", ".join(enum.values_by_name)
         raise ValueError(f"expected one of {choices}, or a number; got {value!r}") from None
-    if not -(2**31) <= number < 2**31 or (closed and number not in enum.values_by_number):
+    if closed and number not in enum.values_by_number:
         raise ValueError(f"{number} is not a value of {enum.full_name}")
     return number
 

@@ -19,16 +19,18 @@ from typing import Any
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor as d
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from . import fields as f
 from .api import Api
-from .codec import Codec, Encoder
 from .template import DOUBLE_STAR, STAR, Template, TemplateError, decode_single, parse
 
 _KINDS = ("get", "put", "post", "delete", "patch")
-#: Merges a parsed JSON body into a request message.
+#: Merges a parsed JSON body into a request message (raises json_format.ParseError).
 BodyDecoder = Callable[[Message, Any], None]
+#: The JSON value of a response message.
+Encoder = Callable[[Message], Any]
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,6 @@ class Rpc:
     descriptor: d.MethodDescriptor
     request_class: type[Message]
     response_class: type[Message]
-    codec: Codec
 
     @cached_property  # read on every request: once from the descriptor, then from the instance
     def server_streaming(self) -> bool:
@@ -81,9 +82,11 @@ class Binding:
     field_mask: d.FieldDescriptor | None
     """The request's only FieldMask field, on a PATCH with a message body (filled from the body's keys)."""
     decode_body: BodyDecoder
-    """Merges the parsed JSON body into the request where `body` says (raises DecodeError)."""
+    """Merges the parsed JSON body into the request where `body` says (raises json_format.ParseError)."""
     body_prefix: str
     """How errors name the body: '' for `*`, else the body field's JSON path."""
+    object_body: bool
+    """The body must be a JSON object: the request, or a field of a message type of ours."""
     encode: Encoder
     """The JSON value of a response: the message, or its `response_body` field."""
     query_cache: dict[str, Any] = field(default_factory=dict)
@@ -225,7 +228,6 @@ def build(api: Api) -> RouteTable:
                 descriptor=method,
                 request_class=api.message_class(method.input_type),
                 response_class=api.message_class(method.output_type),
-                codec=api.codec,
             )
             for binding in _bindings(rpc, table.problems):
                 if rpc.client_streaming and binding.body != "*":
@@ -291,33 +293,36 @@ def compile_binding(
         field_mask=_patch_mask(request, http_method, body_path),
         decode_body=_body_decoder(rpc, body_path),
         body_prefix="" if body_path is None else ".".join(f.json_name for f in body_path.fields),
+        object_body=body_path is None or _plain_message(body_path.leaf),
         encode=_response_encoder(rpc, response_path),
         annotated=annotated,
     )
 
 
 def _body_decoder(rpc: Rpc, body: f.FieldPath | None) -> BodyDecoder:
-    if body is None:
-        decode = rpc.codec.decoder(rpc.descriptor.input_type)
+    """json_format, the proto3 JSON mapping's reference; a body field's value is parsed as the
+    request `{"a": {"b": value}}`, so its errors name the field's whole path."""
+    names = [] if body is None else [x.json_name for x in reversed(body.fields)]
+    pool = rpc.service.file.pool
 
-        def whole(request: Message, document: Any) -> None:
-            decode(document, request, 1)
+    def decode(request: Message, document: Any) -> None:
+        for name in names:
+            document = {name: document}
+        json_format.ParseDict(document, request, descriptor_pool=pool)
 
-        return whole
-    parents = body.fields[:-1]
-    setter = rpc.codec.setter(body.leaf)
-
-    def part(request: Message, document: Any) -> None:
-        target = request
-        for parent in parents:
-            target = getattr(target, parent.name)
-        setter(target, document, len(parents) + 1)
-
-    return part
+    return decode
 
 
 def _response_encoder(rpc: Rpc, response_body: f.FieldPath | None) -> Encoder:
-    encode = rpc.codec.encoder(rpc.descriptor.output_type)
+    """json_format: lowerCamel names, fields without presence always written (as grpc-gateway
+    does), 64-bit integers as strings, enums by name, the well-known types in their JSON forms."""
+    pool = rpc.service.file.pool
+
+    def encode(message: Message) -> Any:
+        return json_format.MessageToDict(
+            message, always_print_fields_with_no_presence=True, descriptor_pool=pool
+        )
+
     if response_body is None:
         return encode
     names = [x.json_name for x in response_body.fields]
@@ -333,6 +338,15 @@ def _response_encoder(rpc: Rpc, response_body: f.FieldPath | None) -> Encoder:
         return data
 
     return pick
+
+
+def _plain_message(field: d.FieldDescriptor) -> bool:
+    """A singular message field whose JSON form is an object of its fields (not a well-known type)."""
+    return (
+        field.type == f.FD.TYPE_MESSAGE
+        and not field.is_repeated
+        and not f.full_type_name(field).startswith("google.protobuf.")
+    )
 
 
 def _patch_mask(

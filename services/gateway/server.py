@@ -1,10 +1,11 @@
 """Building and running the bridge: `mesh gateway [--upstream HOST:PORT ...] [--descriptor-set FILE]`.
 
 Without `--upstream` the bridge fronts the mesh of the mesh file: the API is
-this project's generated contracts (or `--descriptor-set`), and each service
-is called through the mesh client. With `--upstream` it fronts any gRPC
-servers: the API comes from `--descriptor-set`, or else from each upstream's
-reflection service, which also says which upstream serves which service.
+this project's generated contracts (or `--descriptor-set`). With `--upstream`
+it fronts any gRPC servers: the API comes from `--descriptor-set`, or else
+from each upstream's reflection service, which also says which upstream
+serves which service. Either way the calls go through the runtime's client
+(upstream.py).
 
 It serves with uvicorn on uvloop + httptools, the fastest pair here.
 """
@@ -36,7 +37,7 @@ from .app import Gateway, Page, Settings
 from .guard import KeyGuard
 from .keys import KeyStore
 from .pages import pages
-from .upstream import Upstreams, direct, in_mesh
+from .upstream import direct, in_mesh
 from .upstream_tls import UpstreamTls
 
 _log = log.get_logger("rideshare.gateway")
@@ -112,26 +113,22 @@ async def build(
 ) -> tuple[Gateway, Closer]:
     """The application and how to release what it holds (channels, databases).
 
-    `telemetry` (services/gateway/telemetry.py) counts and traces the calls made into the mesh.
+    `telemetry` (services/gateway/telemetry.py) counts and traces the calls made upstream.
     """
     tls = options.tls(config) if options.upstreams else None
     loaded, served = await load_api(options, config, tls)
-    closers: list[Closer] = []
-    upstreams: Upstreams
-    if options.upstreams:
-        upstreams = direct(config, loaded, list(options.upstreams), served, tls)
-        closers.append(upstreams.close)
-    else:
-        upstreams, clients = in_mesh(config, loaded, telemetry)
-        closers.append(clients.close)
+    upstreams = (
+        direct(config, loaded, list(options.upstreams), served, tls, telemetry)
+        if options.upstreams
+        else in_mesh(config, loaded, telemetry)
+    )
+    closers: list[Closer] = [upstreams.close]
     table = routes.build(loaded)
     for problem in [*table.problems, *upstreams.problems]:
         _log.warning(f"route left out: {problem}", extra={"fields": {"event": "route_problem"}})
     settings = Settings(
         max_body_bytes=config.gateway.max_body_bytes,
         max_timeout=config.gateway.max_timeout,
-        # In the mesh the client applies its own defaults ([client] timeout, [client.methods]).
-        default_timeout=min(config.client.timeout, config.gateway.max_timeout) if options.upstreams else None,
         cors_origins=config.gateway.cors_origins,
         sse_keepalive=config.gateway.sse_keepalive,
     )

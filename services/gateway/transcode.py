@@ -6,8 +6,10 @@ over the same field in the body), then the query parameters for every field
 not bound by path or body. A PATCH whose request has one FieldMask that the
 client did not send gets the mask from the JSON keys of the body (AIP-134).
 
-JSON follows the proto3 mapping through the compiled codec of `codec.py` (both
-field names on input; lowerCamel, int64 as strings, enums as names on output).
+JSON follows the proto3 mapping through protobuf's own `json_format` (both
+field names on input; lowerCamel, int64 as strings, enums as names on output);
+its errors become field violations naming the path of the value
+(`_violation`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from google.protobuf import descriptor as d
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from . import fields as f
-from .jsonvalues import DecodeError
 from .routes import Binding
 
 #: Query keys that the bridge itself reads; never request fields.
@@ -68,17 +70,19 @@ def decode_request(binding: Binding, values: dict[str, str], query: str, body: b
     document: Any = None
     if binding.has_body and body.strip():
         document = load_json(body)
+        if binding.object_body and type(document) is not dict:
+            problem = f"expected a JSON object, got {_kind(document)}"
+            raise BadRequest.one(binding.body_prefix or "body", problem)
         try:
             binding.decode_body(request, document)
-        except DecodeError as exc:
-            raise BadRequest.one(exc.field(binding.body_prefix), exc.description) from None
+        except (json_format.ParseError, ValueError, TypeError) as exc:
+            raise BadRequest([_violation(exc)]) from None
     for path_field in binding.path_fields:
-        raw = values[path_field.variable]
+        path = path_field.path
         try:
-            value = path_field.convert(raw)
+            f.assign(path.parent_of(request), path.leaf, path_field.convert(values[path_field.variable]))
         except ValueError as exc:
-            raise BadRequest.one(path_field.path.text, str(exc)) from None
-        f.assign(path_field.path.parent_of(request), path_field.path.leaf, value)
+            raise BadRequest.one(path.text, str(exc)) from None
     if query and binding.body != "*":
         _apply_query(binding, request, query)
     mask = binding.field_mask
@@ -108,6 +112,47 @@ def load_json(body: bytes) -> Any:
     if end != len(text):
         raise BadRequest.one("body", f"malformed JSON: extra data at character {end}")
     return value
+
+
+_FAILED = re.compile(r"Failed to parse (\S+) field: ")
+_AT = re.compile(r' at "?([^"\s]+?)"?$')
+_UNKNOWN = re.compile(r'has no field named "(.*)"$')
+_ONEOF = re.compile(r'multiple "(.*)" oneof fields$')
+
+
+def _violation(error: Exception) -> Violation:
+    """json_format's error as the path of the value the client sent and what is wrong with it.
+
+    Its text says the path one of two ways: `Failed to parse a field: Failed to parse b
+    field: ...` (field names, one level each), or `... at Request.a.b[2]` (a path from the
+    request type, with indexes). The longer one wins; an unknown field or a second field of
+    a oneof is named after the path of its message.
+    """
+    text = str(error).split("\n", 1)[0]
+    path: list[str] = []
+    while (failed := _FAILED.match(text)) is not None:
+        path.append(failed.group(1))
+        text = text[failed.end() :]
+    text = text.rstrip(".")
+    at = _AT.search(text)
+    if at is not None:
+        text = text[: at.start()].rstrip(".")
+        located = at.group(1).split(".")[1:]  # from the request type's name
+        if len(located) >= len(path):
+            path = located
+    if (unknown := _UNKNOWN.search(text)) is not None:
+        path, text = [*path, unknown.group(1)], "unknown field"
+    elif (oneof := _ONEOF.search(text)) is not None:
+        path, text = [*path, oneof.group(1)], "more than one field of this oneof is set"
+    return Violation(".".join(path) or "body", text)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    return "null" if value is None else json.dumps(value)
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -169,11 +214,9 @@ def _apply_query(binding: Binding, request: Message, query: str) -> None:
                 problems.append(Violation(key, f"{other} of the same oneof is already set"))
                 continue
         try:
-            converted = target.convert(value)
+            f.assign(target.path.parent_of(request), target.path.leaf, target.convert(value))
         except ValueError as exc:
             problems.append(Violation(key, str(exc)))
-            continue
-        f.assign(target.path.parent_of(request), target.path.leaf, converted)
     if problems:
         raise BadRequest(problems)
 
@@ -231,11 +274,6 @@ def _mask_paths(message: d.Descriptor, document: dict[str, Any], prefix: str = "
             yield from _mask_paths(f.message_type(field), value, path + ".")
         else:
             yield path
-
-
-def encode_response(binding: Binding, message: Message) -> Any:
-    """The JSON value of a response: the whole message, or its `response_body` field."""
-    return binding.encode(message)
 
 
 def dumps(value: Any) -> bytes:

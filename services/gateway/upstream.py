@@ -1,46 +1,45 @@
-"""The gRPC side: a prepared call per RPC, on whatever reaches the service that serves it.
+"""The gRPC side: a prepared call per RPC, on the runtime client's channel to whoever serves it.
 
-Inside the mesh the calls go through the mesh client's grpc.aio channels
-(`services.runtime.client.Clients`: TLS, round robin over replicas, health-aware
-routing, retries on UNAVAILABLE for safe methods, the mesh's default
-deadlines, telemetry). In front of other servers (`--upstream HOST:PORT`) they
-go through the bridge's own HTTP/2 client (`wire.py`), with the mesh's retry
-settings for safe methods and a retry budget per upstream.
+Every upstream is a grpc.aio channel of `services.runtime.client.Clients`: in
+the mesh, the channel to the mesh service of the contract's package; in front
+of other servers (`--upstream HOST:PORT`), the channel to that address, over
+TLS when `upstream_tls.py` says so. The runtime's client does the rest for
+both: round robin, health-aware routing, outlier ejection, retries on
+UNAVAILABLE for safe methods with one retry budget, the default and
+`[client.methods]` timeouts, a `request_id` for writes sent without one, and
+telemetry (`gateway -> service` edges). Nothing here repeats any of it.
 
-Either way an RPC is a coroutine function prepared once at start-up:
+An RPC is a coroutine function prepared once at start-up:
 `unary(rpc)(request, timeout, metadata) -> Reply` or, for every streaming
 kind, `stream(rpc)(requests, timeout, metadata) -> Stream`, where `requests`
 is one message (server streaming) or an async iterable of them (client and
 bidi streaming; a client-streaming call's Stream yields its one answer).
-Failures are `wire.RpcError` whichever client made the call.
+Failures are grpc's own `grpc.aio.AioRpcError`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
-from google.protobuf import descriptor as d
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
-from services.runtime.client import Clients, is_safe_to_retry
-from services.runtime.config import MeshConfig, RetryBudgetConfig, RetryConfig
+from services.runtime.client import Clients
+from services.runtime.config import MeshConfig
 from services.runtime.errors import ConfigError
 from services.runtime.telemetry import Telemetry
 
-from . import wire
 from .api import Api
 from .routes import Rpc
 from .upstream_tls import UpstreamTls
-from .wire import Metadata, RpcError
 
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+Metadata = Sequence[tuple[str, str | bytes]]
 
 
 @dataclass(frozen=True)
@@ -52,46 +51,112 @@ class Reply:
     trailing_metadata: Metadata
 
 
-class Stream(Protocol):
-    """A server-streaming call being read."""
-
-    async def initial_metadata(self) -> Metadata:
-        """When the server has answered; RpcError if it refused the call outright."""
-        ...
-
-    def __aiter__(self) -> AsyncIterator[Message]: ...
-
-    async def trailing_metadata(self) -> Metadata:
-        """Once the call is over."""
-        ...
-
-    def cancel(self) -> None: ...
-
-
 Requests = Message | AsyncIterator[Message]
 """One request, or a stream of them (client- and bidi-streaming RPCs)."""
 Unary = Callable[[Message, float | None, Metadata], Awaitable[Reply]]
-OpenStream = Callable[[Requests, float | None, Metadata], Awaitable[Stream]]
+OpenStream = Callable[[Requests, float | None, Metadata], Awaitable["Stream"]]
 
 
-class Caller(Protocol):
-    """Makes the calls to one upstream."""
+class Stream:
+    """A streaming call (any kind) being read."""
 
-    def unary(self, rpc: Rpc) -> Unary: ...
+    def __init__(self, call: Any, one_answer: bool) -> None:
+        self.call = call
+        self.one_answer = one_answer
 
-    def stream(self, rpc: Rpc) -> OpenStream: ...
+    async def initial_metadata(self) -> Metadata:
+        """When the server has answered; AioRpcError if it refused the call outright.
 
-    async def health(self, wait: float) -> str: ...
+        grpc.aio hands out a refused call's (empty) initial metadata without complaint, so
+        a call that is over already is checked for its status here.
+        """
+        initial = await self.call.initial_metadata()
+        if self.call.done():
+            code = await self.call.code()
+            if code != grpc.StatusCode.OK:
+                trailing = await self.call.trailing_metadata()
+                details = await self.call.details()
+                raise grpc.aio.AioRpcError(code, initial, trailing, details)
+        return tuple(initial or ())
 
-    async def close(self) -> None: ...
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[Message]:
+        if self.one_answer:
+            yield await self.call
+            return
+        async for message in self.call:
+            yield message
+
+    async def trailing_metadata(self) -> Metadata:
+        """Once the call is over."""
+        return tuple(await self.call.trailing_metadata() or ())
+
+    def cancel(self) -> None:
+        if not self.call.done():
+            self.call.cancel()
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def _unary(channel: grpc.aio.Channel, rpc: Rpc) -> Unary:
+    method = channel.unary_unary(
+        rpc.path, request_serializer=_serialize, response_deserializer=rpc.response_class.FromString
+    )
+
+    async def call(request: Message, seconds: float | None, metadata: Metadata) -> Reply:
+        pending = method(request, timeout=seconds, metadata=metadata)
+        response = await pending
+        initial = await pending.initial_metadata()
+        trailing = await pending.trailing_metadata()
+        return Reply(response, tuple(initial or ()), tuple(trailing or ()))
+
+    return call
+
+
+def _stream(channel: grpc.aio.Channel, rpc: Rpc) -> OpenStream:
+    kind: Any = (
+        channel.stream_stream
+        if rpc.client_streaming and rpc.server_streaming
+        else channel.stream_unary
+        if rpc.client_streaming
+        else channel.unary_stream
+    )
+    method: Any = kind(
+        rpc.path, request_serializer=_serialize, response_deserializer=rpc.response_class.FromString
+    )
+    one_answer = not rpc.server_streaming
+
+    async def open_stream(requests: Requests, seconds: float | None, metadata: Metadata) -> Stream:
+        return Stream(method(requests, timeout=seconds, metadata=metadata), one_answer)
+
+    return open_stream
+
+
+async def _health(channel: grpc.aio.Channel, wait: float) -> str:
+    check = channel.unary_unary(
+        _HEALTH_CHECK,
+        request_serializer=_serialize,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
+    try:
+        response = await check(health_pb2.HealthCheckRequest(service=""), timeout=wait)
+    except grpc.aio.AioRpcError as exc:
+        return "NOT_SERVING" if exc.code() == grpc.StatusCode.NOT_FOUND else "DOWN"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
 @dataclass
 class Upstreams:
     """Who serves each service, and the prepared call of every RPC."""
 
-    callers: dict[str, Caller]
-    """Upstream name (a mesh service, or HOST:PORT) -> its caller."""
+    clients: Clients
+    """Owns the channels (and closes them)."""
+    channels: dict[str, grpc.aio.Channel]
+    """Upstream name (a mesh service, or HOST:PORT) -> its channel."""
     routes: dict[str, str]
     """Service full name -> upstream name."""
     problems: list[str] = field(default_factory=list)
@@ -105,11 +170,11 @@ class Upstreams:
             upstream = self.routes.get(rpc.service.full_name)
             if upstream is None:
                 continue
-            caller = self.callers[upstream]
+            channel = self.channels[upstream]
             if rpc.server_streaming or rpc.client_streaming:
-                self._stream[rpc.path] = caller.stream(rpc)
+                self._stream[rpc.path] = _stream(channel, rpc)
             else:
-                self._unary[rpc.path] = caller.unary(rpc)
+                self._unary[rpc.path] = _unary(channel, rpc)
 
     def unary(self, rpc: Rpc) -> Unary | None:
         """The prepared unary call of an RPC, or None when no upstream serves it."""
@@ -121,134 +186,19 @@ class Upstreams:
 
     async def health(self, wait: float = 1.0) -> dict[str, str]:
         """SERVING / NOT_SERVING / DOWN of every upstream, checked at once."""
-        names = list(self.callers)
-        results = await asyncio.gather(*(self.callers[n].health(wait) for n in names))
+        names = list(self.channels)
+        results = await asyncio.gather(*(_health(self.channels[n], wait) for n in names))
         return dict(zip(names, results, strict=True))
 
     async def close(self) -> None:
-        callers, self.callers = list(self.callers.values()), {}
-        for caller in callers:
-            await caller.close()
+        self.channels = {}
+        await self.clients.close()
 
 
-# -- inside the mesh: grpc.aio channels of the mesh client ------------------------------------------
-
-
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
-
-
-def _rpc_error(exc: grpc.aio.AioRpcError) -> RpcError:
-    return RpcError(
-        exc.code(),
-        exc.details() or "",
-        tuple(exc.initial_metadata() or ()),
-        tuple(exc.trailing_metadata() or ()),
-    )
-
-
-class AioCaller:
-    """Calls on a grpc.aio channel (the mesh client's, which closes it)."""
-
-    def __init__(self, channel: grpc.aio.Channel, owned: bool = False) -> None:
-        self.channel = channel
-        self.owned = owned
-
-    def unary(self, rpc: Rpc) -> Unary:
-        method = self.channel.unary_unary(
-            rpc.path, request_serializer=_serialize, response_deserializer=rpc.response_class.FromString
-        )
-
-        async def call(request: Message, seconds: float | None, metadata: Metadata) -> Reply:
-            pending = method(request, timeout=seconds, metadata=metadata)
-            try:
-                response = await pending
-            except grpc.aio.AioRpcError as exc:
-                raise _rpc_error(exc) from None
-            initial = await pending.initial_metadata()
-            trailing = await pending.trailing_metadata()
-            return Reply(response, tuple(initial or ()), tuple(trailing or ()))
-
-        return call
-
-    def stream(self, rpc: Rpc) -> OpenStream:
-        kind: Any = (
-            self.channel.stream_stream
-            if rpc.client_streaming and rpc.server_streaming
-            else self.channel.stream_unary
-            if rpc.client_streaming
-            else self.channel.unary_stream
-        )
-        method: Any = kind(
-            rpc.path, request_serializer=_serialize, response_deserializer=rpc.response_class.FromString
-        )
-        one_answer = not rpc.server_streaming
-
-        async def open_stream(requests: Requests, seconds: float | None, metadata: Metadata) -> Stream:
-            return _AioStream(method(requests, timeout=seconds, metadata=metadata), one_answer)
-
-        return open_stream
-
-    async def health(self, wait: float) -> str:
-        check = self.channel.unary_unary(
-            _HEALTH_CHECK,
-            request_serializer=_serialize,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
-        try:
-            response = await check(health_pb2.HealthCheckRequest(service=""), timeout=wait)
-        except grpc.aio.AioRpcError as exc:
-            return "NOT_SERVING" if exc.code() == grpc.StatusCode.NOT_FOUND else "DOWN"
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
-
-    async def close(self) -> None:
-        if self.owned:
-            await self.channel.close()
-
-
-class _AioStream:
-    def __init__(self, call: Any, one_answer: bool) -> None:
-        self.call = call
-        self.one_answer = one_answer
-
-    async def initial_metadata(self) -> Metadata:
-        try:
-            initial = await self.call.initial_metadata()
-        except grpc.aio.AioRpcError as exc:
-            raise _rpc_error(exc) from None
-        if self.call.done():
-            code = await self.call.code()
-            if code != grpc.StatusCode.OK:
-                details = await self.call.details()
-                trailing = await self.call.trailing_metadata()
-                raise RpcError(code, details or "", tuple(initial or ()), tuple(trailing or ()))
-        return tuple(initial or ())
-
-    def __aiter__(self) -> AsyncIterator[Message]:
-        return self._messages()
-
-    async def _messages(self) -> AsyncIterator[Message]:
-        try:
-            if self.one_answer:
-                yield await self.call
-                return
-            async for message in self.call:
-                yield message
-        except grpc.aio.AioRpcError as exc:
-            raise _rpc_error(exc) from None
-
-    async def trailing_metadata(self) -> Metadata:
-        return tuple(await self.call.trailing_metadata() or ())
-
-    def cancel(self) -> None:
-        if not self.call.done():
-            self.call.cancel()
-
-
-def in_mesh(config: MeshConfig, api: Api, telemetry: Telemetry | None = None) -> tuple[Upstreams, Clients]:
-    """Upstreams on the mesh client's channels: each service goes to the mesh service of its package."""
+def in_mesh(config: MeshConfig, api: Api, telemetry: Telemetry | None = None) -> Upstreams:
+    """Each service goes to the mesh service of its package."""
     clients = Clients(config, caller="gateway", telemetry=telemetry)
-    upstreams = Upstreams(callers={}, routes={})
+    upstreams = Upstreams(clients, channels={}, routes={})
     for service in api.services:
         try:
             target = clients.target_service(service)
@@ -258,192 +208,9 @@ def in_mesh(config: MeshConfig, api: Api, telemetry: Telemetry | None = None) ->
             )
             continue
         siblings = [s for s in api.services if s.file.package == service.file.package]
-        if target.name not in upstreams.callers:
-            upstreams.callers[target.name] = AioCaller(clients.channel(target, siblings))
+        upstreams.channels[target.name] = clients.channel(target, siblings)
         upstreams.routes[service.full_name] = target.name
-    return upstreams, clients
-
-
-# -- in front of other servers: the bridge's own HTTP/2 client --------------------------------------
-
-
-class RetryBudget:
-    """gRPC's `retryThrottling` for one upstream: no retries while the tokens are at or below half."""
-
-    def __init__(self, config: RetryBudgetConfig) -> None:
-        self.max_tokens = float(config.max_tokens)
-        self.ratio = config.token_ratio
-        self.tokens = self.max_tokens
-
-    def failed(self) -> bool:
-        """Count a failure; whether a retry is still allowed."""
-        self.tokens = max(0.0, self.tokens - 1)
-        return self.tokens > self.max_tokens / 2
-
-    def succeeded(self) -> None:
-        if self.tokens < self.max_tokens:
-            self.tokens = min(self.max_tokens, self.tokens + self.ratio)
-
-
-class WireCaller:
-    """Calls to one `--upstream` server through `wire.Channel`."""
-
-    def __init__(
-        self, address: str, retry: RetryConfig, budget: RetryBudgetConfig, tls: UpstreamTls | None = None
-    ) -> None:
-        self.channel = wire.Channel(address, tls=tls)
-        self.retry = retry
-        self.budget = RetryBudget(budget)
-
-    def unary(self, rpc: Rpc) -> Unary:
-        path = rpc.path.encode()
-        parse = rpc.response_class.FromString
-        safe = self.retry.max_attempts > 1 and is_safe_to_retry(rpc.descriptor)
-        keyed = _has_request_id(rpc.descriptor.input_type)
-        channel, budget = self.channel, self.budget
-
-        async def call(request: Message, seconds: float | None, metadata: Metadata) -> Reply:
-            if keyed and not request.request_id:  # type: ignore[attr-defined]
-                # Like the mesh client: a write without an idempotency key gets one, so a
-                # retry can never apply it twice (AIP-155).
-                request.request_id = str(uuid.uuid4())  # type: ignore[attr-defined]
-            deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
-            body = request.SerializeToString()
-            fields = wire.encode_metadata(metadata) if metadata else []
-            attempt = 1
-            while True:
-                try:
-                    raw, initial, trailing = await channel.unary(path, body, fields, deadline)
-                    break
-                except RpcError as exc:
-                    attempt += 1
-                    if not await self._again(exc, safe, attempt, deadline):
-                        raise
-            budget.succeeded()
-            try:
-                message = parse(raw)
-            except DecodeError:
-                raise RpcError(
-                    grpc.StatusCode.INTERNAL, "the response is not a valid message", initial, trailing
-                ) from None
-            return Reply(message, initial, trailing)
-
-        return call
-
-    async def _again(self, error: RpcError, safe: bool, attempt: int, deadline: float | None) -> bool:
-        """Whether to send a failed call again (after the backoff, if so).
-
-        UNAVAILABLE is retried for safe methods (up to `max_attempts`), and once for any
-        method the server never started on (refused, or past its GOAWAY), like grpc's
-        transparent retry; a failure counts against the retry budget either way.
-        """
-        if error.code is not grpc.StatusCode.UNAVAILABLE or not (safe or error.unprocessed):
-            return False
-        limit = max(self.retry.max_attempts, 2) if safe else 2
-        if not self.budget.failed() or attempt > limit:
-            return False
-        retry = self.retry
-        ceiling = min(retry.initial_backoff * retry.backoff_multiplier ** (attempt - 2), retry.max_backoff)
-        pause = random.uniform(0, ceiling)
-        if deadline is not None and asyncio.get_running_loop().time() + pause >= deadline:
-            return False
-        await asyncio.sleep(pause)
-        return True
-
-    def stream(self, rpc: Rpc) -> OpenStream:
-        path = rpc.path.encode()
-        parse = rpc.response_class.FromString
-        channel = self.channel
-        server_streaming = rpc.server_streaming
-
-        async def open_stream(requests: Requests, seconds: float | None, metadata: Metadata) -> Stream:
-            deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
-            fields = wire.encode_metadata(metadata) if metadata else []
-            if isinstance(requests, Message):
-                opened = await channel.open_stream(path, requests.SerializeToString(), fields, deadline)
-                return _WireStream(opened, parse)
-            opened = await channel.open_stream(path, None, fields, deadline, server_streaming)
-            return _WireStream(opened, parse, asyncio.ensure_future(_send_all(opened, requests)))
-
-        return open_stream
-
-    async def health(self, wait: float) -> str:
-        deadline = asyncio.get_running_loop().time() + wait
-        request = health_pb2.HealthCheckRequest(service="").SerializeToString()
-        try:
-            raw, _, _ = await self.channel.unary(_HEALTH_CHECK.encode(), request, [], deadline)
-            response = health_pb2.HealthCheckResponse.FromString(raw)
-        except RpcError as exc:
-            return "NOT_SERVING" if exc.code is grpc.StatusCode.NOT_FOUND else "DOWN"
-        except DecodeError:
-            return "DOWN"
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
-
-    async def close(self) -> None:
-        await self.channel.close()
-
-
-async def _send_all(call: wire.StreamingCall, requests: AsyncIterator[Message]) -> None:
-    """Send the requests as they come, then the end of them; cancel the call if they fail.
-
-    Like grpc.aio with a request iterator that raises: the call ends CANCELLED, and whoever
-    produced the requests knows why (the bridge answers 400 for a malformed line).
-    """
-    try:
-        async for request in requests:
-            if not await call.send(request.SerializeToString()):
-                return
-        call.end_requests()
-    except BaseException:
-        call.cancel()
-        raise
-
-
-class _WireStream:
-    def __init__(
-        self,
-        stream: wire.StreamingCall,
-        parse: Callable[[bytes], Message],
-        sender: asyncio.Future[None] | None = None,
-    ) -> None:
-        self.stream = stream
-        self.parse = parse
-        self.sender = sender
-        if sender is not None:
-            sender.add_done_callback(_retrieve)
-
-    async def initial_metadata(self) -> Metadata:
-        return await self.stream.initial_metadata()
-
-    def __aiter__(self) -> AsyncIterator[Message]:
-        return self._messages()
-
-    async def _messages(self) -> AsyncIterator[Message]:
-        async for raw in self.stream:
-            try:
-                yield self.parse(raw)
-            except DecodeError:
-                self.stream.cancel()
-                raise RpcError(grpc.StatusCode.INTERNAL, "a message of the stream is not valid") from None
-
-    async def trailing_metadata(self) -> Metadata:
-        return self.stream.trailing_metadata
-
-    def cancel(self) -> None:
-        self.stream.cancel()
-        if self.sender is not None:
-            self.sender.cancel()
-
-
-def _retrieve(sender: asyncio.Future[None]) -> None:
-    """The sender's failure is the request producer's to report; here it is only collected."""
-    if not sender.cancelled():
-        sender.exception()
-
-
-def _has_request_id(message: d.Descriptor) -> bool:
-    field = message.fields_by_name.get("request_id")
-    return field is not None and field.type == d.FieldDescriptor.TYPE_STRING and not field.is_repeated
+    return upstreams
 
 
 def direct(
@@ -452,9 +219,14 @@ def direct(
     addresses: list[str],
     served: Mapping[str, Iterable[str]] | None,
     tls: UpstreamTls | None = None,
+    telemetry: Telemetry | None = None,
 ) -> Upstreams:
-    """Callers for `addresses` (over TLS with `tls`); `served` says which services each lists
+    """Channels to `addresses` (over TLS with `tls`); `served` says which services each lists
     (None: all go to the only one)."""
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError("--upstream", "--upstream", f"expected HOST:PORT, got {address!r}")
     routes: dict[str, str] = {}
     problems: list[str] = []
     for service in api.services:
@@ -467,10 +239,12 @@ def direct(
             routes[service.full_name] = owners[0]
         else:
             problems.append(f"{service.full_name}: no upstream lists it")
-    callers: dict[str, Caller] = {}
+    clients = Clients(config, caller="gateway", telemetry=telemetry)
+    channels = {}
     for address in addresses:
-        try:
-            callers[address] = WireCaller(address, config.client.retry, config.client.retry_budget, tls)
-        except ValueError:
-            raise ConfigError("--upstream", "--upstream", f"expected HOST:PORT, got {address!r}") from None
-    return Upstreams(callers=callers, routes=routes, problems=problems)
+        carried = [s for s in api.services if routes.get(s.full_name) == address]
+        if tls is None:
+            channels[address] = clients.channel_to(address, carried)
+        else:
+            channels[address] = clients.channel_to(address, carried, tls.credentials(), tls.channel_options())
+    return Upstreams(clients, channels, routes, problems)

@@ -1,8 +1,8 @@
-"""How `mesh gateway --upstream` reaches its servers over TLS: one set of settings, two clients.
+"""How `mesh gateway --upstream` reaches its servers over TLS: grpc channel credentials.
 
-The bridge's own HTTP/2 client (wire.py) takes an `ssl.SSLContext`; the
-reflection fetch at start-up takes grpc channel credentials. Both are made
-here from the same files, so they trust and present the same things:
+The same credentials serve the reflection fetch at start-up and the runtime
+client's channels that carry the calls, so both trust and present the same
+things:
 
 - `--upstream-ca FILE` (or `--upstream-tls` for the system's trust store):
   verify the server; `--upstream-server-name NAME` checks that name (and
@@ -15,12 +15,12 @@ here from the same files, so they trust and present the same things:
 
 from __future__ import annotations
 
-import ssl
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from services.runtime import identity as mesh_identity
 from services.runtime.config import MeshConfig
@@ -36,33 +36,14 @@ class UpstreamTls:
     key: bytes | None = None
     server_name: str | None = None
 
-    def context(self) -> ssl.SSLContext:
-        """For wire.py: TLS 1.2 or newer, the server verified, ALPN h2 (gRPC needs it)."""
-        context = ssl.create_default_context(cadata=self.ca.decode() if self.ca is not None else None)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.set_alpn_protocols(["h2"])
-        if self.cert is not None and self.key is not None:
-            _load_chain(context, self.cert, self.key)
-        return context
-
     def credentials(self) -> grpc.ChannelCredentials:
-        """For grpc.aio channels (the reflection fetch)."""
+        """For grpc.aio channels: the runtime client's and the reflection fetch."""
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
         )
 
     def channel_options(self) -> list[tuple[str, str]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
-
-
-def _load_chain(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
-    """`load_cert_chain` reads files only: hand it private temporary ones."""
-    with tempfile.TemporaryDirectory(prefix="gateway-tls-") as folder:
-        cert_path, key_path = Path(folder) / "cert.pem", Path(folder) / "key.pem"
-        cert_path.write_bytes(cert)
-        key_path.touch(mode=0o600)
-        key_path.write_bytes(key)
-        context.load_cert_chain(cert_path, key_path)
 
 
 def _read(option: str, path: str) -> bytes:
@@ -103,16 +84,26 @@ def settings(
         _read("--upstream-key", key) if key is not None else None,
         server_name,
     )
+    _check(found, ca, cert, key)
+    return found
+
+
+def _check(found: UpstreamTls, ca: str | None, cert: str | None, key: str | None) -> None:
+    """Bad files are named now, rather than as a failed handshake on the first call."""
     if found.ca is not None:
         try:
-            ssl.create_default_context(cadata=found.ca.decode())
-        except (ssl.SSLError, ValueError) as exc:
-            problem = f"no PEM certificate in {ca}: {exc}"
-            raise ConfigError("--upstream-ca", "--upstream-ca", problem) from None
+            x509.load_pem_x509_certificates(found.ca)
+        except ValueError as exc:
+            raise ConfigError(
+                "--upstream-ca", "--upstream-ca", f"no PEM certificate in {ca}: {exc}"
+            ) from None
     if found.cert is not None and found.key is not None:
+        problem = f"{cert} with {key} is not a certificate and its key"
         try:
-            _load_chain(ssl.create_default_context(), found.cert, found.key)
-        except (ssl.SSLError, ValueError) as exc:
-            problem = f"{cert} with {key} is not a certificate and its key: {exc}"
-            raise ConfigError("--upstream-cert", "--upstream-cert", problem) from None
-    return found
+            certificate = x509.load_pem_x509_certificate(found.cert)
+            private = serialization.load_pem_private_key(found.key, password=None)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError("--upstream-cert", "--upstream-cert", f"{problem}: {exc}") from None
+        public = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        if private.public_key().public_bytes(*public) != certificate.public_key().public_bytes(*public):
+            raise ConfigError("--upstream-cert", "--upstream-cert", f"{problem}: the key does not match")

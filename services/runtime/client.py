@@ -214,33 +214,68 @@ class Clients:
         )
 
     def channel(self, target: ServiceConfig, descriptors: Sequence[d.ServiceDescriptor]) -> grpc.aio.Channel:
+        """The shared channel to a mesh service: mTLS as this caller when the mesh has TLS on
+        (certs.py), to every replica (or the service's discovery target)."""
         channel = self._channels.get(target.name)
         if channel is None:
-            options = [
-                ("grpc.service_config", json.dumps(service_config(self.config, descriptors))),
-                ("grpc.enable_retries", 1),
-                ("grpc.primary_user_agent", f"rideshare-{self.caller}"),
-                # grpc's default reconnect backoff grows to 120 s, so a service that was
-                # down a minute stays unreachable long after it is back; cap it.
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 2000),
-            ]
-            # mTLS as this caller when the mesh has TLS on (certs.py), plaintext otherwise.
-            channel = identity.aio_channel(
-                self.config,
-                self.caller,
+            channel = self._open(
                 target.name,
-                # Every replica (or the service's discovery target); grpcio balances between them.
                 replicas.target(target),
-                options=options,
-                interceptors=_Propagate(
-                    self.config.client.timeout,
-                    self.telemetry.client_probe(target.name) if self.telemetry is not None else None,
-                    timeouts=self._timeouts,
-                ).interceptors(),
+                service_config(self.config, descriptors),
+                identity.channel_credentials(self.config, self.caller),
+                identity.channel_options(self.config, target.name),
             )
-            self._channels[target.name] = channel
+        return channel
+
+    def channel_to(
+        self,
+        address: str,
+        descriptors: Sequence[d.ServiceDescriptor],
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> grpc.aio.Channel:
+        """A channel to a server outside the mesh (the gateway's `--upstream`), with the mesh's
+        retries, budget, timeouts and telemetry. Its health is the server's overall status
+        (`""`), the one every standard health service reports."""
+        channel = self._channels.get(address)
+        if channel is None:
+            config = service_config(self.config, descriptors)
+            if "healthCheckConfig" in config:
+                config["healthCheckConfig"] = {"serviceName": ""}
+            channel = self._open(address, address, config, credentials, options)
+        return channel
+
+    def _open(
+        self,
+        name: str,
+        target: str,
+        config: dict[str, Any],
+        credentials: grpc.ChannelCredentials | None,
+        tls_options: Sequence[tuple[str, Any]],
+    ) -> grpc.aio.Channel:
+        options: list[tuple[str, Any]] = [
+            ("grpc.service_config", json.dumps(config)),
+            ("grpc.enable_retries", 1),
+            ("grpc.primary_user_agent", f"rideshare-{self.caller}"),
+            # grpc's default reconnect backoff grows to 120 s, so a service that was
+            # down a minute stays unreachable long after it is back; cap it.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        interceptors = _Propagate(
+            self.config.client.timeout,
+            self.telemetry.client_probe(name) if self.telemetry is not None else None,
+            timeouts=self._timeouts,
+        ).interceptors()
+        channel = (
+            grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+            if credentials is None
+            else grpc.aio.secure_channel(
+                target, credentials, options=[*options, *tls_options], interceptors=interceptors
+            )
+        )
+        self._channels[name] = channel
         return channel
 
     def stub(self, stub_class: type[StubT]) -> StubT:

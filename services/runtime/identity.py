@@ -9,9 +9,9 @@ client checks the server it reached presents, whatever address it dialled),
 and `localhost` / `127.0.0.1` / the member's host (for grpcurl).
 
 `server_credentials` (every port then demands a client certificate from the
-CA) and `channel_credentials` / `aio_channel` (a client presents its own
-identity and checks the server's) return plaintext answers (None / an insecure
-channel) while TLS is off. `peer_spiffe_id` names the caller of a served call.
+CA) and `channel_credentials` with `channel_options` (a client presents its own
+identity and checks the server's) return plaintext answers (None, no options)
+while TLS is off. `peer_spiffe_id` names the caller of a served call.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import ipaddress
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,20 +241,3 @@ def channel_options(config: MeshConfig, server: str) -> list[tuple[str, Any]]:
     if not config.tls.enabled:
         return []
     return [("grpc.ssl_target_name_override", server_name(config, server))]
-
-
-def aio_channel(
-    config: MeshConfig,
-    caller: str,
-    server: str,
-    target: str,
-    options: Sequence[tuple[str, Any]] = (),
-    interceptors: Sequence[Any] | None = None,
-) -> grpc.aio.Channel:
-    """A channel from `caller` to the member `server` at `target`: mTLS when the mesh has TLS on."""
-    credentials = channel_credentials(config, caller)
-    if credentials is None:
-        return grpc.aio.insecure_channel(target, options=list(options), interceptors=interceptors)
-    return grpc.aio.secure_channel(
-        target, credentials, options=[*options, *channel_options(config, server)], interceptors=interceptors
-    )

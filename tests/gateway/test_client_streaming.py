@@ -2,8 +2,8 @@
 
 `Kitchen.Sum` (client streaming) answers once, as JSON; `Kitchen.RunningSum`
 (bidi) answers each request as a line of NDJSON (or an SSE event). Both run
-through the bridge's own HTTP/2 client (`--upstream`) and through grpc.aio
-channels (mesh mode), against the real test backend.
+in front of the backend's address (`--upstream`) and in mesh mode, against the
+real test backend.
 """
 
 from __future__ import annotations
@@ -168,8 +168,7 @@ def test_a_stream_may_be_longer_than_the_body_limit_in_all(gateway: harness.Runn
 
 
 def test_a_long_stream_of_large_requests_arrives_whole_and_in_order(gateway: harness.RunningGateway) -> None:
-    # 780 kB in ~12 HTTP reads; waiting for HTTP/2 window is test_wire.py's (grpc-core's 4 MB
-    # windows are more than a reply here may hold).
+    # 780 kB in ~12 HTTP reads, sent upstream as they come.
     body = lines(*({"value": n, "label": f"{n:04d}" + "x" * 3900} for n in range(200)))
     response = gateway.request("POST", "/v1/sum", body, NDJSON)
     assert response.status == 200, response.body[:200]

@@ -9,16 +9,17 @@ refused, and bad options are one clear line.
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
-from services.gateway import upstream_tls, wire
+from services.gateway import upstream_tls
 from services.gateway.api import ApiError
 from services.gateway.server import Options
 from services.mesh import certs
@@ -29,6 +30,7 @@ from services.runtime.server import create_server
 from . import harness
 
 MESH = Path(sys.executable).parent / "mesh"
+DESCRIPTORS = Path(__file__).parents[2] / "generated" / "rideshare" / "descriptors.binpb"
 
 
 def tls_mesh(directory: Path, certs_dir: Path) -> MeshConfig:
@@ -95,41 +97,34 @@ def test_without_a_client_certificate_the_server_refuses_the_bridge(
         background.run(harness.start_gateway(gateway_mesh, options))
 
 
-def call(background: harness.BackgroundLoop, backend: str, tls: upstream_tls.UpstreamTls) -> wire.RpcError:
-    """A health check through the wire client, expected to fail: the error."""
-    channel = wire.Channel(backend, tls=tls)
-
-    async def go() -> None:
-        deadline = asyncio.get_running_loop().time() + 10
-        await channel.unary(b"/grpc.health.v1.Health/Check", b"", [], deadline)
-
+def refused(background: harness.BackgroundLoop, config: MeshConfig, options: Options) -> dict[str, Any]:
+    """What a client of the bridge gets when the upstream's TLS handshake fails (routes from the
+    descriptor set, so the bridge starts without asking the upstream anything)."""
+    options = dataclasses.replace(options, auth=False, descriptor_set=str(DESCRIPTORS))
+    running = background.run(harness.start_gateway(config, options))
     try:
-        with pytest.raises(wire.RpcError) as caught:
-            background.run(go())
-        return caught.value
+        response = running.request("GET", "/v1/passengers/0123456789abcdef0123456789abcdef")
+        assert response.status == 503, response.json
+        found: dict[str, Any] = response.json
+        return found
     finally:
-        background.run(channel.close())
+        background.run(running.stop())
 
 
 def test_another_ca_or_another_server_name_is_unavailable_and_says_why(
-    background, secured, backend, tmp_path
+    background, gateway_mesh, secured, backend, tmp_path
 ):
-    mine = upstream_tls.settings(secured[0])  # the mesh's CA and the gateway's identity
-    assert mine is not None
     other = tls_mesh(tmp_path, tmp_path / "other-certs")
     certs.ensure(other)  # another CA altogether
-    theirs = upstream_tls.settings(other)
-    assert theirs is not None
+    theirs = with_files(tmp_path / "other-certs", upstreams=[backend])
+    wrong_ca = refused(background, gateway_mesh, theirs)
+    assert wrong_ca["code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert "CERTIFICATE_VERIFY_FAILED" in wrong_ca["message"], wrong_ca
 
-    wrong_ca = call(background, backend, theirs)
-    assert wrong_ca.code is grpc.StatusCode.UNAVAILABLE
-    assert "certificate verify failed" in wrong_ca.details
-
-    wrong_name = call(
-        background, backend, upstream_tls.UpstreamTls(mine.ca, mine.cert, mine.key, "billing.example")
-    )
-    assert wrong_name.code is grpc.StatusCode.UNAVAILABLE
-    assert "billing.example" in wrong_name.details or "match" in wrong_name.details
+    mine = with_files(secured[1], upstreams=[backend], upstream_server_name="billing.example")
+    wrong_name = refused(background, gateway_mesh, mine)
+    assert wrong_name["code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert "Hostname Verification Check failed" in wrong_name["message"], wrong_name
 
 
 @pytest.mark.parametrize(
@@ -151,6 +146,14 @@ def test_a_file_that_is_not_a_certificate_is_named(gateway_mesh, tmp_path):
     junk.write_text("not a certificate")
     with pytest.raises(ConfigError, match="--upstream-ca"):
         upstream_tls.settings(gateway_mesh, ca=str(junk))
+
+
+def test_a_key_that_is_not_the_certificates_is_named(gateway_mesh, secured):
+    folder = secured[1]
+    with pytest.raises(ConfigError, match=r"--upstream-cert.*the key does not match"):
+        upstream_tls.settings(
+            gateway_mesh, cert=str(folder / "gateway.pem"), key=str(folder / "passengers.key")
+        )
 
 
 def test_mesh_gateway_with_a_bad_option_exits_2_with_one_line(tmp_path):

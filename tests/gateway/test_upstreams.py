@@ -12,6 +12,7 @@ import pytest
 
 from services.gateway.server import Options
 from services.runtime.server import create_server
+from services.runtime.telemetry import Telemetry
 
 from ..ports import free_port
 from . import harness
@@ -49,6 +50,27 @@ def test_routes_from_the_reflection_of_several_upstreams(
         assert passenger["description"] == "A person who requests rides."
     finally:
         background.run(running.stop())
+
+
+def test_calls_to_an_upstream_go_through_the_runtime_client(background, gateway_mesh, kitchen):
+    """The same client as in the mesh: its telemetry counts each call as an edge to the upstream."""
+    telemetry = Telemetry(gateway_mesh, "gateway")
+    assert telemetry.metrics is not None
+    options = Options(upstreams=[kitchen.address], auth=False)
+    running = background.run(harness.start_gateway(gateway_mesh, options, telemetry))
+    labels = {
+        "caller": "gateway",
+        "service": kitchen.address,
+        "grpc_service": "gatewaytest.v1.Kitchen",
+        "grpc_method": "GetThing",
+        "grpc_code": "OK",
+    }
+    try:
+        assert running.request("GET", "/v1/things/a").status == 200
+        assert telemetry.metrics.registry.get_sample_value("mesh_client_calls_total", labels) == 1
+    finally:
+        background.run(running.stop())
+        telemetry.close()
 
 
 def test_an_upstream_without_reflection_is_a_clear_error(background, gateway_mesh):
