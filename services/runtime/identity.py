@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,3 +242,14 @@ def channel_options(config: MeshConfig, server: str) -> list[tuple[str, Any]]:
     if not config.tls.enabled:
         return []
     return [("grpc.ssl_target_name_override", server_name(config, server))]
+
+
+def aio_channel(
+    config: MeshConfig, caller: str, server: str, target: str, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
+    """A plain channel from `caller` to the member `server` at `target` (the tools' health probes;
+    services use the client's channels): mTLS when the mesh has TLS on."""
+    credentials = channel_credentials(config, caller)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=list(options))
+    return grpc.aio.secure_channel(target, credentials, options=[*options, *channel_options(config, server)])
