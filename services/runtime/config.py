@@ -158,8 +158,8 @@ _FLAG = _kind(
     "true or false",
 )
 _PATH = _kind(
-    lambda raw: raw if isinstance(raw, Path) else raw and Path(raw) if isinstance(raw, str) else None,
-    "a path",
+    lambda raw: raw if isinstance(raw, Path) else Path(raw) if isinstance(raw, str) and raw else None,
+    "a non-empty string",
 )
 Port = Annotated[int, _number(0, 65535, int)]
 Seconds = Annotated[float, _duration()]
@@ -607,14 +607,13 @@ def _ports(
 def _config_error(error: ErrorDetails, tree: dict[str, Any], source: str) -> ConfigError:
     """Pydantic's error as ours: its location is the key path, its input tells file from environment."""
     path = [str(part) for part in error["loc"] if part != "[key]"]
-    fields = _table_at(path[:-1]).__pydantic_fields__ if error["type"] != "value_error" else {}
     if error["type"] == "value_error":
         problem = str(error.get("ctx", {}).get("error", error["msg"]))
     elif error["type"] == "unexpected_keyword_argument":
-        hint = _closest(path[-1], [key for key in fields if key not in _FILLED_IN])
-        problem = "unknown key" + (f" (did you mean '{hint}'?)" if hint else "")
+        keys = [key for key in _table_at(path[:-1]).__pydantic_fields__ if key not in _FILLED_IN]
+        problem = "unknown key" + (f" (did you mean '{hint}'?)" if (hint := _closest(path[-1], keys)) else "")
     elif error["type"] == "missing":
-        problem = f"missing ({fields[path[-1]].description})"
+        problem = f"missing ({_table_at(path[:-1]).__pydantic_fields__[path[-1]].description})"
     else:  # a table where a value is given
         problem = f"expected a table, got {error.get('input')!r}"
     return ConfigError(_origin(tree, path, source), _key(path), problem)
