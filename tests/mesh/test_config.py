@@ -127,6 +127,15 @@ BAD_INPUT = [
         "did you mean 'timeout'?",
         id="unknown-from-env",
     ),
+    pytest.param(
+        MINIMAL, {"MESH_HOTS": "x"}, "MESH_HOTS", "hots", "did you mean 'host'?", id="unknown-top-from-env"
+    ),
+    pytest.param(
+        MINIMAL + 'name = "drivers"\n', {}, "file", "services.passengers.name", "unknown key", id="filled-in"
+    ),
+    pytest.param(
+        MINIMAL + "[gateway]\nenabled = false\n", {}, "file", "gateway.enabled", "unknown key", id="enabled"
+    ),
     pytest.param("host = 5\n" + MINIMAL, {}, "file", "host", "expected a non-empty string", id="host-type"),
     pytest.param('host = ""\n' + MINIMAL, {}, "file", "host", "expected a non-empty string", id="host-empty"),
     pytest.param(
