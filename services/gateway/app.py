@@ -25,6 +25,7 @@ import grpc
 from google.protobuf.message import Message
 
 from services.runtime import log
+from services.runtime.config import GatewayConfig
 
 from . import errors, headers, transcode
 from .api import Api
@@ -62,24 +63,14 @@ class Page(Protocol):
 
 
 @dataclass
-class Settings:
-    """What the bridge enforces, from `[gateway]` in the mesh file."""
-
-    max_body_bytes: int = 1024 * 1024
-    max_timeout: float = 60.0
-    cors_origins: tuple[str, ...] = ()
-    sse_keepalive: float = 15.0
-    """Seconds of silence after which an SSE stream gets a `: keep-alive` comment (0: never)."""
-
-
-@dataclass
 class Gateway:
     """The ASGI application."""
 
     api: Api
     table: RouteTable
     upstreams: Upstreams
-    settings: Settings = field(default_factory=Settings)
+    settings: GatewayConfig = field(default_factory=GatewayConfig)
+    """`[gateway]` of the mesh file: the limits the bridge enforces."""
     guard: Guard | None = None
     pages: dict[str, Page] = field(default_factory=dict)
     """Extra GET endpoints by exact path (documentation); `/healthz` is built in."""

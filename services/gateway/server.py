@@ -33,7 +33,7 @@ from services.runtime.telemetry import Telemetry
 
 from . import api as api_module
 from . import openapi, routes, upstream_tls
-from .app import Gateway, Page, Settings
+from .app import Gateway, Page
 from .guard import KeyGuard
 from .keys import KeyStore
 from .pages import pages
@@ -126,12 +126,6 @@ async def build(
     table = routes.build(loaded)
     for problem in [*table.problems, *upstreams.problems]:
         _log.warning(f"route left out: {problem}", extra={"fields": {"event": "route_problem"}})
-    settings = Settings(
-        max_body_bytes=config.gateway.max_body_bytes,
-        max_timeout=config.gateway.max_timeout,
-        cors_origins=config.gateway.cors_origins,
-        sse_keepalive=config.gateway.sse_keepalive,
-    )
     docs = pages(openapi.document(loaded, table, api_keys=options.auth))
     if not options.upstreams and options.pages is not None:
         docs.update(options.pages(config))
@@ -144,7 +138,7 @@ async def build(
             store.close()
 
         closers.append(close_store)
-    gateway = Gateway(loaded, table, upstreams, settings, guard=guard, pages=docs)
+    gateway = Gateway(loaded, table, upstreams, config.gateway, guard=guard, pages=docs)
 
     async def close() -> None:
         for closer in closers:
