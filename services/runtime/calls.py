@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -30,7 +31,7 @@ import grpc
 
 from . import log
 from .context import PROPAGATED_HEADERS, CallContext, current_call
-from .errors import Internal, MeshError
+from .errors import FieldViolation, Internal, InvalidArgument, MeshError
 from .validation import RequestValidator
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class CallWrapper:
         """Records metrics and spans of each call (telemetry.py)."""
         self.checks = checks or {}
         """Method path -> what may refuse the call before anything else runs (authz.py)."""
+        self.refuse = Refusals()
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         """`method` is the full path, `/pkg.Service/Method`; any of the four RPC kinds."""
@@ -73,14 +75,18 @@ class CallWrapper:
             return handler
         kind, behavior = found
         validate = self.validators.get(method)
-        if handler.request_streaming and validate is not None:
-            behavior, validate = _validating(behavior, validate), None
+        if handler.request_streaming:
+            behavior, validate = _checking(behavior, method, validate, self.refuse), None
         probe = (
             self.telemetry.server_probe(method, handler.response_streaming)
             if self.telemetry is not None
             else None
         )
-        return replace(handler, **{kind: self._wrapped(method, behavior, validate, probe)})
+        return replace(
+            handler,
+            request_deserializer=_tolerant(handler.request_deserializer),
+            **{kind: self._wrapped(method, behavior, validate, probe)},
+        )
 
     def _wrapped(
         self,
@@ -101,6 +107,8 @@ class CallWrapper:
             try:
                 if authorize is not None:
                     authorize(context)
+                if request.__class__ is Malformed:
+                    raise self.refuse(method, request)
                 if validate is not None:
                     validate(request)
                 return await behavior(request, context)
@@ -193,24 +201,93 @@ def _written(stream: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIt
     return written
 
 
-def _validating(behavior: Behavior, validate: RequestValidator) -> Behavior:
+def _checking(
+    behavior: Behavior, method: str, validate: RequestValidator | None, refuse: Refusals
+) -> Behavior:
     """A client stream's requests are each checked as the handler reads them.
 
-    The first before the handler sees anything; a bad later one ends the call
-    with INVALID_ARGUMENT like a bad first one (the contract holds for every
-    message, not only the first).
+    The first before the handler sees anything; a malformed or invalid later one
+    ends the call with INVALID_ARGUMENT like a bad first one (the contract holds
+    for every message, not only the first).
     """
 
-    async def validated(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return await behavior(_checked(requests, validate), context)
+    async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await behavior(_checked(requests, method, validate, refuse), context)
 
-    return validated
+    return checked
 
 
-async def _checked(requests: AsyncIterator[Any], validate: RequestValidator) -> AsyncIterator[Any]:
+async def _checked(
+    requests: AsyncIterator[Any], method: str, validate: RequestValidator | None, refuse: Refusals
+) -> AsyncIterator[Any]:
     async for request in requests:
-        validate(request)
+        if request.__class__ is Malformed:
+            raise refuse(method, request)
+        if validate is not None:
+            validate(request)
         yield request
+
+
+class Malformed:
+    """What a request's deserializer gives for bytes that are not its type.
+
+    grpc.aio answers a deserializer's exception with UNKNOWN and logs a traceback
+    at ERROR, so a client sending garbage looked like a server failure. The
+    wrapper answers INVALID_ARGUMENT `MALFORMED_REQUEST` instead, and logs one
+    warning per method and `MALFORMED_LOG_INTERVAL` (`Refusals`).
+    """
+
+    __slots__ = ("problem", "type_name")
+
+    def __init__(self, type_name: str, problem: str) -> None:
+        self.type_name = type_name
+        self.problem = problem
+
+
+class Refusals:
+    """Answers malformed requests, logging a burst of them as one line per method and interval."""
+
+    def __init__(self) -> None:
+        self._logged: dict[str, tuple[float, int]] = {}  # method -> (when last logged, refused since)
+
+    def __call__(self, method: str, request: Malformed) -> InvalidArgument:
+        now = time.monotonic()
+        last, since = self._logged.get(method, (-math.inf, 0))
+        if now - last >= MALFORMED_LOG_INTERVAL:
+            _errors.warning(
+                "malformed request",
+                extra={
+                    "fields": {"type": request.type_name, "problem": request.problem, "since_last": since}
+                },
+            )
+            self._logged[method] = (now, 0)
+        else:
+            self._logged[method] = (last, since + 1)
+        return InvalidArgument(
+            FieldViolation("", f"not a valid {request.type_name}: {request.problem}"),
+            reason="MALFORMED_REQUEST",
+        )
+
+
+MALFORMED_LOG_INTERVAL = 10.0
+"""Seconds between two warnings about malformed requests to one method."""
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserialize` (a message type's FromString), giving `Malformed` where it would raise."""
+    if deserialize is None:
+        return None
+    owner = getattr(deserialize, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    type_name = getattr(descriptor, "full_name", "request")
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # DecodeError, and whatever else a parser of untrusted bytes raises
+            return Malformed(type_name, str(exc) or exc.__class__.__name__)
+
+    return parse
 
 
 def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:

@@ -363,3 +363,44 @@ def test_every_rpc_kind_is_refused_by_authorization_before_validation(kinds, kin
 
     assert failure.code is grpc.StatusCode.PERMISSION_DENIED
     assert served.backend.seen == []
+
+
+def test_bytes_that_are_not_the_request_type_are_invalid_argument_with_one_warning(passengers, json_log):
+    garbage = passengers.channel.unary_unary(GET)  # no serializers: raw bytes out, raw bytes back
+    payloads = [b"\xff\xff\xff\xff", b"\x0a\x05ab", b"\x08\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80"]
+
+    failures = [passengers.fail(garbage(payload)) for payload in payloads]
+
+    assert {f.code for f in failures} == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert {f.info.reason for f in failures} == {"MALFORMED_REQUEST"}
+    assert "GetPassengerRequest" in failures[0].message
+    logged = json_log()
+    assert not [e for e in logged if e["level"] == "error"]
+    warnings = [e for e in logged if e["level"] == "warning"]
+    assert len(warnings) == 1  # rate-limited: one line for a burst, not one per call
+    assert warnings[0]["method"] == GET
+    assert [e["code"] for e in logged if e["logger"] == "rideshare.access"] == ["INVALID_ARGUMENT"] * 3
+    # The service still answers well-formed calls.
+    assert passengers.fail(passengers.stub.GetPassenger(pb.GetPassengerRequest(name=SOME_NAME))).code is (
+        grpc.StatusCode.NOT_FOUND
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_rpc_kind_refuses_bytes_that_are_not_its_request_type(kinds, kind):
+    served = kinds()
+    good = pb.GetPassengerRequest(name=SOME_NAME).SerializeToString()
+    garbage = b"\xff\xff\xff\xff"
+
+    async def send():
+        method = getattr(served.channel, kind)(f"/{KIND_SERVICE}/{kind}")  # raw bytes both ways
+        call = method(garbage) if kind.startswith("unary_") else method(iter([good, garbage]))
+        if kind.endswith("_stream"):
+            return [response async for response in call]
+        return await call
+
+    failure = served.loop.fail(send())
+
+    assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.info.reason == "MALFORMED_REQUEST"
+    assert served.backend.seen in ([], [SOME_NAME])  # a client stream's good first message only
