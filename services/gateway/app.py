@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 from services.runtime import log
 from services.runtime.config import GatewayConfig
 
-from . import errors, headers, transcode
+from . import errors, headers, routes, transcode
 from .api import Api
 from .routes import Binding, Match, RouteTable
 from .upstream import Metadata, Requests, Stream, Upstreams
@@ -48,11 +48,19 @@ class _ClientGone(Exception):
     """The client disconnected before its request was read."""
 
 
-class Guard(Protocol):
-    """Decides whether a request may reach an RPC (API keys, rate limits)."""
+@dataclass(frozen=True)
+class Admission:
+    """Who a guard let in: the visibility labels they are granted, and headers for the response."""
 
-    def admit(self, request_headers: Headers, query: str) -> Headers:
-        """Response headers to add (e.g. rate-limit state), or raise `errors.HttpError`."""
+    labels: frozenset[str] = frozenset()
+    headers: Headers = field(default_factory=list)
+
+
+class Guard(Protocol):
+    """Decides whether a request may reach the API (API keys, rate limits), and which part of it."""
+
+    def admit(self, request_headers: Headers, query: str) -> Admission:
+        """The caller's admission, or raise `errors.HttpError`."""
         ...
 
 
@@ -76,7 +84,11 @@ class Gateway:
     """Extra GET endpoints by exact path (documentation); `/healthz` is built in."""
 
     def __post_init__(self) -> None:
-        self.upstreams.prepare({b.rpc.path: b.rpc for b in self.table.bindings}.values())
+        self._labels = routes.labels_of(self.api)
+        """Every visibility label the API's methods are restricted to."""
+        self._tables: dict[frozenset[str], RouteTable] = {frozenset(): self.table}
+        everything = self.table_for(self._labels - {routes.INTERNAL})
+        self.upstreams.prepare({b.rpc.path: b.rpc for b in everything.bindings}.values())
         self._any_origin = "*" in self.settings.cors_origins
         self._origins = {o.encode() for o in self.settings.cors_origins}
 
@@ -97,13 +109,17 @@ class Gateway:
             if method in ("GET", "HEAD") and (path == "/healthz" or path in self.pages):
                 await self._page(path, cors, send)
                 return
-            match = self.table.match(method, path)
-            if match is None:
-                await self._no_route(method, path, request_headers, cors, send)
-                return
             query = scope["query_string"].decode("latin-1")
-            extra = self.guard.admit(request_headers, query) if self.guard is not None else []
-            await self._call(match, query, request_headers, receive, send, cors + extra)
+            if method == "OPTIONS" or self.guard is None:  # a browser's preflight carries no key
+                admitted = Admission()
+            else:
+                admitted = self.guard.admit(request_headers, query)
+            table = self.table_for(admitted.labels)
+            match = table.match(method, path)
+            if match is None:
+                await self._no_route(table, method, path, request_headers, cors, send)
+                return
+            await self._call(match, query, request_headers, receive, send, cors + admitted.headers)
         except errors.HttpError as exc:
             await _send_error(send, exc, cors)
         except _ClientGone:
@@ -298,10 +314,18 @@ class Gateway:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
+    def table_for(self, labels: frozenset[str]) -> RouteTable:
+        """The routes of callers granted `labels`: public ones, and those restricted to a label they hold."""
+        granted = labels & self._labels
+        table = self._tables.get(granted)
+        if table is None:
+            table = self._tables[granted] = routes.build(self.api, granted)
+        return table
+
     async def _no_route(
-        self, method: str, path: str, request_headers: Headers, cors: Headers, send: Send
+        self, table: RouteTable, method: str, path: str, request_headers: Headers, cors: Headers, send: Send
     ) -> None:
-        allowed = self.table.allowed(path)
+        allowed = table.allowed(path)
         if not allowed:
             raise errors.not_found(path)
         if method == "OPTIONS" and cors:

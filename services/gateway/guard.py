@@ -18,10 +18,9 @@ import grpc
 
 from services.runtime.config import RateLimitConfig
 
+from .app import Admission, Headers
 from .errors import HttpError
 from .keys import ApiKey, KeyStore
-
-Headers = list[tuple[bytes, bytes]]
 
 
 @dataclass
@@ -58,7 +57,7 @@ class KeyGuard:
         self.limit = limit
         self.buckets = TokenBuckets()
 
-    def admit(self, request_headers: Headers, query: str) -> Headers:
+    def admit(self, request_headers: Headers, query: str) -> Admission:
         key = _presented_key(request_headers, query)
         if not key:
             raise _unauthenticated(
@@ -78,7 +77,7 @@ class KeyGuard:
                 reason="RATE_LIMITED",
                 headers=[(b"retry-after", str(seconds).encode())],
             )
-        return []
+        return Admission(record.labels)
 
     def rate_of(self, record: ApiKey) -> tuple[float, int]:
         rate = record.requests_per_second or self.limit.requests_per_second

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from google.api import annotations_pb2, http_pb2
+from google.api import annotations_pb2, http_pb2, visibility_pb2
 from google.protobuf import descriptor as d
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -42,6 +42,8 @@ class Rpc:
     descriptor: d.MethodDescriptor
     request_class: type[Message]
     response_class: type[Message]
+    labels: frozenset[str] = frozenset()
+    """Its `google.api.method_visibility` restriction: who besides everyone may call it (`restriction`)."""
 
     @cached_property  # read on every request: once from the descriptor, then from the instance
     def server_streaming(self) -> bool:
@@ -213,21 +215,51 @@ def _walk(node: _Node, parts: list[str], index: int, verb: str | None) -> Bindin
     return node.rest.get(verb)
 
 
-def build(api: Api) -> RouteTable:
-    """The route table of every method of the API.
+INTERNAL = "INTERNAL"
+"""The label of methods only services call: granted to no caller of the bridge."""
 
+
+def labels_of(api: Api) -> frozenset[str]:
+    """Every visibility label some method of the API is restricted to."""
+    return frozenset(label for s in api.services for m in s.methods for label in restriction(m))
+
+
+def restriction(method: d.MethodDescriptor) -> frozenset[str]:
+    """The visibility labels of a method (`google.api.method_visibility`), upper-case; empty: public.
+
+    Google's rule: a restricted method is visible to callers granted any one of its
+    labels. The bridge grants an API key's scopes as labels (`ADMIN` for the admin
+    scope); `INTERNAL` is granted to no key, so such a method is never exposed.
+    """
+    options = method.GetOptions()
+    if not options.HasExtension(visibility_pb2.method_visibility):
+        return frozenset()
+    labels = options.Extensions[visibility_pb2.method_visibility].restriction
+    return frozenset(label.strip().upper() for label in labels.split(",") if label.strip())
+
+
+def build(api: Api, scopes: frozenset[str] = frozenset()) -> RouteTable:
+    """The route table of the methods of the API that callers granted `scopes` may call.
+
+    A method restricted to labels none of `scopes` names is left out: to those
+    callers it does not exist (404), and their OpenAPI document does not list it.
     A client- or bidi-streaming method takes one request per line of the body, so its
     bindings must take the whole request as the body (`body: "*"`); others are left out
     with a problem said at start-up.
     """
     table = RouteTable()
+    scopes = scopes - {INTERNAL}
     for service in api.services:
         for method in service.methods:
+            labels = restriction(method)
+            if labels and not labels & scopes:
+                continue
             rpc = Rpc(
                 path=f"/{service.full_name}/{method.name}",
                 descriptor=method,
                 request_class=api.message_class(method.input_type),
                 response_class=api.message_class(method.output_type),
+                labels=labels,
             )
             for binding in _bindings(rpc, table.problems):
                 if rpc.client_streaming and binding.body != "*":

@@ -9,7 +9,8 @@
     mesh gateway [--upstream HOST:PORT ...] [--descriptor-set FILE] [--listen HOST:PORT] [--no-auth]
                  [--upstream-tls | --upstream-ca FILE] [--upstream-cert FILE --upstream-key FILE]
                                              the REST bridge (default: in front of this mesh)
-    mesh keys create NAME [--rate R --burst B] | list [--json] | revoke NAME
+    mesh keys create NAME [--scopes admin,rides] [--expires 30d] [--rate R --burst B]
+              | list [--json] | revoke NAME
                                              the gateway's API keys
     mesh stats [--json] [--window 5s]        golden metrics per service and per edge (from /metrics)
     mesh graph [--format svg|dot] [--output FILE] [--window 0]
@@ -138,9 +139,16 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     from services.gateway import keys
 
-    name = getattr(args, "name", None)
-    rate, burst = getattr(args, "rate", None), getattr(args, "burst", None)
-    return keys.command(_config(args), args.action, name, rate, burst, getattr(args, "json", False))
+    asked = keys.Command(
+        args.action,
+        getattr(args, "name", None),
+        getattr(args, "rate", None),
+        getattr(args, "burst", None),
+        getattr(args, "scopes", ""),
+        getattr(args, "expires", None),
+        getattr(args, "json", False),
+    )
+    return keys.command(_config(args), asked)
 
 
 def _window(text: str) -> float:
@@ -272,6 +280,10 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("name", help="what the key is for, unique")
     create.add_argument("--rate", type=float, help="requests per second (default: [gateway.rate_limit])")
     create.add_argument("--burst", type=int, help="bucket size (default: [gateway.rate_limit])")
+    create.add_argument(
+        "--scopes", default="", help="comma-separated: admin (operators' methods), rides (act for users)"
+    )
+    create.add_argument("--expires", metavar="DURATION", help="stop working after 90m, 12h, 30d, ...")
     listing = actions.add_parser("list", parents=[common], help="every key, active and revoked")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     revoke = actions.add_parser("revoke", parents=[common], help="stop accepting a key (within a second)")

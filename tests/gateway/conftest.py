@@ -99,11 +99,13 @@ def kitchen_gateway(
 def passengers_gateway(
     background: harness.BackgroundLoop, gateway_mesh: MeshConfig
 ) -> Iterator[harness.RunningGateway]:
-    """A real passenger service (in-process MeshServer) behind the gateway in mesh mode."""
+    """A real passenger service (in-process MeshServer) behind the gateway in mesh mode,
+    called with an API key of the admin scope (listing passengers is an operator's method)."""
     backend = background.run(create_server(gateway_mesh, "passengers", port=0))
     port = background.run(backend.start())
     config = with_port(gateway_mesh, "passengers", port)
-    running = background.run(harness.start_gateway(config, Options(auth=False)))
+    running = background.run(harness.start_gateway(config, Options()))
+    running.key = running.new_key("operator", frozenset({"admin"}))
     yield running
     background.run(running.stop())
     background.run(backend.stop(0))

@@ -28,6 +28,7 @@ from grpc_status import rpc_status
 from services.gateway import api as api_module
 from services.gateway import server as gateway_server
 from services.gateway.app import Gateway
+from services.gateway.keys import KeyStore
 from services.runtime.config import MeshConfig
 from services.runtime.telemetry import Telemetry
 
@@ -63,11 +64,24 @@ class RunningGateway:
     gateway: Gateway
     port: int
     stop: Callable[[], Awaitable[None]]
+    config: MeshConfig | None = None
+    key: str | None = None
+    """An API key every request sends, unless it sends its own `x-api-key`."""
+
+    def new_key(self, name: str, scopes: frozenset[str] = frozenset(), rate: float = 1000.0) -> str:
+        """A fresh API key with these scopes, in this gateway's key store (a rate tests never reach)."""
+        assert self.config is not None
+        store = KeyStore.open(self.config)
+        try:
+            return store.create(name, rate, int(rate), scopes)[1]
+        finally:
+            store.close()
 
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
     ) -> Response:
-        return request(self.port, method, path, body, headers)
+        sent = {"x-api-key": self.key} if self.key else {}
+        return request(self.port, method, path, body, {**sent, **(headers or {})})
 
 
 @dataclass
@@ -123,7 +137,7 @@ async def start_gateway(
         await close()
         sock.close()
 
-    return RunningGateway(gateway, sock.getsockname()[1], stop)
+    return RunningGateway(gateway, sock.getsockname()[1], stop, config)
 
 
 def mesh_config(config: MeshConfig, **gateway: Any) -> MeshConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,101 @@ def test_health_documents_and_preflights_need_no_key(secured):
         headers={"origin": "https://app.example", "access-control-request-method": "GET"},
     )
     assert preflight.status == 204
+
+
+def test_limits_scopes_and_expiry_are_checked_when_a_key_is_made(store):
+    bad = [(-5, None, "--rate"), (0, None, "--rate"), (1e9, None, "--rate")]
+    bad += [(None, -3, "--burst"), (None, 0, "--burst")]
+    for rate, burst, problem in bad:
+        with pytest.raises(KeyProblem, match=problem):
+            store.create(f"k{rate}{burst}", requests_per_second=rate, burst=burst)
+    with pytest.raises(KeyProblem, match="unknown scope 'root'"):
+        store.create("root", scopes=frozenset({"root"}))
+    with pytest.raises(KeyProblem, match="expire before"):
+        store.create("late", expire_time=1)
+    assert store.list() == []
+
+
+def test_an_expired_key_is_refused_and_listed_as_expired(store, monkeypatch):
+    import time
+
+    record, key = store.create("temp", scopes=frozenset({"rides"}), expire_time=time.time_ns() + 60 * 10**9)
+    assert store.find(key) == record
+    assert record.labels == {"RIDES"}
+
+    later = time.time_ns() + 61 * 10**9
+    monkeypatch.setattr(time, "time_ns", lambda: later)
+    assert store.find(key) is None
+    [listed] = store.list()
+    assert listed.expired(later)
+
+
+def test_last_use_is_written_in_batches_and_shown(store):
+    _, key = store.create("busy")
+    assert store.list()[0].last_used_time is None
+
+    store.find(key)
+    store.flush()
+
+    assert store.list()[0].last_used_time is not None
+
+
+def test_mesh_keys_refuses_bad_limits_and_shows_scopes_and_expiry(tmp_path):
+    config = harness.write_gateway_mesh(tmp_path)
+
+    def mesh(*args):
+        return subprocess.run(
+            [str(MESH), "keys", *args, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    for args in (["--rate", "-5"], ["--burst", "-3"], ["--scopes", "root"], ["--expires", "soon"]):
+        refused = mesh("create", "bad", *args)
+        assert refused.returncode == 2, args
+        assert refused.stderr.startswith("mesh keys create: "), refused.stderr
+    made = mesh("create", "ops", "--scopes", "admin", "--expires", "30d")
+    assert made.returncode == 0, made.stderr
+    assert "scopes admin" in made.stderr
+    listed = mesh("list", "--json").stdout
+    import json
+
+    [entry] = json.loads(listed)
+    assert (entry["name"], entry["scopes"], entry["last_used_time"]) == ("ops", ["admin"], None)
+    assert entry["expire_time"].startswith(time.strftime("%Y", time.gmtime(time.time() + 30 * 86400)))
+
+
+def test_rate_limits_are_per_gateway_process(secured, background, gateway_mesh, kitchen, descriptor_set):
+    """Documented: each gateway keeps its own buckets, so N gateways allow N times a key's rate."""
+    gateway, keys = secured
+    _, key = keys.create("twice", requests_per_second=0.01, burst=1)
+    options = Options(upstreams=[kitchen.address], descriptor_set=str(descriptor_set), auth=True)
+    other = background.run(harness.start_gateway(gateway_mesh, options))
+    try:
+        first = [
+            g.request("GET", "/v1/things/a", headers={"x-api-key": key}).status for g in (gateway, other)
+        ]
+        second = [
+            g.request("GET", "/v1/things/a", headers={"x-api-key": key}).status for g in (gateway, other)
+        ]
+    finally:
+        background.run(other.stop())
+    assert (first, second) == ([200, 200], [429, 429])
+
+
+def test_the_development_key_is_kept_and_has_every_scope(tmp_path):
+    from services.gateway.keys import SCOPES, development_key
+
+    config = load_config(harness.write_gateway_mesh(tmp_path), env={})
+    key = development_key(config)
+
+    assert development_key(config) == key  # the same across restarts
+    opened = KeyStore.open(config)
+    try:
+        record = opened.find(key)
+        assert record is not None
+        assert record.scopes == set(SCOPES)
+    finally:
+        opened.close()

@@ -8,7 +8,10 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import grpc
 import pytest
+from google.protobuf import json_format
+from rideshare.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 
 from services.gateway.server import Options
 from services.runtime.config import load_config
@@ -25,6 +28,8 @@ class Stack:
     gateway: harness.RunningGateway
     backend: MeshServer
     background: harness.BackgroundLoop
+    port: int
+    """The notification service's, for what only services may call."""
 
     def subscribers(self, recipient: str) -> int:
         broker = self.backend.services[0].servicer.broker  # type: ignore[attr-defined]
@@ -51,7 +56,7 @@ def stack(background: harness.BackgroundLoop, tmp_path_factory: pytest.TempPathF
     running = background.run(
         harness.start_gateway(with_port(config, "notifications", port), Options(auth=False))
     )
-    yield Stack(running, backend, background)
+    yield Stack(running, backend, background, port)
     background.run(running.stop())
     background.run(backend.stop(0))
 
@@ -63,11 +68,31 @@ def open_stream(port: int, recipient: str, headers: dict[str, str] | None = None
 
 
 def send(stack: Stack, recipient: str, title: str) -> dict:
+    """Send as the trip service does, over gRPC (SendNotification is internal: not on the REST API)."""
+
+    async def call() -> notifications_pb2.Notification:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.port}") as channel:
+            stub = notifications_pb2_grpc.NotificationServiceStub(channel)
+            notification = notifications_pb2.Notification(
+                recipient=recipient, title=title, body="On its way."
+            )
+            return await stub.SendNotification(
+                notifications_pb2.SendNotificationRequest(notification=notification), timeout=harness.WAIT
+            )
+
+    sent = stack.background.run(call())
+    return json_format.MessageToDict(
+        sent, always_print_fields_with_no_presence=True
+    )  # as the gateway writes it
+
+
+def test_sending_a_notification_is_not_on_the_rest_api(stack):
     response = stack.gateway.request(
-        "POST", f"/v1/{recipient}/notifications", {"title": title, "body": "On its way."}
+        "POST", "/v1/passengers/p1/notifications", {"title": "Free rides", "body": "Click here."}
     )
-    assert response.status == 200, response.body
-    return response.json
+
+    # Its path is ListNotifications' too, so the answer is what any unknown method on it gets.
+    assert (response.status, response.headers["allow"]) == (405, "GET")
 
 
 def test_notifications_stream_as_ndjson_and_a_disconnect_ends_the_upstream_stream(stack):

@@ -60,8 +60,8 @@ def test_paths_spell_out_resource_collections(project):
 
 
 def test_query_parameters_are_the_fields_not_bound_by_path_or_body(project, test_document):
-    listing = project[1]["paths"]["/v1/passengers"]["get"]
-    assert [p["name"] for p in listing["parameters"]] == ["pageSize", "pageToken"]
+    listing = project[1]["paths"]["/v1/trips"]["get"]
+    assert [p["name"] for p in listing["parameters"]] == ["pageSize", "pageToken", "passenger", "driver"]
     assert listing["parameters"][0]["schema"] == {"type": "integer", "format": "int32", "minimum": 0}
 
     echo = test_document["paths"]["/v1/echo/{id}"]["get"]
@@ -111,12 +111,24 @@ def test_an_update_body_has_no_required_fields(project):
 
 def test_fields_the_path_sets_are_not_required_in_the_body(project):
     paths = project[1]["paths"]
-    send = paths["/v1/passengers/{passenger}/notifications"]["post"]
-    body = send["requestBody"]["content"]["application/json"]["schema"]
-    assert body["required"] == ["title", "body"]
-    assert "Set by the URL path" in body["properties"]["recipient"]["description"]
+    move = paths["/v1/drivers/{driver}:updateLocation"]["post"]
+    body = move["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["location"]
+    assert "Set by the URL path" in body["properties"]["name"]["description"]
     accept = paths["/v1/trips/{trip}:accept"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "name" not in accept.get("required", [])
+
+
+def test_restricted_methods_are_not_in_the_public_document(project):
+    documented = {op["operationId"] for _, _, op in operations(project[1])}
+    restricted = {"CreateInvoice", "ListInvoices", "CreatePayment", "ListPayments", "RefundPayment"}
+    restricted |= {"AssignTrip", "ReleaseTrip", "ListDrivers", "SearchDrivers", "SendNotification"}
+    restricted |= {"ListPassengers"}
+    methods = {operation_id.split("_")[1] for operation_id in documented}  # Service_Method[_n]
+    assert not methods & restricted
+    assert {"GetPayment", "QuoteFare", "RequestTrip", "GetPassenger"} <= methods
+    assert "/v1/payments/{payment}:refund" not in project[1]["paths"]
+    assert "post" not in project[1]["paths"]["/v1/passengers/{passenger}/notifications"]
 
 
 def test_resource_references_carry_their_name_patterns(project):

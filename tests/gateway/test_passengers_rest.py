@@ -89,3 +89,33 @@ def test_healthz_checks_the_passenger_service(passengers_gateway):
         200,
         {"status": "SERVING", "upstreams": {"passengers": "SERVING"}},
     )
+
+
+def test_a_key_without_the_admin_scope_finds_no_operator_method(passengers_gateway):
+    plain = {"x-api-key": passengers_gateway.new_key("app")}
+    created = create(passengers_gateway, email="grace@example.com")
+
+    # As if the methods did not exist: the path of CreatePassenger answers GET as any unknown method,
+    listing = passengers_gateway.request("GET", "/v1/passengers", headers=plain)
+    assert (listing.status, listing.headers["allow"]) == (405, "POST")
+    # and SearchDrivers' path is not found at all.
+    search = passengers_gateway.request("GET", "/v1/drivers:search?location.latitude=1", headers=plain)
+    assert (search.status, search.json["code"]) == (404, 5)
+    assert passengers_gateway.request("GET", f"/v1/{created['name']}", headers=plain).status == 200
+    assert passengers_gateway.request("GET", "/v1/passengers").status == 200  # the admin key
+
+
+def test_internal_methods_are_routed_for_no_key_at_all(passengers_gateway):
+    invoice = {
+        "trip": "trips/t1",
+        "passenger": "passengers/p1",
+        "amount": {"currencyCode": "EUR", "units": "1"},
+    }
+    for method, path, body in (
+        ("POST", "/v1/invoices", invoice),
+        ("POST", "/v1/payments", {"invoice": "invoices/i1"}),
+        ("POST", "/v1/drivers/d1:assignTrip", {"trip": "trips/t1"}),
+        ("POST", "/v1/drivers/d1:releaseTrip", {"trip": "trips/t1"}),
+    ):
+        response = passengers_gateway.request(method, path, body)  # with the admin key
+        assert (response.status, response.json["code"]) == (404, 5), path

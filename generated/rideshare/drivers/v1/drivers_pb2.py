@@ -26,13 +26,14 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import client_pb2 as google_dot_api_dot_client__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
+from google.api import visibility_pb2 as google_dot_api_dot_visibility__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.type import latlng_pb2 as google_dot_type_dot_latlng__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"rideshare/drivers/v1/drivers.proto\x12\x14rideshare.drivers.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18google/type/latlng.proto\"\xf8\x03\n\x06\x44river\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\x07vehicle\x18\x03 \x01(\x0b\x32\x1d.rideshare.drivers.v1.VehicleB\x04\xe2\x41\x01\x02\x12\x38\n\x06status\x18\x04 \x01(\x0e\x32\".rideshare.drivers.v1.DriverStatusB\x04\xe2\x41\x01\x03\x12+\n\x08location\x18\x05 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x03\x12\x33\n\x0c\x63urrent_trip\x18\x06 \x01(\tB\x1d\xe2\x41\x01\x03\xfa\x41\x16\n\x14rideshare.local/Trip\x12>\n\x14location_update_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:>\xea\x41;\n\x16rideshare.local/Driver\x12\x10\x64rivers/{driver}*\x07\x64rivers2\x06\x64river\"O\n\x07Vehicle\x12\x12\n\x04make\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05model\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rlicense_plate\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"c\n\x13\x43reateDriverRequest\x12\x32\n\x06\x64river\x18\x01 \x01(\x0b\x32\x1c.rideshare.drivers.v1.DriverB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"A\n\x10GetDriverRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\"G\n\x12ListDriversRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x13ListDriversResponse\x12-\n\x07\x64rivers\x18\x01 \x03(\x0b\x32\x1c.rideshare.drivers.v1.Driver\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9a\x01\n\x13UpdateDriverRequest\x12\x32\n\x06\x64river\x18\x01 \x01(\x0b\x32\x1c.rideshare.drivers.v1.DriverB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"^\n\x13\x44\x65leteDriverRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x87\x01\n\x0fGoOnlineRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x08location\x18\x02 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"[\n\x10GoOfflineRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x93\x01\n\x1bUpdateDriverLocationRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x08location\x18\x02 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"y\n\x14SearchDriversRequest\x12+\n\x08location\x18\x01 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\x12\x1b\n\rradius_meters\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\"R\n\x15SearchDriversResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.rideshare.drivers.v1.DriverSearchResult\"[\n\x12\x44riverSearchResult\x12,\n\x06\x64river\x18\x01 \x01(\x0b\x32\x1c.rideshare.drivers.v1.Driver\x12\x17\n\x0f\x64istance_meters\x18\x02 \x01(\x01\"\x89\x01\n\x11\x41ssignTripRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x04trip\x18\x02 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14rideshare.local/Trip\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"\x8a\x01\n\x12ReleaseTripRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x04trip\x18\x02 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14rideshare.local/Trip\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01*\x80\x01\n\x0c\x44riverStatus\x12\x1d\n\x19\x44RIVER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44RIVER_STATUS_OFFLINE\x10\x01\x12\x1b\n\x17\x44RIVER_STATUS_AVAILABLE\x10\x02\x12\x19\n\x15\x44RIVER_STATUS_ON_TRIP\x10\x03\x32\xaa\x0c\n\rDriverService\x12}\n\x0c\x43reateDriver\x12).rideshare.drivers.v1.CreateDriverRequest\x1a\x1c.rideshare.drivers.v1.Driver\"$\xda\x41\x06\x64river\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/drivers:\x06\x64river\x12v\n\tGetDriver\x12&.rideshare.drivers.v1.GetDriverRequest\x1a\x1c.rideshare.drivers.v1.Driver\"#\xda\x41\x04name\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/{name=drivers/*}\x12w\n\x0bListDrivers\x12(.rideshare.drivers.v1.ListDriversRequest\x1a).rideshare.drivers.v1.ListDriversResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/drivers\x12\x99\x01\n\x0cUpdateDriver\x12).rideshare.drivers.v1.UpdateDriverRequest\x1a\x1c.rideshare.drivers.v1.Driver\"@\xda\x41\x12\x64river,update_mask\x82\xd3\xe4\x93\x02%2\x1b/v1/{driver.name=drivers/*}:\x06\x64river\x12v\n\x0c\x44\x65leteDriver\x12).rideshare.drivers.v1.DeleteDriverRequest\x1a\x16.google.protobuf.Empty\"#\xda\x41\x04name\x82\xd3\xe4\x93\x02\x16*\x14/v1/{name=drivers/*}\x12\x89\x01\n\x08GoOnline\x12%.rideshare.drivers.v1.GoOnlineRequest\x1a\x1c.rideshare.drivers.v1.Driver\"8\xda\x41\rname,location\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{name=drivers/*}:goOnline:\x01*\x12\x83\x01\n\tGoOffline\x12&.rideshare.drivers.v1.GoOfflineRequest\x1a\x1c.rideshare.drivers.v1.Driver\"0\xda\x41\x04name\x82\xd3\xe4\x93\x02#\"\x1e/v1/{name=drivers/*}:goOffline:\x01*\x12\xa7\x01\n\x14UpdateDriverLocation\x12\x31.rideshare.drivers.v1.UpdateDriverLocationRequest\x1a\x1c.rideshare.drivers.v1.Driver\">\xda\x41\rname,location\x82\xd3\xe4\x93\x02(\"#/v1/{name=drivers/*}:updateLocation:\x01*\x12\x9d\x01\n\rSearchDrivers\x12*.rideshare.drivers.v1.SearchDriversRequest\x1a+.rideshare.drivers.v1.SearchDriversResponse\"3\xda\x41\x16location,radius_meters\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/drivers:search\x12\x8b\x01\n\nAssignTrip\x12\'.rideshare.drivers.v1.AssignTripRequest\x1a\x1c.rideshare.drivers.v1.Driver\"6\xda\x41\tname,trip\x82\xd3\xe4\x93\x02$\"\x1f/v1/{name=drivers/*}:assignTrip:\x01*\x12\x8e\x01\n\x0bReleaseTrip\x12(.rideshare.drivers.v1.ReleaseTripRequest\x1a\x1c.rideshare.drivers.v1.Driver\"7\xda\x41\tname,trip\x82\xd3\xe4\x93\x02%\" /v1/{name=drivers/*}:releaseTrip:\x01*\x1a\x1a\xca\x41\x17\x64rivers.rideshare.localB\'\xea\x41$\n\x14rideshare.local/Trip\x12\x0ctrips/{trip}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"rideshare/drivers/v1/drivers.proto\x12\x14rideshare.drivers.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/api/visibility.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18google/type/latlng.proto\"\xf8\x03\n\x06\x44river\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\x07vehicle\x18\x03 \x01(\x0b\x32\x1d.rideshare.drivers.v1.VehicleB\x04\xe2\x41\x01\x02\x12\x38\n\x06status\x18\x04 \x01(\x0e\x32\".rideshare.drivers.v1.DriverStatusB\x04\xe2\x41\x01\x03\x12+\n\x08location\x18\x05 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x03\x12\x33\n\x0c\x63urrent_trip\x18\x06 \x01(\tB\x1d\xe2\x41\x01\x03\xfa\x41\x16\n\x14rideshare.local/Trip\x12>\n\x14location_update_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:>\xea\x41;\n\x16rideshare.local/Driver\x12\x10\x64rivers/{driver}*\x07\x64rivers2\x06\x64river\"O\n\x07Vehicle\x12\x12\n\x04make\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05model\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rlicense_plate\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"c\n\x13\x43reateDriverRequest\x12\x32\n\x06\x64river\x18\x01 \x01(\x0b\x32\x1c.rideshare.drivers.v1.DriverB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"A\n\x10GetDriverRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\"G\n\x12ListDriversRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x13ListDriversResponse\x12-\n\x07\x64rivers\x18\x01 \x03(\x0b\x32\x1c.rideshare.drivers.v1.Driver\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9a\x01\n\x13UpdateDriverRequest\x12\x32\n\x06\x64river\x18\x01 \x01(\x0b\x32\x1c.rideshare.drivers.v1.DriverB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"^\n\x13\x44\x65leteDriverRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x87\x01\n\x0fGoOnlineRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x08location\x18\x02 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"[\n\x10GoOfflineRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x93\x01\n\x1bUpdateDriverLocationRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x08location\x18\x02 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"y\n\x14SearchDriversRequest\x12+\n\x08location\x18\x01 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\x12\x1b\n\rradius_meters\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\"R\n\x15SearchDriversResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.rideshare.drivers.v1.DriverSearchResult\"[\n\x12\x44riverSearchResult\x12,\n\x06\x64river\x18\x01 \x01(\x0b\x32\x1c.rideshare.drivers.v1.Driver\x12\x17\n\x0f\x64istance_meters\x18\x02 \x01(\x01\"\x89\x01\n\x11\x41ssignTripRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x04trip\x18\x02 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14rideshare.local/Trip\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"\x8a\x01\n\x12ReleaseTripRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x04trip\x18\x02 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14rideshare.local/Trip\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01*\x80\x01\n\x0c\x44riverStatus\x12\x1d\n\x19\x44RIVER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44RIVER_STATUS_OFFLINE\x10\x01\x12\x1b\n\x17\x44RIVER_STATUS_AVAILABLE\x10\x02\x12\x19\n\x15\x44RIVER_STATUS_ON_TRIP\x10\x03\x32\xe5\x0c\n\rDriverService\x12}\n\x0c\x43reateDriver\x12).rideshare.drivers.v1.CreateDriverRequest\x1a\x1c.rideshare.drivers.v1.Driver\"$\xda\x41\x06\x64river\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/drivers:\x06\x64river\x12v\n\tGetDriver\x12&.rideshare.drivers.v1.GetDriverRequest\x1a\x1c.rideshare.drivers.v1.Driver\"#\xda\x41\x04name\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/{name=drivers/*}\x12\x84\x01\n\x0bListDrivers\x12(.rideshare.drivers.v1.ListDriversRequest\x1a).rideshare.drivers.v1.ListDriversResponse\" \xfa\xd2\xe4\x93\x02\x07\x12\x05\x41\x44MIN\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/drivers\x12\x99\x01\n\x0cUpdateDriver\x12).rideshare.drivers.v1.UpdateDriverRequest\x1a\x1c.rideshare.drivers.v1.Driver\"@\xda\x41\x12\x64river,update_mask\x82\xd3\xe4\x93\x02%2\x1b/v1/{driver.name=drivers/*}:\x06\x64river\x12v\n\x0c\x44\x65leteDriver\x12).rideshare.drivers.v1.DeleteDriverRequest\x1a\x16.google.protobuf.Empty\"#\xda\x41\x04name\x82\xd3\xe4\x93\x02\x16*\x14/v1/{name=drivers/*}\x12\x89\x01\n\x08GoOnline\x12%.rideshare.drivers.v1.GoOnlineRequest\x1a\x1c.rideshare.drivers.v1.Driver\"8\xda\x41\rname,location\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{name=drivers/*}:goOnline:\x01*\x12\x83\x01\n\tGoOffline\x12&.rideshare.drivers.v1.GoOfflineRequest\x1a\x1c.rideshare.drivers.v1.Driver\"0\xda\x41\x04name\x82\xd3\xe4\x93\x02#\"\x1e/v1/{name=drivers/*}:goOffline:\x01*\x12\xa7\x01\n\x14UpdateDriverLocation\x12\x31.rideshare.drivers.v1.UpdateDriverLocationRequest\x1a\x1c.rideshare.drivers.v1.Driver\">\xda\x41\rname,location\x82\xd3\xe4\x93\x02(\"#/v1/{name=drivers/*}:updateLocation:\x01*\x12\xaa\x01\n\rSearchDrivers\x12*.rideshare.drivers.v1.SearchDriversRequest\x1a+.rideshare.drivers.v1.SearchDriversResponse\"@\xda\x41\x16location,radius_meters\xfa\xd2\xe4\x93\x02\x07\x12\x05\x41\x44MIN\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/drivers:search\x12\x9b\x01\n\nAssignTrip\x12\'.rideshare.drivers.v1.AssignTripRequest\x1a\x1c.rideshare.drivers.v1.Driver\"F\xda\x41\tname,trip\xfa\xd2\xe4\x93\x02\n\x12\x08INTERNAL\x82\xd3\xe4\x93\x02$\"\x1f/v1/{name=drivers/*}:assignTrip:\x01*\x12\x9e\x01\n\x0bReleaseTrip\x12(.rideshare.drivers.v1.ReleaseTripRequest\x1a\x1c.rideshare.drivers.v1.Driver\"G\xda\x41\tname,trip\xfa\xd2\xe4\x93\x02\n\x12\x08INTERNAL\x82\xd3\xe4\x93\x02%\" /v1/{name=drivers/*}:releaseTrip:\x01*\x1a\x1a\xca\x41\x17\x64rivers.rideshare.localB\'\xea\x41$\n\x14rideshare.local/Trip\x12\x0ctrips/{trip}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -127,7 +128,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRIVERSERVICE'].methods_by_name['GetDriver']._loaded_options = None
   _globals['_DRIVERSERVICE'].methods_by_name['GetDriver']._serialized_options = b'\332A\004name\202\323\344\223\002\026\022\024/v1/{name=drivers/*}'
   _globals['_DRIVERSERVICE'].methods_by_name['ListDrivers']._loaded_options = None
-  _globals['_DRIVERSERVICE'].methods_by_name['ListDrivers']._serialized_options = b'\202\323\344\223\002\r\022\013/v1/drivers'
+  _globals['_DRIVERSERVICE'].methods_by_name['ListDrivers']._serialized_options = b'\372\322\344\223\002\007\022\005ADMIN\202\323\344\223\002\r\022\013/v1/drivers'
   _globals['_DRIVERSERVICE'].methods_by_name['UpdateDriver']._loaded_options = None
   _globals['_DRIVERSERVICE'].methods_by_name['UpdateDriver']._serialized_options = b'\332A\022driver,update_mask\202\323\344\223\002%2\033/v1/{driver.name=drivers/*}:\006driver'
   _globals['_DRIVERSERVICE'].methods_by_name['DeleteDriver']._loaded_options = None
@@ -139,45 +140,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRIVERSERVICE'].methods_by_name['UpdateDriverLocation']._loaded_options = None
   _globals['_DRIVERSERVICE'].methods_by_name['UpdateDriverLocation']._serialized_options = b'\332A\rname,location\202\323\344\223\002(\"#/v1/{name=drivers/*}:updateLocation:\001*'
   _globals['_DRIVERSERVICE'].methods_by_name['SearchDrivers']._loaded_options = None
-  _globals['_DRIVERSERVICE'].methods_by_name['SearchDrivers']._serialized_options = b'\332A\026location,radius_meters\202\323\344\223\002\024\022\022/v1/drivers:search'
+  _globals['_DRIVERSERVICE'].methods_by_name['SearchDrivers']._serialized_options = b'\332A\026location,radius_meters\372\322\344\223\002\007\022\005ADMIN\202\323\344\223\002\024\022\022/v1/drivers:search'
   _globals['_DRIVERSERVICE'].methods_by_name['AssignTrip']._loaded_options = None
-  _globals['_DRIVERSERVICE'].methods_by_name['AssignTrip']._serialized_options = b'\332A\tname,trip\202\323\344\223\002$\"\037/v1/{name=drivers/*}:assignTrip:\001*'
+  _globals['_DRIVERSERVICE'].methods_by_name['AssignTrip']._serialized_options = b'\332A\tname,trip\372\322\344\223\002\n\022\010INTERNAL\202\323\344\223\002$\"\037/v1/{name=drivers/*}:assignTrip:\001*'
   _globals['_DRIVERSERVICE'].methods_by_name['ReleaseTrip']._loaded_options = None
-  _globals['_DRIVERSERVICE'].methods_by_name['ReleaseTrip']._serialized_options = b'\332A\tname,trip\202\323\344\223\002%\" /v1/{name=drivers/*}:releaseTrip:\001*'
-  _globals['_DRIVERSTATUS']._serialized_start=2437
-  _globals['_DRIVERSTATUS']._serialized_end=2565
-  _globals['_DRIVER']._serialized_start=298
-  _globals['_DRIVER']._serialized_end=802
-  _globals['_VEHICLE']._serialized_start=804
-  _globals['_VEHICLE']._serialized_end=883
-  _globals['_CREATEDRIVERREQUEST']._serialized_start=885
-  _globals['_CREATEDRIVERREQUEST']._serialized_end=984
-  _globals['_GETDRIVERREQUEST']._serialized_start=986
-  _globals['_GETDRIVERREQUEST']._serialized_end=1051
-  _globals['_LISTDRIVERSREQUEST']._serialized_start=1053
-  _globals['_LISTDRIVERSREQUEST']._serialized_end=1124
-  _globals['_LISTDRIVERSRESPONSE']._serialized_start=1126
-  _globals['_LISTDRIVERSRESPONSE']._serialized_end=1219
-  _globals['_UPDATEDRIVERREQUEST']._serialized_start=1222
-  _globals['_UPDATEDRIVERREQUEST']._serialized_end=1376
-  _globals['_DELETEDRIVERREQUEST']._serialized_start=1378
-  _globals['_DELETEDRIVERREQUEST']._serialized_end=1472
-  _globals['_GOONLINEREQUEST']._serialized_start=1475
-  _globals['_GOONLINEREQUEST']._serialized_end=1610
-  _globals['_GOOFFLINEREQUEST']._serialized_start=1612
-  _globals['_GOOFFLINEREQUEST']._serialized_end=1703
-  _globals['_UPDATEDRIVERLOCATIONREQUEST']._serialized_start=1706
-  _globals['_UPDATEDRIVERLOCATIONREQUEST']._serialized_end=1853
-  _globals['_SEARCHDRIVERSREQUEST']._serialized_start=1855
-  _globals['_SEARCHDRIVERSREQUEST']._serialized_end=1976
-  _globals['_SEARCHDRIVERSRESPONSE']._serialized_start=1978
-  _globals['_SEARCHDRIVERSRESPONSE']._serialized_end=2060
-  _globals['_DRIVERSEARCHRESULT']._serialized_start=2062
-  _globals['_DRIVERSEARCHRESULT']._serialized_end=2153
-  _globals['_ASSIGNTRIPREQUEST']._serialized_start=2156
-  _globals['_ASSIGNTRIPREQUEST']._serialized_end=2293
-  _globals['_RELEASETRIPREQUEST']._serialized_start=2296
-  _globals['_RELEASETRIPREQUEST']._serialized_end=2434
-  _globals['_DRIVERSERVICE']._serialized_start=2568
-  _globals['_DRIVERSERVICE']._serialized_end=4146
+  _globals['_DRIVERSERVICE'].methods_by_name['ReleaseTrip']._serialized_options = b'\332A\tname,trip\372\322\344\223\002\n\022\010INTERNAL\202\323\344\223\002%\" /v1/{name=drivers/*}:releaseTrip:\001*'
+  _globals['_DRIVERSTATUS']._serialized_start=2466
+  _globals['_DRIVERSTATUS']._serialized_end=2594
+  _globals['_DRIVER']._serialized_start=327
+  _globals['_DRIVER']._serialized_end=831
+  _globals['_VEHICLE']._serialized_start=833
+  _globals['_VEHICLE']._serialized_end=912
+  _globals['_CREATEDRIVERREQUEST']._serialized_start=914
+  _globals['_CREATEDRIVERREQUEST']._serialized_end=1013
+  _globals['_GETDRIVERREQUEST']._serialized_start=1015
+  _globals['_GETDRIVERREQUEST']._serialized_end=1080
+  _globals['_LISTDRIVERSREQUEST']._serialized_start=1082
+  _globals['_LISTDRIVERSREQUEST']._serialized_end=1153
+  _globals['_LISTDRIVERSRESPONSE']._serialized_start=1155
+  _globals['_LISTDRIVERSRESPONSE']._serialized_end=1248
+  _globals['_UPDATEDRIVERREQUEST']._serialized_start=1251
+  _globals['_UPDATEDRIVERREQUEST']._serialized_end=1405
+  _globals['_DELETEDRIVERREQUEST']._serialized_start=1407
+  _globals['_DELETEDRIVERREQUEST']._serialized_end=1501
+  _globals['_GOONLINEREQUEST']._serialized_start=1504
+  _globals['_GOONLINEREQUEST']._serialized_end=1639
+  _globals['_GOOFFLINEREQUEST']._serialized_start=1641
+  _globals['_GOOFFLINEREQUEST']._serialized_end=1732
+  _globals['_UPDATEDRIVERLOCATIONREQUEST']._serialized_start=1735
+  _globals['_UPDATEDRIVERLOCATIONREQUEST']._serialized_end=1882
+  _globals['_SEARCHDRIVERSREQUEST']._serialized_start=1884
+  _globals['_SEARCHDRIVERSREQUEST']._serialized_end=2005
+  _globals['_SEARCHDRIVERSRESPONSE']._serialized_start=2007
+  _globals['_SEARCHDRIVERSRESPONSE']._serialized_end=2089
+  _globals['_DRIVERSEARCHRESULT']._serialized_start=2091
+  _globals['_DRIVERSEARCHRESULT']._serialized_end=2182
+  _globals['_ASSIGNTRIPREQUEST']._serialized_start=2185
+  _globals['_ASSIGNTRIPREQUEST']._serialized_end=2322
+  _globals['_RELEASETRIPREQUEST']._serialized_start=2325
+  _globals['_RELEASETRIPREQUEST']._serialized_end=2463
+  _globals['_DRIVERSERVICE']._serialized_start=2597
+  _globals['_DRIVERSERVICE']._serialized_end=4234
 # @@protoc_insertion_point(module_scope)

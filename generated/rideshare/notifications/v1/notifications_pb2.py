@@ -26,10 +26,11 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import client_pb2 as google_dot_api_dot_client__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
+from google.api import visibility_pb2 as google_dot_api_dot_visibility__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.rideshare/notifications/v1/notifications.proto\x12\x1arideshare.notifications.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x03\n\x0cNotification\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x38\n\trecipient\x18\x02 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\x12\x1crideshare.local/Notification\x12\x13\n\x05title\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x62ody\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x04trip\x18\x05 \x01(\tB\x1d\xe2\x41\x01\x01\xfa\x41\x16\n\x14rideshare.local/Trip\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:\xa3\x01\xea\x41\x9f\x01\n\x1crideshare.local/Notification\x12\x33passengers/{passenger}/notifications/{notification}\x12-drivers/{driver}/notifications/{notification}*\rnotifications2\x0cnotification\"y\n\x17SendNotificationRequest\x12\x44\n\x0cnotification\x18\x01 \x01(\x0b\x32(.rideshare.notifications.v1.NotificationB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x84\x01\n\x18ListNotificationsRequest\x12\x35\n\x06parent\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\x12\x1crideshare.local/Notification\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"u\n\x19ListNotificationsResponse\x12?\n\rnotifications\x18\x01 \x03(\x0b\x32(.rideshare.notifications.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x1aStreamNotificationsRequest\x12\x35\n\x06parent\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\x12\x1crideshare.local/Notification2\xa2\x06\n\x13NotificationService\x12\x97\x02\n\x10SendNotification\x12\x33.rideshare.notifications.v1.SendNotificationRequest\x1a(.rideshare.notifications.v1.Notification\"\xa3\x01\xda\x41\x0cnotification\x82\xd3\xe4\x93\x02\x8d\x01\"7/v1/{notification.recipient=passengers/*}/notifications:\x0cnotificationZD\"4/v1/{notification.recipient=drivers/*}/notifications:\x0cnotification\x12\xe2\x01\n\x11ListNotifications\x12\x34.rideshare.notifications.v1.ListNotificationsRequest\x1a\x35.rideshare.notifications.v1.ListNotificationsResponse\"`\xda\x41\x06parent\x82\xd3\xe4\x93\x02Q\x12\'/v1/{parent=passengers/*}/notificationsZ&\x12$/v1/{parent=drivers/*}/notifications\x12\xe9\x01\n\x13StreamNotifications\x12\x36.rideshare.notifications.v1.StreamNotificationsRequest\x1a(.rideshare.notifications.v1.Notification\"n\xda\x41\x06parent\x82\xd3\xe4\x93\x02_\x12./v1/{parent=passengers/*}/notifications:streamZ-\x12+/v1/{parent=drivers/*}/notifications:stream0\x01\x1a \xca\x41\x1dnotifications.rideshare.localB\'\xea\x41$\n\x14rideshare.local/Trip\x12\x0ctrips/{trip}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.rideshare/notifications/v1/notifications.proto\x12\x1arideshare.notifications.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/api/visibility.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x03\n\x0cNotification\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x38\n\trecipient\x18\x02 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\x12\x1crideshare.local/Notification\x12\x13\n\x05title\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x62ody\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x04trip\x18\x05 \x01(\tB\x1d\xe2\x41\x01\x01\xfa\x41\x16\n\x14rideshare.local/Trip\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:\xa3\x01\xea\x41\x9f\x01\n\x1crideshare.local/Notification\x12\x33passengers/{passenger}/notifications/{notification}\x12-drivers/{driver}/notifications/{notification}*\rnotifications2\x0cnotification\"y\n\x17SendNotificationRequest\x12\x44\n\x0cnotification\x18\x01 \x01(\x0b\x32(.rideshare.notifications.v1.NotificationB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x84\x01\n\x18ListNotificationsRequest\x12\x35\n\x06parent\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\x12\x1crideshare.local/Notification\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"u\n\x19ListNotificationsResponse\x12?\n\rnotifications\x18\x01 \x03(\x0b\x32(.rideshare.notifications.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x1aStreamNotificationsRequest\x12\x35\n\x06parent\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\x12\x1crideshare.local/Notification2\xb2\x06\n\x13NotificationService\x12\xa7\x02\n\x10SendNotification\x12\x33.rideshare.notifications.v1.SendNotificationRequest\x1a(.rideshare.notifications.v1.Notification\"\xb3\x01\xda\x41\x0cnotification\xfa\xd2\xe4\x93\x02\n\x12\x08INTERNAL\x82\xd3\xe4\x93\x02\x8d\x01\"7/v1/{notification.recipient=passengers/*}/notifications:\x0cnotificationZD\"4/v1/{notification.recipient=drivers/*}/notifications:\x0cnotification\x12\xe2\x01\n\x11ListNotifications\x12\x34.rideshare.notifications.v1.ListNotificationsRequest\x1a\x35.rideshare.notifications.v1.ListNotificationsResponse\"`\xda\x41\x06parent\x82\xd3\xe4\x93\x02Q\x12\'/v1/{parent=passengers/*}/notificationsZ&\x12$/v1/{parent=drivers/*}/notifications\x12\xe9\x01\n\x13StreamNotifications\x12\x36.rideshare.notifications.v1.StreamNotificationsRequest\x1a(.rideshare.notifications.v1.Notification\"n\xda\x41\x06parent\x82\xd3\xe4\x93\x02_\x12./v1/{parent=passengers/*}/notifications:streamZ-\x12+/v1/{parent=drivers/*}/notifications:stream0\x01\x1a \xca\x41\x1dnotifications.rideshare.localB\'\xea\x41$\n\x14rideshare.local/Trip\x12\x0ctrips/{trip}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -66,21 +67,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NOTIFICATIONSERVICE']._loaded_options = None
   _globals['_NOTIFICATIONSERVICE']._serialized_options = b'\312A\035notifications.rideshare.local'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['SendNotification']._loaded_options = None
-  _globals['_NOTIFICATIONSERVICE'].methods_by_name['SendNotification']._serialized_options = b'\332A\014notification\202\323\344\223\002\215\001\"7/v1/{notification.recipient=passengers/*}/notifications:\014notificationZD\"4/v1/{notification.recipient=drivers/*}/notifications:\014notification'
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['SendNotification']._serialized_options = b'\332A\014notification\372\322\344\223\002\n\022\010INTERNAL\202\323\344\223\002\215\001\"7/v1/{notification.recipient=passengers/*}/notifications:\014notificationZD\"4/v1/{notification.recipient=drivers/*}/notifications:\014notification'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListNotifications']._loaded_options = None
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListNotifications']._serialized_options = b'\332A\006parent\202\323\344\223\002Q\022\'/v1/{parent=passengers/*}/notificationsZ&\022$/v1/{parent=drivers/*}/notifications'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['StreamNotifications']._loaded_options = None
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['StreamNotifications']._serialized_options = b'\332A\006parent\202\323\344\223\002_\022./v1/{parent=passengers/*}/notifications:streamZ-\022+/v1/{parent=drivers/*}/notifications:stream'
-  _globals['_NOTIFICATION']._serialized_start=227
-  _globals['_NOTIFICATION']._serialized_end=626
-  _globals['_SENDNOTIFICATIONREQUEST']._serialized_start=628
-  _globals['_SENDNOTIFICATIONREQUEST']._serialized_end=749
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=752
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=884
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=886
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=1003
-  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_start=1005
-  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_end=1088
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=1091
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=1893
+  _globals['_NOTIFICATION']._serialized_start=256
+  _globals['_NOTIFICATION']._serialized_end=655
+  _globals['_SENDNOTIFICATIONREQUEST']._serialized_start=657
+  _globals['_SENDNOTIFICATIONREQUEST']._serialized_end=778
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=781
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=913
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=915
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=1032
+  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_start=1034
+  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_end=1117
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=1120
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=1938
 # @@protoc_insertion_point(module_scope)

@@ -26,11 +26,12 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import client_pb2 as google_dot_api_dot_client__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
+from google.api import visibility_pb2 as google_dot_api_dot_visibility__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$rideshare/payments/v1/payments.proto\x12\x15rideshare.payments.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"\xa3\x03\n\x07Payment\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x31\n\x07invoice\x18\x02 \x01(\tB \xe2\x41\x01\x02\xfa\x41\x19\n\x17rideshare.local/Invoice\x12(\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x02\x12\x1c\n\x0epayment_method\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\x05state\x18\x05 \x01(\x0e\x32#.rideshare.payments.v1.PaymentStateB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x64\x65\x63line_reason\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:C\xea\x41@\n\x17rideshare.local/Payment\x12\x12payments/{payment}*\x08payments2\x07payment\"g\n\x14\x43reatePaymentRequest\x12\x35\n\x07payment\x18\x01 \x01(\x0b\x32\x1e.rideshare.payments.v1.PaymentB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"C\n\x11GetPaymentRequest\x12.\n\x04name\x18\x01 \x01(\tB \xe2\x41\x01\x02\xfa\x41\x19\n\x17rideshare.local/Payment\"{\n\x13ListPaymentsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x31\n\x07invoice\x18\x03 \x01(\tB \xe2\x41\x01\x01\xfa\x41\x19\n\x17rideshare.local/Invoice\"a\n\x14ListPaymentsResponse\x12\x30\n\x08payments\x18\x01 \x03(\x0b\x32\x1e.rideshare.payments.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x14RefundPaymentRequest\x12.\n\x04name\x18\x01 \x01(\tB \xe2\x41\x01\x02\xfa\x41\x19\n\x17rideshare.local/Payment\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01*\x82\x01\n\x0cPaymentState\x12\x1d\n\x19PAYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PAYMENT_STATE_SUCCEEDED\x10\x01\x12\x1a\n\x16PAYMENT_STATE_DECLINED\x10\x02\x12\x1a\n\x16PAYMENT_STATE_REFUNDED\x10\x03\x32\xc1\x04\n\x0ePaymentService\x12\x85\x01\n\rCreatePayment\x12+.rideshare.payments.v1.CreatePaymentRequest\x1a\x1e.rideshare.payments.v1.Payment\"\'\xda\x41\x07payment\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/payments:\x07payment\x12|\n\nGetPayment\x12(.rideshare.payments.v1.GetPaymentRequest\x1a\x1e.rideshare.payments.v1.Payment\"$\xda\x41\x04name\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/{name=payments/*}\x12}\n\x0cListPayments\x12*.rideshare.payments.v1.ListPaymentsRequest\x1a+.rideshare.payments.v1.ListPaymentsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/payments\x12\x8c\x01\n\rRefundPayment\x12+.rideshare.payments.v1.RefundPaymentRequest\x1a\x1e.rideshare.payments.v1.Payment\".\xda\x41\x04name\x82\xd3\xe4\x93\x02!\"\x1c/v1/{name=payments/*}:refund:\x01*\x1a\x1b\xca\x41\x18payments.rideshare.localB0\xea\x41-\n\x17rideshare.local/Invoice\x12\x12invoices/{invoice}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$rideshare/payments/v1/payments.proto\x12\x15rideshare.payments.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/api/visibility.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"\xa3\x03\n\x07Payment\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x31\n\x07invoice\x18\x02 \x01(\tB \xe2\x41\x01\x02\xfa\x41\x19\n\x17rideshare.local/Invoice\x12(\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x02\x12\x1c\n\x0epayment_method\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\x05state\x18\x05 \x01(\x0e\x32#.rideshare.payments.v1.PaymentStateB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x64\x65\x63line_reason\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:C\xea\x41@\n\x17rideshare.local/Payment\x12\x12payments/{payment}*\x08payments2\x07payment\"g\n\x14\x43reatePaymentRequest\x12\x35\n\x07payment\x18\x01 \x01(\x0b\x32\x1e.rideshare.payments.v1.PaymentB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"C\n\x11GetPaymentRequest\x12.\n\x04name\x18\x01 \x01(\tB \xe2\x41\x01\x02\xfa\x41\x19\n\x17rideshare.local/Payment\"{\n\x13ListPaymentsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x31\n\x07invoice\x18\x03 \x01(\tB \xe2\x41\x01\x01\xfa\x41\x19\n\x17rideshare.local/Invoice\"a\n\x14ListPaymentsResponse\x12\x30\n\x08payments\x18\x01 \x03(\x0b\x32\x1e.rideshare.payments.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x14RefundPaymentRequest\x12.\n\x04name\x18\x01 \x01(\tB \xe2\x41\x01\x02\xfa\x41\x19\n\x17rideshare.local/Payment\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01*\x82\x01\n\x0cPaymentState\x12\x1d\n\x19PAYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PAYMENT_STATE_SUCCEEDED\x10\x01\x12\x1a\n\x16PAYMENT_STATE_DECLINED\x10\x02\x12\x1a\n\x16PAYMENT_STATE_REFUNDED\x10\x03\x32\xec\x04\n\x0ePaymentService\x12\x95\x01\n\rCreatePayment\x12+.rideshare.payments.v1.CreatePaymentRequest\x1a\x1e.rideshare.payments.v1.Payment\"7\xda\x41\x07payment\xfa\xd2\xe4\x93\x02\n\x12\x08INTERNAL\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/payments:\x07payment\x12|\n\nGetPayment\x12(.rideshare.payments.v1.GetPaymentRequest\x1a\x1e.rideshare.payments.v1.Payment\"$\xda\x41\x04name\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/{name=payments/*}\x12\x8a\x01\n\x0cListPayments\x12*.rideshare.payments.v1.ListPaymentsRequest\x1a+.rideshare.payments.v1.ListPaymentsResponse\"!\xfa\xd2\xe4\x93\x02\x07\x12\x05\x41\x44MIN\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/payments\x12\x99\x01\n\rRefundPayment\x12+.rideshare.payments.v1.RefundPaymentRequest\x1a\x1e.rideshare.payments.v1.Payment\";\xda\x41\x04name\xfa\xd2\xe4\x93\x02\x07\x12\x05\x41\x44MIN\x82\xd3\xe4\x93\x02!\"\x1c/v1/{name=payments/*}:refund:\x01*\x1a\x1b\xca\x41\x18payments.rideshare.localB0\xea\x41-\n\x17rideshare.local/Invoice\x12\x12invoices/{invoice}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -75,27 +76,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYMENTSERVICE']._loaded_options = None
   _globals['_PAYMENTSERVICE']._serialized_options = b'\312A\030payments.rideshare.local'
   _globals['_PAYMENTSERVICE'].methods_by_name['CreatePayment']._loaded_options = None
-  _globals['_PAYMENTSERVICE'].methods_by_name['CreatePayment']._serialized_options = b'\332A\007payment\202\323\344\223\002\027\"\014/v1/payments:\007payment'
+  _globals['_PAYMENTSERVICE'].methods_by_name['CreatePayment']._serialized_options = b'\332A\007payment\372\322\344\223\002\n\022\010INTERNAL\202\323\344\223\002\027\"\014/v1/payments:\007payment'
   _globals['_PAYMENTSERVICE'].methods_by_name['GetPayment']._loaded_options = None
   _globals['_PAYMENTSERVICE'].methods_by_name['GetPayment']._serialized_options = b'\332A\004name\202\323\344\223\002\027\022\025/v1/{name=payments/*}'
   _globals['_PAYMENTSERVICE'].methods_by_name['ListPayments']._loaded_options = None
-  _globals['_PAYMENTSERVICE'].methods_by_name['ListPayments']._serialized_options = b'\202\323\344\223\002\016\022\014/v1/payments'
+  _globals['_PAYMENTSERVICE'].methods_by_name['ListPayments']._serialized_options = b'\372\322\344\223\002\007\022\005ADMIN\202\323\344\223\002\016\022\014/v1/payments'
   _globals['_PAYMENTSERVICE'].methods_by_name['RefundPayment']._loaded_options = None
-  _globals['_PAYMENTSERVICE'].methods_by_name['RefundPayment']._serialized_options = b'\332A\004name\202\323\344\223\002!\"\034/v1/{name=payments/*}:refund:\001*'
-  _globals['_PAYMENTSTATE']._serialized_start=1155
-  _globals['_PAYMENTSTATE']._serialized_end=1285
-  _globals['_PAYMENT']._serialized_start=237
-  _globals['_PAYMENT']._serialized_end=656
-  _globals['_CREATEPAYMENTREQUEST']._serialized_start=658
-  _globals['_CREATEPAYMENTREQUEST']._serialized_end=761
-  _globals['_GETPAYMENTREQUEST']._serialized_start=763
-  _globals['_GETPAYMENTREQUEST']._serialized_end=830
-  _globals['_LISTPAYMENTSREQUEST']._serialized_start=832
-  _globals['_LISTPAYMENTSREQUEST']._serialized_end=955
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=957
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=1054
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=1056
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=1152
-  _globals['_PAYMENTSERVICE']._serialized_start=1288
-  _globals['_PAYMENTSERVICE']._serialized_end=1865
+  _globals['_PAYMENTSERVICE'].methods_by_name['RefundPayment']._serialized_options = b'\332A\004name\372\322\344\223\002\007\022\005ADMIN\202\323\344\223\002!\"\034/v1/{name=payments/*}:refund:\001*'
+  _globals['_PAYMENTSTATE']._serialized_start=1184
+  _globals['_PAYMENTSTATE']._serialized_end=1314
+  _globals['_PAYMENT']._serialized_start=266
+  _globals['_PAYMENT']._serialized_end=685
+  _globals['_CREATEPAYMENTREQUEST']._serialized_start=687
+  _globals['_CREATEPAYMENTREQUEST']._serialized_end=790
+  _globals['_GETPAYMENTREQUEST']._serialized_start=792
+  _globals['_GETPAYMENTREQUEST']._serialized_end=859
+  _globals['_LISTPAYMENTSREQUEST']._serialized_start=861
+  _globals['_LISTPAYMENTSREQUEST']._serialized_end=984
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=986
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=1083
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=1085
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=1181
+  _globals['_PAYMENTSERVICE']._serialized_start=1317
+  _globals['_PAYMENTSERVICE']._serialized_end=1937
 # @@protoc_insertion_point(module_scope)
