@@ -5,8 +5,6 @@ nothing else opens it. `Database` is the file itself, synchronous: opening,
 WAL, migrations by `PRAGMA user_version`, transactions (the gateway's key
 store uses it as it is). `SqliteBackend` is the same file behind the resource
 kit's async `Backend` seam (resources.py), which is what services use.
-(`Database.idempotent` and `replay`, the synchronous request log, serve the
-services not yet moved to the kit.)
 
 Its calls run on the event loop's thread: they are short, indexed transactions
 (tens of microseconds on this machine), cheaper than a hop to a thread pool;
@@ -27,18 +25,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from google.protobuf.message import Message
-
-from .errors import InvalidArgument
 from .resources import Backend, Row
-from .resources import fingerprint as fingerprint
-
-M = TypeVar("M", bound=Message)
 
 _REQUEST_LOG = """
 CREATE TABLE IF NOT EXISTS request_log (
@@ -126,59 +118,6 @@ class Database:
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
         return row
-
-    def replay(self, method: str, request: Message, response_type: type[M]) -> M | None:
-        """The stored answer to `request.request_id`, or None if it is new (or absent).
-
-        Raises INVALID_ARGUMENT REQUEST_ID_REUSED if the key answered another request.
-        """
-        request_id: str = getattr(request, "request_id", "")
-        if not request_id:
-            return None
-        return self._stored(self._conn, method, request_id, fingerprint(request), response_type)
-
-    def idempotent(
-        self,
-        method: str,
-        request: Message,
-        response_type: type[M],
-        write: Callable[[sqlite3.Connection], M],
-    ) -> M:
-        """Run `write` once per `request.request_id`; repeats get the stored answer."""
-        request_id: str = getattr(request, "request_id", "")
-        if not request_id:
-            with self.transaction() as tx:
-                return write(tx)
-        digest = fingerprint(request)
-        with self.transaction() as tx:
-            stored = self._stored(tx, method, request_id, digest, response_type)
-            if stored is not None:
-                return stored
-            response = write(tx)
-            tx.execute(
-                "INSERT INTO request_log (method, request_id, fingerprint, response, create_time) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (method, request_id, digest, response.SerializeToString(), time.time_ns()),
-            )
-            return response
-
-    @staticmethod
-    def _stored(
-        conn: sqlite3.Connection, method: str, request_id: str, digest: str, response_type: type[M]
-    ) -> M | None:
-        row = conn.execute(
-            "SELECT fingerprint, response FROM request_log WHERE method = ? AND request_id = ?",
-            (method, request_id),
-        ).fetchone()
-        if row is None:
-            return None
-        if row["fingerprint"] != digest:
-            raise InvalidArgument.field(
-                "request_id",
-                f"{request_id!r} was already used for a different {method} request",
-                reason="REQUEST_ID_REUSED",
-            )
-        return response_type.FromString(row["response"])
 
     @property
     def connection(self) -> sqlite3.Connection:
