@@ -91,7 +91,8 @@ class Feed:
         try:
             while self.broker.subscriber_count() and not self.broker.closed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    async with asyncio.timeout(self.poll_interval):  # wait_for may lose a cancel (3.11)
+                        await self._wake.wait()
                 self._wake.clear()
                 await self._catch_up()
         except Exception as exc:  # a database error: end the streams rather than leave them silent

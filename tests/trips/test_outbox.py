@@ -115,3 +115,50 @@ def test_wake_delivers_new_rows_without_waiting_for_the_poll(store):
     asyncio.run(scenario())
 
     assert [title for title, _ in recipient.sent] == ["Hello"]
+
+
+class Polled:
+    """The store, telling when the loop has read it and gone back to waiting."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.read = asyncio.Event()
+
+    async def pending_notices(self, limit: int):
+        entries = await self.store.pending_notices(limit)
+        self.read.set()
+        return entries
+
+
+@pytest.mark.timeout(30)
+def test_stop_ends_the_loop_even_when_a_wake_arrives_with_it(store):
+    # On Python 3.11 asyncio.wait_for returned normally when its task was cancelled just as the
+    # awaited event fired, so the loop went round again and the service's stop hung for ever.
+    recipient = Recipient()
+
+    async def scenario() -> None:
+        polled = Polled(store)
+        outbox = Outbox(polled, recipient.send, idle_poll=3600)  # type: ignore[arg-type]
+        outbox.start()
+        await polled.read.wait()
+        outbox.wake()
+        await outbox.stop()
+        assert outbox.task._task is None
+
+    asyncio.run(scenario())
+
+
+def test_a_stop_that_is_cancelled_itself_gives_up(store):
+    async def scenario() -> str:
+        outbox = Outbox(store, Recipient().send, idle_poll=3600)
+        outbox.start()
+        stopping = asyncio.ensure_future(outbox.stop())
+        await asyncio.sleep(0)  # one turn of the loop: the stop is now waiting for the task
+        stopping.cancel()
+        try:
+            await stopping
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "swallowed"
+
+    assert asyncio.run(scenario()) == "cancelled"
