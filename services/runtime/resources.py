@@ -109,10 +109,10 @@ class Backend(ABC):
     ) -> R:
         """Run `write` once per `request.request_id`; repeats get the stored answer."""
         request_id: str = getattr(request, "request_id", "")
+        digest = fingerprint(request) if request_id else ""  # before the transaction: it holds a lock
         async with self.transaction() as tx:
             if not request_id:
                 return await write(tx)
-            digest = fingerprint(request)
             row = await tx.query_one(_LOGGED, (method, request_id))
             stored = _stored(row, method, request_id, digest, response_type)
             if stored is not None:
