@@ -1,8 +1,10 @@
 """The servers `bench/unary.py` compares, one per process: `python -m bench.servers VARIANT MESH_TOML`.
 
 Every variant serves PassengerService.GetPassenger from the same SQLite file
-through the same `SqlitePassengerStore.get`; they differ only in the server
-model and in whether the runtime's per-call work runs:
+with the same query and row mapping (the resource kit's `Store.get`; the
+thread-pool variants run its query on the synchronous `Database` under a
+lock, since the kit is async); they differ only in the server model and in
+whether the runtime's per-call work runs:
 
 - `runtime`: the real `MeshServer` (grpc.aio, every handler wrapped by calls.py);
 - `aio`: a bare `grpc.aio` server with the service's own `PassengerServicer`;
@@ -34,11 +36,12 @@ from rideshare.passengers.v1 import passengers_pb2, passengers_pb2_grpc
 from rideshare.passengers.v1.passengers_pb2 import GetPassengerRequest, Passenger
 
 from services.passengers.servicer import PassengerServicer
-from services.passengers.store import MIGRATIONS, SqlitePassengerStore
-from services.runtime import aip, calls, log
+from services.passengers.store import MIGRATIONS, PASSENGERS
+from services.runtime import calls, log
 from services.runtime.config import MeshConfig, load_config
+from services.runtime.resources import Store
 from services.runtime.server import SERVER_OPTIONS, MeshServer, Runtime, _Capture, load_services, run
-from services.runtime.storage import Database
+from services.runtime.storage import Database, SqliteBackend
 from services.runtime.validation import RequestValidator, ResourceRegistry
 
 VARIANTS = ("runtime", "aio", "sync", "sync-wrapped")
@@ -51,24 +54,30 @@ def _runtime(config: MeshConfig) -> Runtime:
     return Runtime(config, config.service("passengers"))
 
 
-def _store(config: MeshConfig) -> SqlitePassengerStore:
-    return SqlitePassengerStore(Database(_runtime(config).data_path("passengers.db"), MIGRATIONS))
+def _backend(config: MeshConfig) -> SqliteBackend:
+    return SqliteBackend(_runtime(config).data_path("passengers.db"), MIGRATIONS)
 
 
 class SyncPassengerServicer(passengers_pb2_grpc.PassengerServiceServicer):
     """The same GetPassenger as `PassengerServicer`, for a thread-pool server.
 
-    The store shares one sqlite3 connection (`check_same_thread=False`), which
-    is not safe to use from several threads at once, hence the lock.
+    It reads as the kit's `Store.get` does, through the file's one sqlite3
+    connection (`check_same_thread=False`), which is not safe to use from
+    several threads at once, hence the lock.
     """
 
-    def __init__(self, store: SqlitePassengerStore) -> None:
-        self.store = store
+    def __init__(self, backend: SqliteBackend) -> None:
+        self.db: Database = backend.file
+        self.store = Store(backend, PASSENGERS)
         self.lock = threading.Lock()
 
     def GetPassenger(self, request: GetPassengerRequest, context: grpc.ServicerContext) -> Passenger:
+        passenger_id = self.store.id_of(request.name)
         with self.lock:
-            return self.store.get(aip.resource_id(request.name, "passengers"))
+            row = self.db.query_one("SELECT * FROM passengers WHERE id = ?", (passenger_id,))
+        if row is None:
+            raise self.store.not_found(passenger_id)
+        return PASSENGERS.from_row(row)
 
 
 class SyncCallWrapper:
@@ -113,13 +122,13 @@ def _validators() -> dict[str, RequestValidator]:
     }
 
 
-def _sync_server(config: MeshConfig, wrapped: bool) -> tuple[grpc.Server, SqlitePassengerStore]:
-    store = _store(config)
+def _sync_server(config: MeshConfig, wrapped: bool) -> tuple[grpc.Server, Database]:
+    backend = _backend(config)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=SYNC_WORKERS), options=SERVER_OPTIONS)
-    servicer = SyncPassengerServicer(store)
+    servicer = SyncPassengerServicer(backend)
     if not wrapped:
         passengers_pb2_grpc.add_PassengerServiceServicer_to_server(servicer, server)
-        return server, store
+        return server, backend.file
     wrapper = SyncCallWrapper(config.service("passengers").domain, _validators())
     capture = _Capture()
     passengers_pb2_grpc.add_PassengerServiceServicer_to_server(servicer, capture)
@@ -127,7 +136,7 @@ def _sync_server(config: MeshConfig, wrapped: bool) -> tuple[grpc.Server, Sqlite
         wrapped_handlers = {m: wrapper.wrap(f"/{name}/{m}", h) for m, h in handlers.items()}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, wrapped_handlers),))
         server.add_registered_method_handlers(name, wrapped_handlers)
-    return server, store
+    return server, backend.file
 
 
 def _announce(port: int) -> None:
@@ -177,7 +186,7 @@ async def serve_aio(config: MeshConfig, runtime: bool, max_seconds: float) -> No
             await asyncio.wait_for(stopped.wait(), max_seconds)
         await mesh.stop(0)
         return
-    store = _store(config)
+    store = Store(_backend(config), PASSENGERS)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     passengers_pb2_grpc.add_PassengerServiceServicer_to_server(PassengerServicer(store), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -186,7 +195,7 @@ async def serve_aio(config: MeshConfig, runtime: bool, max_seconds: float) -> No
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stopped.wait(), max_seconds)
     await server.stop(0)
-    store.close()
+    await store.close()
 
 
 def main(argv: list[str] | None = None) -> None:

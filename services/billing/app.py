@@ -5,16 +5,17 @@ from __future__ import annotations
 from rideshare.billing.v1 import billing_pb2, billing_pb2_grpc
 
 from services.runtime import Runtime, Service
-from services.runtime.storage import Database
+from services.runtime.resources import Store
+from services.runtime.storage import SqliteBackend
 
 from .servicer import BillingServicer
-from .store import MIGRATIONS, SqliteInvoiceStore
+from .store import INVOICES, MIGRATIONS
 from .tariff import Tariff
 
 
 def create(runtime: Runtime) -> Service:
     tariff = Tariff.from_settings(runtime.service)
-    store = SqliteInvoiceStore(Database(runtime.data_path("billing.db"), MIGRATIONS))
+    store = Store(SqliteBackend(runtime.data_path("billing.db"), MIGRATIONS), INVOICES)
     return Service(
         descriptor=billing_pb2.DESCRIPTOR.services_by_name["BillingService"],
         servicer=BillingServicer(tariff, store),

@@ -16,10 +16,9 @@ from rideshare.billing.v1.billing_pb2 import (
     QuoteFareResponse,
 )
 
-from services.runtime import aip
+from services.runtime.resources import Store
 
 from . import domain
-from .store import InvoiceStore
 from .tariff import Tariff
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -28,7 +27,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     """Fare quotes from the tariff, and the invoices of completed trips."""
 
-    def __init__(self, tariff: Tariff, store: InvoiceStore) -> None:
+    def __init__(self, tariff: Tariff, store: Store[Invoice]) -> None:
         self.tariff = tariff
         self.store = store
 
@@ -36,18 +35,11 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return domain.quote(self.tariff, request)
 
     async def CreateInvoice(self, request: CreateInvoiceRequest, context: Context) -> Invoice:
-        return self.store.create(domain.new_invoice(request.invoice), request)
+        return await self.store.create(domain.new_invoice(request.invoice), request)
 
     async def GetInvoice(self, request: GetInvoiceRequest, context: Context) -> Invoice:
-        return self.store.get(aip.resource_id(request.name, "invoices"))
+        return await self.store.get(request.name)
 
     async def ListInvoices(self, request: ListInvoicesRequest, context: Context) -> ListInvoicesResponse:
-        query = {"passenger": request.passenger, "trip": request.trip}
-        after = aip.decode_page_token(request.page_token, query, kind=int) or 0
-        invoices, last = self.store.list(
-            after, aip.page_size(request.page_size), passenger=request.passenger, trip=request.trip
-        )
-        return ListInvoicesResponse(
-            invoices=invoices,
-            next_page_token=aip.encode_page_token(last, query) if last is not None else "",
-        )
+        page = await self.store.list(request, passenger=request.passenger, trip=request.trip)
+        return ListInvoicesResponse(invoices=page.items, next_page_token=page.next_page_token)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from rideshare.drivers.v1 import drivers_pb2, drivers_pb2_grpc
 
 from services.runtime import Runtime, Service
-from services.runtime.storage import Database
+from services.runtime.storage import SqliteBackend
 
 from .servicer import DriverServicer
-from .store import MIGRATIONS, SqliteDriverStore
+from .store import MIGRATIONS, DriverStore
 
 
 def create(runtime: Runtime) -> Service:
-    store = SqliteDriverStore(Database(runtime.data_path("drivers.db"), MIGRATIONS))
+    store = DriverStore(SqliteBackend(runtime.data_path("drivers.db"), MIGRATIONS))
     return Service(
         descriptor=drivers_pb2.DESCRIPTOR.services_by_name["DriverService"],
         servicer=DriverServicer(store),

@@ -1,10 +1,11 @@
-"""Where drivers are kept: the repository interface and its SQLite implementation.
+"""Where drivers are kept: their table, the driver as a row of it, and the nearby search.
 
-Status changes are check-and-set: `change` reads the row, applies a rule from
-`domain`, and writes the result inside one `BEGIN IMMEDIATE` transaction (the
-write lock is taken before the read, and no `await` happens in between), so
-two trips racing for one driver are serialized and the second sees ON_TRIP.
-A PostgreSQL store would read with `SELECT ... FOR UPDATE` to the same effect.
+Status changes go through the kit's `update`: it reads the row, applies a rule
+from `domain`, and writes the result inside one transaction (SQLite takes the
+write lock before the read, `BEGIN IMMEDIATE`, and no `await` happens in
+between), so two trips racing for one driver are serialized and the second
+sees ON_TRIP. A PostgreSQL backend would read with `SELECT ... FOR UPDATE` to
+the same effect.
 
 Search prefilters with a latitude/longitude box on the index
 `(status, latitude, longitude)`; exact great-circle distances are computed
@@ -13,19 +14,14 @@ only for the rows inside the box.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
-from typing import Protocol
+from typing import Any
 
-from google.protobuf.empty_pb2 import Empty
-from google.protobuf.message import Message
 from google.type.latlng_pb2 import LatLng
 from rideshare.drivers.v1.drivers_pb2 import DRIVER_STATUS_AVAILABLE, Driver, Vehicle
 
 from services.domain import geo
 from services.runtime.aip import timestamp_from_ns
-from services.runtime.errors import NotFound
-from services.runtime.storage import Database
+from services.runtime.resources import Backend, Resource, Row, Store
 
 MIGRATIONS = [
     """
@@ -48,24 +44,11 @@ MIGRATIONS = [
     """,
 ]
 
-Change = Callable[[Driver], Driver]
 Nearby = list[tuple[Driver, float]]
 """Drivers with their distance in meters from a searched point, nearest first."""
 
 
-class DriverStore(Protocol):
-    """What the servicer needs from storage; a PostgreSQL store would implement the same."""
-
-    def create(self, driver: Driver, request: Message) -> Driver: ...
-    def get(self, driver_id: str) -> Driver: ...
-    def list(self, after: int, limit: int) -> tuple[list[Driver], int | None]: ...
-    def change(self, driver_id: str, change: Change, method: str, request: Message) -> Driver: ...
-    def delete(self, driver_id: str, check: Callable[[Driver], None], request: Message) -> None: ...
-    def search(self, center: LatLng, radius_meters: float, limit: int) -> Nearby: ...
-    def close(self) -> None: ...
-
-
-def _row_to_driver(row: sqlite3.Row) -> Driver:
+def _driver(row: Row) -> Driver:
     driver = Driver(
         name=f"drivers/{row['id']}",
         display_name=row["display_name"],
@@ -83,7 +66,7 @@ def _row_to_driver(row: sqlite3.Row) -> Driver:
     return driver
 
 
-def _columns(driver: Driver) -> dict[str, object]:
+def _columns(driver: Driver) -> dict[str, Any]:
     located = driver.HasField("location")
     return {
         "display_name": driver.display_name,
@@ -95,23 +78,12 @@ def _columns(driver: Driver) -> dict[str, object]:
         "longitude": driver.location.longitude if located else None,
         "current_trip": driver.current_trip,
         "location_update_time": driver.location_update_time.ToNanoseconds() if located else None,
+        "create_time": driver.create_time.ToNanoseconds(),
         "update_time": driver.update_time.ToNanoseconds(),
     }
 
 
-def _not_found(driver_id: str) -> NotFound:
-    return NotFound(
-        f"drivers/{driver_id} does not exist",
-        reason="DRIVER_NOT_FOUND",
-        metadata={"name": f"drivers/{driver_id}"},
-    )
-
-
-def _read(tx: sqlite3.Connection, driver_id: str) -> Driver:
-    row = tx.execute("SELECT * FROM drivers WHERE id = ?", (driver_id,)).fetchone()
-    if row is None:
-        raise _not_found(driver_id)
-    return _row_to_driver(row)
+DRIVERS = Resource(Driver, _driver, _columns)
 
 
 def search_query(box: geo.BoundingBox) -> tuple[str, tuple[float, ...]]:
@@ -128,63 +100,15 @@ def search_query(box: geo.BoundingBox) -> tuple[str, tuple[float, ...]]:
     )
 
 
-class SqliteDriverStore:
-    """Drivers in the service's own SQLite file."""
+class DriverStore(Store[Driver]):
+    """The kit's standard methods, plus the search for AVAILABLE drivers near a point."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, db: Backend) -> None:
+        super().__init__(db, DRIVERS)
 
-    def create(self, driver: Driver, request: Message) -> Driver:
-        def write(tx: sqlite3.Connection) -> Driver:
-            values = _columns(driver)
-            values["id"] = driver.name.removeprefix("drivers/")
-            values["create_time"] = driver.create_time.ToNanoseconds()
-            names = ", ".join(values)
-            tx.execute(
-                f"INSERT INTO drivers ({names}) VALUES ({', '.join('?' for _ in values)})",
-                tuple(values.values()),
-            )
-            return driver
-
-        return self.db.idempotent("CreateDriver", request, Driver, write)
-
-    def get(self, driver_id: str) -> Driver:
-        row = self.db.query_one("SELECT * FROM drivers WHERE id = ?", (driver_id,))
-        if row is None:
-            raise _not_found(driver_id)
-        return _row_to_driver(row)
-
-    def list(self, after: int, limit: int) -> tuple[list[Driver], int | None]:
-        rows = self.db.query("SELECT * FROM drivers WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit + 1))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return [_row_to_driver(r) for r in rows], (rows[-1]["seq"] if more else None)
-
-    def change(self, driver_id: str, change: Change, method: str, request: Message) -> Driver:
-        """Read, `change`, and write back in one transaction; an unchanged driver is not written."""
-
-        def write(tx: sqlite3.Connection) -> Driver:
-            current = _read(tx, driver_id)
-            driver = change(current)
-            if driver is not current and driver != current:
-                values = _columns(driver)
-                assignments = ", ".join(f"{column} = ?" for column in values)
-                tx.execute(f"UPDATE drivers SET {assignments} WHERE id = ?", (*values.values(), driver_id))
-            return driver
-
-        return self.db.idempotent(method, request, Driver, write)
-
-    def delete(self, driver_id: str, check: Callable[[Driver], None], request: Message) -> None:
-        def write(tx: sqlite3.Connection) -> Empty:
-            check(_read(tx, driver_id))
-            tx.execute("DELETE FROM drivers WHERE id = ?", (driver_id,))
-            return Empty()
-
-        self.db.idempotent("DeleteDriver", request, Empty, write)
-
-    def search(self, center: LatLng, radius_meters: float, limit: int) -> Nearby:
+    async def search(self, center: LatLng, radius_meters: float, limit: int) -> Nearby:
         """The AVAILABLE drivers within the radius, nearest first (ties by registration order)."""
-        rows = self.db.query(*search_query(geo.bounding_box(center, radius_meters)))
+        rows = await self.db.query(*search_query(geo.bounding_box(center, radius_meters)))
         found = []
         for row in rows:
             distance = geo.haversine_meters(
@@ -193,7 +117,4 @@ class SqliteDriverStore:
             if distance <= radius_meters:
                 found.append((distance, row["seq"], row))
         found.sort(key=lambda item: (item[0], item[1]))
-        return [(_row_to_driver(row), distance) for distance, _, row in found[:limit]]
-
-    def close(self) -> None:
-        self.db.close()
+        return [(_driver(row), distance) for distance, _, row in found[:limit]]

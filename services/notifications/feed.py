@@ -49,15 +49,18 @@ class Feed:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def subscribe(self, recipient: str) -> Subscription:
-        """A new subscription (broker.subscribe); the first one starts following the table."""
-        subscription = self.broker.subscribe(recipient)
+    async def subscribe(self, recipient: str) -> Subscription:
+        """A new subscription (broker.subscribe); the first one starts following the table.
+
+        The position is read before the subscription is registered: whatever commits after
+        the read has a later `seq`, so it reaches the stream, by `committed` or by a read.
+        """
         if self.position is None:
-            # No await between registering and reading the position: nothing committed after
-            # this read can be missed, and what was committed before is not this stream's.
-            self.position = self.store.last_seq()
-            self._task = asyncio.get_running_loop().create_task(self._follow())
-        return subscription
+            position = await self.store.last_seq()
+            if self.position is None:  # no other subscriber started following meanwhile
+                self.position = position
+                self._task = asyncio.get_running_loop().create_task(self._follow())
+        return self.broker.subscribe(recipient)
 
     def committed(self, seq: int, notification: Notification) -> None:
         """This process committed `notification` as row `seq` (call it with no await since)."""
@@ -69,13 +72,15 @@ class Feed:
         else:
             self._wake.set()  # others committed in between: read them all, in order, now
 
-    def _catch_up(self) -> int:
+    async def _catch_up(self) -> int:
         """Hand every row after the position to the broker, in order; how many there were."""
         assert self.position is not None
         delivered = 0
         while True:
-            rows = self.store.since(self.position, _BATCH)
+            rows = await self.store.since(self.position, _BATCH)
             for seq, notification in rows:
+                if seq <= self.position:
+                    continue  # published by `committed` while this read was awaited
                 self.broker.publish(notification)
                 self.position = seq
             delivered += len(rows)
@@ -86,9 +91,10 @@ class Feed:
         try:
             while self.broker.subscriber_count() and not self.broker.closed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    async with asyncio.timeout(self.poll_interval):  # wait_for may lose a cancel (3.11)
+                        await self._wake.wait()
                 self._wake.clear()
-                self._catch_up()
+                await self._catch_up()
         except Exception as exc:  # a database error: end the streams rather than leave them silent
             _log.error("following the notifications table failed", exc_info=exc)
             self.broker.close()

@@ -15,8 +15,6 @@ from rideshare.notifications.v1.notifications_pb2 import (
     StreamNotificationsRequest,
 )
 
-from services.runtime import aip
-
 from . import domain
 from .feed import Feed
 from .store import NotificationStore
@@ -33,7 +31,7 @@ class NotificationServicer(notifications_pb2_grpc.NotificationServiceServicer):
         self.broker = feed.broker
 
     async def SendNotification(self, request: SendNotificationRequest, context: Context) -> Notification:
-        notification, seq = self.store.create(domain.new_notification(request.notification), request)
+        notification, seq = await self.store.send(domain.new_notification(request.notification), request)
         if seq is not None:
             # Committed by now, and nothing awaited since: streams see notifications in commit order.
             self.feed.committed(seq, notification)
@@ -42,19 +40,14 @@ class NotificationServicer(notifications_pb2_grpc.NotificationServiceServicer):
     async def ListNotifications(
         self, request: ListNotificationsRequest, context: Context
     ) -> ListNotificationsResponse:
-        query = {"parent": request.parent}
-        after = aip.decode_page_token(request.page_token, query, kind=int) or 0
-        notifications, last = self.store.list(request.parent, after, aip.page_size(request.page_size))
-        return ListNotificationsResponse(
-            notifications=notifications,
-            next_page_token=aip.encode_page_token(last, query) if last is not None else "",
-        )
+        page = await self.store.list(request, parent=request.parent)
+        return ListNotificationsResponse(notifications=page.items, next_page_token=page.next_page_token)
 
     async def StreamNotifications(
         self, request: StreamNotificationsRequest, context: Context
     ) -> AsyncIterator[Notification]:
         """Response headers are sent once subscribed: a client that has them will miss nothing sent after."""
-        with self.feed.subscribe(request.parent) as subscription:
+        with await self.feed.subscribe(request.parent) as subscription:
             await context.send_initial_metadata(())
             async for notification in subscription:
                 yield notification

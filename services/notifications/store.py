@@ -1,15 +1,17 @@
-"""Where notifications are kept: the repository interface and its SQLite implementation."""
+"""Where notifications are kept: their table, the notification as a row, and the feed's reads.
+
+`seq` is assigned in commit order (SQLite has one writer at a time), which is
+what the feed (feed.py) follows and what List pages by.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-from typing import Protocol
+from typing import Any
 
-from google.protobuf.message import Message
-from rideshare.notifications.v1.notifications_pb2 import Notification
+from rideshare.notifications.v1.notifications_pb2 import Notification, SendNotificationRequest
 
 from services.runtime.aip import timestamp_from_ns
-from services.runtime.storage import Database
+from services.runtime.resources import Backend, Resource, Row, Store, Tx
 
 MIGRATIONS = [
     """
@@ -27,17 +29,7 @@ MIGRATIONS = [
 ]
 
 
-class NotificationStore(Protocol):
-    """What the servicer needs from storage; a PostgreSQL store would implement the same."""
-
-    def create(self, notification: Notification, request: Message) -> tuple[Notification, int | None]: ...
-    def since(self, seq: int, limit: int) -> list[tuple[int, Notification]]: ...
-    def last_seq(self) -> int: ...
-    def list(self, recipient: str, after: int, limit: int) -> tuple[list[Notification], int | None]: ...
-    def close(self) -> None: ...
-
-
-def _row_to_notification(row: sqlite3.Row) -> Notification:
+def _notification(row: Row) -> Notification:
     return Notification(
         name=f"{row['recipient']}/notifications/{row['id']}",
         recipient=row["recipient"],
@@ -48,57 +40,49 @@ def _row_to_notification(row: sqlite3.Row) -> Notification:
     )
 
 
-class SqliteNotificationStore:
-    """Notifications in the service's own SQLite file."""
+def _columns(notification: Notification) -> dict[str, Any]:
+    return {
+        "recipient": notification.recipient,
+        "title": notification.title,
+        "body": notification.body,
+        "trip": notification.trip,
+        "create_time": notification.create_time.ToNanoseconds(),
+    }
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
 
-    def create(self, notification: Notification, request: Message) -> tuple[Notification, int | None]:
+NOTIFICATIONS = Resource(Notification, _notification, _columns, filters={"parent": "recipient"})
+
+
+class NotificationStore(Store[Notification]):
+    """The kit's List (by recipient) and Create, with the position each notification takes in the feed."""
+
+    def __init__(self, db: Backend) -> None:
+        super().__init__(db, NOTIFICATIONS)
+
+    async def send(
+        self, notification: Notification, request: SendNotificationRequest
+    ) -> tuple[Notification, int | None]:
         """Store `notification` once per request_id: the answer, and its `seq` if this call stored it.
 
         A replay returns the first answer and None, so the caller does not deliver it twice.
         """
         seq: int | None = None
 
-        def write(tx: sqlite3.Connection) -> Notification:
+        async def write(tx: Tx) -> Notification:
             nonlocal seq
-            cursor = tx.execute(
-                "INSERT INTO notifications (id, recipient, title, body, trip, create_time) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    notification.name.rsplit("/", 1)[-1],
-                    notification.recipient,
-                    notification.title,
-                    notification.body,
-                    notification.trip,
-                    notification.create_time.ToNanoseconds(),
-                ),
-            )
-            seq = cursor.lastrowid
+            seq = await self.insert(tx, notification)
             return notification
 
-        stored = self.db.idempotent("SendNotification", request, Notification, write)
+        stored = await self.idempotent(request, write)
         return stored, seq
 
-    def since(self, seq: int, limit: int) -> list[tuple[int, Notification]]:
+    async def since(self, seq: int, limit: int) -> list[tuple[int, Notification]]:
         """Every recipient's notifications after position `seq`, in commit order (the feed's read)."""
-        rows = self.db.query("SELECT * FROM notifications WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
-        return [(row["seq"], _row_to_notification(row)) for row in rows]
-
-    def last_seq(self) -> int:
-        row = self.db.query_one("SELECT COALESCE(MAX(seq), 0) AS seq FROM notifications")
-        return int(row["seq"]) if row is not None else 0
-
-    def list(self, recipient: str, after: int, limit: int) -> tuple[list[Notification], int | None]:
-        """Oldest first, after position `after`; the position of the last one if more follow."""
-        rows = self.db.query(
-            "SELECT * FROM notifications WHERE recipient = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (recipient, after, limit + 1),
+        rows = await self.db.query(
+            "SELECT * FROM notifications WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
         )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return [_row_to_notification(r) for r in rows], (rows[-1]["seq"] if more else None)
+        return [(row["seq"], _notification(row)) for row in rows]
 
-    def close(self) -> None:
-        self.db.close()
+    async def last_seq(self) -> int:
+        row = await self.db.query_one("SELECT COALESCE(MAX(seq), 0) AS seq FROM notifications")
+        return int(row["seq"]) if row is not None else 0

@@ -5,14 +5,15 @@ from __future__ import annotations
 from rideshare.passengers.v1 import passengers_pb2, passengers_pb2_grpc
 
 from services.runtime import Runtime, Service
-from services.runtime.storage import Database
+from services.runtime.resources import Store
+from services.runtime.storage import SqliteBackend
 
 from .servicer import PassengerServicer
-from .store import MIGRATIONS, SqlitePassengerStore
+from .store import MIGRATIONS, PASSENGERS
 
 
 def create(runtime: Runtime) -> Service:
-    store = SqlitePassengerStore(Database(runtime.data_path("passengers.db"), MIGRATIONS))
+    store = Store(SqliteBackend(runtime.data_path("passengers.db"), MIGRATIONS), PASSENGERS)
     return Service(
         descriptor=passengers_pb2.DESCRIPTOR.services_by_name["PassengerService"],
         servicer=PassengerServicer(store),

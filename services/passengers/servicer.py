@@ -17,10 +17,9 @@ from rideshare.passengers.v1.passengers_pb2 import (
     UpdatePassengerRequest,
 )
 
-from services.runtime import aip
+from services.runtime.resources import Store
 
 from . import domain
-from .store import PassengerStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -28,31 +27,29 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class PassengerServicer(passengers_pb2_grpc.PassengerServiceServicer):
     """Passengers: create, read, list, update and delete profiles."""
 
-    def __init__(self, store: PassengerStore) -> None:
+    def __init__(self, store: Store[Passenger]) -> None:
         self.store = store
 
     async def CreatePassenger(self, request: CreatePassengerRequest, context: Context) -> Passenger:
-        return self.store.create(domain.new_passenger(request.passenger), request)
+        return await self.store.create(domain.new_passenger(request.passenger), request)
 
     async def GetPassenger(self, request: GetPassengerRequest, context: Context) -> Passenger:
-        return self.store.get(aip.resource_id(request.name, "passengers"))
+        return await self.store.get(request.name)
 
     async def ListPassengers(
         self, request: ListPassengersRequest, context: Context
     ) -> ListPassengersResponse:
-        after = aip.decode_page_token(request.page_token, kind=int) or 0
-        passengers, last = self.store.list(after, aip.page_size(request.page_size))
-        return ListPassengersResponse(
-            passengers=passengers,
-            next_page_token=aip.encode_page_token(last) if last is not None else "",
-        )
+        page = await self.store.list(request)
+        return ListPassengersResponse(passengers=page.items, next_page_token=page.next_page_token)
 
     async def UpdatePassenger(self, request: UpdatePassengerRequest, context: Context) -> Passenger:
-        passenger_id = aip.resource_id(request.passenger.name, "passengers", "passenger.name")
-        return self.store.update(
-            passenger_id, lambda current: domain.updated_passenger(current, request), request
+        return await self.store.update(
+            request.passenger.name,
+            lambda current: domain.updated_passenger(current, request),
+            request,
+            field="passenger.name",
         )
 
     async def DeletePassenger(self, request: DeletePassengerRequest, context: Context) -> Empty:
-        self.store.delete(aip.resource_id(request.name, "passengers"), request)
+        await self.store.delete(request.name, request)
         return Empty()

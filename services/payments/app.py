@@ -5,16 +5,16 @@ from __future__ import annotations
 from rideshare.payments.v1 import payments_pb2, payments_pb2_grpc
 
 from services.runtime import Runtime, Service
-from services.runtime.storage import Database
+from services.runtime.storage import SqliteBackend
 
 from .processor import SimulatedProcessor
 from .servicer import PaymentServicer
-from .store import MIGRATIONS, SqlitePaymentStore
+from .store import MIGRATIONS, PaymentStore
 
 
 def create(runtime: Runtime) -> Service:
-    db = Database(runtime.data_path("payments.db"), MIGRATIONS)
-    store = SqlitePaymentStore(db, SimulatedProcessor(db))
+    db = SqliteBackend(runtime.data_path("payments.db"), MIGRATIONS)
+    store = PaymentStore(db, SimulatedProcessor(db))
     return Service(
         descriptor=payments_pb2.DESCRIPTOR.services_by_name["PaymentService"],
         servicer=PaymentServicer(store),

@@ -27,7 +27,6 @@ not a second charge. Such a PSP ignores the `tx` argument below.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -35,7 +34,7 @@ from typing import Protocol
 
 from services.domain import money
 from services.runtime.aip import new_id
-from services.runtime.storage import Database
+from services.runtime.resources import Backend, Tx
 
 #: Always succeeds.
 CARD_VISA = "pm_card_visa"
@@ -90,11 +89,11 @@ class Processor(Protocol):
     module docstring for what the store must do then).
     """
 
-    def charge(self, tx: sqlite3.Connection, charge: Charge) -> Outcome:
+    async def charge(self, tx: Tx, charge: Charge) -> Outcome:
         """Charge once per idempotency key; a repeat returns the first outcome."""
         ...
 
-    def refund(self, tx: sqlite3.Connection, charge_id: str) -> None:
+    async def refund(self, tx: Tx, charge_id: str) -> None:
         """Give a successful charge back in full; refunding a refunded charge does nothing."""
         ...
 
@@ -102,21 +101,21 @@ class Processor(Protocol):
 class SimulatedProcessor:
     """Test cards by token, a durable ledger in the payment database, deduplication by key."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Backend) -> None:
         """`db` is the payment database: counts are read from it, charges written through each `tx`."""
         self._db = db
 
-    def charge(self, tx: sqlite3.Connection, charge: Charge) -> Outcome:
-        previous = tx.execute(
+    async def charge(self, tx: Tx, charge: Charge) -> Outcome:
+        previous = await tx.query_one(
             "SELECT id, succeeded, decline_reason FROM processor_charges WHERE idempotency_key = ?",
             (charge.idempotency_key,),
-        ).fetchone()
+        )
         if previous is not None:
             return Outcome(previous["id"], bool(previous["succeeded"]), previous["decline_reason"])
         decline_reason = _decline_reason(charge.payment_method)
         outcome = Outcome(f"ch_{new_id()}", succeeded=not decline_reason, decline_reason=decline_reason)
         amount = money.to_money(charge.amount, charge.currency_code)
-        tx.execute(
+        await tx.execute(
             "INSERT INTO processor_charges (id, idempotency_key, payment_method, currency_code, "
             "amount_units, amount_nanos, succeeded, decline_reason, refunded, create_time) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
@@ -134,22 +133,24 @@ class SimulatedProcessor:
         )
         return outcome
 
-    def refund(self, tx: sqlite3.Connection, charge_id: str) -> None:
-        tx.execute("UPDATE processor_charges SET refunded = 1 WHERE id = ? AND succeeded = 1", (charge_id,))
+    async def refund(self, tx: Tx, charge_id: str) -> None:
+        await tx.execute(
+            "UPDATE processor_charges SET refunded = 1 WHERE id = ? AND succeeded = 1", (charge_id,)
+        )
 
-    def charge_count(self) -> int:
+    async def charge_count(self) -> int:
         """How many times money moved to us: successful charges, each key counted once."""
-        return self._count("succeeded = 1")
+        return await self._count("succeeded = 1")
 
-    def attempt_count(self) -> int:
+    async def attempt_count(self) -> int:
         """Every charge the processor decided, declines included."""
-        return self._count("1 = 1")
+        return await self._count("1 = 1")
 
-    def refund_count(self) -> int:
-        return self._count("refunded = 1")
+    async def refund_count(self) -> int:
+        return await self._count("refunded = 1")
 
-    def _count(self, condition: str) -> int:
-        row = self._db.query_one(f"SELECT COUNT(*) AS n FROM processor_charges WHERE {condition}")
+    async def _count(self, condition: str) -> int:
+        row = await self._db.query_one(f"SELECT COUNT(*) AS n FROM processor_charges WHERE {condition}")
         return int(row["n"]) if row is not None else 0
 
 

@@ -15,8 +15,6 @@ from rideshare.payments.v1.payments_pb2 import (
     RefundPaymentRequest,
 )
 
-from services.runtime import aip
-
 from . import domain
 from .store import PaymentStore
 
@@ -31,19 +29,14 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
 
     async def CreatePayment(self, request: CreatePaymentRequest, context: Context) -> Payment:
         payment, amount = domain.new_payment(request.payment)
-        return self.store.create(payment, amount, request)
+        return await self.store.pay(payment, amount, request)
 
     async def GetPayment(self, request: GetPaymentRequest, context: Context) -> Payment:
-        return self.store.get(aip.resource_id(request.name, "payments"))
+        return await self.store.get(request.name)
 
     async def ListPayments(self, request: ListPaymentsRequest, context: Context) -> ListPaymentsResponse:
-        query = {"invoice": request.invoice}
-        after = aip.decode_page_token(request.page_token, query, kind=int) or 0
-        payments, last = self.store.list(after, aip.page_size(request.page_size), invoice=request.invoice)
-        return ListPaymentsResponse(
-            payments=payments,
-            next_page_token=aip.encode_page_token(last, query) if last is not None else "",
-        )
+        page = await self.store.list(request, invoice=request.invoice)
+        return ListPaymentsResponse(payments=page.items, next_page_token=page.next_page_token)
 
     async def RefundPayment(self, request: RefundPaymentRequest, context: Context) -> Payment:
-        return self.store.refund(aip.resource_id(request.name, "payments"), request)
+        return await self.store.refund(request)

@@ -1,9 +1,9 @@
-"""Where payments are kept: the repository interface and its SQLite implementation.
+"""Where payments are kept: their table, the payment as a row of it, and the two steps that move money.
 
 Exactly once: creating a payment runs in ONE transaction that checks the
 invoice is not paid yet, charges through the processor (whose ledger is in the
 same database), inserts the payment and stores the answer under the
-request_id (`Database.idempotent`). Either all of it commits or none of it
+request_id (the kit's `idempotent`). Either all of it commits or none of it
 does, so a replay of the request_id, even after a lost answer or a restart,
 finds the first payment and charges nothing. A partial unique index keeps an
 invoice to one SUCCEEDED payment even if that check were bypassed.
@@ -11,17 +11,19 @@ invoice to one SUCCEEDED payment even if that check were bypassed.
 
 from __future__ import annotations
 
-import sqlite3
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
-from google.protobuf.message import Message
 from google.type.money_pb2 import Money
-from rideshare.payments.v1.payments_pb2 import CreatePaymentRequest, Payment, PaymentState
+from rideshare.payments.v1.payments_pb2 import (
+    CreatePaymentRequest,
+    Payment,
+    PaymentState,
+    RefundPaymentRequest,
+)
 
 from services.runtime.aip import timestamp_from_ns
-from services.runtime.errors import NotFound
-from services.runtime.storage import Database
+from services.runtime.resources import Backend, Resource, Row, Store, Tx
 
 from . import domain
 from .processor import LEDGER_SCHEMA, Processor
@@ -52,17 +54,7 @@ MIGRATIONS = [
 ]
 
 
-class PaymentStore(Protocol):
-    """What the servicer needs from storage; a PostgreSQL store would implement the same."""
-
-    def create(self, payment: Payment, amount: Decimal, request: CreatePaymentRequest) -> Payment: ...
-    def get(self, payment_id: str) -> Payment: ...
-    def list(self, after: int, limit: int, invoice: str = "") -> tuple[list[Payment], int | None]: ...
-    def refund(self, payment_id: str, request: Message) -> Payment: ...
-    def close(self) -> None: ...
-
-
-def _row_to_payment(row: sqlite3.Row) -> Payment:
+def _payment(row: Row) -> Payment:
     return Payment(
         name=f"payments/{row['id']}",
         invoice=row["invoice"],
@@ -77,85 +69,54 @@ def _row_to_payment(row: sqlite3.Row) -> Payment:
     )
 
 
-def _not_found(payment_id: str) -> NotFound:
-    return NotFound(
-        f"payments/{payment_id} does not exist",
-        reason="PAYMENT_NOT_FOUND",
-        metadata={"name": f"payments/{payment_id}"},
-    )
+def _columns(payment: Payment) -> dict[str, Any]:
+    return {
+        "invoice": payment.invoice,
+        "currency_code": payment.amount.currency_code,
+        "amount_units": payment.amount.units,
+        "amount_nanos": payment.amount.nanos,
+        "payment_method": payment.payment_method,
+        "state": PaymentState.Name(payment.state),
+        "decline_reason": payment.decline_reason,
+        "create_time": payment.create_time.ToNanoseconds(),
+        "update_time": payment.update_time.ToNanoseconds(),
+    }
 
 
-class SqlitePaymentStore:
-    """Payments and the simulated processor's ledger in the payment service's own SQLite file."""
+PAYMENTS = Resource(Payment, _payment, _columns)
 
-    def __init__(self, db: Database, processor: Processor) -> None:
-        self.db = db
+
+class PaymentStore(Store[Payment]):
+    """The kit's Get and List, and the charge and refund that go through the processor."""
+
+    def __init__(self, db: Backend, processor: Processor) -> None:
+        super().__init__(db, PAYMENTS)
         self.processor = processor
 
-    def create(self, payment: Payment, amount: Decimal, request: CreatePaymentRequest) -> Payment:
-        def write(tx: sqlite3.Connection) -> Payment:
-            paid = tx.execute(
+    async def pay(self, payment: Payment, amount: Decimal, request: CreatePaymentRequest) -> Payment:
+        """Charge once per request: the check, the charge and the payment commit together."""
+
+        async def write(tx: Tx) -> Payment:
+            paid = await tx.query_one(
                 "SELECT id FROM payments WHERE invoice = ? AND state = ?", (payment.invoice, _SUCCEEDED)
-            ).fetchone()
+            )
             if paid is not None:
                 raise domain.already_paid(payment.invoice, f"payments/{paid['id']}")
-            outcome = self.processor.charge(tx, domain.charge_for(payment, amount, request.request_id))
+            outcome = await self.processor.charge(tx, domain.charge_for(payment, amount, request.request_id))
             settled = domain.settled(payment, outcome)
-            tx.execute(
-                "INSERT INTO payments (id, invoice, currency_code, amount_units, amount_nanos, "
-                "payment_method, state, decline_reason, charge_id, create_time, update_time) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    settled.name.removeprefix("payments/"),
-                    settled.invoice,
-                    settled.amount.currency_code,
-                    settled.amount.units,
-                    settled.amount.nanos,
-                    settled.payment_method,
-                    PaymentState.Name(settled.state),
-                    settled.decline_reason,
-                    outcome.charge_id,
-                    settled.create_time.ToNanoseconds(),
-                    settled.update_time.ToNanoseconds(),
-                ),
-            )
+            await self.insert(tx, settled, charge_id=outcome.charge_id)
             return settled
 
-        return self.db.idempotent("CreatePayment", request, Payment, write)
+        return await self.idempotent(request, write)
 
-    def get(self, payment_id: str) -> Payment:
-        row = self.db.query_one("SELECT * FROM payments WHERE id = ?", (payment_id,))
-        if row is None:
-            raise _not_found(payment_id)
-        return _row_to_payment(row)
+    async def refund(self, request: RefundPaymentRequest) -> Payment:
+        payment_id = self.id_of(request.name)
 
-    def list(self, after: int, limit: int, invoice: str = "") -> tuple[list[Payment], int | None]:
-        where = "seq > ?"
-        params: list[Any] = [after]
-        if invoice:
-            where += " AND invoice = ?"
-            params.append(invoice)
-        rows = self.db.query(
-            f"SELECT * FROM payments WHERE {where} ORDER BY seq LIMIT ?", (*params, limit + 1)
-        )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return [_row_to_payment(r) for r in rows], (rows[-1]["seq"] if more else None)
-
-    def refund(self, payment_id: str, request: Message) -> Payment:
-        def write(tx: sqlite3.Connection) -> Payment:
-            row = tx.execute("SELECT * FROM payments WHERE id = ?", (payment_id,)).fetchone()
-            if row is None:
-                raise _not_found(payment_id)
-            changed = domain.refunded(_row_to_payment(row))
-            self.processor.refund(tx, row["charge_id"])
-            tx.execute(
-                "UPDATE payments SET state = ?, update_time = ? WHERE id = ?",
-                (PaymentState.Name(changed.state), changed.update_time.ToNanoseconds(), payment_id),
-            )
+        async def write(tx: Tx) -> Payment:
+            row = await self.fetch(tx, payment_id)
+            changed = domain.refunded(_payment(row))
+            await self.processor.refund(tx, row["charge_id"])
+            await self.save(tx, changed)
             return changed
 
-        return self.db.idempotent("RefundPayment", request, Payment, write)
-
-    def close(self) -> None:
-        self.db.close()
+        return await self.idempotent(request, write)

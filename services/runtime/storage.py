@@ -1,34 +1,36 @@
-"""The embedded store: one SQLite file per service, plus the request log for replays.
+"""The embedded store: one SQLite file per service, and the kit's backend on top of it.
 
-Each service owns one `Database` (WAL mode, `var/<service>/<service>.db`);
-nothing else opens that file. Repositories built on it keep SQL portable so a
-PostgreSQL backend can replace it later without touching servicers.
+Each service owns one database file (WAL mode, `var/<service>/<service>.db`);
+nothing else opens it. `Database` is the file itself, synchronous: opening,
+WAL, migrations by `PRAGMA user_version`, transactions (the gateway's key
+store uses it as it is). `SqliteBackend` is the same file behind the resource
+kit's async `Backend` seam (resources.py), which is what services use.
 
-Calls run on the event loop's thread: they are short, indexed transactions
+Its calls run on the event loop's thread: they are short, indexed transactions
 (tens of microseconds on this machine), cheaper than a hop to a thread pool;
-see docs/architecture.md.
+see docs/architecture.md. One lock per connection keeps transactions and reads
+from interleaving should a transaction ever await something real.
 
-`Database.idempotent` implements AIP-155: the first answer to a `request_id`
-is stored in the same transaction as the write it describes, so a repeat gets
-exactly that answer, across restarts; the same key with a different request
-is refused with INVALID_ARGUMENT reason REQUEST_ID_REUSED.
+What is SQLite's own, and would differ in a PostgreSQL backend: the migrations
+(DDL: `INTEGER PRIMARY KEY AUTOINCREMENT` is an identity column there,
+`COLLATE NOCASE` a unique index on `lower(email)`), how a unique violation is
+reported (`UNIQUE constraint failed: table.column` here, the constraint name
+`<table>_<column>_key` there), and `?` placeholders (psycopg wants `%s`).
+Upserts are written `INSERT ... ON CONFLICT (key) DO UPDATE`, which both
+engines accept as they are.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from google.protobuf.message import Message
-
-from .errors import InvalidArgument
-
-M = TypeVar("M", bound=Message)
+from .resources import Backend, Row
 
 _REQUEST_LOG = """
 CREATE TABLE IF NOT EXISTS request_log (
@@ -117,58 +119,9 @@ class Database:
         row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
         return row
 
-    def replay(self, method: str, request: Message, response_type: type[M]) -> M | None:
-        """The stored answer to `request.request_id`, or None if it is new (or absent).
-
-        Raises INVALID_ARGUMENT REQUEST_ID_REUSED if the key answered another request.
-        """
-        request_id: str = getattr(request, "request_id", "")
-        if not request_id:
-            return None
-        return self._stored(self._conn, method, request_id, fingerprint(request), response_type)
-
-    def idempotent(
-        self,
-        method: str,
-        request: Message,
-        response_type: type[M],
-        write: Callable[[sqlite3.Connection], M],
-    ) -> M:
-        """Run `write` once per `request.request_id`; repeats get the stored answer."""
-        request_id: str = getattr(request, "request_id", "")
-        if not request_id:
-            with self.transaction() as tx:
-                return write(tx)
-        digest = fingerprint(request)
-        with self.transaction() as tx:
-            stored = self._stored(tx, method, request_id, digest, response_type)
-            if stored is not None:
-                return stored
-            response = write(tx)
-            tx.execute(
-                "INSERT INTO request_log (method, request_id, fingerprint, response, create_time) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (method, request_id, digest, response.SerializeToString(), time.time_ns()),
-            )
-            return response
-
-    @staticmethod
-    def _stored(
-        conn: sqlite3.Connection, method: str, request_id: str, digest: str, response_type: type[M]
-    ) -> M | None:
-        row = conn.execute(
-            "SELECT fingerprint, response FROM request_log WHERE method = ? AND request_id = ?",
-            (method, request_id),
-        ).fetchone()
-        if row is None:
-            return None
-        if row["fingerprint"] != digest:
-            raise InvalidArgument.field(
-                "request_id",
-                f"{request_id!r} was already used for a different {method} request",
-                reason="REQUEST_ID_REUSED",
-            )
-        return response_type.FromString(row["response"])
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._conn
 
     def close(self) -> None:
         self._conn.close()
@@ -187,9 +140,65 @@ def _statements(script: str) -> Iterator[str]:
         yield pending.rstrip(";").strip()
 
 
-def fingerprint(request: Message) -> str:
-    """A digest of the request without its request_id: what 'the same request' means."""
-    copy = type(request)()
-    copy.CopyFrom(request)
-    copy.ClearField("request_id")
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+class SqliteBackend(Backend):
+    """A service's SQLite file as the kit's backend: async calls that run at once on the loop's thread."""
+
+    def __init__(self, path: Path | str, migrations: Sequence[str]) -> None:
+        """`migrations[i]` takes the schema from version i to i+1; never edit a released one."""
+        self.file = Database(path, migrations)
+        self._lock = asyncio.Lock()
+        self._holder: asyncio.Task[Any] | None = None
+        self._tx = _SqliteTx(self.file)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SqliteTx]:
+        self._not_inside()
+        async with self._lock:
+            self._holder = asyncio.current_task()
+            try:
+                with self.file.transaction():
+                    yield self._tx
+            finally:
+                self._holder = None
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self._not_inside()
+        async with self._lock:
+            return list(self.file.query(sql, params))
+
+    async def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        self._not_inside()
+        async with self._lock:
+            return self.file.query_one(sql, params)
+
+    def _not_inside(self) -> None:
+        """Fail loudly, rather than wait for ever on our own lock, if a transaction's body uses the db."""
+        if self._holder is not None and self._holder is asyncio.current_task():
+            raise RuntimeError("inside a transaction, read and write through its Tx, not the backend")
+
+    def unique_violation(self, error: BaseException) -> str | None:
+        prefix = "UNIQUE constraint failed: "
+        if not isinstance(error, sqlite3.IntegrityError) or not str(error).startswith(prefix):
+            return None
+        columns = str(error).removeprefix(prefix).split(", ")
+        return columns[0].rpartition(".")[2] if len(columns) == 1 else None
+
+    async def close(self) -> None:
+        self.file.close()
+
+
+class _SqliteTx:
+    """The open transaction of a `SqliteBackend` (its lock is held)."""
+
+    def __init__(self, file: Database) -> None:
+        self._conn = file.connection
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._conn.execute(sql, params).rowcount
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return list(self._conn.execute(sql, params).fetchall())
+
+    async def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
+        return row

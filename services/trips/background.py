@@ -57,5 +57,6 @@ class Background:
         if task is None or task.done():
             return
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # asyncio.wait, not `await task` under suppress(CancelledError): that also swallowed
+        # a cancel of the caller itself, so a bounded stop could never give up.
+        await asyncio.wait({task})

@@ -55,9 +55,9 @@ Send = Callable[[Notice, str], Awaitable[object]]
 
 
 class OutboxStore(Protocol):
-    def pending_notices(self, limit: int) -> list[OutboxEntry]: ...
-    def notice_delivered(self, entry_id: str) -> None: ...
-    def notice_failed(self, entry_id: str, error: str, *, dead: bool) -> None: ...
+    async def pending_notices(self, limit: int) -> list[OutboxEntry]: ...
+    async def notice_delivered(self, entry_id: str) -> None: ...
+    async def notice_failed(self, entry_id: str, error: str, *, dead: bool) -> None: ...
 
 
 class Outbox:
@@ -90,14 +90,14 @@ class Outbox:
     async def deliver_pending(self) -> tuple[int, bool]:
         """One pass: (how many were delivered, whether it stopped on a failure that may pass)."""
         delivered = 0
-        for entry in self.store.pending_notices(self.batch):
+        for entry in await self.store.pending_notices(self.batch):
             try:
                 with continued(entry.traceparent):  # the delivery joins the trace of the step
                     await self.send(entry.notice, entry.id)
             except grpc.aio.AioRpcError as error:
                 text = f"{error.code().name}: {error.details()}"
                 permanent = error.code() in PERMANENT
-                self.store.notice_failed(entry.id, text, dead=permanent)
+                await self.store.notice_failed(entry.id, text, dead=permanent)
                 if permanent:
                     _log.error(
                         "notification refused for good; kept in the outbox as dead",
@@ -109,7 +109,7 @@ class Outbox:
                     extra={"fields": {"outbox_id": entry.id, "error": text, "attempts": entry.attempts + 1}},
                 )
                 return delivered, True
-            self.store.notice_delivered(entry.id)
+            await self.store.notice_delivered(entry.id)
             delivered += 1
         return delivered, False
 
@@ -125,8 +125,11 @@ class Outbox:
             backoff = self.initial_backoff
             if delivered >= self.batch:
                 continue
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns normally when a
+            # cancel and a wake-up arrive together, and stop() then waited for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.idle_poll)
+                async with asyncio.timeout(self.idle_poll):
+                    await self._wake.wait()
 
     def start(self) -> None:
         self.task.start()

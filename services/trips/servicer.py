@@ -18,8 +18,6 @@ from rideshare.trips.v1.trips_pb2 import (
     Trip,
 )
 
-from services.runtime import aip
-
 from .store import TripStore
 from .workflow import TripWorkflow
 
@@ -37,17 +35,11 @@ class TripServicer(trips_pb2_grpc.TripServiceServicer):
         return await self.workflow.request(request)
 
     async def GetTrip(self, request: GetTripRequest, context: Context) -> Trip:
-        return self.store.get(aip.resource_id(request.name, "trips"))
+        return await self.store.get(request.name)
 
     async def ListTrips(self, request: ListTripsRequest, context: Context) -> ListTripsResponse:
-        query = {"passenger": request.passenger, "driver": request.driver}
-        after = aip.decode_page_token(request.page_token, query, kind=int) or 0
-        trips, last = self.store.page(
-            request.passenger, request.driver, after, aip.page_size(request.page_size)
-        )
-        return ListTripsResponse(
-            trips=trips, next_page_token=aip.encode_page_token(last, query) if last is not None else ""
-        )
+        page = await self.store.list(request, passenger=request.passenger, driver=request.driver)
+        return ListTripsResponse(trips=page.items, next_page_token=page.next_page_token)
 
     async def AcceptTrip(self, request: AcceptTripRequest, context: Context) -> Trip:
         return await self.workflow.accept(request)

@@ -1,29 +1,30 @@
-"""Where trips and their unsent notifications are kept: the repository and its SQLite implementation.
+"""Where trips and their unsent notifications are kept: the kit's trips, plus matching, outbox and leases.
 
-One database holds the `trips` table (MATCHING trips included, hidden from
-reads) and the `outbox` of notifications; a step and its notifications are
-written in one transaction. `replayed()` reads the AIP-155 request log before
-an operation calls other services, so a repeat never calls them again.
+One database holds the `trips` table (MATCHING trips included, hidden from the
+kit's reads) and the `outbox` of notifications; a step and its notifications
+are written in one transaction. Get, List, replays (AIP-155) and reading and
+writing a trip in a step are the kit's; what is the trip service's own is
+here: the MATCHING life of a trip (its request key and fingerprint, the
+candidate driver), the drop-off time fixed by the first CompleteTrip attempt,
+the outbox, and the leases that order steps across replicas.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.type.latlng_pb2 import LatLng
 from google.type.money_pb2 import Money
-from rideshare.trips.v1.trips_pb2 import Trip
+from rideshare.trips.v1.trips_pb2 import RequestTripRequest, Trip
 
 from services.runtime.aip import now, timestamp_from_ns
-from services.runtime.errors import NotFound
-from services.runtime.storage import Database
+from services.runtime.resources import Backend, Resource, Row, Store, Tx
 from services.runtime.tracing import current_traceparent
 
 from .domain import DRIVER_ASSIGNED, IN_PROGRESS, MATCHING
@@ -117,40 +118,7 @@ class OutboxEntry:
 Change = Callable[[Trip], tuple[Trip, Sequence[Notice]]]
 
 
-class TripStore(Protocol):
-    """What the service needs from storage; a PostgreSQL store would implement the same."""
-
-    def replayed(self, method: str, request: Message) -> Trip | None: ...
-    def get(self, trip_id: str) -> Trip: ...
-    def page(self, passenger: str, driver: str, after: int, limit: int) -> tuple[list[Trip], int | None]: ...
-    def add_matching(self, trip: Trip, request_key: str, fingerprint: str) -> Matching: ...
-    def matching(self, trip_id: str) -> Matching | None: ...
-    def matching_by_key(self, request_key: str) -> Matching | None: ...
-    def set_candidate(self, trip_id: str, driver: str) -> None: ...
-    def drop_matching(self, trip_id: str) -> None: ...
-    def stale_matching(self, updated_before_ns: int, limit: int) -> list[Matching]: ...
-    def finish_matching(
-        self, trip_id: str, driver: str, request: Message, notices: Callable[[Trip], Sequence[Notice]]
-    ) -> Trip: ...
-    def transition(self, trip_id: str, method: str, request: Message, change: Change) -> Trip: ...
-    def fix_dropoff(self, trip_id: str) -> int: ...
-    def record_invoice(self, trip_id: str, invoice: str) -> Trip: ...
-    def record_payment(self, trip_id: str, payment: str, payment_state: int) -> Trip: ...
-    def pending_notices(self, limit: int) -> list[OutboxEntry]: ...
-    def notice_delivered(self, entry_id: str) -> None: ...
-    def notice_failed(self, entry_id: str, error: str, *, dead: bool) -> None: ...
-    def take_lease(self, key: str, owner: str, ttl: float) -> bool: ...
-    def release_lease(self, key: str, owner: str) -> None: ...
-    def close(self) -> None: ...
-
-
-def trip_not_found(trip_id: str) -> NotFound:
-    return NotFound(
-        f"trips/{trip_id} does not exist", reason="TRIP_NOT_FOUND", metadata={"name": f"trips/{trip_id}"}
-    )
-
-
-def _row_to_trip(row: sqlite3.Row) -> Trip:
+def _trip(row: Row) -> Trip:
     duration = Duration()
     duration.FromNanoseconds(row["estimated_duration_ns"])
     trip = Trip(
@@ -178,208 +146,163 @@ def _row_to_trip(row: sqlite3.Row) -> Trip:
     return trip
 
 
-def _row_to_matching(row: sqlite3.Row) -> Matching:
-    return Matching(_row_to_trip(row), row["request_key"] or "", row["fingerprint"], row["update_time"])
-
-
 def _optional_ns(trip: Trip, field: Literal["start_time", "end_time"]) -> int | None:
     return getattr(trip, field).ToNanoseconds() if trip.HasField(field) else None
 
 
-def _enqueue(tx: sqlite3.Connection, notices: Sequence[Notice]) -> None:
+def _columns(trip: Trip) -> dict[str, Any]:
+    return {
+        "passenger": trip.passenger,
+        "driver": trip.driver,
+        "state": trip.state,
+        "pickup_latitude": trip.pickup.latitude,
+        "pickup_longitude": trip.pickup.longitude,
+        "dropoff_latitude": trip.dropoff.latitude,
+        "dropoff_longitude": trip.dropoff.longitude,
+        "fare_currency": trip.fare.currency_code,
+        "fare_units": trip.fare.units,
+        "fare_nanos": trip.fare.nanos,
+        "distance_meters": trip.distance_meters,
+        "estimated_duration_ns": trip.estimated_duration.ToNanoseconds(),
+        "payment_method": trip.payment_method,
+        "invoice": trip.invoice,
+        "payment": trip.payment,
+        "payment_state": trip.payment_state,
+        "cancel_reason": trip.cancel_reason,
+        "create_time": trip.create_time.ToNanoseconds(),
+        "update_time": trip.update_time.ToNanoseconds(),
+        "start_time": _optional_ns(trip, "start_time"),
+        "end_time": _optional_ns(trip, "end_time"),
+    }
+
+
+TRIPS = Resource(Trip, _trip, _columns, visible=f"state <> {MATCHING}")
+
+
+def _matching(row: Row) -> Matching:
+    return Matching(_trip(row), row["request_key"] or "", row["fingerprint"], row["update_time"])
+
+
+async def _enqueue(tx: Tx, notices: Sequence[Notice]) -> None:
     stamp = time.time_ns()
     trace = current_traceparent()
     for notice in notices:
-        tx.execute(
+        await tx.execute(
             "INSERT INTO outbox (id, recipient, title, body, trip, create_time, traceparent)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (uuid.uuid4().hex, notice.recipient, notice.title, notice.body, notice.trip, stamp, trace),
         )
 
 
-class SqliteTripStore:
-    """Trips and the notification outbox in the service's own SQLite file."""
+class TripStore(Store[Trip]):
+    """Trips (the kit's Get, List and replays) and the notification outbox, in the service's own database."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    def replayed(self, method: str, request: Message) -> Trip | None:
-        """The stored answer to this request_id, None if there is none (REQUEST_ID_REUSED if reused)."""
-        return self.db.replay(method, request, Trip)
-
-    def get(self, trip_id: str) -> Trip:
-        row = self.db.query_one("SELECT * FROM trips WHERE id = ? AND state <> ?", (trip_id, MATCHING))
-        if row is None:
-            raise trip_not_found(trip_id)
-        return _row_to_trip(row)
-
-    def page(self, passenger: str, driver: str, after: int, limit: int) -> tuple[list[Trip], int | None]:
-        where: list[str] = ["seq > ?", "state <> ?"]
-        params: list[object] = [after, MATCHING]
-        if passenger:
-            where.append("passenger = ?")
-            params.append(passenger)
-        if driver:
-            where.append("driver = ?")
-            params.append(driver)
-        rows = self.db.query(
-            f"SELECT * FROM trips WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", (*params, limit + 1)
-        )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return [_row_to_trip(r) for r in rows], (rows[-1]["seq"] if more else None)
+    def __init__(self, db: Backend) -> None:
+        super().__init__(db, TRIPS)
 
     # --- matching ---------------------------------------------------------------
 
-    def add_matching(self, trip: Trip, request_key: str, fingerprint: str) -> Matching:
-        trip_id = trip.name.removeprefix("trips/")
-        ns = trip.create_time.ToNanoseconds()
-        with self.db.transaction() as tx:
-            tx.execute(
-                "INSERT INTO trips (id, request_key, fingerprint, passenger, driver, state, "
-                "pickup_latitude, pickup_longitude, dropoff_latitude, dropoff_longitude, "
-                "fare_currency, fare_units, fare_nanos, distance_meters, estimated_duration_ns, "
-                "payment_method, invoice, payment, payment_state, cancel_reason, create_time, update_time) "
-                "VALUES (?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', '', ?, '', ?, ?)",
-                (
-                    trip_id,
-                    request_key or None,
-                    fingerprint,
-                    trip.passenger,
-                    MATCHING,
-                    trip.pickup.latitude,
-                    trip.pickup.longitude,
-                    trip.dropoff.latitude,
-                    trip.dropoff.longitude,
-                    trip.fare.currency_code,
-                    trip.fare.units,
-                    trip.fare.nanos,
-                    trip.distance_meters,
-                    trip.estimated_duration.ToNanoseconds(),
-                    trip.payment_method,
-                    trip.payment_state,
-                    ns,
-                    ns,
-                ),
-            )
-        return Matching(trip, request_key, fingerprint, ns)
+    async def add_matching(self, trip: Trip, request_key: str, fingerprint: str) -> Matching:
+        async with self.db.transaction() as tx:
+            await self.insert(tx, trip, request_key=request_key or None, fingerprint=fingerprint)
+        return Matching(trip, request_key, fingerprint, trip.create_time.ToNanoseconds())
 
-    def matching(self, trip_id: str) -> Matching | None:
-        row = self.db.query_one("SELECT * FROM trips WHERE id = ? AND state = ?", (trip_id, MATCHING))
-        return None if row is None else _row_to_matching(row)
+    async def matching(self, trip_id: str) -> Matching | None:
+        row = await self.db.query_one("SELECT * FROM trips WHERE id = ? AND state = ?", (trip_id, MATCHING))
+        return None if row is None else _matching(row)
 
-    def matching_by_key(self, request_key: str) -> Matching | None:
-        row = self.db.query_one(
+    async def matching_by_key(self, request_key: str) -> Matching | None:
+        row = await self.db.query_one(
             "SELECT * FROM trips WHERE request_key = ? AND state = ?", (request_key, MATCHING)
         )
-        return None if row is None else _row_to_matching(row)
+        return None if row is None else _matching(row)
 
-    def set_candidate(self, trip_id: str, driver: str) -> None:
+    async def set_candidate(self, trip_id: str, driver: str) -> None:
         """Remember which driver is being asked before asking, so a retry or the janitor can find it."""
-        with self.db.transaction() as tx:
-            tx.execute(
+        async with self.db.transaction() as tx:
+            await tx.execute(
                 "UPDATE trips SET driver = ?, update_time = ? WHERE id = ? AND state = ?",
                 (driver, time.time_ns(), trip_id, MATCHING),
             )
 
-    def drop_matching(self, trip_id: str) -> None:
-        with self.db.transaction() as tx:
-            tx.execute("DELETE FROM trips WHERE id = ? AND state = ?", (trip_id, MATCHING))
+    async def drop_matching(self, trip_id: str) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM trips WHERE id = ? AND state = ?", (trip_id, MATCHING))
 
-    def stale_matching(self, updated_before_ns: int, limit: int) -> list[Matching]:
-        rows = self.db.query(
+    async def stale_matching(self, updated_before_ns: int, limit: int) -> list[Matching]:
+        rows = await self.db.query(
             "SELECT * FROM trips WHERE state = ? AND update_time < ? ORDER BY update_time LIMIT ?",
             (MATCHING, updated_before_ns, limit),
         )
-        return [_row_to_matching(r) for r in rows]
+        return [_matching(r) for r in rows]
 
-    def finish_matching(
-        self, trip_id: str, driver: str, request: Message, notices: Callable[[Trip], Sequence[Notice]]
+    async def finish_matching(
+        self,
+        trip_id: str,
+        driver: str,
+        request: RequestTripRequest,
+        notices: Callable[[Trip], Sequence[Notice]],
     ) -> Trip:
         """MATCHING -> DRIVER_ASSIGNED with its notifications, recorded as the answer to `request`."""
 
-        def write(tx: sqlite3.Connection) -> Trip:
-            row = tx.execute("SELECT * FROM trips WHERE id = ? AND state = ?", (trip_id, MATCHING)).fetchone()
+        async def write(tx: Tx) -> Trip:
+            row = await tx.query_one("SELECT * FROM trips WHERE id = ? AND state = ?", (trip_id, MATCHING))
             if row is None:
-                raise trip_not_found(trip_id)
-            trip = _row_to_trip(row)
+                raise self.not_found(trip_id)
+            trip = _trip(row)
             trip.driver = driver
             trip.state = DRIVER_ASSIGNED
             trip.update_time.CopyFrom(now())
-            self._save(tx, trip)
-            _enqueue(tx, notices(trip))
+            await self.save(tx, trip)
+            await _enqueue(tx, notices(trip))
             return trip
 
-        return self.db.idempotent("RequestTrip", request, Trip, write)
+        return await self.idempotent(request, write)
 
     # --- the life of an assigned trip ------------------------------------------
 
-    def _save(self, tx: sqlite3.Connection, trip: Trip) -> None:
-        tx.execute(
-            "UPDATE trips SET driver = ?, state = ?, invoice = ?, payment = ?, payment_state = ?, "
-            "cancel_reason = ?, update_time = ?, start_time = ?, end_time = ? WHERE id = ?",
-            (
-                trip.driver,
-                trip.state,
-                trip.invoice,
-                trip.payment,
-                trip.payment_state,
-                trip.cancel_reason,
-                trip.update_time.ToNanoseconds(),
-                _optional_ns(trip, "start_time"),
-                _optional_ns(trip, "end_time"),
-                trip.name.removeprefix("trips/"),
-            ),
-        )
-
-    def _read(self, tx: sqlite3.Connection, trip_id: str) -> Trip:
-        row = tx.execute("SELECT * FROM trips WHERE id = ? AND state <> ?", (trip_id, MATCHING)).fetchone()
-        if row is None:
-            raise trip_not_found(trip_id)
-        return _row_to_trip(row)
-
-    def transition(self, trip_id: str, method: str, request: Message, change: Change) -> Trip:
+    async def transition(self, trip_id: str, request: Message, change: Change) -> Trip:
         """Read, `change`, write back and queue its notifications, in one transaction (AIP-155 too)."""
 
-        def write(tx: sqlite3.Connection) -> Trip:
-            trip, notices = change(self._read(tx, trip_id))
-            self._save(tx, trip)
-            _enqueue(tx, notices)
+        async def write(tx: Tx) -> Trip:
+            trip, notices = change(await self.read(tx, trip_id))
+            await self.save(tx, trip)
+            await _enqueue(tx, notices)
             return trip
 
-        return self.db.idempotent(method, request, Trip, write)
+        return await self.idempotent(request, write)
 
-    def fix_dropoff(self, trip_id: str) -> int:
+    async def fix_dropoff(self, trip_id: str) -> int:
         """The drop-off time of an IN_PROGRESS trip: set by the first CompleteTrip attempt, then fixed."""
-        with self.db.transaction() as tx:
-            tx.execute(
+        async with self.db.transaction() as tx:
+            await tx.execute(
                 "UPDATE trips SET dropoff_time = ? WHERE id = ? AND state = ? AND dropoff_time IS NULL",
                 (time.time_ns(), trip_id, IN_PROGRESS),
             )
-            row = tx.execute("SELECT dropoff_time FROM trips WHERE id = ?", (trip_id,)).fetchone()
+            row = await tx.query_one("SELECT dropoff_time FROM trips WHERE id = ?", (trip_id,))
         if row is None or row["dropoff_time"] is None:
-            raise trip_not_found(trip_id)
+            raise self.not_found(trip_id)
         dropoff: int = row["dropoff_time"]
         return dropoff
 
-    def _record(self, trip_id: str, sets: str, params: Sequence[object]) -> Trip:
-        with self.db.transaction() as tx:
-            tx.execute(
+    async def _record(self, trip_id: str, sets: str, params: Sequence[object]) -> Trip:
+        async with self.db.transaction() as tx:
+            await tx.execute(
                 f"UPDATE trips SET {sets}, update_time = ? WHERE id = ? AND state = ?",
                 (*params, time.time_ns(), trip_id, IN_PROGRESS),
             )
-            return self._read(tx, trip_id)
+            return await self.read(tx, trip_id)
 
-    def record_invoice(self, trip_id: str, invoice: str) -> Trip:
-        return self._record(trip_id, "invoice = ?", (invoice,))
+    async def record_invoice(self, trip_id: str, invoice: str) -> Trip:
+        return await self._record(trip_id, "invoice = ?", (invoice,))
 
-    def record_payment(self, trip_id: str, payment: str, payment_state: int) -> Trip:
-        return self._record(trip_id, "payment = ?, payment_state = ?", (payment, payment_state))
+    async def record_payment(self, trip_id: str, payment: str, payment_state: int) -> Trip:
+        return await self._record(trip_id, "payment = ?, payment_state = ?", (payment, payment_state))
 
     # --- outbox -----------------------------------------------------------------
 
-    def pending_notices(self, limit: int) -> list[OutboxEntry]:
-        rows = self.db.query("SELECT * FROM outbox WHERE dead = 0 ORDER BY seq LIMIT ?", (limit,))
+    async def pending_notices(self, limit: int) -> list[OutboxEntry]:
+        rows = await self.db.query("SELECT * FROM outbox WHERE dead = 0 ORDER BY seq LIMIT ?", (limit,))
         return [
             OutboxEntry(
                 r["id"],
@@ -390,33 +313,32 @@ class SqliteTripStore:
             for r in rows
         ]
 
-    def notice_delivered(self, entry_id: str) -> None:
-        with self.db.transaction() as tx:
-            tx.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+    async def notice_delivered(self, entry_id: str) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
 
-    def notice_failed(self, entry_id: str, error: str, *, dead: bool) -> None:
+    async def notice_failed(self, entry_id: str, error: str, *, dead: bool) -> None:
         """Count a failed attempt; a dead entry (refused for good) is kept for an operator, never retried."""
-        with self.db.transaction() as tx:
-            tx.execute(
+        async with self.db.transaction() as tx:
+            await tx.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?, dead = ? WHERE id = ?",
                 (error[:1000], 1 if dead else 0, entry_id),
             )
 
-    def take_lease(self, key: str, owner: str, ttl: float) -> bool:
+    # --- leases -----------------------------------------------------------------
+
+    async def take_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Hold `key` for `ttl` seconds unless another owner holds it unexpired; renews our own."""
-        now = time.time_ns()
-        with self.db.transaction() as tx:
-            cursor = tx.execute(
+        stamp = time.time_ns()
+        async with self.db.transaction() as tx:
+            changed = await tx.execute(
                 "INSERT INTO step_leases (key, owner, expires) VALUES (?, ?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires = excluded.expires "
                 "WHERE step_leases.owner = excluded.owner OR step_leases.expires < ?",
-                (key, owner, now + int(ttl * 1e9), now),
+                (key, owner, stamp + int(ttl * 1e9), stamp),
             )
-            return cursor.rowcount == 1
+            return changed == 1
 
-    def release_lease(self, key: str, owner: str) -> None:
-        with self.db.transaction() as tx:
-            tx.execute("DELETE FROM step_leases WHERE key = ? AND owner = ?", (key, owner))
-
-    def close(self) -> None:
-        self.db.close()
+    async def release_lease(self, key: str, owner: str) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM step_leases WHERE key = ? AND owner = ?", (key, owner))

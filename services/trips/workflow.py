@@ -33,7 +33,7 @@ from rideshare.trips.v1.trips_pb2 import (
 from services.runtime import log
 from services.runtime.aip import resource_id
 from services.runtime.errors import FailedPrecondition, InvalidArgument
-from services.runtime.storage import fingerprint
+from services.runtime.resources import fingerprint
 
 from . import domain, notices
 from .clients import Downstream
@@ -46,8 +46,8 @@ _log = log.get_logger("rideshare.trips.workflow")
 class Leases(Protocol):
     """Named leases shared by every replica (the trips store's `step_leases` table)."""
 
-    def take_lease(self, key: str, owner: str, ttl: float) -> bool: ...
-    def release_lease(self, key: str, owner: str) -> None: ...
+    async def take_lease(self, key: str, owner: str, ttl: float) -> bool: ...
+    async def release_lease(self, key: str, owner: str) -> None: ...
 
 
 LEASE_SECONDS = 10.0
@@ -91,7 +91,7 @@ class KeyedLocks:
     @asynccontextmanager
     async def _leased(self, leases: Leases, key: str) -> AsyncIterator[None]:
         pause = 0.005
-        while not leases.take_lease(key, self.owner, LEASE_SECONDS):
+        while not await leases.take_lease(key, self.owner, LEASE_SECONDS):
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.2)
         renewing = asyncio.ensure_future(self._renew(leases, key))
@@ -99,12 +99,12 @@ class KeyedLocks:
             yield
         finally:
             renewing.cancel()
-            leases.release_lease(key, self.owner)
+            await leases.release_lease(key, self.owner)
 
     async def _renew(self, leases: Leases, key: str) -> None:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 3)
-            if not leases.take_lease(key, self.owner, LEASE_SECONDS):
+            if not await leases.take_lease(key, self.owner, LEASE_SECONDS):
                 _log.warning(
                     f"lost the lease on {key} to another replica",
                     extra={"fields": {"event": "lease_lost", "key": key}},
@@ -146,7 +146,7 @@ class TripWorkflow:
     # --- RequestTrip --------------------------------------------------------------
 
     async def request(self, request: RequestTripRequest) -> Trip:
-        replay = self.store.replayed("RequestTrip", request)
+        replay = await self.store.replayed(request)
         if replay is not None:
             return replay
         domain.check_request(request)
@@ -154,10 +154,10 @@ class TripWorkflow:
             return await self._match(request, None)
         async with self.locks.hold(f"request:{request.request_id}"):
             # A concurrent call with the same key may have finished while we waited.
-            replay = self.store.replayed("RequestTrip", request)
+            replay = await self.store.replayed(request)
             if replay is not None:
                 return replay
-            matching = self.store.matching_by_key(request.request_id)
+            matching = await self.store.matching_by_key(request.request_id)
             if matching is not None and matching.fingerprint != fingerprint(request):
                 raise _request_id_reused(request.request_id)
             return await self._match(request, matching)
@@ -172,9 +172,9 @@ class TripWorkflow:
             if not candidates:
                 raise no_driver_available(request)
             trip = domain.new_trip(request, quote)
-            matching = self.store.add_matching(trip, request.request_id, fingerprint(request))
+            matching = await self.store.add_matching(trip, request.request_id, fingerprint(request))
         async with self.locks.hold(matching.id):
-            current = self.store.matching(matching.id)
+            current = await self.store.matching(matching.id)
             if current is None:
                 # The janitor gave this attempt up (and freed its driver) while we waited: start afresh.
                 return await self._match(request, None)
@@ -197,26 +197,26 @@ class TripWorkflow:
                 trip.driver, trip.name, domain.assign_request_id(trip.name, trip.driver)
             )
             if driver is not None:
-                return self._assigned(request, matching, driver)
-            self.store.set_candidate(matching.id, "")
+                return await self._assigned(request, matching, driver)
+            await self.store.set_candidate(matching.id, "")
         if candidates is None:
             candidates = await self._candidates(trip.pickup)
         for name in candidates:
             if name in asked:
                 continue
             asked.add(name)
-            self.store.set_candidate(matching.id, name)
+            await self.store.set_candidate(matching.id, name)
             driver = await self.downstream.assign_trip(
                 name, trip.name, domain.assign_request_id(trip.name, name)
             )
             if driver is not None:
-                return self._assigned(request, matching, driver)
-            self.store.set_candidate(matching.id, "")
-        self.store.drop_matching(matching.id)
+                return await self._assigned(request, matching, driver)
+            await self.store.set_candidate(matching.id, "")
+        await self.store.drop_matching(matching.id)
         raise no_driver_available(trip)
 
-    def _assigned(self, request: RequestTripRequest, matching: Matching, driver: Driver) -> Trip:
-        trip = self.store.finish_matching(
+    async def _assigned(self, request: RequestTripRequest, matching: Matching, driver: Driver) -> Trip:
+        trip = await self.store.finish_matching(
             matching.id, driver.name, request, lambda assigned: notices.assigned(assigned, driver)
         )
         self.outbox.wake()
@@ -233,16 +233,16 @@ class TripWorkflow:
         """
         before = time.time_ns() - int(older_than * 1e9)
         swept = 0
-        for stale in self.store.stale_matching(before, limit):
+        for stale in await self.store.stale_matching(before, limit):
             async with self.locks.hold(stale.id):
-                current = self.store.matching(stale.id)
+                current = await self.store.matching(stale.id)
                 if current is None or current.update_ns >= before:
                     continue
                 if current.trip.driver:
                     await self.downstream.release_trip(
                         current.trip.driver, current.trip.name, domain.release_request_id(current.trip.name)
                     )
-                self.store.drop_matching(stale.id)
+                await self.store.drop_matching(stale.id)
                 swept += 1
                 _log.warning(
                     "gave up an abandoned trip request",
@@ -255,8 +255,8 @@ class TripWorkflow:
     async def accept(self, request: AcceptTripRequest) -> Trip:
         trip_id = resource_id(request.name, "trips")
         async with self.locks.hold(trip_id):
-            trip = self.store.transition(
-                trip_id, "AcceptTrip", request, lambda t: _with(domain.accept(t), notices.accepted)
+            trip = await self.store.transition(
+                trip_id, request, lambda t: _with(domain.accept(t), notices.accepted)
             )
         self.outbox.wake()
         return trip
@@ -264,8 +264,8 @@ class TripWorkflow:
     async def start(self, request: StartTripRequest) -> Trip:
         trip_id = resource_id(request.name, "trips")
         async with self.locks.hold(trip_id):
-            trip = self.store.transition(
-                trip_id, "StartTrip", request, lambda t: _with(domain.start(t), notices.started)
+            trip = await self.store.transition(
+                trip_id, request, lambda t: _with(domain.start(t), notices.started)
             )
         self.outbox.wake()
         return trip
@@ -276,26 +276,25 @@ class TripWorkflow:
         """Invoice, charge, free the driver, then COMPLETED; each step recorded as it succeeds."""
         trip_id = resource_id(request.name, "trips")
         async with self.locks.hold(trip_id):
-            replay = self.store.replayed("CompleteTrip", request)
+            replay = await self.store.replayed(request)
             if replay is not None:
                 return replay
-            trip = self.store.get(trip_id)
+            trip = await self.store.get(request.name)
             domain.check_completable(trip)
-            dropoff_ns = self.store.fix_dropoff(trip_id)
+            dropoff_ns = await self.store.fix_dropoff(trip_id)
             if not trip.invoice:
                 invoice = await self.downstream.create_invoice(
                     domain.invoice_for(trip, dropoff_ns), domain.invoice_request_id(trip.name)
                 )
-                trip = self.store.record_invoice(trip_id, invoice.name)
+                trip = await self.store.record_invoice(trip_id, invoice.name)
             if not trip.payment:
                 payment = await self.downstream.create_payment(
                     domain.payment_for(trip), domain.payment_request_id(trip.name)
                 )
-                trip = self.store.record_payment(trip_id, payment.name, domain.payment_state(payment))
+                trip = await self.store.record_payment(trip_id, payment.name, domain.payment_state(payment))
             await self.downstream.release_trip(trip.driver, trip.name, domain.release_request_id(trip.name))
-            done = self.store.transition(
+            done = await self.store.transition(
                 trip_id,
-                "CompleteTrip",
                 request,
                 lambda t: _with(domain.complete(t, dropoff_ns), notices.completed),
             )
@@ -307,15 +306,14 @@ class TripWorkflow:
         domain.check_cancel_reason(request.reason)
         trip_id = resource_id(request.name, "trips")
         async with self.locks.hold(trip_id):
-            replay = self.store.replayed("CancelTrip", request)
+            replay = await self.store.replayed(request)
             if replay is not None:
                 return replay
-            trip = self.store.get(trip_id)
+            trip = await self.store.get(request.name)
             domain.check_cancellable(trip)
             await self.downstream.release_trip(trip.driver, trip.name, domain.release_request_id(trip.name))
-            done = self.store.transition(
+            done = await self.store.transition(
                 trip_id,
-                "CancelTrip",
                 request,
                 lambda t: _with(domain.cancel(t, request.reason), notices.cancelled),
             )

@@ -1,7 +1,8 @@
-"""The embedded store: versioned migrations, atomic transactions, AIP-155 replays."""
+"""The embedded store: versioned migrations, atomic transactions, AIP-155 replays over the async backend."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import sqlite3
 import time
@@ -12,7 +13,8 @@ import pytest
 from rideshare.passengers.v1 import passengers_pb2 as pb
 
 from services.runtime.errors import InvalidArgument
-from services.runtime.storage import Database, fingerprint
+from services.runtime.resources import Tx, fingerprint
+from services.runtime.storage import Database, SqliteBackend
 
 MIGRATIONS = [
     "CREATE TABLE things (id INTEGER PRIMARY KEY, label TEXT NOT NULL)",
@@ -108,81 +110,96 @@ def create_request(request_id: str = "", email: str = "ada@example.com") -> pb.C
     )
 
 
+@pytest.fixture
+def backend(path: Path) -> Iterator[SqliteBackend]:
+    opened = SqliteBackend(path, MIGRATIONS)
+    yield opened
+    asyncio.run(opened.close())
+
+
 class Writer:
     """A write that inserts a row and answers with a passenger numbered by the row."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, tx: sqlite3.Connection) -> pb.Passenger:
+    async def __call__(self, tx: Tx) -> pb.Passenger:
         self.calls += 1
-        cursor = tx.execute("INSERT INTO things (label) VALUES ('w')")
-        return pb.Passenger(name=f"passengers/{cursor.lastrowid}")
+        rows = await tx.query("INSERT INTO things (label) VALUES ('w') RETURNING id")
+        return pb.Passenger(name=f"passengers/{rows[0]['id']}")
 
 
-def test_idempotent_replays_the_first_answer_without_writing_again(db):
+def idempotent(backend: SqliteBackend, method: str, request, write) -> pb.Passenger:
+    return asyncio.run(backend.idempotent(method, request, pb.Passenger, write))
+
+
+def things(backend: SqliteBackend) -> list:
+    return asyncio.run(backend.query("SELECT * FROM things"))
+
+
+def test_idempotent_replays_the_first_answer_without_writing_again(backend):
     write = Writer()
 
-    first = db.idempotent("Create", create_request("r-1"), pb.Passenger, write)
-    again = db.idempotent("Create", create_request("r-1"), pb.Passenger, write)
+    first = idempotent(backend, "Create", create_request("r-1"), write)
+    again = idempotent(backend, "Create", create_request("r-1"), write)
 
     assert first == again == pb.Passenger(name="passengers/1")
     assert write.calls == 1
-    assert len(db.query("SELECT * FROM things")) == 1
+    assert len(things(backend)) == 1
 
 
 def test_idempotent_answer_survives_reopening_the_file(path):
-    first_db = Database(path, MIGRATIONS)
-    first = first_db.idempotent("Create", create_request("r-1"), pb.Passenger, Writer())
-    first_db.close()
+    first_db = SqliteBackend(path, MIGRATIONS)
+    first = idempotent(first_db, "Create", create_request("r-1"), Writer())
+    asyncio.run(first_db.close())
 
-    reopened = Database(path, MIGRATIONS)
+    reopened = SqliteBackend(path, MIGRATIONS)
     try:
         write = Writer()
-        again = reopened.idempotent("Create", create_request("r-1"), pb.Passenger, write)
+        again = idempotent(reopened, "Create", create_request("r-1"), write)
         assert again == first
         assert write.calls == 0
     finally:
-        reopened.close()
+        asyncio.run(reopened.close())
 
 
-def test_same_request_id_with_a_different_payload_is_refused(db):
-    db.idempotent("Create", create_request("r-1"), pb.Passenger, Writer())
+def test_same_request_id_with_a_different_payload_is_refused(backend):
+    idempotent(backend, "Create", create_request("r-1"), Writer())
 
     with pytest.raises(InvalidArgument) as caught:
-        db.idempotent("Create", create_request("r-1", email="eve@example.com"), pb.Passenger, Writer())
+        idempotent(backend, "Create", create_request("r-1", email="eve@example.com"), Writer())
 
     assert caught.value.reason == "REQUEST_ID_REUSED"
     assert [v.field for v in caught.value.violations] == ["request_id"]
-    assert len(db.query("SELECT * FROM things")) == 1
+    assert len(things(backend)) == 1
 
 
-def test_request_ids_are_scoped_to_the_method(db):
-    db.idempotent("Create", create_request("r-1"), pb.Passenger, Writer())
-    other = db.idempotent("Update", create_request("r-1"), pb.Passenger, Writer())
+def test_request_ids_are_scoped_to_the_method(backend):
+    idempotent(backend, "Create", create_request("r-1"), Writer())
+    other = idempotent(backend, "Update", create_request("r-1"), Writer())
 
     assert other == pb.Passenger(name="passengers/2")
 
 
-def test_without_request_id_every_call_writes(db):
+def test_without_request_id_every_call_writes(backend):
     write = Writer()
 
-    answers = [db.idempotent("Create", create_request(), pb.Passenger, write) for _ in range(2)]
+    answers = [idempotent(backend, "Create", create_request(), write) for _ in range(2)]
 
     assert [a.name for a in answers] == ["passengers/1", "passengers/2"]
-    assert db.query("SELECT * FROM request_log") == []
+    assert asyncio.run(backend.query("SELECT * FROM request_log")) == []
 
 
-def test_a_failed_write_is_not_remembered_so_a_retry_can_succeed(db):
-    def fail(tx: sqlite3.Connection) -> pb.Passenger:
-        tx.execute("INSERT INTO things (label) VALUES ('lost')")
+def test_a_failed_write_is_not_remembered_so_a_retry_can_succeed(backend):
+    async def fail(tx: Tx) -> pb.Passenger:
+        await tx.execute("INSERT INTO things (label) VALUES ('lost')")
         raise InvalidArgument.field("passenger.email", "taken")
 
     with pytest.raises(InvalidArgument):
-        db.idempotent("Create", create_request("r-1"), pb.Passenger, fail)
+        idempotent(backend, "Create", create_request("r-1"), fail)
 
-    assert db.query("SELECT * FROM things") == []
-    assert db.idempotent("Create", create_request("r-1"), pb.Passenger, Writer()).name == "passengers/1"
+    assert things(backend) == []
+    assert idempotent(backend, "Create", create_request("r-1"), Writer()).name == "passengers/1"
 
 
 def test_a_migration_may_hold_semicolons_in_strings_and_trigger_bodies(tmp_path):
@@ -201,18 +218,25 @@ def test_a_migration_may_hold_semicolons_in_strings_and_trigger_bodies(tmp_path)
 
 
 def test_replay_finds_the_stored_answer_without_writing(tmp_path):
-    db = Database(tmp_path / "t.db", [])
-    first = pb.CreatePassengerRequest(passenger=pb.Passenger(display_name="A"), request_id="k")
-    assert db.replay("CreatePassenger", first, pb.Passenger) is None
-    db.idempotent("CreatePassenger", first, pb.Passenger, lambda tx: pb.Passenger(name="passengers/1"))
+    async def scenario() -> None:
+        db = SqliteBackend(tmp_path / "t.db", [])
+        first = pb.CreatePassengerRequest(passenger=pb.Passenger(display_name="A"), request_id="k")
+        assert await db.replay("CreatePassenger", first, pb.Passenger) is None
 
-    assert db.replay("CreatePassenger", first, pb.Passenger).name == "passengers/1"
-    assert db.replay("CreatePassenger", pb.CreatePassengerRequest(), pb.Passenger) is None
-    other = pb.CreatePassengerRequest(passenger=pb.Passenger(display_name="B"), request_id="k")
-    with pytest.raises(InvalidArgument) as caught:
-        db.replay("CreatePassenger", other, pb.Passenger)
-    assert caught.value.reason == "REQUEST_ID_REUSED"
-    db.close()
+        async def write(tx: Tx) -> pb.Passenger:
+            return pb.Passenger(name="passengers/1")
+
+        await db.idempotent("CreatePassenger", first, pb.Passenger, write)
+
+        assert (await db.replay("CreatePassenger", first, pb.Passenger)).name == "passengers/1"
+        assert await db.replay("CreatePassenger", pb.CreatePassengerRequest(), pb.Passenger) is None
+        other = pb.CreatePassengerRequest(passenger=pb.Passenger(display_name="B"), request_id="k")
+        with pytest.raises(InvalidArgument) as caught:
+            await db.replay("CreatePassenger", other, pb.Passenger)
+        assert caught.value.reason == "REQUEST_ID_REUSED"
+        await db.close()
+
+    asyncio.run(scenario())
 
 
 def test_the_fingerprint_ignores_only_the_request_id():
@@ -222,6 +246,28 @@ def test_the_fingerprint_ignores_only_the_request_id():
     assert fingerprint(pb.DeletePassengerRequest(name="passengers/a")) != fingerprint(
         pb.DeletePassengerRequest(name="passengers/b")
     )
+
+
+def test_a_unique_violation_names_its_column(backend):
+    async def twice() -> None:
+        for _ in range(2):
+            async with backend.transaction() as tx:
+                await tx.execute("INSERT INTO things (id, label) VALUES (1, 'x')")
+
+    with pytest.raises(sqlite3.IntegrityError) as caught:
+        asyncio.run(twice())
+
+    assert backend.unique_violation(caught.value) == "id"
+    assert backend.unique_violation(RuntimeError("UNIQUE constraint failed: things.id")) is None
+
+
+def test_using_the_backend_inside_its_own_transaction_fails_instead_of_waiting_for_ever(backend):
+    async def misuse() -> None:
+        async with backend.transaction():
+            await backend.query("SELECT * FROM things")
+
+    with pytest.raises(RuntimeError, match="through its Tx"):
+        asyncio.run(misuse())
 
 
 def _open_at(path: str, start: float) -> str:

@@ -10,9 +10,9 @@ from rideshare.notifications.v1 import notifications_pb2 as pb
 from services.notifications import domain
 from services.notifications.broker import Broker
 from services.notifications.feed import Feed
-from services.notifications.store import MIGRATIONS, SqliteNotificationStore
+from services.notifications.store import MIGRATIONS, NotificationStore
 from services.runtime.errors import Unavailable
-from services.runtime.storage import Database
+from services.runtime.storage import SqliteBackend
 
 WAIT = 10.0
 
@@ -21,22 +21,22 @@ class Replica:
     """What one process of the service holds: its store (own connection), broker and feed."""
 
     def __init__(self, path: Path) -> None:
-        self.store = SqliteNotificationStore(Database(path, MIGRATIONS))
+        self.store = NotificationStore(SqliteBackend(path, MIGRATIONS))
         self.feed = Feed(Broker(queue_size=64), self.store, poll_interval=0.05)
 
-    def send(self, recipient: str, title: str, request_id: str = "") -> pb.Notification:
+    async def send(self, recipient: str, title: str, request_id: str = "") -> pb.Notification:
         """What SendNotification does."""
         request = pb.SendNotificationRequest(
             notification=pb.Notification(recipient=recipient, title=title, body="b"), request_id=request_id
         )
-        notification, seq = self.store.create(domain.new_notification(request.notification), request)
+        notification, seq = await self.store.send(domain.new_notification(request.notification), request)
         if seq is not None:
             self.feed.committed(seq, notification)
         return notification
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.feed.close()
-        self.store.close()
+        await self.store.close()
 
 
 async def titles(subscription, count: int) -> list[str]:
@@ -53,16 +53,16 @@ def test_a_stream_on_one_replica_gets_what_every_replica_commits_in_commit_order
     async def scenario():
         a, b = Replica(tmp_path / "n.db"), Replica(tmp_path / "n.db")
         try:
-            a.send("passengers/p", "before the stream")  # not the stream's: it was not open yet
-            with a.feed.subscribe("passengers/p") as stream:
-                b.send("passengers/p", "1 from b")
-                a.send("passengers/p", "2 from a")  # a's own, after b's: must not overtake it
-                b.send("drivers/d", "someone else's")
-                b.send("passengers/p", "3 from b")
+            await a.send("passengers/p", "before the stream")  # not the stream's: it was not open yet
+            with await a.feed.subscribe("passengers/p") as stream:
+                await b.send("passengers/p", "1 from b")
+                await a.send("passengers/p", "2 from a")  # a's own, after b's: must not overtake it
+                await b.send("drivers/d", "someone else's")
+                await b.send("passengers/p", "3 from b")
                 return await titles(stream, 3)
         finally:
-            a.close()
-            b.close()
+            await a.close()
+            await b.close()
 
     assert asyncio.run(scenario()) == ["1 from b", "2 from a", "3 from b"]
 
@@ -71,17 +71,20 @@ def test_each_notification_reaches_each_stream_once_however_it_was_seen(tmp_path
     async def scenario():
         a, b = Replica(tmp_path / "n.db"), Replica(tmp_path / "n.db")
         try:
-            with a.feed.subscribe("passengers/p") as on_a, b.feed.subscribe("passengers/p") as on_b:
+            with (
+                await a.feed.subscribe("passengers/p") as on_a,
+                await b.feed.subscribe("passengers/p") as on_b,
+            ):
                 for n in range(20):
-                    (a if n % 3 else b).send("passengers/p", str(n))
-                a.send("passengers/p", "20", request_id="k")
-                a.send("passengers/p", "20", request_id="k")  # replays: stored once, delivered once
-                b.send("passengers/p", "20", request_id="k")
-                a.send("passengers/p", "last")
+                    await (a if n % 3 else b).send("passengers/p", str(n))
+                await a.send("passengers/p", "20", request_id="k")
+                await a.send("passengers/p", "20", request_id="k")  # replays: stored once, delivered once
+                await b.send("passengers/p", "20", request_id="k")
+                await a.send("passengers/p", "last")
                 return await titles(on_a, 22), await titles(on_b, 22)
         finally:
-            a.close()
-            b.close()
+            await a.close()
+            await b.close()
 
     expected = [str(n) for n in range(21)] + ["last"]
     assert asyncio.run(scenario()) == (expected, expected)
@@ -91,18 +94,18 @@ def test_the_feed_stops_following_when_the_last_stream_goes_and_starts_again(tmp
     async def scenario():
         a, b = Replica(tmp_path / "n.db"), Replica(tmp_path / "n.db")
         try:
-            with a.feed.subscribe("passengers/p"):
+            with await a.feed.subscribe("passengers/p"):
                 assert a.feed.position is not None
             async with asyncio.timeout(WAIT):
                 while a.feed.position is not None:  # noqa: ASYNC110 - the follower notices within a poll
                     await asyncio.sleep(0.01)
-            b.send("passengers/p", "while nobody listened")
-            with a.feed.subscribe("passengers/p") as stream:
-                b.send("passengers/p", "after")
+            await b.send("passengers/p", "while nobody listened")
+            with await a.feed.subscribe("passengers/p") as stream:
+                await b.send("passengers/p", "after")
                 return await titles(stream, 1)
         finally:
-            a.close()
-            b.close()
+            await a.close()
+            await b.close()
 
     assert asyncio.run(scenario()) == ["after"]
 
@@ -111,7 +114,7 @@ def test_closing_ends_the_streams_with_unavailable(tmp_path):
     async def scenario():
         a = Replica(tmp_path / "n.db")
         try:
-            with a.feed.subscribe("passengers/p") as stream:
+            with await a.feed.subscribe("passengers/p") as stream:
                 a.feed.close()
                 try:
                     await titles(stream, 1)
@@ -119,6 +122,6 @@ def test_closing_ends_the_streams_with_unavailable(tmp_path):
                     return "unavailable"
                 return "ended quietly"
         finally:
-            a.store.close()
+            await a.store.close()
 
     assert asyncio.run(scenario()) == "unavailable"

@@ -27,11 +27,26 @@ def start_payments(serve: ServeFactory, **options: object) -> Running:
     return running
 
 
-def processor(running: Running) -> SimulatedProcessor:
-    """The running service's simulated processor, whose ledger is in the payment database."""
-    found = running.server.services[0].servicer.store.processor  # type: ignore[attr-defined]
-    assert isinstance(found, SimulatedProcessor)
-    return found
+class Ledger:
+    """The counts of a running service's simulated processor (its ledger is in the payment database)."""
+
+    def __init__(self, running: Running) -> None:
+        self.running = running
+        self.processor = running.server.services[0].servicer.store.processor  # type: ignore[attr-defined]
+        assert isinstance(self.processor, SimulatedProcessor)
+
+    def charge_count(self) -> int:
+        return self.running.call(self.processor.charge_count())
+
+    def attempt_count(self) -> int:
+        return self.running.call(self.processor.attempt_count())
+
+    def refund_count(self) -> int:
+        return self.running.call(self.processor.refund_count())
+
+
+def processor(running: Running) -> Ledger:
+    return Ledger(running)
 
 
 @pytest.fixture

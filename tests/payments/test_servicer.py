@@ -191,8 +191,8 @@ class CrashesAfterCharging(SimulatedProcessor):
 
     crashed = False
 
-    def charge(self, tx, charge):
-        outcome = super().charge(tx, charge)
+    async def charge(self, tx, charge):
+        outcome = await super().charge(tx, charge)
         if not self.crashed:
             self.crashed = True
             raise RuntimeError("crash between the charge and the payment record")

@@ -9,34 +9,40 @@ from pathlib import Path
 import pytest
 from rideshare.trips.v1.trips_pb2 import Trip
 
-from services.runtime.storage import Database, fingerprint
+from services.runtime.resources import fingerprint
+from services.runtime.storage import SqliteBackend
 from services.trips import domain
 from services.trips.notices import Notice
-from services.trips.store import MIGRATIONS, SqliteTripStore
+from services.trips.store import MIGRATIONS, TripStore
 
 from ..whole_mesh import Mesh
 from .test_domain import quote, request
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteTripStore]:
-    opened = SqliteTripStore(Database(tmp_path / "trips.db", MIGRATIONS))
+def store(tmp_path: Path) -> Iterator[TripStore]:
+    opened = open_store(tmp_path)
     yield opened
-    opened.close()
+    asyncio.run(opened.close())
+
+
+def open_store(directory: Path) -> TripStore:
+    """The trip store on `directory`'s trips.db: each call is another connection, as a replica has."""
+    return TripStore(SqliteBackend(directory / "trips.db", MIGRATIONS))
 
 
 def notice(trip: Trip, title: str = "Hello") -> list[Notice]:
     return [Notice(trip.passenger, title, "Body", trip.name)]
 
 
-def assigned(
-    store: SqliteTripStore, request_id: str = "", passenger: str = "passengers/p1", driver: str = "drivers/d1"
+async def assigned(
+    store: TripStore, request_id: str = "", passenger: str = "passengers/p1", driver: str = "drivers/d1"
 ) -> Trip:
     """A DRIVER_ASSIGNED trip written the way RequestTrip writes it, with one queued notification."""
     rpc = request(request_id=request_id, passenger=passenger)
-    matching = store.add_matching(domain.new_trip(rpc, quote()), request_id, fingerprint(rpc))
-    store.set_candidate(matching.id, driver)
-    return store.finish_matching(matching.id, driver, rpc, notice)
+    matching = await store.add_matching(domain.new_trip(rpc, quote()), request_id, fingerprint(rpc))
+    await store.set_candidate(matching.id, driver)
+    return await store.finish_matching(matching.id, driver, rpc, notice)
 
 
 @pytest.fixture

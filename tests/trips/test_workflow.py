@@ -20,17 +20,17 @@ from rideshare.trips.v1.trips_pb2 import (
     AcceptTripRequest,
     CancelTripRequest,
     CompleteTripRequest,
+    ListTripsRequest,
     StartTripRequest,
     Trip,
 )
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from services.runtime.storage import Database
 from services.trips import domain
 from services.trips.outbox import Outbox
-from services.trips.store import MIGRATIONS, SqliteTripStore
 from services.trips.workflow import KeyedLocks, TripWorkflow
 
+from .conftest import open_store
 from .test_domain import quote, request
 
 
@@ -124,7 +124,7 @@ def run(store, scenario: Scenario, neighbours: Neighbours | None = None) -> Neig
 
 
 def visible(store) -> list[Trip]:
-    return store.page("", "", 0, 100)[0]
+    return asyncio.run(store.list(ListTripsRequest(page_size=100))).items
 
 
 def test_the_nearest_driver_is_assigned_and_told(store):
@@ -134,7 +134,10 @@ def test_the_nearest_driver_is_assigned_and_told(store):
         assert trip.driver == "drivers/near"
         assert mesh.drivers["drivers/near"] == trip.name
         assert ("AssignTrip", f"{trip.name}:assign:near") in mesh.calls
-        assert [e.notice.title for e in store.pending_notices(10)] in ([], ["New trip", "Driver assigned"])
+        assert [e.notice.title for e in await store.pending_notices(10)] in (
+            [],
+            ["New trip", "Driver assigned"],
+        )
 
     run(store, scenario)
 
@@ -169,7 +172,7 @@ def test_no_driver_means_no_trip(store):
 
     run(store, scenario, mesh)
     assert visible(store) == []
-    assert store.stale_matching(2**62, 10) == []
+    assert asyncio.run(store.stale_matching(2**62, 10)) == []
 
 
 def test_every_candidate_lost_means_no_trip_and_no_driver_held(store):
@@ -186,7 +189,7 @@ def test_every_candidate_lost_means_no_trip_and_no_driver_held(store):
             await workflow.request(request())
 
     run(store, scenario, mesh)
-    assert store.stale_matching(2**62, 10) == []
+    assert asyncio.run(store.stale_matching(2**62, 10)) == []
 
 
 def test_an_unknown_passenger_is_not_found_and_nothing_is_asked(store):
@@ -204,10 +207,10 @@ def test_a_crash_after_the_driver_said_yes_is_resumed_by_the_retry(store):
     finish = store.finish_matching
     crashes = [RuntimeError("crash before the trip was recorded")]
 
-    def crash_once(*args: Any, **kwargs: Any) -> Trip:
+    async def crash_once(*args: Any, **kwargs: Any) -> Trip:
         if crashes:
             raise crashes.pop()
-        return finish(*args, **kwargs)
+        return await finish(*args, **kwargs)
 
     store.finish_matching = crash_once
 
@@ -216,7 +219,7 @@ def test_a_crash_after_the_driver_said_yes_is_resumed_by_the_retry(store):
             await workflow.request(request(request_id="r1"))
         held = [name for name, trip in mesh.drivers.items() if trip]
         assert held == ["drivers/near"]
-        assert visible(store) == []
+        assert (await store.list(ListTripsRequest())).items == []
 
         trip = await workflow.request(request(request_id="r1"))
         assert trip.driver == "drivers/near"
@@ -302,7 +305,7 @@ def test_the_janitor_frees_the_driver_of_an_abandoned_request(store):
         await asyncio.sleep(0.01)
         assert await workflow.sweep_abandoned(older_than=0.001) == 1
         assert mesh.drivers == {"drivers/near": "", "drivers/far": ""}
-        assert store.stale_matching(2**62, 10) == []
+        assert await store.stale_matching(2**62, 10) == []
 
         mesh.assign_trip = original  # type: ignore[method-assign]
         trip = await workflow.request(request(request_id="r1"))
@@ -325,7 +328,7 @@ def test_complete_during_an_outage_keeps_the_trip_in_progress_and_the_retry_fini
         complete = CompleteTripRequest(name=trip.name, request_id="c1")
         with pytest.raises(Unavailable):
             await workflow.complete(complete)
-        halfway = store.get(trip.name.removeprefix("trips/"))
+        halfway = await store.get(trip.name)
         assert halfway.state == domain.IN_PROGRESS
         assert halfway.payment_state == (domain.NOT_CHARGED if outage != "drivers" else domain.PAID)
 
@@ -366,7 +369,7 @@ def test_cancel_during_a_driver_outage_changes_nothing_until_the_retry(store):
         cancel = CancelTripRequest(name=trip.name, reason="changed plans", request_id="x1")
         with pytest.raises(Unavailable):
             await workflow.cancel(cancel)
-        assert store.get(trip.name.removeprefix("trips/")).state == domain.DRIVER_ASSIGNED
+        assert (await store.get(trip.name)).state == domain.DRIVER_ASSIGNED
 
         mesh.down.clear()
         done = await workflow.cancel(cancel)
@@ -398,8 +401,8 @@ def test_steps_on_one_trip_wait_for_each_other():
 
 def test_steps_on_one_trip_wait_for_each_other_across_replicas(tmp_path):
     # Two processes' locks over one database file: each has its own store (connection) and owner.
-    first = KeyedLocks(SqliteTripStore(Database(tmp_path / "trips.db", MIGRATIONS)))
-    second = KeyedLocks(SqliteTripStore(Database(tmp_path / "trips.db", MIGRATIONS)))
+    first = KeyedLocks(open_store(tmp_path))
+    second = KeyedLocks(open_store(tmp_path))
     order: list[str] = []
 
     async def step(locks: KeyedLocks, name: str, key: str) -> None:
@@ -418,10 +421,9 @@ def test_steps_on_one_trip_wait_for_each_other_across_replicas(tmp_path):
 
 
 def test_a_lease_left_by_a_dead_replica_is_taken_over_once_it_expires(tmp_path):
-    store = SqliteTripStore(Database(tmp_path / "trips.db", MIGRATIONS))
-    dead = SqliteTripStore(Database(tmp_path / "trips.db", MIGRATIONS))
-    assert dead.take_lease("t1", "dead-replica", 0.2)
-    assert not store.take_lease("t1", "live-replica", 10)  # held, not expired
+    store, dead = open_store(tmp_path), open_store(tmp_path)
+    assert asyncio.run(dead.take_lease("t1", "dead-replica", 0.2))
+    assert not asyncio.run(store.take_lease("t1", "live-replica", 10))  # held, not expired
     locks = KeyedLocks(store)
 
     async def main() -> None:
@@ -429,11 +431,11 @@ def test_a_lease_left_by_a_dead_replica_is_taken_over_once_it_expires(tmp_path):
             pass
 
     asyncio.run(main())  # waited out the dead replica's 0.2 s, then took the lease
-    assert dead.take_lease("t1", "dead-replica", 10), "released after the step"
+    assert asyncio.run(dead.take_lease("t1", "dead-replica", 10)), "released after the step"
 
 
 def test_a_lease_is_released_when_the_step_fails(tmp_path):
-    store = SqliteTripStore(Database(tmp_path / "trips.db", MIGRATIONS))
+    store = open_store(tmp_path)
     locks = KeyedLocks(store)
 
     async def failing() -> None:
@@ -442,4 +444,4 @@ def test_a_lease_is_released_when_the_step_fails(tmp_path):
 
     with pytest.raises(Unavailable):
         asyncio.run(failing())
-    assert store.take_lease("t1", "someone else", 10)
+    assert asyncio.run(store.take_lease("t1", "someone else", 10))

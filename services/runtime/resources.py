@@ -1,0 +1,364 @@
+"""The AIP resource kit: the standard methods of a resource, written once, over a small database seam.
+
+A service describes its resource once, in a `Resource`: the contract's message
+(whose `google.api.resource` option gives the collection and the singular),
+how a row becomes that message and back, and which taken unique column means
+which ALREADY_EXISTS. A `Store` over it gives the standard methods:
+
+- Get (AIP-131): NOT_FOUND `<SINGULAR>_NOT_FOUND` with metadata `name`;
+- List (AIP-132, AIP-158): keyset pages in `seq` order, with an opaque page
+  token bound to the query's filters (a token from another query, or forged,
+  is INVALID_ARGUMENT on `page_token`);
+- Create (AIP-133) and every write, replayed by request_id (AIP-155: the first
+  answer is stored in `request_log` in the same transaction as the write; the
+  same request_id with another request is INVALID_ARGUMENT REQUEST_ID_REUSED);
+  a unique column already taken is the resource's own ALREADY_EXISTS;
+- Update (AIP-134): read, change, write back in one transaction, where the
+  change applies the field mask (`aip.apply_update_mask`); an unchanged
+  resource is not written;
+- Delete (AIP-135), after an optional check of the stored resource.
+
+A store says only what is special about its resource: its own queries and
+steps, built from the same pieces (`idempotent`, `read`, `insert`, `save`).
+
+The kit reaches the database only through `Backend`: a transaction, reads,
+closing, and the one thing engines word differently, which unique column a
+failed write hit. SQLite is the backend today (`storage.SqliteBackend`); a
+PostgreSQL one (psycopg's async pool) implements the same few methods. The
+SQL written here is portable: `?` placeholders (a `%s` driver rewrites
+them), `INSERT ... RETURNING`, no engine functions. Tables follow one
+convention: an integer `seq` assigned in insertion order (the keyset) and a
+unique text `id`, the last segment of the resource name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from google.api import resource_pb2
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.message import Message
+
+from . import aip
+from .errors import InvalidArgument, MeshError, NotFound
+
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+T = TypeVar("T")
+
+
+class Row(Protocol):
+    """A row read from the database, by column name (sqlite3.Row, psycopg's dict rows)."""
+
+    def __getitem__(self, column: str, /) -> Any: ...
+
+
+class Tx(Protocol):
+    """An open transaction: everything done through it commits together or not at all."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; how many rows it changed."""
+        ...
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    async def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+
+
+class Backend(ABC):
+    """The seam between the kit and a database engine; the request log is written on top of it."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """A write transaction: committed when the block ends, rolled back if it raises."""
+
+    @abstractmethod
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """A read outside any transaction."""
+
+    @abstractmethod
+    async def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+
+    @abstractmethod
+    def unique_violation(self, error: BaseException) -> str | None:
+        """The column whose unique constraint `error` reports, or None if it reports something else."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def replay(self, method: str, request: Message, response_type: type[R]) -> R | None:
+        """The stored answer to `request.request_id`, or None if it is new (or absent).
+
+        Raises INVALID_ARGUMENT REQUEST_ID_REUSED if the key answered another request.
+        """
+        request_id: str = getattr(request, "request_id", "")
+        if not request_id:
+            return None
+        row = await self.query_one(_LOGGED, (method, request_id))
+        return _stored(row, method, request_id, fingerprint(request), response_type)
+
+    async def idempotent(
+        self, method: str, request: Message, response_type: type[R], write: Callable[[Tx], Awaitable[R]]
+    ) -> R:
+        """Run `write` once per `request.request_id`; repeats get the stored answer."""
+        request_id: str = getattr(request, "request_id", "")
+        digest = fingerprint(request) if request_id else ""  # before the transaction: it holds a lock
+        async with self.transaction() as tx:
+            if not request_id:
+                return await write(tx)
+            row = await tx.query_one(_LOGGED, (method, request_id))
+            stored = _stored(row, method, request_id, digest, response_type)
+            if stored is not None:
+                return stored
+            response = await write(tx)
+            await tx.execute(
+                "INSERT INTO request_log (method, request_id, fingerprint, response, create_time) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (method, request_id, digest, response.SerializeToString(), time.time_ns()),
+            )
+            return response
+
+
+_LOGGED = "SELECT fingerprint, response FROM request_log WHERE method = ? AND request_id = ?"
+
+
+def _stored(row: Row | None, method: str, request_id: str, digest: str, response_type: type[R]) -> R | None:
+    if row is None:
+        return None
+    if row["fingerprint"] != digest:
+        raise InvalidArgument.field(
+            "request_id",
+            f"{request_id!r} was already used for a different {method} request",
+            reason="REQUEST_ID_REUSED",
+        )
+    return response_type.FromString(bytes(row["response"]))
+
+
+def fingerprint(request: Message) -> str:
+    """A digest of the request without its request_id: what 'the same request' means."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.ClearField("request_id")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def method_of(request: Message) -> str:
+    """`CreatePassengerRequest` -> `CreatePassenger`: the key a request's answers are logged under."""
+    return str(request.DESCRIPTOR.name).removesuffix("Request")
+
+
+Conflict = Callable[[M, M | None], MeshError]
+"""What a taken unique column means: (the resource written, the one holding the value) -> an error."""
+
+
+@dataclass(frozen=True)
+class Resource(Generic[M]):
+    """What the kit needs to know about one kind of resource, besides its contract."""
+
+    message: type[M]
+    from_row: Callable[[Row], M]
+    to_row: Callable[[M], dict[str, Any]]
+    """The columns to write, except `id` and `seq`."""
+    unique: Mapping[str, Conflict[M]] = field(default_factory=dict)
+    """Unique columns by name, each with its ALREADY_EXISTS."""
+    filters: Mapping[str, str] = field(default_factory=dict)
+    """List query keys whose column has another name (`parent` -> `recipient`)."""
+    visible: str = ""
+    """An SQL condition a row meets to exist for Get, List, Update and Delete (trips hide MATCHING)."""
+    table: str = ""
+    """The table, if it is not named after the collection (the contract's `plural`)."""
+
+
+def _contract(message: type[Message]) -> tuple[str, str]:
+    """(plural, SINGULAR) from the message's `google.api.resource` option."""
+    option = message.DESCRIPTOR.GetOptions().Extensions[resource_pb2.resource]
+    if not option.plural or not option.singular:
+        raise TypeError(f"{message.DESCRIPTOR.full_name} declares no google.api.resource plural and singular")
+    return option.plural, re.sub(r"(?<!^)(?=[A-Z])", "_", option.singular).upper()
+
+
+class PageRequest(Protocol):
+    """What a List request carries (AIP-158)."""
+
+    @property
+    def page_token(self) -> str: ...
+    @property
+    def page_size(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Page(Generic[M]):
+    """One page of a List: the resources and the token of the next page ("" on the last)."""
+
+    items: list[M]
+    next_page_token: str
+
+
+class Store(Generic[M]):
+    """The standard methods of one resource over a `Backend`."""
+
+    def __init__(self, db: Backend, resource: Resource[M]) -> None:
+        self.db = db
+        self.resource = resource
+        self.collection, singular = _contract(resource.message)
+        self.table = resource.table or self.collection
+        self.not_found_reason = f"{singular}_NOT_FOUND"
+        self._visible = f" AND {resource.visible}" if resource.visible else ""
+        self._by_id = f"SELECT * FROM {self.table} WHERE id = ?{self._visible}"
+
+    # --- the standard methods ------------------------------------------------------
+
+    async def get(self, name: str, field: str = "name") -> M:
+        resource_id = self.id_of(name, field)
+        row = await self.db.query_one(self._by_id, (resource_id,))
+        if row is None:
+            raise self.not_found(resource_id)
+        return self.resource.from_row(row)
+
+    async def list(self, request: PageRequest, **query: str) -> Page[M]:
+        """List: the page after `request.page_token` of the rows whose columns equal the non-empty `query`.
+
+        The token carries the last `seq` and the whole query, so it only continues the same query.
+        """
+        after = aip.decode_page_token(request.page_token, query, kind=int) or 0
+        limit = aip.page_size(request.page_size)
+        conditions = [f"seq > ?{self._visible}"]
+        params: list[Any] = [after]
+        for key, value in query.items():
+            if value:
+                conditions.append(f"{self.resource.filters.get(key, key)} = ?")
+                params.append(value)
+        rows = await self.db.query(
+            f"SELECT * FROM {self.table} WHERE {' AND '.join(conditions)} ORDER BY seq LIMIT ?",
+            (*params, limit + 1),
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        token = aip.encode_page_token(rows[-1]["seq"], query) if more else ""
+        return Page([self.resource.from_row(row) for row in rows], token)
+
+    async def create(self, resource: M, request: Message) -> M:
+        async def write(tx: Tx) -> M:
+            await self.insert(tx, resource)
+            return resource
+
+        return await self.idempotent(request, write)
+
+    async def update(self, name: str, change: Callable[[M], M], request: Message, field: str = "name") -> M:
+        """Read, `change`, and write back in one transaction; an unchanged resource is not written."""
+        resource_id = self.id_of(name, field)
+
+        async def write(tx: Tx) -> M:
+            current = await self.read(tx, resource_id)
+            changed = change(current)
+            if changed is not current and changed != current:
+                await self.save(tx, changed)
+            return changed
+
+        return await self.idempotent(request, write)
+
+    async def delete(self, name: str, request: Message, check: Callable[[M], None] | None = None) -> None:
+        """Delete after `check(stored)` (which raises to refuse); NOT_FOUND if it is not there."""
+        resource_id = self.id_of(name)
+
+        async def write(tx: Tx) -> Empty:
+            current = await self.read(tx, resource_id)
+            if check is not None:
+                check(current)
+            await tx.execute(f"DELETE FROM {self.table} WHERE id = ?", (resource_id,))
+            return Empty()
+
+        await self.db.idempotent(method_of(request), request, Empty, write)
+
+    # --- the pieces, for a store's own steps -------------------------------------------
+
+    async def idempotent(self, request: Message, write: Callable[[Tx], Awaitable[M]]) -> M:
+        """`write` in a transaction, once per request_id (AIP-155); a taken unique column: ALREADY_EXISTS."""
+        try:
+            return await self.db.idempotent(method_of(request), request, self.resource.message, write)
+        except _Taken as taken:
+            # Looked up after the rollback: PostgreSQL refuses any statement in a failed transaction.
+            holder = await self.db.query_one(
+                f"SELECT * FROM {self.table} WHERE {taken.column} = ?", (taken.value,)
+            )
+            existing = None if holder is None else self.resource.from_row(holder)
+            raise self.resource.unique[taken.column](taken.resource, existing) from None
+
+    async def replayed(self, request: Message) -> M | None:
+        """The stored answer to this request_id, None if there is none (REQUEST_ID_REUSED if reused)."""
+        return await self.db.replay(method_of(request), request, self.resource.message)
+
+    async def fetch(self, tx: Tx, resource_id: str) -> Row:
+        """The row of a visible resource, or its NOT_FOUND."""
+        row = await tx.query_one(self._by_id, (resource_id,))
+        if row is None:
+            raise self.not_found(resource_id)
+        return row
+
+    async def read(self, tx: Tx, resource_id: str) -> M:
+        return self.resource.from_row(await self.fetch(tx, resource_id))
+
+    async def insert(self, tx: Tx, resource: M, **extra: Any) -> int:
+        """Insert `resource` (and `extra` columns the message does not carry); its `seq`."""
+        values = {"id": _own_id(resource), **self.resource.to_row(resource), **extra}
+        sql = (
+            f"INSERT INTO {self.table} ({', '.join(values)}) "
+            f"VALUES ({', '.join('?' for _ in values)}) RETURNING seq"
+        )
+        rows = await self._write(tx.query, sql, values, resource)
+        return int(rows[0]["seq"])
+
+    async def save(self, tx: Tx, resource: M) -> None:
+        """Write every column of `resource` over its row."""
+        values = self.resource.to_row(resource)
+        sql = f"UPDATE {self.table} SET {', '.join(f'{c} = ?' for c in values)} WHERE id = ?"
+        await self._write(tx.execute, sql, {**values, "id": _own_id(resource)}, resource)
+
+    async def _write(
+        self,
+        run: Callable[[str, Sequence[Any]], Awaitable[T]],
+        sql: str,
+        values: dict[str, Any],
+        resource: M,
+    ) -> T:
+        try:
+            return await run(sql, tuple(values.values()))
+        except Exception as error:
+            column = self.db.unique_violation(error)
+            if column is None or column not in self.resource.unique:
+                raise
+            raise _Taken(column, values[column], resource) from error
+
+    def id_of(self, name: str, field: str = "name") -> str:
+        """`passengers/abc` -> `abc`; INVALID_ARGUMENT on `field` for another shape."""
+        return aip.resource_id(name, self.collection, field)
+
+    def not_found(self, resource_id: str) -> NotFound:
+        name = f"{self.collection}/{resource_id}"
+        return NotFound(f"{name} does not exist", reason=self.not_found_reason, metadata={"name": name})
+
+    async def close(self) -> None:
+        await self.db.close()
+
+
+class _Taken(Exception):
+    """A write hit a unique column the resource maps to ALREADY_EXISTS; resolved after the rollback."""
+
+    def __init__(self, column: str, value: Any, resource: Message) -> None:
+        super().__init__(f"{column} {value!r} is taken")
+        self.column = column
+        self.value = value
+        self.resource: Any = resource
+
+
+def _own_id(resource: Message) -> str:
+    """The id of a resource the service named itself: the last segment of its name."""
+    name: str = getattr(resource, "name")  # noqa: B009 - every resource has one (AIP-122)
+    return name.rsplit("/", 1)[-1]
