@@ -3,7 +3,8 @@
 `mesh certs` (and `mesh up` when `[tls] enabled = true` and something is
 missing) writes, under `tls.dir` (default `<data_dir>/certs`):
 
-    ca.pem, ca.key              the authority: EC P-256, valid 10 years, may only sign certificates
+    ca.pem, ca/ca.key           the authority: EC P-256, valid 10 years, may only sign certificates;
+                                its key alone in ca/ (0700), which no service reads
     <name>.pem, <name>.key      one per service of mesh.toml, plus `gateway` and `mesh` (the CLI's own)
 
 A member's certificate names it three ways: the SPIFFE id
@@ -155,8 +156,25 @@ def _write(path: Path, data: bytes, *, private: bool) -> None:
     os.replace(tmp, path)
 
 
-def _save(root: Path, name: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
-    cert_path, key_path = paths(root, name)
+def ca_key_path(root: Path) -> Path:
+    """The CA's private key, in a directory of its own (0700) beside the members' files.
+
+    No service reads it (they read `ca.pem`, their own certificate and key), and
+    keeping it apart lets a deployment give each member only its own files (a
+    Kubernetes Secret per member) while the CA key stays with the operator.
+    """
+    return root / CA_NAME / f"{CA_NAME}.key"
+
+
+def _save(
+    root: Path,
+    name: str,
+    key: ec.EllipticCurvePrivateKey,
+    cert: x509.Certificate,
+    key_path: Path | None = None,
+) -> None:
+    cert_path, member_key_path = paths(root, name)
+    key_path = key_path or member_key_path
     pem_key = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -178,14 +196,19 @@ def ensure(
     root = directory(config) if root is None else root
     now = now or dt.datetime.now(dt.UTC)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ca_cert_path, ca_key_path = paths(root, CA_NAME)
+    ca_cert_path, legacy_key_path = paths(root, CA_NAME)
+    ca_key_file = ca_key_path(root)
+    ca_key_file.parent.mkdir(mode=0o700, exist_ok=True)
+    ca_key_file.parent.chmod(0o700)
+    if legacy_key_path.exists():  # written beside the members' keys before 2026-12
+        os.replace(legacy_key_path, ca_key_file)
     ca_cert = None if force else read_cert(ca_cert_path)
-    ca_key = None if force else read_key(ca_key_path)
+    ca_key = None if force else read_key(ca_key_file)
     outcomes: list[Outcome] = []
     if ca_cert is None:
         action = "rotated" if force and ca_cert_path.exists() else "created"
         ca_key, ca_cert = make_ca(config, now)
-        _save(root, CA_NAME, ca_key, ca_cert)
+        _save(root, CA_NAME, ca_key, ca_cert, ca_key_file)
         outcomes.append(Outcome(CA_NAME, action, "", _subject(ca_cert), ca_cert.not_valid_after_utc))
     else:
         outcomes.append(Outcome(CA_NAME, "kept", "", _subject(ca_cert), ca_cert.not_valid_after_utc))
@@ -198,7 +221,7 @@ def ensure(
             key_path.chmod(0o600)
             outcomes.append(Outcome(name, "kept", "", spiffe_id(config, name), cert.not_valid_after_utc))
             continue
-        ca_key = _signing_key(ca_cert, ca_key, ca_cert_path, ca_key_path, name, now)
+        ca_key = _signing_key(ca_cert, ca_key, ca_cert_path, ca_key_file, name, now)
         if cert is None:
             action = "created"
         elif force:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import re
 import stat
 from pathlib import Path
@@ -52,7 +53,7 @@ def sans(certificate: x509.Certificate) -> x509.SubjectAlternativeName:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_creates_a_ca_and_a_certificate_for_every_service_the_gateway_and_the_mesh_tool(tmp_path):
@@ -63,8 +64,8 @@ def test_creates_a_ca_and_a_certificate_for_every_service_the_gateway_and_the_me
     root = tmp_path / "data" / "certs"
     assert identity.directory(config) == root
     assert [(o.name, o.action) for o in outcomes] == [("ca", "created")] + [(m, "created") for m in MEMBERS]
-    assert sorted(p.name for p in root.iterdir()) == sorted(
-        f"{n}.{ext}" for n in ["ca", *MEMBERS] for ext in ("pem", "key")
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == sorted(
+        ["ca.pem", "ca/ca.key", *(f"{n}.{ext}" for n in MEMBERS for ext in ("pem", "key"))]
     )
 
 
@@ -222,7 +223,7 @@ def test_a_new_trust_domain_reissues_the_certificates_under_the_same_ca(tmp_path
 
 def test_without_the_ca_key_nothing_new_can_be_issued_and_the_error_says_what_to_do(tmp_path):
     certs.ensure(config_of(tmp_path))
-    (identity.directory(config_of(tmp_path)) / "ca.key").unlink()
+    (identity.directory(config_of(tmp_path)) / "ca" / "ca.key").unlink()
     config = config_of(tmp_path, MESH + "[services.trips]\nport = 6003\n")
 
     with pytest.raises(ConfigError, match=r"cannot issue trips's certificate: no CA key.*mesh certs --force"):
@@ -390,3 +391,22 @@ def test_a_spiffe_id_counts_only_as_a_subject_alternative_name():
 
     assert identity.peer_spiffe_id(Peer(None, sans=[trips])) == trips
     assert identity.peer_spiffe_id(Peer(None, sans=[], common_name=trips)) == b""
+
+
+def test_the_ca_key_lives_apart_from_what_members_read(tmp_path):
+    config = config_of(tmp_path)
+    root = identity.directory(config)
+    certs.ensure(config)
+    legacy = root / "ca.key"
+    os.replace(root / "ca" / "ca.key", legacy)  # the layout before 2026-12
+
+    certs.ensure(config)  # moves it
+
+    assert not legacy.exists()
+    assert stat.S_IMODE((root / "ca").stat().st_mode) == 0o700
+    assert stat.S_IMODE((root / "ca" / "ca.key").stat().st_mode) == 0o600
+    assert not [p for p in root.iterdir() if p.is_file() and p.name.startswith("ca.") and p.suffix == ".key"]
+    # What a service loads: the CA's certificate, its own certificate and key; never the CA's key.
+    member = identity.load(config, "payments")
+    assert b"PRIVATE KEY" not in member.ca
+    assert member.key == (root / "payments.key").read_bytes()
