@@ -37,7 +37,7 @@ def gateway_telemetry(config: MeshConfig, instance: str | None = None) -> Teleme
     """The gateway's telemetry, recording and serving /metrics; `close()` it when the gateway stops."""
     telemetry = Telemetry(config, "gateway")
     telemetry.start(instance or config.gateway.address)
-    serve_admin(telemetry, config.gateway.host, gateway_admin_port(config))
+    serve_admin(telemetry, gateway_admin_port(config))
     return telemetry
 
 

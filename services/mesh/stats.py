@@ -33,7 +33,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.runtime.config import MeshConfig
-from services.runtime.telemetry import FAILURE_CODES, admin_port, gateway_admin_port
+from services.runtime.telemetry import FAILURE_CODES, admin_host, admin_port, gateway_admin_port
 
 SCRAPE_TIMEOUT = 2.0
 QUANTILES = (0.5, 0.95, 0.99)
@@ -70,11 +70,16 @@ def targets(config: MeshConfig) -> list[Target]:
         host, _, port = address.rpartition(":")
         admin = admin_port(service, int(port) if port.isdigit() else None)
         if admin:
-            found.append(Target(name, address, f"http://{host or service.host}:{admin}/metrics"))
+            reach = admin_host(config, host or service.host)
+            found.append(Target(name, address, f"http://{reach}:{admin}/metrics"))
     gateway = gateway_admin_port(config)
     if gateway:
         found.append(
-            Target("gateway", config.gateway.address, f"http://{config.gateway.host}:{gateway}/metrics")
+            Target(
+                "gateway",
+                config.gateway.address,
+                f"http://{admin_host(config, config.gateway.host)}:{gateway}/metrics",
+            )
         )
     return found
 

@@ -327,6 +327,8 @@ class TelemetryConfig:
     """`[telemetry]`: Prometheus metrics on each process's admin port, and OpenTelemetry traces."""
 
     metrics: Flag = True
+    admin_host: Text = "127.0.0.1"
+    """Where admin ports listen: this machine only, unless a scraper elsewhere needs them ("0.0.0.0")."""
     admin_port_offset: Port = 1000
     traces: Annotated[str, _one_of(TRACE_SINKS)] = "file"
     otlp_endpoint: Annotated[str | None, _or_none(_matching(r"^https?://[^/\s]+", "a URL"))] = None

@@ -236,7 +236,7 @@ async def _serve(config: MeshConfig, name: str, port: int | None, replica: int =
         },
     )
     service = server.runtime.service
-    serve_admin(server.runtime.telemetry, service.host, admin_port(service, port))
+    serve_admin(server.runtime.telemetry, admin_port(service, port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

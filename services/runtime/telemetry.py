@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import grpc
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 from . import log
 from .config import MeshConfig, ServiceConfig
@@ -94,12 +97,20 @@ def admin_port(service: ServiceConfig, port: int | None = None) -> int:
     return shifted if 0 < shifted <= 65535 else 0
 
 
-def serve_admin(telemetry: Telemetry, host: str, wanted: int) -> int:
-    """Serve /metrics on `host:wanted` (0: nowhere); logs where (or why not). The port, or 0.
+def admin_host(config: MeshConfig, host: str) -> str:
+    """Where to reach an admin port of a process at `host`: `[telemetry] admin_host`, or `host`
+    when admin ports listen on every address."""
+    listen = config.telemetry.admin_host
+    return host if listen in ("0.0.0.0", "::", "") else listen
 
-    A taken admin port is logged as a warning and the process runs on
-    without metrics: telemetry must not take a service down.
+
+def serve_admin(telemetry: Telemetry, wanted: int) -> int:
+    """Serve /metrics on `[telemetry] admin_host`, port `wanted` (0: nowhere); logs where (or why not).
+
+    The port, or 0. A taken admin port is logged as a warning and the process runs
+    on without metrics: telemetry must not take a service down.
     """
+    host = telemetry.settings.admin_host
     if not wanted or telemetry.metrics is None:
         return 0
     try:
@@ -124,6 +135,43 @@ def gateway_admin_port(config: MeshConfig) -> int:
         return 0
     port = gateway.port + settings.admin_port_offset
     return port if port <= 65535 else 0
+
+
+ADMIN_TIMEOUT = 5.0
+"""Seconds a connection to the admin port may take to send its request (and to read the answer)."""
+ADMIN_CONNECTIONS = 16
+"""Connections the admin port serves at once; more are closed as they arrive."""
+
+
+class _AdminServer(ThreadingWSGIServer):
+    """prometheus-client's server, refusing connections past `ADMIN_CONNECTIONS`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.slots = threading.BoundedSemaphore(ADMIN_CONNECTIONS)
+        if ":" in args[0][0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+class _AdminHandler(WSGIRequestHandler):
+    """Quiet (no access log on stderr), and bounded in time by a socket timeout."""
+
+    timeout = ADMIN_TIMEOUT
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 class Telemetry:
@@ -155,13 +203,17 @@ class Telemetry:
             self.tracing = Tracing(self.settings, self.name, instance, self.config.data_dir)
 
     def serve_metrics(self, host: str, port: int) -> int:
-        """Serve /metrics on `port` from a thread (prometheus-client's server); the port bound.
+        """Serve /metrics on `host:port` from a thread; the port bound. Raises OSError when it is taken.
 
-        Raises OSError when the port is taken.
+        prometheus-client's WSGI app on its threading server, with what that server
+        lacks at an edge: each connection must send its request within
+        `ADMIN_TIMEOUT`, and past `ADMIN_CONNECTIONS` open ones a new connection is
+        closed at once (a thread per connection, so no scraper can hold them all).
         """
         if self.metrics is None:
             return 0
-        server, _ = start_http_server(port, addr=host, registry=self.metrics.registry)
+        server = make_server(host, port, make_wsgi_app(self.metrics.registry), _AdminServer, _AdminHandler)
+        threading.Thread(target=server.serve_forever, name="admin", daemon=True).start()
         self._admin = server
         bound: int = server.server_port
         return bound

@@ -464,3 +464,71 @@ def test_health_checks_and_reflection_are_not_traffic(mesh_config, loop):
     assert probe.begin(details.method, timed=True) is None
     assert loop.call(_Propagate(5.0, probe).intercept_unary_unary(continuation, details, None)) == "the call"
     assert 'grpc_method="Check"' not in generate_latest(caller.metrics.registry).decode()
+
+
+@pytest.fixture
+def admin(mesh_config, monkeypatch):
+    """A process's admin port (/metrics) on a free port, at most 4 connections; `admin(timeout)`."""
+    monkeypatch.setattr(telemetry, "ADMIN_CONNECTIONS", 4)
+    started = []
+
+    def serve(timeout: float = 60.0) -> int:
+        monkeypatch.setattr(telemetry._AdminHandler, "timeout", timeout)
+        served = Telemetry(mesh_config, "passengers")
+        started.append(served)
+        return served.serve_metrics(mesh_config.telemetry.admin_host, 0)
+
+    yield serve
+    for served in started:
+        served.close()
+
+
+def other_addresses() -> list[str]:
+    """This machine's addresses other than loopback (where the admin port must not answer)."""
+    import socket
+
+    found = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+    try:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+        found.add(probe.getsockname()[0])
+        probe.close()
+    except OSError:
+        pass
+    return sorted(a for a in found if not a.startswith("127."))
+
+
+def test_the_admin_port_listens_on_this_machine_only_by_default(admin, mesh_config):
+    import socket
+
+    port = admin()
+    assert mesh_config.telemetry.admin_host == "127.0.0.1"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        assert answer.status == 200
+    others = other_addresses()
+    if not others:
+        pytest.skip("this machine has no address but loopback to try")
+    for address in others:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((address, port), timeout=5).close()
+
+
+def test_the_admin_port_serves_a_few_connections_and_closes_the_rest_at_once(admin):
+    import socket
+
+    port = admin()
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
+    extra = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        assert extra.recv(1) == b""  # past the cap: closed as it arrives, with nothing read
+    finally:
+        for connection in [extra, *idle]:
+            connection.close()
+
+
+def test_the_admin_port_closes_a_connection_that_sends_nothing(admin):
+    import socket
+
+    port = admin(timeout=0.2)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as silent:
+        assert silent.recv(1) == b""  # closed by the server once its request timeout passed
