@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import time
@@ -66,15 +67,7 @@ def test_a_token_bucket_allows_the_burst_then_the_rate():
 
 def test_mesh_keys_create_list_revoke(tmp_path):
     config = harness.write_gateway_mesh(tmp_path)
-
-    def mesh(*args):
-        return subprocess.run(
-            [str(MESH), "keys", *args, "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+    mesh = functools.partial(mesh_keys, config)
 
     created = mesh("create", "dev", "--rate", "5", "--burst", "7")
     assert created.returncode == 0, created.stderr
@@ -94,6 +87,17 @@ def test_mesh_keys_create_list_revoke(tmp_path):
     finally:
         opened.close()
     assert database_path(load_config(config, env={})).exists()
+
+
+def mesh_keys(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`mesh keys ARGS --config CONFIG`, as an operator runs it."""
+    return subprocess.run(
+        [str(MESH), "keys", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -223,15 +227,7 @@ def test_last_use_is_written_in_batches_and_shown(store):
 
 def test_mesh_keys_refuses_bad_limits_and_shows_scopes_and_expiry(tmp_path):
     config = harness.write_gateway_mesh(tmp_path)
-
-    def mesh(*args):
-        return subprocess.run(
-            [str(MESH), "keys", *args, "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+    mesh = functools.partial(mesh_keys, config)
 
     for args in (["--rate", "-5"], ["--burst", "-3"], ["--scopes", "root"], ["--expires", "soon"]):
         refused = mesh("create", "bad", *args)
