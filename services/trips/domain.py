@@ -165,14 +165,14 @@ def cancel(trip: Trip, reason: str) -> Trip:
 
 
 def invoice_for(trip: Trip, dropoff_ns: int) -> Invoice:
-    """The invoice of a trip; the same trip and drop-off time always give the same invoice request."""
+    """What the trip says happened, for billing to price; one trip and drop-off time, one request."""
     duration = Duration()
     duration.FromNanoseconds(max(0, dropoff_ns - trip.start_time.ToNanoseconds()))
     return Invoice(
         trip=trip.name,
         passenger=trip.passenger,
-        amount=trip.fare,
-        distance_meters=trip.distance_meters,
+        pickup=trip.pickup,
+        dropoff=trip.dropoff,
         duration=duration,
     )
 
