@@ -178,7 +178,8 @@ def invoice_for(trip: Trip, dropoff_ns: int) -> Invoice:
 
 
 def payment_for(trip: Trip) -> Payment:
-    return Payment(invoice=trip.invoice, amount=trip.fare, payment_method=trip.payment_method)
+    """The charge of the trip's invoice: payments reads the amount from billing, never from us."""
+    return Payment(invoice=trip.invoice, payment_method=trip.payment_method)
 
 
 def payment_state(payment: Payment) -> int:

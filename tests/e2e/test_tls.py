@@ -28,13 +28,9 @@ RULES = {
     "*": ["trips", "gateway", "mesh"],
     "CreatePayment": ["trips", "gateway"],
 }
-PAYMENT = {
-    "payment": {
-        "invoice": "invoices/tls-e2e",
-        "amount": {"currency_code": "EUR", "units": "12", "nanos": 500000000},
-        "payment_method": "pm_card_visa",
-    }
-}
+BILLING = SERVICES["billing"]
+#: A payment refused before anything reads it: its invoice need not exist.
+PAYMENT = {"payment": {"invoice": "invoices/tls-e2e", "payment_method": "pm_card_visa"}}
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +124,22 @@ def test_a_client_with_a_certificate_from_another_ca_cannot_connect(tls_mesh, tm
     assert out == ""
 
 
-def test_an_allowed_caller_may_create_a_payment(tls_mesh):
+def test_an_allowed_caller_may_create_a_payment_of_the_amount_payments_reads_from_billing(tls_mesh):
+    place = {"latitude": 52.5219, "longitude": 13.4132}
+    draft = {"trip": "trips/tls-e2e", "passenger": "passengers/tls-e2e", "pickup": place, "dropoff": place}
+    invoice = as_member(tls_mesh, "mesh").json(
+        tls_mesh.address("billing"), f"{BILLING}/CreateInvoice", {"invoice": draft}
+    )
+
     payment = as_member(tls_mesh, "gateway").json(
-        tls_mesh.address("payments"), f"{PAYMENTS}/CreatePayment", PAYMENT
+        tls_mesh.address("payments"),
+        f"{PAYMENTS}/CreatePayment",
+        {"payment": {"invoice": invoice["name"], "payment_method": "pm_card_visa"}},
     )
 
     assert payment["name"].startswith("payments/")
     assert payment["state"] == "PAYMENT_STATE_SUCCEEDED"
+    assert payment["amount"] == invoice["amount"]
 
 
 @pytest.mark.parametrize("caller", ["mesh", "passengers"])

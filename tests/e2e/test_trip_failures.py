@@ -244,12 +244,9 @@ def _invoice(rides: Rides) -> tuple[Json, Json]:
 
 
 def _payment(rides: Rides) -> tuple[Json, Json]:
-    payment = {
-        "invoice": f"invoices/{uuid.uuid4().hex}",
-        "amount": {"currency_code": "EUR", "units": "12", "nanos": 340000000},
-        "payment_method": "pm_card_visa",
-    }
-    return {"payment": payment}, {"payment": {**payment, "amount": {"currency_code": "EUR", "units": "13"}}}
+    invoice = rides.call("billing", "CreateInvoice", _invoice(rides)[0])
+    payment = {"invoice": invoice["name"], "payment_method": "pm_card_visa"}
+    return {"payment": payment}, {"payment": {**payment, "payment_method": "pm_card_declined"}}
 
 
 def _notification(rides: Rides) -> tuple[Json, Json]:
