@@ -8,7 +8,9 @@ and nowhere else:
 - a dependency that cannot be reached becomes UNAVAILABLE naming it, so the
   caller knows to repeat the call with the same request_id;
 - the answers a trip step expects (an unknown passenger, a driver who lost a
-  race, an invoice that already exists) become return values;
+  race, an invoice or payment that already exists) become return values;
+  whether an existing invoice or payment may be adopted is the workflow's
+  call (it must be for exactly the fare);
 - anything else propagates and ends as INTERNAL: it is a bug here or there.
 """
 
@@ -50,6 +52,8 @@ _log = log.get_logger("rideshare.trips.clients")
 
 #: How many drivers to ask for: the nearest few are the ones worth trying.
 CANDIDATES = 10
+#: Billing's reasons for "the trip already has another invoice" (metadata "invoice" names it).
+_OTHER_INVOICE = ("INVOICE_AMOUNT_MISMATCH", "INVOICE_PASSENGER_MISMATCH")
 
 
 class Downstream:
@@ -120,7 +124,12 @@ class Downstream:
         return quote
 
     async def create_invoice(self, invoice: Invoice, request_id: str) -> Invoice:
-        """The trip's invoice: created once, or the one billing already has for the trip."""
+        """The invoice billing holds for the trip: made now, or the one it already had.
+
+        Billing prices it; an invoice it already had for the trip is returned as
+        it is, even if it differs (billing says so), for the workflow to compare
+        with the fare before adopting anything.
+        """
         stub = self.clients.stub(billing_pb2_grpc.BillingServiceStub)
         with reaching("billing"):
             try:
@@ -129,15 +138,19 @@ class Downstream:
                 )
             except grpc.aio.AioRpcError as error:
                 existing = error_metadata(error).get("invoice", "")
-                if not (
-                    failed_with(error, grpc.StatusCode.ALREADY_EXISTS, "INVOICE_ALREADY_EXISTS") and existing
+                if not existing or not (
+                    failed_with(error, grpc.StatusCode.ALREADY_EXISTS, "INVOICE_ALREADY_EXISTS")
+                    or failed_with(error, grpc.StatusCode.FAILED_PRECONDITION, *_OTHER_INVOICE)
                 ):
                     raise
                 created = await stub.GetInvoice(GetInvoiceRequest(name=existing))
         return created
 
     async def create_payment(self, payment: Payment, request_id: str) -> Payment:
-        """The charge of the invoice: made once, or the successful one payments already has."""
+        """The charge of the invoice: made once, or the successful one payments already has.
+
+        The workflow compares its amount with the fare before adopting it.
+        """
         stub = self.clients.stub(payments_pb2_grpc.PaymentServiceStub)
         with reaching("payments"):
             try:
