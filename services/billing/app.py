@@ -5,17 +5,16 @@ from __future__ import annotations
 from rideshare.billing.v1 import billing_pb2, billing_pb2_grpc
 
 from services.runtime import Runtime, Service
-from services.runtime.resources import Store
 from services.runtime.storage import SqliteBackend
 
 from .servicer import BillingServicer
-from .store import INVOICES, MIGRATIONS
+from .store import INVOICES, MIGRATIONS, InvoiceStore
 from .tariff import Tariff
 
 
 def create(runtime: Runtime) -> Service:
     tariff = Tariff.from_settings(runtime.service)
-    store = Store(SqliteBackend(runtime.data_path("billing.db"), MIGRATIONS), INVOICES)
+    store = InvoiceStore(SqliteBackend(runtime.data_path("billing.db"), MIGRATIONS), INVOICES)
     return Service(
         descriptor=billing_pb2.DESCRIPTOR.services_by_name["BillingService"],
         servicer=BillingServicer(tariff, store),

@@ -16,9 +16,10 @@ from rideshare.billing.v1.billing_pb2 import (
     QuoteFareResponse,
 )
 
-from services.runtime.resources import Store
+from services.runtime.aip import without_output_only
 
 from . import domain
+from .store import InvoiceStore
 from .tariff import Tariff
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -27,7 +28,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     """Fare quotes from the tariff, and the invoices of completed trips."""
 
-    def __init__(self, tariff: Tariff, store: Store[Invoice]) -> None:
+    def __init__(self, tariff: Tariff, store: InvoiceStore) -> None:
         self.tariff = tariff
         self.store = store
 
@@ -35,7 +36,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return domain.quote(self.tariff, request)
 
     async def CreateInvoice(self, request: CreateInvoiceRequest, context: Context) -> Invoice:
-        return await self.store.create(domain.new_invoice(request.invoice), request)
+        request = without_output_only(request)  # the amount and distance are computed, never taken
+        return await self.store.invoice_trip(domain.new_invoice(self.tariff, request.invoice), request)
 
     async def GetInvoice(self, request: GetInvoiceRequest, context: Context) -> Invoice:
         return await self.store.get(request.name)

@@ -1,8 +1,11 @@
-"""Where invoices are kept: their table, and the invoice as a row of it (the kit does the rest).
+"""Where invoices are kept: their table, the invoice as a row of it, and a trip's one invoice.
 
 Amounts are stored as the integer units and nanos of `google.type.Money` (exact
-and portable); a trip has at most one invoice, enforced by a unique column so
-two concurrent creates cannot both win, and the loser is told which invoice won.
+and portable). A trip has at most one invoice: creating one looks for the
+trip's invoice in the same transaction and returns it if it is the same
+(`domain.check_same`), and a unique column makes sure two concurrent creates
+(on an engine that lets both look first) cannot both win; the loser is told
+which invoice won, or how it differs.
 """
 
 from __future__ import annotations
@@ -10,12 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+from google.type.latlng_pb2 import LatLng
 from google.type.money_pb2 import Money
 from rideshare.billing.v1.billing_pb2 import Invoice
 
 from services.runtime.aip import timestamp_from_ns
-from services.runtime.errors import AlreadyExists
-from services.runtime.resources import Resource, Row
+from services.runtime.errors import AlreadyExists, MeshError
+from services.runtime.resources import Resource, Row, Store, Tx
+
+from . import domain
 
 MIGRATIONS = [
     """
@@ -34,6 +41,13 @@ MIGRATIONS = [
     );
     CREATE INDEX invoices_by_passenger ON invoices (passenger, seq)
     """,
+    # Billing prices invoices itself from where the trip went; earlier invoices have no places.
+    """
+    ALTER TABLE invoices ADD COLUMN pickup_latitude DOUBLE PRECISION;
+    ALTER TABLE invoices ADD COLUMN pickup_longitude DOUBLE PRECISION;
+    ALTER TABLE invoices ADD COLUMN dropoff_latitude DOUBLE PRECISION;
+    ALTER TABLE invoices ADD COLUMN dropoff_longitude DOUBLE PRECISION
+    """,
 ]
 
 
@@ -50,6 +64,10 @@ def _invoice(row: Row) -> Invoice:
     )
     if row["duration_seconds"] is not None:
         invoice.duration.CopyFrom(Duration(seconds=row["duration_seconds"], nanos=row["duration_nanos"]))
+    for place in ("pickup", "dropoff"):
+        if row[f"{place}_latitude"] is not None:
+            point = LatLng(latitude=row[f"{place}_latitude"], longitude=row[f"{place}_longitude"])
+            getattr(invoice, place).CopyFrom(point)
     return invoice
 
 
@@ -65,10 +83,20 @@ def _columns(invoice: Invoice) -> dict[str, Any]:
         "duration_seconds": invoice.duration.seconds if has_duration else None,
         "duration_nanos": invoice.duration.nanos if has_duration else None,
         "create_time": invoice.create_time.ToNanoseconds(),
+        "pickup_latitude": invoice.pickup.latitude,
+        "pickup_longitude": invoice.pickup.longitude,
+        "dropoff_latitude": invoice.dropoff.latitude,
+        "dropoff_longitude": invoice.dropoff.longitude,
     }
 
 
-def _trip_invoiced(invoice: Invoice, holder: Invoice | None) -> AlreadyExists:
+def _trip_invoiced(invoice: Invoice, holder: Invoice | None) -> MeshError:
+    """A concurrent create won the trip: how `holder` differs, or ALREADY_EXISTS naming it."""
+    if holder is not None:
+        try:
+            domain.check_same(holder, invoice)
+        except MeshError as different:
+            return different
     first = holder.name if holder is not None else "another invoice"
     return AlreadyExists(
         f"{invoice.trip} already has an invoice, {first}",
@@ -78,3 +106,19 @@ def _trip_invoiced(invoice: Invoice, holder: Invoice | None) -> AlreadyExists:
 
 
 INVOICES = Resource(Invoice, _invoice, _columns, unique={"trip": _trip_invoiced})
+
+
+class InvoiceStore(Store[Invoice]):
+    """The kit's Get and List, and Create as 'the trip's one invoice'."""
+
+    async def invoice_trip(self, invoice: Invoice, request: Message) -> Invoice:
+        """Record `invoice`, or return the trip's invoice if it is the same one (replayed by request_id)."""
+
+        async def write(tx: Tx) -> Invoice:
+            row = await tx.query_one(f"SELECT * FROM {self.table} WHERE trip = ?", (invoice.trip,))
+            if row is not None:
+                return domain.check_same(_invoice(row), invoice)
+            await self.insert(tx, invoice)
+            return invoice
+
+        return await self.idempotent(request, write)

@@ -1,46 +1,49 @@
-"""The payment rules: what a valid payment is, what a processor outcome means, when a refund is allowed."""
+"""The payment rules: what a valid payment is, what a processor outcome means, when a refund is allowed.
+
+A payment charges exactly its invoice's amount, as billing keeps it: the
+amount is never the caller's.
+"""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
+from rideshare.billing.v1.billing_pb2 import Invoice
 from rideshare.payments.v1.payments_pb2 import Payment, PaymentState
 
 from services.domain import money
 from services.runtime.aip import new_id, now
-from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from services.runtime.errors import FailedPrecondition, InvalidArgument
 
 from .processor import Charge, Outcome
 
 MAX_PAYMENT_METHOD = 255
 
 
-def new_payment(draft: Payment) -> tuple[Payment, Decimal]:
-    """A new, not yet charged payment from the client's draft, and its amount; output fields ignored."""
-    violations: list[FieldViolation] = []
-    amount = Decimal(0)
-    try:
-        amount = money.amount(draft.amount, "payment.amount")
-    except InvalidArgument as exc:
-        violations.extend(exc.violations)
+def check_draft(draft: Payment) -> None:
+    """What a caller may say about a payment, checked before billing is asked: a sane method token."""
     method = draft.payment_method
     if len(method) > MAX_PAYMENT_METHOD or not method.isprintable() or any(c.isspace() for c in method):
-        violations.append(
-            FieldViolation(
-                "payment.payment_method",
-                f"must be a token like 'pm_card_visa': at most {MAX_PAYMENT_METHOD} printable characters, "
-                "no spaces",
-            )
+        raise InvalidArgument.field(
+            "payment.payment_method",
+            f"must be a token like 'pm_card_visa': at most {MAX_PAYMENT_METHOD} printable characters, "
+            "no spaces",
         )
-    if violations:
-        about_money = any(v.reason == money.INVALID_AMOUNT for v in violations)
-        raise InvalidArgument(violations, reason=money.INVALID_AMOUNT if about_money else None)
+
+
+def new_payment(draft: Payment, invoice: Invoice) -> tuple[Payment, Decimal]:
+    """A new, not yet charged payment of exactly the invoice's amount, and that amount.
+
+    `draft` carries no output-only field (the servicer cleared them): the
+    amount comes from billing's invoice and nowhere else.
+    """
+    amount = money.to_decimal(invoice.amount)  # billing's own Money; a malformed one is a bug (INTERNAL)
     stamp = now()
     payment = Payment(
         name=f"payments/{new_id()}",
         invoice=draft.invoice,
-        amount=draft.amount,
-        payment_method=method,
+        amount=invoice.amount,
+        payment_method=draft.payment_method,
         create_time=stamp,
         update_time=stamp,
     )

@@ -15,7 +15,10 @@ from rideshare.payments.v1.payments_pb2 import (
     RefundPaymentRequest,
 )
 
+from services.runtime.aip import without_output_only
+
 from . import domain
+from .clients import Billing
 from .store import PaymentStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -24,11 +27,18 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
     """Payments: charge once per request, read, list, refund."""
 
-    def __init__(self, store: PaymentStore) -> None:
+    def __init__(self, store: PaymentStore, billing: Billing) -> None:
         self.store = store
+        self.billing = billing
 
     async def CreatePayment(self, request: CreatePaymentRequest, context: Context) -> Payment:
-        payment, amount = domain.new_payment(request.payment)
+        request = without_output_only(request)  # the amount is the invoice's, never the caller's
+        domain.check_draft(request.payment)
+        replay = await self.store.replayed(request)
+        if replay is not None:  # answered before: neither billing nor the card is asked again
+            return replay
+        invoice = await self.billing.invoice(request.payment.invoice)
+        payment, amount = domain.new_payment(request.payment, invoice)
         return await self.store.pay(payment, amount, request)
 
     async def GetPayment(self, request: GetPaymentRequest, context: Context) -> Payment:

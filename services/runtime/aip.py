@@ -1,7 +1,8 @@
 """Helpers for the API Improvement Proposals every service follows.
 
 Resource ids and names (AIP-122), page tokens (AIP-158), update masks
-(AIP-134) and timestamps, so each service writes only its own rules.
+(AIP-134), output-only fields (AIP-203) and timestamps, so each service
+writes only its own rules.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import binascii
 import json
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
+from google.api import field_behavior_pb2
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from .errors import InvalidArgument
+
+M = TypeVar("M", bound=Message)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -122,3 +126,26 @@ def apply_update_mask(
         else:
             setattr(target, path, getattr(patch, path))
     return paths
+
+
+def without_output_only(message: M) -> M:
+    """A copy of a request without what it may not set: every OUTPUT_ONLY field, at any depth (AIP-203).
+
+    Such a field is ignored, not refused; clearing it before anything reads the
+    request (the request_id digest included) makes sure nothing uses it: a
+    server-computed amount sent by a caller changes neither the result nor what
+    "the same request" means for a replay.
+    """
+    copy = type(message)()
+    copy.CopyFrom(message)
+    _clear_output_only(copy)
+    return copy
+
+
+def _clear_output_only(message: Message) -> None:
+    for field, value in message.ListFields():
+        if field_behavior_pb2.OUTPUT_ONLY in field.GetOptions().Extensions[field_behavior_pb2.field_behavior]:
+            message.ClearField(field.name)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            for item in value if field.is_repeated else (value,):
+                _clear_output_only(item)

@@ -39,8 +39,13 @@ call fails with UNAVAILABLE naming the service, the trip stays IN_PROGRESS
 with what was recorded, and a repeat (with or without the request_id)
 continues from there: one invoice, one charge, and never COMPLETED without a
 payment. A declined card is recorded (payment_state DECLINED) and completes
-the trip. CancelTrip frees the driver first and then records CANCELLED, for
-the same reason.
+the trip. Billing prices the invoice from the trip's pickup and dropoff and
+payments charges the invoice's amount; the trip adopts an invoice (one billing
+already had for it included) or a payment only if it is for exactly the fare,
+else the call fails FAILED_PRECONDITION (INVOICE_AMOUNT_MISMATCH,
+INVOICE_MISMATCH, PAYMENT_AMOUNT_MISMATCH), logged as an error, with the trip
+IN_PROGRESS and the stray invoice or payment not recorded on it. CancelTrip
+frees the driver first and then records CANCELLED, for the same reason.
 
 Notifications. A step never calls the notification service: it writes its
 notifications to the `outbox` table in the same transaction as the state

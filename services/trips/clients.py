@@ -8,19 +8,16 @@ and nowhere else:
 - a dependency that cannot be reached becomes UNAVAILABLE naming it, so the
   caller knows to repeat the call with the same request_id;
 - the answers a trip step expects (an unknown passenger, a driver who lost a
-  race, an invoice that already exists) become return values;
+  race, an invoice or payment that already exists) become return values;
+  whether an existing invoice or payment may be adopted is the workflow's
+  call (it must be for exactly the fare);
 - anything else propagates and ends as INTERNAL: it is a bug here or there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import grpc
-from google.rpc import error_details_pb2
 from google.type.latlng_pb2 import LatLng
-from grpc_status import rpc_status
 from rideshare.billing.v1 import billing_pb2_grpc
 from rideshare.billing.v1.billing_pb2 import (
     CreateInvoiceRequest,
@@ -46,7 +43,8 @@ from rideshare.payments.v1.payments_pb2 import CreatePaymentRequest, GetPaymentR
 
 from services.runtime import log
 from services.runtime.client import Clients
-from services.runtime.errors import NotFound, Unavailable
+from services.runtime.downstream import error_metadata, error_reason, failed_with, reaching
+from services.runtime.errors import NotFound
 
 from .notices import Notice
 
@@ -54,48 +52,8 @@ _log = log.get_logger("rideshare.trips.clients")
 
 #: How many drivers to ask for: the nearest few are the ones worth trying.
 CANDIDATES = 10
-
-
-def _error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    """The ErrorInfo of a failed call; empty if it carries none."""
-    info = error_details_pb2.ErrorInfo()
-    status = rpc_status.from_call(error)
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            detail.Unpack(info)
-            break
-    return info
-
-
-def error_reason(error: grpc.aio.AioRpcError) -> str:
-    return str(_error_info(error).reason)
-
-
-def error_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    return dict(_error_info(error).metadata)
-
-
-def _unreachable(service: str, error: grpc.aio.AioRpcError) -> Unavailable:
-    return Unavailable(
-        f"the {service} service is unavailable ({error.details() or error.code().name}); "
-        "nothing was lost: repeat the call with the same request_id",
-        metadata={"service": service},
-    )
-
-
-def _is(error: grpc.aio.AioRpcError, code: grpc.StatusCode, *reasons: str) -> bool:
-    return error.code() is code and (not reasons or error_reason(error) in reasons)
-
-
-@contextmanager
-def _reaching(service: str) -> Iterator[None]:
-    """Turn 'could not reach `service`' into UNAVAILABLE naming it; other failures pass."""
-    try:
-        yield
-    except grpc.aio.AioRpcError as error:
-        if error.code() is grpc.StatusCode.UNAVAILABLE:
-            raise _unreachable(service, error) from None
-        raise
+#: Billing's reasons for "the trip already has another invoice" (metadata "invoice" names it).
+_OTHER_INVOICE = ("INVOICE_AMOUNT_MISMATCH", "INVOICE_PASSENGER_MISMATCH")
 
 
 class Downstream:
@@ -106,11 +64,11 @@ class Downstream:
 
     async def get_passenger(self, name: str) -> Passenger:
         stub = self.clients.stub(passengers_pb2_grpc.PassengerServiceStub)
-        with _reaching("passengers"):
+        with reaching("passengers"):
             try:
                 passenger: Passenger = await stub.GetPassenger(GetPassengerRequest(name=name))
             except grpc.aio.AioRpcError as error:
-                if _is(error, grpc.StatusCode.NOT_FOUND):
+                if failed_with(error, grpc.StatusCode.NOT_FOUND):
                     raise NotFound(
                         f"{name} does not exist", reason="PASSENGER_NOT_FOUND", metadata={"passenger": name}
                     ) from None
@@ -121,14 +79,14 @@ class Downstream:
         """The AVAILABLE drivers within the radius, nearest first."""
         stub = self.clients.stub(drivers_pb2_grpc.DriverServiceStub)
         request = SearchDriversRequest(location=location, radius_meters=radius_meters, page_size=CANDIDATES)
-        with _reaching("drivers"):
+        with reaching("drivers"):
             response = await stub.SearchDrivers(request)
         return list(response.results)
 
     async def assign_trip(self, driver: str, trip: str, request_id: str) -> Driver | None:
         """The driver, now ON_TRIP for `trip`; None if it is gone or busy (it lost a race)."""
         stub = self.clients.stub(drivers_pb2_grpc.DriverServiceStub)
-        with _reaching("drivers"):
+        with reaching("drivers"):
             try:
                 assigned: Driver = await stub.AssignTrip(
                     AssignTripRequest(name=driver, trip=trip, request_id=request_id)
@@ -146,13 +104,12 @@ class Downstream:
     async def release_trip(self, driver: str, trip: str, request_id: str) -> None:
         """Free the driver of `trip`; a driver already free of it (or gone) is fine."""
         stub = self.clients.stub(drivers_pb2_grpc.DriverServiceStub)
-        with _reaching("drivers"):
+        with reaching("drivers"):
             try:
                 await stub.ReleaseTrip(ReleaseTripRequest(name=driver, trip=trip, request_id=request_id))
             except grpc.aio.AioRpcError as error:
-                if _is(error, grpc.StatusCode.FAILED_PRECONDITION, "DRIVER_ON_ANOTHER_TRIP") or _is(
-                    error, grpc.StatusCode.NOT_FOUND
-                ):
+                gone = failed_with(error, grpc.StatusCode.NOT_FOUND)
+                if gone or failed_with(error, grpc.StatusCode.FAILED_PRECONDITION, "DRIVER_ON_ANOTHER_TRIP"):
                     _log.info(
                         "driver was already released",
                         extra={"fields": {"driver": driver, "trip": trip, "reason": error_reason(error)}},
@@ -162,36 +119,50 @@ class Downstream:
 
     async def quote_fare(self, pickup: LatLng, dropoff: LatLng) -> QuoteFareResponse:
         stub = self.clients.stub(billing_pb2_grpc.BillingServiceStub)
-        with _reaching("billing"):
+        with reaching("billing"):
             quote: QuoteFareResponse = await stub.QuoteFare(QuoteFareRequest(pickup=pickup, dropoff=dropoff))
         return quote
 
     async def create_invoice(self, invoice: Invoice, request_id: str) -> Invoice:
-        """The trip's invoice: created once, or the one billing already has for the trip."""
+        """The invoice billing holds for the trip: made now, or the one it already had.
+
+        Billing prices it; an invoice it already had for the trip is returned as
+        it is, even if it differs (billing says so), for the workflow to compare
+        with the fare before adopting anything.
+        """
         stub = self.clients.stub(billing_pb2_grpc.BillingServiceStub)
-        with _reaching("billing"):
+        with reaching("billing"):
             try:
                 created: Invoice = await stub.CreateInvoice(
                     CreateInvoiceRequest(invoice=invoice, request_id=request_id)
                 )
             except grpc.aio.AioRpcError as error:
                 existing = error_metadata(error).get("invoice", "")
-                if not (_is(error, grpc.StatusCode.ALREADY_EXISTS, "INVOICE_ALREADY_EXISTS") and existing):
+                if not existing or not (
+                    failed_with(error, grpc.StatusCode.ALREADY_EXISTS, "INVOICE_ALREADY_EXISTS")
+                    or failed_with(error, grpc.StatusCode.FAILED_PRECONDITION, *_OTHER_INVOICE)
+                ):
                     raise
                 created = await stub.GetInvoice(GetInvoiceRequest(name=existing))
         return created
 
     async def create_payment(self, payment: Payment, request_id: str) -> Payment:
-        """The charge of the invoice: made once, or the successful one payments already has."""
+        """The charge of the invoice: made once, or the successful one payments already has.
+
+        The workflow compares its amount with the fare before adopting it.
+        """
         stub = self.clients.stub(payments_pb2_grpc.PaymentServiceStub)
-        with _reaching("payments"):
+        with reaching("payments"):
             try:
                 created: Payment = await stub.CreatePayment(
                     CreatePaymentRequest(payment=payment, request_id=request_id)
                 )
             except grpc.aio.AioRpcError as error:
                 existing = error_metadata(error).get("payment", "")
-                if not (_is(error, grpc.StatusCode.FAILED_PRECONDITION, "INVOICE_ALREADY_PAID") and existing):
+                if not (
+                    failed_with(error, grpc.StatusCode.FAILED_PRECONDITION, "INVOICE_ALREADY_PAID")
+                    and existing
+                ):
                     raise
                 created = await stub.GetPayment(GetPaymentRequest(name=existing))
         return created

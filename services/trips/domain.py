@@ -21,6 +21,7 @@ from rideshare.payments.v1.payments_pb2 import Payment, PaymentState
 from rideshare.trips.v1.trips_pb2 import RequestTripRequest, Trip, TripPaymentState, TripState
 
 from services.domain.geo import check_latlng
+from services.domain.money import format_money
 from services.runtime.aip import new_id, now, timestamp_from_ns
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 
@@ -165,20 +166,55 @@ def cancel(trip: Trip, reason: str) -> Trip:
 
 
 def invoice_for(trip: Trip, dropoff_ns: int) -> Invoice:
-    """The invoice of a trip; the same trip and drop-off time always give the same invoice request."""
+    """What the trip says happened, for billing to price; one trip and drop-off time, one request."""
     duration = Duration()
     duration.FromNanoseconds(max(0, dropoff_ns - trip.start_time.ToNanoseconds()))
     return Invoice(
         trip=trip.name,
         passenger=trip.passenger,
-        amount=trip.fare,
-        distance_meters=trip.distance_meters,
+        pickup=trip.pickup,
+        dropoff=trip.dropoff,
         duration=duration,
     )
 
 
 def payment_for(trip: Trip) -> Payment:
-    return Payment(invoice=trip.invoice, amount=trip.fare, payment_method=trip.payment_method)
+    """The charge of the trip's invoice: payments reads the amount from billing, never from us."""
+    return Payment(invoice=trip.invoice, payment_method=trip.payment_method)
+
+
+def invoice_mismatch(trip: Trip, invoice: Invoice) -> FailedPrecondition | None:
+    """Why billing's invoice for the trip may not be adopted: another trip or passenger, or not the fare."""
+    where = {"trip": trip.name, "invoice": invoice.name}
+    if (invoice.trip, invoice.passenger) != (trip.name, trip.passenger):
+        return FailedPrecondition(
+            f"{invoice.name} is for {invoice.trip} of {invoice.passenger}, "
+            f"not {trip.name} of {trip.passenger}; {trip.name} was not completed",
+            reason="INVOICE_MISMATCH",
+            metadata={**where, "invoice_trip": invoice.trip, "invoice_passenger": invoice.passenger},
+        )
+    if invoice.amount != trip.fare:
+        fare, amount = format_money(trip.fare), format_money(invoice.amount)
+        return FailedPrecondition(
+            f"the fare of {trip.name} is {fare} but its invoice {invoice.name} is for {amount}; "
+            f"{trip.name} was not completed",
+            reason="INVOICE_AMOUNT_MISMATCH",
+            metadata={**where, "fare": fare, "invoice_amount": amount},
+        )
+    return None
+
+
+def payment_mismatch(trip: Trip, payment: Payment) -> FailedPrecondition | None:
+    """Why the payment of the trip's invoice may not be adopted: it did not charge exactly the fare."""
+    if payment.amount == trip.fare:
+        return None
+    fare, amount = format_money(trip.fare), format_money(payment.amount)
+    return FailedPrecondition(
+        f"the fare of {trip.name} is {fare} but the payment {payment.name} of its invoice is for {amount}; "
+        f"{trip.name} was not completed",
+        reason="PAYMENT_AMOUNT_MISMATCH",
+        metadata={"trip": trip.name, "payment": payment.name, "fare": fare, "payment_amount": amount},
+    )
 
 
 def payment_state(payment: Payment) -> int:

@@ -286,11 +286,13 @@ class TripWorkflow:
                 invoice = await self.downstream.create_invoice(
                     domain.invoice_for(trip, dropoff_ns), domain.invoice_request_id(trip.name)
                 )
+                _refuse_if(domain.invoice_mismatch(trip, invoice))
                 trip = await self.store.record_invoice(trip_id, invoice.name)
             if not trip.payment:
                 payment = await self.downstream.create_payment(
                     domain.payment_for(trip), domain.payment_request_id(trip.name)
                 )
+                _refuse_if(domain.payment_mismatch(trip, payment))
                 trip = await self.store.record_payment(trip_id, payment.name, domain.payment_state(payment))
             await self.downstream.release_trip(trip.driver, trip.name, domain.release_request_id(trip.name))
             done = await self.store.transition(
@@ -319,6 +321,21 @@ class TripWorkflow:
             )
         self.outbox.wake()
         return done
+
+
+def _refuse_if(mismatch: FailedPrecondition | None) -> None:
+    """Stop a completion that would adopt money other than the fare, and tell the operator.
+
+    The invoice or payment in question is not recorded on the trip, which stays
+    IN_PROGRESS as it was; the log line and the error name both amounts.
+    """
+    if mismatch is None:
+        return
+    _log.error(
+        f"refused to complete a trip: {mismatch.message}",
+        extra={"fields": {"event": "money_mismatch", "reason": mismatch.reason, **mismatch.metadata}},
+    )
+    raise mismatch
 
 
 def _with(trip: Trip, make: Callable[[Trip], list[notices.Notice]]) -> tuple[Trip, list[notices.Notice]]:

@@ -12,15 +12,22 @@ from google.type.latlng_pb2 import LatLng
 from google.type.money_pb2 import Money
 from rideshare.billing.v1 import billing_pb2 as pb
 
+from services.billing.store import MIGRATIONS, _trip_invoiced
 from services.runtime.config import load_config
-from services.runtime.errors import ConfigError
+from services.runtime.errors import AlreadyExists, ConfigError, FailedPrecondition
+from services.runtime.storage import SqliteBackend
 from tests.billing.conftest import TARIFF, start_billing
 from tests.conftest import MESH_TOML, write_mesh_file
+from tests.contracts import settable
 
 NAME = re.compile(r"^invoices/[0-9a-f]{32}$")
 DOMAIN = "billing.rideshare"
 ALEXANDERPLATZ = LatLng(latitude=52.5219, longitude=13.4132)
 BRANDENBURG_GATE = LatLng(latitude=52.5163, longitude=13.3777)
+#: Fernsehturm, a few hundred meters from Alexanderplatz: a much cheaper ride.
+TV_TOWER = LatLng(latitude=52.5208, longitude=13.4094)
+#: What the tariff makes of Alexanderplatz -> Brandenburg Gate (docs/tariff.md).
+FARE = Money(currency_code="EUR", units=6, nanos=970_000_000)
 
 
 def other_dir(tmp_path):
@@ -35,7 +42,8 @@ def eur(units: int, nanos: int = 0) -> Money:
 
 
 def draft(trip: str = "trips/t1", passenger: str = "passengers/p1", **fields) -> pb.Invoice:
-    values = {"amount": eur(6, 970_000_000), "distance_meters": 2481.4, "duration": Duration(seconds=298)}
+    """What trips sends: the trip, its passenger, where it went and how long it took; never an amount."""
+    values = {"pickup": ALEXANDERPLATZ, "dropoff": BRANDENBURG_GATE, "duration": Duration(seconds=298)}
     values.update(fields)
     return pb.Invoice(trip=trip, passenger=passenger, **values)
 
@@ -114,16 +122,60 @@ def test_quote_needs_both_places(billing):
     assert failure.fields == ["dropoff"]
 
 
-def test_create_and_get_an_invoice(billing):
+def test_create_and_get_an_invoice_priced_like_the_quote(billing):
     created = create(billing)
+    quote = billing.call(
+        billing.billing.QuoteFare(pb.QuoteFareRequest(pickup=ALEXANDERPLATZ, dropoff=BRANDENBURG_GATE))
+    )
 
     assert NAME.match(created.name)
     assert (created.trip, created.passenger) == ("trips/t1", "passengers/p1")
-    assert created.amount == eur(6, 970_000_000)
-    assert created.distance_meters == 2481.4
+    assert (created.pickup, created.dropoff) == (ALEXANDERPLATZ, BRANDENBURG_GATE)
+    assert created.amount == FARE == quote.fare
+    assert created.distance_meters == quote.distance_meters
     assert created.duration == Duration(seconds=298)
     assert created.create_time.seconds > 0
     assert get(billing, created.name) == created
+
+
+def test_the_create_request_has_no_field_for_an_amount():
+    """The contract: what a caller may set to invoice a trip; the amount and distance are output only."""
+    assert settable(pb.CreateInvoiceRequest.DESCRIPTOR) == {
+        "invoice.trip": "string",
+        "invoice.passenger": "string",
+        "invoice.duration": "google.protobuf.Duration",
+        "invoice.pickup": "google.type.LatLng",
+        "invoice.dropoff": "google.type.LatLng",
+        "request_id": "string",
+    }
+
+
+@pytest.mark.parametrize(
+    "amount",
+    [
+        eur(0, 10_000_000),
+        eur(-1),
+        Money(currency_code="euro", units=5),
+        Money(currency_code="EUR", units=5, nanos=-1),
+    ],
+)
+def test_an_amount_sent_by_the_caller_is_ignored(billing, amount):
+    created = create(billing, draft(amount=amount, distance_meters=1.0))
+
+    assert created.amount == FARE
+    assert created.distance_meters == pytest.approx(2481.397, abs=0.001)
+    assert get(billing, created.name).amount == FARE
+
+
+def test_the_amount_is_in_the_billing_tariff_currency(serve, tmp_path):
+    config = load_config(
+        write_mesh_file(other_dir(tmp_path), MESH_TOML + TARIFF.replace('"EUR"', '"CHF"')), env={}
+    )
+    billing = start_billing(serve, config=config)
+
+    created = create(billing, draft(amount=eur(6, 970_000_000)))
+
+    assert created.amount == Money(currency_code="CHF", units=6, nanos=970_000_000)
 
 
 def test_server_assigns_name_and_time_ignoring_what_the_client_sent(billing):
@@ -133,23 +185,70 @@ def test_server_assigns_name_and_time_ignoring_what_the_client_sent(billing):
     assert created.create_time.seconds > 1
 
 
-def test_distance_and_duration_are_optional(billing):
-    created = create(billing, pb.Invoice(trip="trips/t1", passenger="passengers/p1", amount=eur(0)))
+def test_the_duration_is_optional(billing):
+    created = create(billing, draft(duration=None))
 
     assert not created.HasField("duration")
+    assert created.amount == FARE, "the fare does not depend on how long the trip took"
     assert get(billing, created.name) == created
 
 
-def test_a_second_invoice_for_a_trip_is_already_exists_naming_the_first(billing):
+def test_a_second_invoice_for_a_trip_that_is_the_same_returns_the_first(billing):
     first = create(billing)
+
+    again = create(billing, draft(duration=Duration(seconds=400)), request_id="another-key")
+
+    assert again == first
+    assert list_all(billing, 10) == [[first.name]]
+
+
+def test_a_trip_invoiced_for_another_amount_is_failed_precondition_naming_both(billing):
+    """Issue 11's finding: a cheap invoice made first for a dearer trip is never that trip's invoice."""
+    cheap = create(billing, draft(dropoff=TV_TOWER))
 
     failure = billing.fail(billing.billing.CreateInvoice(pb.CreateInvoiceRequest(invoice=draft())))
 
-    assert failure.code is grpc.StatusCode.ALREADY_EXISTS
-    assert failure.info.reason == "INVOICE_ALREADY_EXISTS"
+    assert failure.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert failure.info.reason == "INVOICE_AMOUNT_MISMATCH"
     assert failure.info.domain == DOMAIN
-    assert failure.info.metadata["invoice"] == first.name
-    assert list_all(billing, 10) == [[first.name]]
+    assert dict(failure.info.metadata) == {
+        "invoice": cheap.name,
+        "trip": "trips/t1",
+        "invoiced_amount": f"EUR {cheap.amount.units}.{cheap.amount.nanos // 10_000_000:02d}",
+        "computed_amount": "EUR 6.97",
+    }
+    assert "EUR 6.97" in failure.message
+    assert list_all(billing, 10) == [[cheap.name]]
+
+
+def test_a_trip_invoiced_to_another_passenger_is_failed_precondition_naming_both(billing):
+    first = create(billing, draft(passenger="passengers/p2"))
+
+    failure = billing.fail(billing.billing.CreateInvoice(pb.CreateInvoiceRequest(invoice=draft())))
+
+    assert failure.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert failure.info.reason == "INVOICE_PASSENGER_MISMATCH"
+    assert dict(failure.info.metadata) == {
+        "invoice": first.name,
+        "trip": "trips/t1",
+        "invoiced_passenger": "passengers/p2",
+        "passenger": "passengers/p1",
+    }
+
+
+def test_a_create_that_lost_a_race_for_the_trip_names_the_winner_or_how_it_differs():
+    """Where the engine lets two creates both look first, the unique column decides; the loser is told."""
+    winner = pb.Invoice(name="invoices/w", trip="trips/t1", passenger="passengers/p1", amount=FARE)
+    same = pb.Invoice(name="invoices/l", trip="trips/t1", passenger="passengers/p1", amount=FARE)
+    dearer = pb.Invoice(name="invoices/l", trip="trips/t1", passenger="passengers/p1", amount=eur(9))
+
+    lost = _trip_invoiced(same, winner)
+    differs = _trip_invoiced(dearer, winner)
+
+    assert isinstance(lost, AlreadyExists)
+    assert (lost.reason, lost.metadata["invoice"]) == ("INVOICE_ALREADY_EXISTS", "invoices/w")
+    assert isinstance(differs, FailedPrecondition)
+    assert differs.reason == "INVOICE_AMOUNT_MISMATCH"
 
 
 def test_create_replayed_with_the_same_request_id_returns_the_same_invoice(billing):
@@ -164,7 +263,9 @@ def test_request_id_reused_for_a_different_invoice_is_refused(billing):
     create(billing, request_id="r-1")
 
     failure = billing.fail(
-        billing.billing.CreateInvoice(pb.CreateInvoiceRequest(invoice=draft(amount=eur(7)), request_id="r-1"))
+        billing.billing.CreateInvoice(
+            pb.CreateInvoiceRequest(invoice=draft(dropoff=TV_TOWER), request_id="r-1")
+        )
     )
 
     assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
@@ -172,48 +273,41 @@ def test_request_id_reused_for_a_different_invoice_is_refused(billing):
     assert failure.fields == ["request_id"]
 
 
-@pytest.mark.parametrize(
-    ("amount", "fields"),
-    [
-        (eur(-1), ["invoice.amount"]),
-        (Money(currency_code="EUR", nanos=-10_000_000), ["invoice.amount"]),
-        (Money(currency_code="euro", units=5), ["invoice.amount.currency_code"]),
-        (Money(units=5), ["invoice.amount.currency_code"]),
-        (Money(currency_code="EUR", units=5, nanos=-1), ["invoice.amount.nanos"]),
-    ],
-)
-def test_a_bad_amount_is_invalid_amount_naming_the_field(billing, amount, fields):
-    failure = billing.fail(
-        billing.billing.CreateInvoice(pb.CreateInvoiceRequest(invoice=draft(amount=amount)))
-    )
+def test_a_repeat_that_differs_only_in_an_ignored_amount_is_the_same_request(billing):
+    first = create(billing, request_id="r-1")
 
-    assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
-    assert failure.info.reason == "INVALID_AMOUNT"
-    assert failure.fields == fields
-    assert list_all(billing, 10) == [[]]
+    again = create(billing, draft(amount=eur(0, 10_000_000)), request_id="r-1")
+
+    assert again == first
 
 
 @pytest.mark.parametrize(
-    ("fields", "bad"),
+    ("fields", "bad", "reason"),
     [
-        ({"distance_meters": -1.0}, ["invoice.distance_meters"]),
-        ({"distance_meters": math.inf}, ["invoice.distance_meters"]),
-        ({"duration": Duration(seconds=-5)}, ["invoice.duration"]),
-        ({"duration": Duration(seconds=1, nanos=-1)}, ["invoice.duration"]),
+        ({"duration": Duration(seconds=-5)}, ["invoice.duration"], "INVALID_ARGUMENT"),
+        ({"duration": Duration(seconds=1, nanos=-1)}, ["invoice.duration"], "INVALID_ARGUMENT"),
+        ({"pickup": LatLng(latitude=91, longitude=13.4)}, ["invoice.pickup.latitude"], "INVALID_LOCATION"),
+        (
+            {"dropoff": LatLng(latitude=52.5, longitude=math.nan), "duration": Duration(seconds=-1)},
+            ["invoice.dropoff.longitude", "invoice.duration"],
+            "INVALID_LOCATION",
+        ),
     ],
 )
-def test_negative_distance_or_duration_is_refused(billing, fields, bad):
+def test_bad_places_or_a_negative_duration_are_refused_naming_each(billing, fields, bad, reason):
     failure = billing.fail(billing.billing.CreateInvoice(pb.CreateInvoiceRequest(invoice=draft(**fields))))
 
     assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.info.reason == reason
     assert failure.fields == bad
+    assert list_all(billing, 10) == [[]]
 
 
 @pytest.mark.parametrize(
     ("invoice", "fields"),
     [
         (None, ["invoice"]),
-        (pb.Invoice(), ["invoice.trip", "invoice.passenger", "invoice.amount"]),
+        (pb.Invoice(), ["invoice.trip", "invoice.passenger", "invoice.pickup", "invoice.dropoff"]),
         (draft(trip="trip-1"), ["invoice.trip"]),
         (draft(passenger="drivers/d1"), ["invoice.passenger"]),
     ],
@@ -302,8 +396,37 @@ def test_invoices_and_replays_survive_a_restart(serve, billing):
     assert get(restarted, created.name) == created
     assert create(restarted, request_id="invoice:trips/t1") == created
     assert list_all(restarted, 10) == [[created.name]]
-    failure = restarted.fail(restarted.billing.CreateInvoice(pb.CreateInvoiceRequest(invoice=draft())))
-    assert failure.info.reason == "INVOICE_ALREADY_EXISTS"
+    assert create(restarted) == created, "the trip's invoice, found again"
+    failure = restarted.fail(
+        restarted.billing.CreateInvoice(pb.CreateInvoiceRequest(invoice=draft(dropoff=TV_TOWER)))
+    )
+    assert failure.info.reason == "INVOICE_AMOUNT_MISMATCH"
+
+
+def test_invoices_recorded_before_billing_priced_them_still_read(serve, loop, mesh_config):
+    """A billing.db of the first schema opens: its invoices read as before, without places."""
+    path = mesh_config.data_dir / "billing" / "billing.db"
+    path.parent.mkdir(parents=True)
+    old = SqliteBackend(path, MIGRATIONS[:1])
+
+    async def write_an_old_invoice() -> None:
+        async with old.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO invoices (id, trip, passenger, currency_code, amount_units, amount_nanos, "
+                "distance_meters, duration_seconds, duration_nanos, create_time) "
+                "VALUES ('old', 'trips/t1', 'passengers/p1', 'EUR', 0, 10000000, 0, NULL, NULL, 1)"
+            )
+        await old.close()
+
+    loop.call(write_an_old_invoice())
+    billing = start_billing(serve)
+
+    invoice = get(billing, "invoices/old")
+    assert (invoice.trip, invoice.amount) == ("trips/t1", eur(0, 10_000_000))
+    assert not invoice.HasField("pickup")
+    assert not invoice.HasField("dropoff")
+    failure = billing.fail(billing.billing.CreateInvoice(pb.CreateInvoiceRequest(invoice=draft())))
+    assert failure.info.reason == "INVOICE_AMOUNT_MISMATCH"
 
 
 def test_a_bad_tariff_stops_the_service_before_it_serves(serve, tmp_path):

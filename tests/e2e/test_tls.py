@@ -3,7 +3,8 @@
 One mesh of all six services and the REST gateway serves the module: `mesh
 up` makes the certificates itself, every port demands a client certificate
 from the mesh CA, services and the gateway call each other as their own
-identities, and payments lets only trips and the gateway create payments.
+identities, and payments has the rules mesh.toml shows for money: only trips
+creates payments, and refunds are for trips, the gateway and the mesh tool.
 grpcurl is the real binary with `-cacert/-cert/-key`, exactly as the README
 shows it.
 """
@@ -26,15 +27,12 @@ PAYMENTS = SERVICES["payments"]
 PASSENGERS = SERVICES["passengers"]
 RULES = {
     "*": ["trips", "gateway", "mesh"],
-    "CreatePayment": ["trips", "gateway"],
+    "CreatePayment": ["trips"],
+    "RefundPayment": ["trips", "gateway", "mesh"],
 }
-PAYMENT = {
-    "payment": {
-        "invoice": "invoices/tls-e2e",
-        "amount": {"currency_code": "EUR", "units": "12", "nanos": 500000000},
-        "payment_method": "pm_card_visa",
-    }
-}
+BILLING = SERVICES["billing"]
+#: A payment refused before anything reads it: its invoice need not exist.
+PAYMENT = {"payment": {"invoice": "invoices/tls-e2e", "payment_method": "pm_card_visa"}}
 
 
 @pytest.fixture(scope="module")
@@ -129,16 +127,40 @@ def test_a_client_with_a_certificate_from_another_ca_cannot_connect(tls_mesh, tm
     assert out == ""
 
 
-def test_an_allowed_caller_may_create_a_payment(tls_mesh):
-    payment = as_member(tls_mesh, "gateway").json(
-        tls_mesh.address("payments"), f"{PAYMENTS}/CreatePayment", PAYMENT
+def test_an_allowed_caller_may_create_a_payment_of_the_amount_payments_reads_from_billing(tls_mesh):
+    place = {"latitude": 52.5219, "longitude": 13.4132}
+    draft = {"trip": "trips/tls-e2e", "passenger": "passengers/tls-e2e", "pickup": place, "dropoff": place}
+    invoice = as_member(tls_mesh, "mesh").json(
+        tls_mesh.address("billing"), f"{BILLING}/CreateInvoice", {"invoice": draft}
+    )
+
+    payment = as_member(tls_mesh, "trips").json(
+        tls_mesh.address("payments"),
+        f"{PAYMENTS}/CreatePayment",
+        {"payment": {"invoice": invoice["name"], "payment_method": "pm_card_visa"}},
     )
 
     assert payment["name"].startswith("payments/")
     assert payment["state"] == "PAYMENT_STATE_SUCCEEDED"
+    assert payment["amount"] == invoice["amount"]
+
+    refunded = as_member(tls_mesh, "mesh").json(
+        tls_mesh.address("payments"), f"{PAYMENTS}/RefundPayment", {"name": payment["name"]}
+    )
+    assert refunded["state"] == "PAYMENT_STATE_REFUNDED"
 
 
-@pytest.mark.parametrize("caller", ["mesh", "passengers"])
+@pytest.mark.parametrize("caller", ["passengers", "billing", "notifications"])
+def test_a_refund_by_a_caller_other_than_trips_gateway_or_mesh_is_refused(tls_mesh, caller):
+    status = as_member(tls_mesh, caller).error(
+        tls_mesh.address("payments"), f"{PAYMENTS}/RefundPayment", {"name": "payments/tls-e2e"}
+    )
+
+    assert status.code == "PERMISSION_DENIED"
+    assert status.metadata == {"caller": caller, "method": f"{PAYMENTS}/RefundPayment"}
+
+
+@pytest.mark.parametrize("caller", ["mesh", "passengers", "gateway"])
 def test_a_caller_not_allowed_gets_permission_denied_naming_caller_and_method(tls_mesh, caller):
     status = as_member(tls_mesh, caller).error(
         tls_mesh.address("payments"), f"{PAYMENTS}/CreatePayment", PAYMENT

@@ -233,21 +233,20 @@ def _trip(rides: Rides) -> tuple[Json, Json]:
 
 
 def _invoice(rides: Rides) -> tuple[Json, Json]:
+    pickup = spot()
     invoice = {
         "trip": f"trips/{uuid.uuid4().hex}",
         "passenger": f"passengers/{uuid.uuid4().hex}",
-        "amount": {"currency_code": "EUR", "units": "12", "nanos": 340000000},
+        "pickup": pickup,
+        "dropoff": near(pickup, 3000),
     }
-    return {"invoice": invoice}, {"invoice": {**invoice, "amount": {"currency_code": "EUR", "units": "99"}}}
+    return {"invoice": invoice}, {"invoice": {**invoice, "dropoff": near(pickup, 4000)}}
 
 
 def _payment(rides: Rides) -> tuple[Json, Json]:
-    payment = {
-        "invoice": f"invoices/{uuid.uuid4().hex}",
-        "amount": {"currency_code": "EUR", "units": "12", "nanos": 340000000},
-        "payment_method": "pm_card_visa",
-    }
-    return {"payment": payment}, {"payment": {**payment, "amount": {"currency_code": "EUR", "units": "13"}}}
+    invoice = rides.call("billing", "CreateInvoice", _invoice(rides)[0])
+    payment = {"invoice": invoice["name"], "payment_method": "pm_card_visa"}
+    return {"payment": payment}, {"payment": {**payment, "payment_method": "pm_card_declined"}}
 
 
 def _notification(rides: Rides) -> tuple[Json, Json]:

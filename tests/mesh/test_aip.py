@@ -195,3 +195,19 @@ def test_money_fields_are_copied_exactly():
     aip.apply_update_mask(target, money_pb2.Money(units=7), mask(), ["units", "nanos"], "fare")
 
     assert (target.currency_code, target.units, target.nanos) == ("EUR", 7, 500_000_000)
+
+
+def test_output_only_fields_are_cleared_at_any_depth_and_the_request_is_left_alone():
+    draft = pb.Passenger(
+        name="passengers/p1", display_name="Ada", create_time=timestamp_pb2.Timestamp(seconds=9)
+    )
+    request = pb.CreatePassengerRequest(passenger=draft, request_id="r-1")
+    listed = pb.ListPassengersResponse(passengers=[draft, draft], next_page_token="t")
+
+    inputs = aip.without_output_only(request)
+
+    assert inputs.passenger.display_name == "Ada"
+    assert inputs.request_id == "r-1"
+    assert not inputs.passenger.HasField("create_time")
+    assert request.passenger.HasField("create_time"), "a copy: the request itself is unchanged"
+    assert [p.HasField("create_time") for p in aip.without_output_only(listed).passengers] == [False, False]

@@ -1,15 +1,21 @@
-"""PaymentService over a real grpc.aio channel to an in-process server: outcomes, exactly once, refunds."""
+"""PaymentService over a real grpc.aio channel to an in-process server: outcomes, exactly once, refunds.
+
+Billing runs beside it: every payment charges an invoice made there, and its amount.
+"""
 
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 import grpc
 import pytest
+from google.type.latlng_pb2 import LatLng
 from google.type.money_pb2 import Money
 from rideshare.payments.v1 import payments_pb2 as pb
 from rideshare.payments.v1 import payments_pb2_grpc
 
+from services.domain import money
 from services.payments import app
 from services.payments.processor import SimulatedProcessor
 from services.payments.servicer import PaymentServicer
@@ -17,7 +23,8 @@ from services.runtime.client import Clients
 from services.runtime.errors import Unavailable
 from services.runtime.server import Runtime, Service
 from tests.conftest import with_port
-from tests.payments.conftest import processor, start_payments
+from tests.contracts import settable
+from tests.payments.conftest import invoice, processor, start_payments
 
 NAME = re.compile(r"^payments/[0-9a-f]{32}$")
 DOMAIN = "payments.rideshare"
@@ -30,18 +37,23 @@ def eur(units: int, nanos: int = 0) -> Money:
     return Money(currency_code="EUR", units=units, nanos=nanos)
 
 
-def draft(invoice: str = "invoices/i1", method: str = "pm_card_visa", **fields) -> pb.Payment:
-    values = {"amount": eur(6, 970_000_000)}
-    values.update(fields)
-    return pb.Payment(invoice=invoice, payment_method=method, **values)
+#: What billing makes of the invoices the tests pay (Alexanderplatz to the Brandenburg Gate).
+FARE = Money(currency_code="EUR", units=6, nanos=970_000_000)
 
 
-def pay_request(request_id: str = "", **fields) -> pb.CreatePaymentRequest:
+def draft(invoice: str, method: str = "pm_card_visa", **fields) -> pb.Payment:
+    return pb.Payment(invoice=invoice, payment_method=method, **fields)
+
+
+def pay_request(payments, request_id: str = "", trip: str = "t1", **fields) -> pb.CreatePaymentRequest:
+    """A request to pay the invoice of `trips/<trip>` (or `invoice=`, as given)."""
+    if "invoice" not in fields:
+        fields["invoice"] = invoice(payments, trip)
     return pb.CreatePaymentRequest(payment=draft(**fields), request_id=request_id)
 
 
 def pay(payments, request_id: str = "", **fields) -> pb.Payment:
-    return payments.call(payments.payments.CreatePayment(pay_request(request_id, **fields)))
+    return payments.call(payments.payments.CreatePayment(pay_request(payments, request_id, **fields)))
 
 
 def refund(payments, name: str, request_id: str = "") -> pb.Payment:
@@ -65,17 +77,18 @@ def list_all(payments, page_size: int, invoice: str = "") -> list[list[str]]:
             return pages
 
 
-def test_a_visa_card_is_charged(payments):
+def test_a_visa_card_is_charged_the_invoice_amount(payments):
     payment = pay(payments)
 
     assert NAME.match(payment.name)
     assert payment.state == SUCCEEDED
     assert payment.decline_reason == ""
     assert (payment.invoice, payment.amount, payment.payment_method) == (
-        "invoices/i1",
-        eur(6, 970_000_000),
+        invoice(payments),
+        FARE,
         "pm_card_visa",
     )
+    assert processor(payments).amounts() == [("EUR", 6, 970_000_000)]
     assert payment.create_time.seconds > 0
     assert payment.update_time == payment.create_time
     assert get(payments, payment.name) == payment
@@ -97,6 +110,62 @@ def test_an_unknown_payment_method_is_declined_as_unsupported(payments):
 
     assert payment.state == DECLINED
     assert payment.decline_reason == "unsupported_payment_method"
+
+
+def test_the_create_request_has_no_field_for_an_amount():
+    """The contract: a caller names the invoice and the payment method; the amount is output only."""
+    assert settable(pb.CreatePaymentRequest.DESCRIPTOR) == {
+        "payment.invoice": "string",
+        "payment.payment_method": "string",
+        "request_id": "string",
+    }
+
+
+@pytest.mark.parametrize("amount", [eur(0, 10_000_000), eur(-1), Money(currency_code="euro", units=5)])
+def test_an_amount_sent_by_the_caller_is_ignored_and_the_invoice_amount_charged(payments, amount):
+    payment = pay(payments, amount=amount)
+
+    assert payment.amount == FARE
+    assert processor(payments).amounts() == [("EUR", 6, 970_000_000)]
+
+
+def test_each_invoice_is_charged_its_own_amount(payments):
+    near = invoice(payments, "t2", dropoff=LatLng(latitude=52.5208, longitude=13.4094))
+
+    cheap = pay(payments, invoice=near)
+    dear = pay(payments)
+
+    assert money.to_decimal(cheap.amount) < money.to_decimal(dear.amount) == Decimal("6.97")
+    assert [Decimal(units) + Decimal(nanos) / 10**9 for _, units, nanos in processor(payments).amounts()] == [
+        money.to_decimal(cheap.amount),
+        Decimal("6.97"),
+    ]
+
+
+def test_an_unknown_invoice_is_not_found_and_charges_nothing(payments):
+    missing = "invoices/" + "0" * 32
+
+    failure = payments.fail(payments.payments.CreatePayment(pay_request(payments, invoice=missing)))
+
+    assert failure.code is grpc.StatusCode.NOT_FOUND
+    assert failure.info.reason == "INVOICE_NOT_FOUND"
+    assert failure.info.domain == DOMAIN
+    assert dict(failure.info.metadata) == {"invoice": missing}
+    assert processor(payments).attempt_count() == 0
+
+
+def test_without_billing_nothing_is_charged_and_answered_requests_still_replay(payments, billing):
+    request = pay_request(payments, "payment:trips/t1")
+    answered = pay(payments, request_id="payment:trips/t2", trip="t2")
+    billing.stop()
+
+    failure = payments.fail(payments.payments.CreatePayment(request))
+    replayed = pay(payments, request_id="payment:trips/t2", invoice=answered.invoice)
+
+    assert failure.code is grpc.StatusCode.UNAVAILABLE
+    assert dict(failure.info.metadata) == {"service": "billing"}
+    assert replayed == answered, "an answered request is replayed without asking billing"
+    assert processor(payments).attempt_count() == 1
 
 
 def test_server_sets_name_state_and_times_ignoring_what_the_client_sent(payments):
@@ -126,18 +195,23 @@ def test_a_replayed_decline_stays_declined_without_a_new_attempt(payments):
     assert processor(payments).attempt_count() == 1
 
 
-@pytest.mark.parametrize(
-    "changed", [{"amount": eur(7)}, {"method": "pm_card_declined"}, {"invoice": "invoices/i2"}]
-)
+@pytest.mark.parametrize("changed", [{"method": "pm_card_declined"}, {"trip": "t2"}])
 def test_a_request_id_reused_with_another_payment_is_refused_and_charges_nothing(payments, changed):
     pay(payments, request_id="r-1")
 
-    failure = payments.fail(payments.payments.CreatePayment(pay_request("r-1", **changed)))
+    failure = payments.fail(payments.payments.CreatePayment(pay_request(payments, "r-1", **changed)))
 
     assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
     assert failure.info.reason == "REQUEST_ID_REUSED"
     assert failure.info.domain == DOMAIN
     assert failure.fields == ["request_id"]
+    assert processor(payments).attempt_count() == 1
+
+
+def test_a_repeat_that_differs_only_in_an_ignored_amount_is_the_same_request(payments):
+    first = pay(payments, request_id="r-1")
+
+    assert pay(payments, request_id="r-1", amount=eur(0, 10_000_000)) == first
     assert processor(payments).attempt_count() == 1
 
 
@@ -156,14 +230,14 @@ class LosesTheFirstAnswer(PaymentServicer):
 
 def losing_payments(runtime: Runtime) -> list[Service]:
     service = app.create(runtime)
-    service.servicer = LosesTheFirstAnswer(service.servicer.store)
+    service.servicer = LosesTheFirstAnswer(service.servicer.store, service.servicer.billing)
     return [service]
 
 
-def test_a_retry_after_a_lost_answer_gets_the_first_payment_and_charges_once(serve):
-    payments = start_payments(serve, make=losing_payments)
+def test_a_retry_after_a_lost_answer_gets_the_first_payment_and_charges_once(serve, payments_config, billing):
+    payments = start_payments(serve, payments_config, billing, make=losing_payments)
 
-    lost = payments.fail(payments.payments.CreatePayment(pay_request("payment:trips/t1")))
+    lost = payments.fail(payments.payments.CreatePayment(pay_request(payments, "payment:trips/t1")))
     retried = pay(payments, request_id="payment:trips/t1")
 
     assert lost.code is grpc.StatusCode.UNAVAILABLE
@@ -172,12 +246,14 @@ def test_a_retry_after_a_lost_answer_gets_the_first_payment_and_charges_once(ser
     assert processor(payments).charge_count() == 1
 
 
-def test_the_mesh_client_retries_a_lost_answer_transparently_and_charges_once(serve, mesh_config):
-    payments = start_payments(serve, make=losing_payments)
-    clients = Clients(with_port(mesh_config, "payments", payments.port), caller="trips")
+def test_the_mesh_client_retries_a_lost_answer_transparently_and_charges_once(
+    serve, payments_config, billing
+):
+    payments = start_payments(serve, payments_config, billing, make=losing_payments)
+    clients = Clients(with_port(payments_config, "payments", payments.port), caller="trips")
     try:
         stub = clients.stub(payments_pb2_grpc.PaymentServiceStub)
-        payment = payments.call(stub.CreatePayment(pay_request("payment:trips/t1")))
+        payment = payments.call(stub.CreatePayment(pay_request(payments, "payment:trips/t1")))
     finally:
         payments.call(clients.close())
 
@@ -206,10 +282,12 @@ def crashing_payments(runtime: Runtime) -> list[Service]:
     return [service]
 
 
-def test_a_crash_between_charge_and_record_leaves_no_charge_and_the_retry_charges_once(serve):
-    payments = start_payments(serve, make=crashing_payments)
+def test_a_crash_between_charge_and_record_leaves_no_charge_and_the_retry_charges_once(
+    serve, payments_config, billing
+):
+    payments = start_payments(serve, payments_config, billing, make=crashing_payments)
 
-    crashed = payments.fail(payments.payments.CreatePayment(pay_request("payment:trips/t1")))
+    crashed = payments.fail(payments.payments.CreatePayment(pay_request(payments, "payment:trips/t1")))
     assert crashed.code is grpc.StatusCode.INTERNAL
     assert processor(payments).attempt_count() == 0
     assert list_all(payments, 10) == [[]]
@@ -219,18 +297,17 @@ def test_a_crash_between_charge_and_record_leaves_no_charge_and_the_retry_charge
     assert processor(payments).charge_count() == 1
 
 
-def test_replays_after_a_restart_return_the_same_payment_and_charge_nothing(serve, payments):
+def test_replays_after_a_restart_return_the_same_payment_and_charge_nothing(
+    serve, payments, payments_config, billing
+):
     first = pay(payments, request_id="payment:trips/t1")
-    declined = pay(payments, request_id="payment:trips/t2", invoice="invoices/i2", method="pm_card_declined")
+    declined = pay(payments, request_id="payment:trips/t2", trip="t2", method="pm_card_declined")
     payments.stop()
 
-    restarted = start_payments(serve)
+    restarted = start_payments(serve, payments_config, billing)
 
     assert pay(restarted, request_id="payment:trips/t1") == first
-    assert (
-        pay(restarted, request_id="payment:trips/t2", invoice="invoices/i2", method="pm_card_declined")
-        == declined
-    )
+    assert pay(restarted, request_id="payment:trips/t2", trip="t2", method="pm_card_declined") == declined
     assert get(restarted, first.name) == first
     assert processor(restarted).charge_count() == 1
     assert processor(restarted).attempt_count() == 2
@@ -240,7 +317,7 @@ def test_replays_after_a_restart_return_the_same_payment_and_charge_nothing(serv
 def test_a_paid_invoice_cannot_be_charged_again(payments):
     first = pay(payments, request_id="r-1")
 
-    failure = payments.fail(payments.payments.CreatePayment(pay_request("r-2")))
+    failure = payments.fail(payments.payments.CreatePayment(pay_request(payments, "r-2")))
 
     assert failure.code is grpc.StatusCode.FAILED_PRECONDITION
     assert failure.info.reason == "INVOICE_ALREADY_PAID"
@@ -255,7 +332,7 @@ def test_a_declined_invoice_can_be_charged_again_with_another_method(payments):
     paid = pay(payments, method="pm_card_visa")
 
     assert (declined.state, paid.state) == (DECLINED, SUCCEEDED)
-    assert list_all(payments, 10, invoice="invoices/i1") == [[declined.name, paid.name]]
+    assert list_all(payments, 10, invoice=invoice(payments)) == [[declined.name, paid.name]]
 
 
 def test_refund_gives_a_successful_payment_back(payments):
@@ -328,30 +405,13 @@ def test_a_missing_payment_is_not_found(payments, call):
 
 
 @pytest.mark.parametrize(
-    ("fields", "bad"),
-    [
-        ({"amount": eur(-1)}, ["payment.amount"]),
-        ({"amount": Money(currency_code="eur", units=1)}, ["payment.amount.currency_code"]),
-        ({"amount": Money(currency_code="EUR", units=1, nanos=-1)}, ["payment.amount.nanos"]),
-    ],
-)
-def test_a_bad_amount_is_invalid_amount_and_charges_nothing(payments, fields, bad):
-    failure = payments.fail(payments.payments.CreatePayment(pay_request(**fields)))
-
-    assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
-    assert failure.info.reason == "INVALID_AMOUNT"
-    assert failure.fields == bad
-    assert processor(payments).attempt_count() == 0
-
-
-@pytest.mark.parametrize(
     ("payment", "fields"),
     [
         (None, ["payment"]),
-        (pb.Payment(), ["payment.invoice", "payment.amount", "payment.payment_method"]),
+        (pb.Payment(), ["payment.invoice", "payment.payment_method"]),
         (draft(invoice="trips/t1"), ["payment.invoice"]),
-        (draft(method="pm card"), ["payment.payment_method"]),
-        (draft(method="x" * 256), ["payment.payment_method"]),
+        (draft("invoices/i1", method="pm card"), ["payment.payment_method"]),
+        (draft("invoices/i1", method="x" * 256), ["payment.payment_method"]),
     ],
 )
 def test_incomplete_or_malformed_payments_name_the_fields(payments, payment, fields):
@@ -363,11 +423,11 @@ def test_incomplete_or_malformed_payments_name_the_fields(payments, payment, fie
 
 
 def test_list_pages_oldest_first_and_filters_by_invoice(payments):
-    names = [pay(payments, invoice=f"invoices/i{i % 2}", method="pm_card_declined").name for i in range(5)]
+    names = [pay(payments, trip=f"t{i % 2}", method="pm_card_declined").name for i in range(5)]
 
     assert list_all(payments, 2) == [names[0:2], names[2:4], names[4:5]]
-    assert list_all(payments, 2, invoice="invoices/i0") == [[names[0], names[2]], [names[4]]]
-    assert list_all(payments, 0, invoice="invoices/i1") == [[names[1], names[3]]]
+    assert list_all(payments, 2, invoice=invoice(payments, "t0")) == [[names[0], names[2]], [names[4]]]
+    assert list_all(payments, 0, invoice=invoice(payments, "t1")) == [[names[1], names[3]]]
     assert list_all(payments, 2, invoice="invoices/none") == [[]]
 
 
@@ -375,7 +435,7 @@ def test_a_page_token_only_continues_the_same_filter(payments):
     for _ in range(2):
         pay(payments, method="pm_card_declined")
     first = payments.call(
-        payments.payments.ListPayments(pb.ListPaymentsRequest(page_size=1, invoice="invoices/i1"))
+        payments.payments.ListPayments(pb.ListPaymentsRequest(page_size=1, invoice=invoice(payments)))
     )
 
     failure = payments.fail(

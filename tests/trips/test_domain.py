@@ -156,16 +156,17 @@ def test_downstream_keys_are_derived_from_the_trip():
     assert domain.release_request_id("trips/t") == "trips/t:release"
 
 
-def test_invoice_is_for_the_fare_and_the_time_from_pickup_to_dropoff():
+def test_invoice_request_says_where_the_trip_went_and_how_long_it_took_never_what_it_costs():
     trip = trip_in(IN_PROGRESS)
     trip.start_time.FromNanoseconds(1_000_000_000_000)
 
     invoice = domain.invoice_for(trip, dropoff_ns=1_000_000_000_000 + 754 * 10**9)
 
     assert (invoice.trip, invoice.passenger) == (trip.name, trip.passenger)
-    assert invoice.amount == trip.fare
+    assert (invoice.pickup, invoice.dropoff) == (trip.pickup, trip.dropoff)
     assert invoice.duration.seconds == 754
-    assert invoice.distance_meters == trip.distance_meters
+    assert not invoice.HasField("amount"), "billing prices the invoice itself"
+    assert invoice.distance_meters == 0
     assert domain.invoice_for(trip, 1_000_000_000_000 + 754 * 10**9) == invoice
 
 

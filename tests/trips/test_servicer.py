@@ -12,11 +12,14 @@ from rideshare.drivers.v1.drivers_pb2 import DriverStatus
 from rideshare.payments.v1 import payments_pb2
 from rideshare.trips.v1 import trips_pb2 as pb
 
+from services.domain import money
+
 from .rides import (
     DOMAIN,
     FAR,
     NEAR,
     NEARER,
+    PICKUP,
     accept,
     cancel,
     complete,
@@ -94,6 +97,34 @@ def test_a_declined_card_completes_the_trip_as_declined(mesh):
     assert (payment.state, payment.decline_reason) == (payments_pb2.PAYMENT_STATE_DECLINED, "card_declined")
     assert get_driver(mesh, done.driver).status == AVAILABLE
     assert notified(mesh, rider, "Your receipt")
+
+
+def test_an_invoice_made_first_for_another_amount_never_completes_the_trip(mesh):
+    """Issue 11's finding, over real gRPC: a cheap invoice made for the trip before it completes."""
+    rider = passenger(mesh)
+    dana = driver(mesh, NEAR)
+    trip = in_progress(mesh, rider)
+    draft = billing_pb2.Invoice(trip=trip.name, passenger=rider, pickup=PICKUP, dropoff=NEARER)
+    cheap = mesh.call(mesh.billing.CreateInvoice(billing_pb2.CreateInvoiceRequest(invoice=draft)))
+    assert cheap.amount != trip.fare
+
+    for attempt in ("c1", "c1", ""):
+        failure = mesh.fail(
+            mesh.trips.CompleteTrip(pb.CompleteTripRequest(name=trip.name, request_id=attempt))
+        )
+        assert failure.code is grpc.StatusCode.FAILED_PRECONDITION
+        assert (failure.info.reason, failure.info.domain) == ("INVOICE_AMOUNT_MISMATCH", DOMAIN)
+        assert dict(failure.info.metadata) == {
+            "trip": trip.name,
+            "invoice": cheap.name,
+            "fare": money.format_money(trip.fare),
+            "invoice_amount": money.format_money(cheap.amount),
+        }
+
+    assert get(mesh, trip.name) == trip, "the trip stays IN_PROGRESS, nothing recorded"
+    charged = mesh.call(mesh.payments.ListPayments(payments_pb2.ListPaymentsRequest()))
+    assert list(charged.payments) == []
+    assert get_driver(mesh, dana).current_trip == trip.name
 
 
 def test_the_nearest_available_driver_is_chosen(mesh):

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from google.type.latlng_pb2 import LatLng
+from google.type.money_pb2 import Money
 from rideshare.billing.v1.billing_pb2 import Invoice
 from rideshare.drivers.v1.drivers_pb2 import Driver, DriverSearchResult
 from rideshare.payments.v1.payments_pb2 import Payment, PaymentState
@@ -86,17 +87,27 @@ class Neighbours:
             self.drivers[driver] = ""
 
     async def create_invoice(self, invoice: Invoice, request_id: str) -> Invoice:
+        """Billing prices every ride here at the quote's fare, as the real one prices the trip's places."""
         self._reach("billing", "CreateInvoice", request_id)
         if request_id not in self.invoices:
-            self.invoices[request_id] = Invoice(name=f"invoices/{len(self.invoices)}", trip=invoice.trip)
+            self.invoices[request_id] = Invoice(
+                name=f"invoices/{len(self.invoices)}",
+                trip=invoice.trip,
+                passenger=invoice.passenger,
+                amount=quote().fare,
+            )
         return self.invoices[request_id]
 
     async def create_payment(self, payment: Payment, request_id: str) -> Payment:
+        """Payments charges the invoice's amount."""
         self._reach("payments", "CreatePayment", request_id)
         if request_id not in self.payments:
             ok = payment.payment_method == "pm_card_visa"
             state = PaymentState.PAYMENT_STATE_SUCCEEDED if ok else PaymentState.PAYMENT_STATE_DECLINED
-            self.payments[request_id] = Payment(name=f"payments/{len(self.payments)}", state=state)
+            amount = next(i.amount for i in self.invoices.values() if i.name == payment.invoice)
+            self.payments[request_id] = Payment(
+                name=f"payments/{len(self.payments)}", invoice=payment.invoice, amount=amount, state=state
+            )
         return self.payments[request_id]
 
     async def send_notification(self, notice: Any, request_id: str) -> None:
@@ -358,6 +369,105 @@ def test_a_declined_charge_completes_the_trip_as_declined(store):
         done = await workflow.complete(CompleteTripRequest(name=trip.name))
         assert (done.state, done.payment_state) == (domain.COMPLETED, domain.DECLINED)
         assert done.payment
+
+    run(store, scenario)
+
+
+CHEAP = Money(currency_code="EUR", nanos=10_000_000)
+
+
+def _as_if_made_first(make: Callable[[Any], Any]) -> Callable[..., Awaitable[Any]]:
+    """A neighbour's create that answers with what someone else made for the trip before it completed."""
+
+    async def create(draft: Any, request_id: str) -> Any:
+        return make(draft)
+
+    return create
+
+
+def test_an_invoice_made_first_for_another_amount_never_completes_the_trip(store, caplog):
+    mesh = Neighbours()
+    mesh.create_invoice = _as_if_made_first(  # type: ignore[method-assign]
+        lambda draft: Invoice(name="invoices/cheap", trip=draft.trip, passenger=draft.passenger, amount=CHEAP)
+    )
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        trip = await _ride(workflow)
+        with pytest.raises(FailedPrecondition) as refused:
+            await workflow.complete(CompleteTripRequest(name=trip.name, request_id="c1"))
+        assert refused.value.reason == "INVOICE_AMOUNT_MISMATCH"
+        assert refused.value.metadata == {
+            "trip": trip.name,
+            "invoice": "invoices/cheap",
+            "fare": "EUR 9.87",
+            "invoice_amount": "EUR 0.01",
+        }
+        assert await store.get(trip.name) == trip, "the trip is left exactly as it was"
+        assert mesh.drivers[trip.driver] == trip.name, "its driver is still on it"
+        assert "CreatePayment" not in [m for m, _ in mesh.calls]
+
+    run(store, scenario, mesh)
+    logged = [r for r in caplog.records if "refused to complete a trip" in r.getMessage()]
+    assert [r.levelname for r in logged] == ["ERROR"]
+    assert "EUR 0.01" in logged[0].getMessage()
+
+
+def test_an_invoice_of_another_passenger_is_never_adopted(store):
+    mesh = Neighbours()
+    mesh.create_invoice = _as_if_made_first(  # type: ignore[method-assign]
+        lambda draft: Invoice(
+            name="invoices/theirs", trip=draft.trip, passenger="passengers/p2", amount=quote().fare
+        )
+    )
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        trip = await _ride(workflow)
+        with pytest.raises(FailedPrecondition) as refused:
+            await workflow.complete(CompleteTripRequest(name=trip.name))
+        assert refused.value.reason == "INVOICE_MISMATCH"
+        assert refused.value.metadata["invoice_passenger"] == "passengers/p2"
+        assert (await store.get(trip.name)).invoice == ""
+
+    run(store, scenario, mesh)
+
+
+def test_a_payment_made_first_for_another_amount_is_never_adopted(store):
+    mesh = Neighbours()
+    mesh.create_payment = _as_if_made_first(  # type: ignore[method-assign]
+        lambda draft: Payment(
+            name="payments/cheap",
+            invoice=draft.invoice,
+            amount=CHEAP,
+            state=PaymentState.PAYMENT_STATE_SUCCEEDED,
+        )
+    )
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        trip = await _ride(workflow)
+        with pytest.raises(FailedPrecondition) as refused:
+            await workflow.complete(CompleteTripRequest(name=trip.name))
+        assert refused.value.reason == "PAYMENT_AMOUNT_MISMATCH"
+        assert refused.value.metadata == {
+            "trip": trip.name,
+            "payment": "payments/cheap",
+            "fare": "EUR 9.87",
+            "payment_amount": "EUR 0.01",
+        }
+        now = await store.get(trip.name)
+        assert now.state == domain.IN_PROGRESS
+        assert (now.payment, now.payment_state) == ("", domain.NOT_CHARGED)
+        assert mesh.drivers[trip.driver] == trip.name
+
+    run(store, scenario, mesh)
+
+
+def test_a_completed_trip_was_invoiced_and_charged_exactly_its_fare(store):
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        trip = await _ride(workflow)
+        done = await workflow.complete(CompleteTripRequest(name=trip.name))
+        assert done.state == domain.COMPLETED
+        assert [i.amount for i in mesh.invoices.values()] == [trip.fare]
+        assert [p.amount for p in mesh.payments.values()] == [trip.fare]
 
     run(store, scenario)
 

@@ -33,7 +33,7 @@ from google.type import latlng_pb2 as google_dot_type_dot_latlng__pb2
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"rideshare/billing/v1/billing.proto\x12\x14rideshare.billing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/api/visibility.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18google/type/latlng.proto\x1a\x17google/type/money.proto\"\xf9\x02\n\x07Invoice\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12+\n\x04trip\x18\x02 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14rideshare.local/Trip\x12\x35\n\tpassenger\x18\x03 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19rideshare.local/Passenger\x12(\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x02\x12\x1d\n\x0f\x64istance_meters\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x31\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:C\xea\x41@\n\x17rideshare.local/Invoice\x12\x12invoices/{invoice}*\x08invoices2\x07invoice\"i\n\x10QuoteFareRequest\x12)\n\x06pickup\x18\x01 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\x12*\n\x07\x64ropoff\x18\x02 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\"\x85\x01\n\x11QuoteFareResponse\x12 \n\x04\x66\x61re\x18\x01 \x01(\x0b\x32\x12.google.type.Money\x12\x17\n\x0f\x64istance_meters\x18\x02 \x01(\x01\x12\x35\n\x12\x65stimated_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"f\n\x14\x43reateInvoiceRequest\x12\x34\n\x07invoice\x18\x01 \x01(\x0b\x32\x1d.rideshare.billing.v1.InvoiceB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"C\n\x11GetInvoiceRequest\x12.\n\x04name\x18\x01 \x01(\tB \xe2\x41\x01\x02\xfa\x41\x19\n\x17rideshare.local/Invoice\"\xac\x01\n\x13ListInvoicesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\tpassenger\x18\x03 \x01(\tB\"\xe2\x41\x01\x01\xfa\x41\x1b\n\x19rideshare.local/Passenger\x12+\n\x04trip\x18\x04 \x01(\tB\x1d\xe2\x41\x01\x01\xfa\x41\x16\n\x14rideshare.local/Trip\"`\n\x14ListInvoicesResponse\x12/\n\x08invoices\x18\x01 \x03(\x0b\x32\x1d.rideshare.billing.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd8\x04\n\x0e\x42illingService\x12\x8c\x01\n\tQuoteFare\x12&.rideshare.billing.v1.QuoteFareRequest\x1a\'.rideshare.billing.v1.QuoteFareResponse\".\x90\x02\x01\xda\x41\x0epickup,dropoff\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/fares:quote:\x01*\x12\x93\x01\n\rCreateInvoice\x12*.rideshare.billing.v1.CreateInvoiceRequest\x1a\x1d.rideshare.billing.v1.Invoice\"7\xda\x41\x07invoice\xfa\xd2\xe4\x93\x02\n\x12\x08INTERNAL\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/invoices:\x07invoice\x12z\n\nGetInvoice\x12\'.rideshare.billing.v1.GetInvoiceRequest\x1a\x1d.rideshare.billing.v1.Invoice\"$\xda\x41\x04name\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/{name=invoices/*}\x12\x88\x01\n\x0cListInvoices\x12).rideshare.billing.v1.ListInvoicesRequest\x1a*.rideshare.billing.v1.ListInvoicesResponse\"!\xfa\xd2\xe4\x93\x02\x07\x12\x05\x41\x44MIN\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/invoices\x1a\x1a\xca\x41\x17\x62illing.rideshare.localB]\xea\x41\x33\n\x19rideshare.local/Passenger\x12\x16passengers/{passenger}\xea\x41$\n\x14rideshare.local/Trip\x12\x0ctrips/{trip}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"rideshare/billing/v1/billing.proto\x12\x14rideshare.billing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/api/visibility.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18google/type/latlng.proto\x1a\x17google/type/money.proto\"\xd0\x03\n\x07Invoice\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12+\n\x04trip\x18\x02 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14rideshare.local/Trip\x12\x35\n\tpassenger\x18\x03 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19rideshare.local/Passenger\x12(\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x64istance_meters\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x31\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12)\n\x06pickup\x18\x08 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\x12*\n\x07\x64ropoff\x18\t \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02:C\xea\x41@\n\x17rideshare.local/Invoice\x12\x12invoices/{invoice}*\x08invoices2\x07invoice\"i\n\x10QuoteFareRequest\x12)\n\x06pickup\x18\x01 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\x12*\n\x07\x64ropoff\x18\x02 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\"\x85\x01\n\x11QuoteFareResponse\x12 \n\x04\x66\x61re\x18\x01 \x01(\x0b\x32\x12.google.type.Money\x12\x17\n\x0f\x64istance_meters\x18\x02 \x01(\x01\x12\x35\n\x12\x65stimated_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"f\n\x14\x43reateInvoiceRequest\x12\x34\n\x07invoice\x18\x01 \x01(\x0b\x32\x1d.rideshare.billing.v1.InvoiceB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"C\n\x11GetInvoiceRequest\x12.\n\x04name\x18\x01 \x01(\tB \xe2\x41\x01\x02\xfa\x41\x19\n\x17rideshare.local/Invoice\"\xac\x01\n\x13ListInvoicesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\tpassenger\x18\x03 \x01(\tB\"\xe2\x41\x01\x01\xfa\x41\x1b\n\x19rideshare.local/Passenger\x12+\n\x04trip\x18\x04 \x01(\tB\x1d\xe2\x41\x01\x01\xfa\x41\x16\n\x14rideshare.local/Trip\"`\n\x14ListInvoicesResponse\x12/\n\x08invoices\x18\x01 \x03(\x0b\x32\x1d.rideshare.billing.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd8\x04\n\x0e\x42illingService\x12\x8c\x01\n\tQuoteFare\x12&.rideshare.billing.v1.QuoteFareRequest\x1a\'.rideshare.billing.v1.QuoteFareResponse\".\x90\x02\x01\xda\x41\x0epickup,dropoff\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/fares:quote:\x01*\x12\x93\x01\n\rCreateInvoice\x12*.rideshare.billing.v1.CreateInvoiceRequest\x1a\x1d.rideshare.billing.v1.Invoice\"7\xda\x41\x07invoice\xfa\xd2\xe4\x93\x02\n\x12\x08INTERNAL\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/invoices:\x07invoice\x12z\n\nGetInvoice\x12\'.rideshare.billing.v1.GetInvoiceRequest\x1a\x1d.rideshare.billing.v1.Invoice\"$\xda\x41\x04name\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/{name=invoices/*}\x12\x88\x01\n\x0cListInvoices\x12).rideshare.billing.v1.ListInvoicesRequest\x1a*.rideshare.billing.v1.ListInvoicesResponse\"!\xfa\xd2\xe4\x93\x02\x07\x12\x05\x41\x44MIN\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/invoices\x1a\x1a\xca\x41\x17\x62illing.rideshare.localB]\xea\x41\x33\n\x19rideshare.local/Passenger\x12\x16passengers/{passenger}\xea\x41$\n\x14rideshare.local/Trip\x12\x0ctrips/{trip}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,13 +48,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVOICE'].fields_by_name['passenger']._loaded_options = None
   _globals['_INVOICE'].fields_by_name['passenger']._serialized_options = b'\342A\001\002\372A\033\n\031rideshare.local/Passenger'
   _globals['_INVOICE'].fields_by_name['amount']._loaded_options = None
-  _globals['_INVOICE'].fields_by_name['amount']._serialized_options = b'\342A\001\002'
+  _globals['_INVOICE'].fields_by_name['amount']._serialized_options = b'\342A\001\003'
   _globals['_INVOICE'].fields_by_name['distance_meters']._loaded_options = None
-  _globals['_INVOICE'].fields_by_name['distance_meters']._serialized_options = b'\342A\001\001'
+  _globals['_INVOICE'].fields_by_name['distance_meters']._serialized_options = b'\342A\001\003'
   _globals['_INVOICE'].fields_by_name['duration']._loaded_options = None
   _globals['_INVOICE'].fields_by_name['duration']._serialized_options = b'\342A\001\001'
   _globals['_INVOICE'].fields_by_name['create_time']._loaded_options = None
   _globals['_INVOICE'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_INVOICE'].fields_by_name['pickup']._loaded_options = None
+  _globals['_INVOICE'].fields_by_name['pickup']._serialized_options = b'\342A\001\002'
+  _globals['_INVOICE'].fields_by_name['dropoff']._loaded_options = None
+  _globals['_INVOICE'].fields_by_name['dropoff']._serialized_options = b'\342A\001\002'
   _globals['_INVOICE']._loaded_options = None
   _globals['_INVOICE']._serialized_options = b'\352A@\n\027rideshare.local/Invoice\022\022invoices/{invoice}*\010invoices2\007invoice'
   _globals['_QUOTEFAREREQUEST'].fields_by_name['pickup']._loaded_options = None
@@ -86,19 +90,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BILLINGSERVICE'].methods_by_name['ListInvoices']._loaded_options = None
   _globals['_BILLINGSERVICE'].methods_by_name['ListInvoices']._serialized_options = b'\372\322\344\223\002\007\022\005ADMIN\202\323\344\223\002\016\022\014/v1/invoices'
   _globals['_INVOICE']._serialized_start=321
-  _globals['_INVOICE']._serialized_end=698
-  _globals['_QUOTEFAREREQUEST']._serialized_start=700
-  _globals['_QUOTEFAREREQUEST']._serialized_end=805
-  _globals['_QUOTEFARERESPONSE']._serialized_start=808
-  _globals['_QUOTEFARERESPONSE']._serialized_end=941
-  _globals['_CREATEINVOICEREQUEST']._serialized_start=943
-  _globals['_CREATEINVOICEREQUEST']._serialized_end=1045
-  _globals['_GETINVOICEREQUEST']._serialized_start=1047
-  _globals['_GETINVOICEREQUEST']._serialized_end=1114
-  _globals['_LISTINVOICESREQUEST']._serialized_start=1117
-  _globals['_LISTINVOICESREQUEST']._serialized_end=1289
-  _globals['_LISTINVOICESRESPONSE']._serialized_start=1291
-  _globals['_LISTINVOICESRESPONSE']._serialized_end=1387
-  _globals['_BILLINGSERVICE']._serialized_start=1390
-  _globals['_BILLINGSERVICE']._serialized_end=1990
+  _globals['_INVOICE']._serialized_end=785
+  _globals['_QUOTEFAREREQUEST']._serialized_start=787
+  _globals['_QUOTEFAREREQUEST']._serialized_end=892
+  _globals['_QUOTEFARERESPONSE']._serialized_start=895
+  _globals['_QUOTEFARERESPONSE']._serialized_end=1028
+  _globals['_CREATEINVOICEREQUEST']._serialized_start=1030
+  _globals['_CREATEINVOICEREQUEST']._serialized_end=1132
+  _globals['_GETINVOICEREQUEST']._serialized_start=1134
+  _globals['_GETINVOICEREQUEST']._serialized_end=1201
+  _globals['_LISTINVOICESREQUEST']._serialized_start=1204
+  _globals['_LISTINVOICESREQUEST']._serialized_end=1376
+  _globals['_LISTINVOICESRESPONSE']._serialized_start=1378
+  _globals['_LISTINVOICESRESPONSE']._serialized_end=1474
+  _globals['_BILLINGSERVICE']._serialized_start=1477
+  _globals['_BILLINGSERVICE']._serialized_end=2077
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,8 @@ class Invoice(_message.Message):
     DISTANCE_METERS_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    PICKUP_FIELD_NUMBER: _builtins.int
+    DROPOFF_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, "invoices/{invoice}", assigned by the server."""
     trip: _builtins.str
@@ -46,18 +48,37 @@ class Invoice(_message.Message):
     passenger: _builtins.str
     """The passenger who owes the amount, "passengers/{passenger}"."""
     distance_meters: _builtins.float
-    """The distance of the trip in meters, not negative."""
+    """The great-circle distance from pickup to dropoff in meters, computed by billing.
+    Ignored in a create request.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
-        """The amount owed: not negative, with a three-letter currency code."""
+        """The amount owed, computed by billing: the tariff's fare from pickup to dropoff
+        (what QuoteFare returns for them). Ignored in a create request.
+        """
 
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
-        """How long the trip took, from pickup to dropoff; not negative."""
+        """How long the trip took, from pickup to dropoff; not negative. Shown on the
+        invoice only: the amount does not depend on it, since a fare is fixed when the
+        trip is requested.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the invoice was recorded."""
+
+    @_builtins.property
+    def pickup(self) -> _latlng_pb2.LatLng:
+        """Where the trip started: latitude in [-90, 90] and longitude in [-180, 180]
+        degrees. Unset on invoices recorded before billing priced them itself.
+        """
+
+    @_builtins.property
+    def dropoff(self) -> _latlng_pb2.LatLng:
+        """Where the trip ended: latitude in [-90, 90] and longitude in [-180, 180]
+        degrees. Unset on invoices recorded before billing priced them itself.
+        """
 
     def __init__(
         self,
@@ -69,10 +90,12 @@ class Invoice(_message.Message):
         distance_meters: _builtins.float = ...,
         duration: _duration_pb2.Duration | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        pickup: _latlng_pb2.LatLng | None = ...,
+        dropoff: _latlng_pb2.LatLng | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "duration", b"duration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "dropoff", b"dropoff", "duration", b"duration", "pickup", b"pickup"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "distance_meters", b"distance_meters", "duration", b"duration", "name", b"name", "passenger", b"passenger", "trip", b"trip"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "distance_meters", b"distance_meters", "dropoff", b"dropoff", "duration", b"duration", "name", b"name", "passenger", b"passenger", "pickup", b"pickup", "trip", b"trip"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -156,7 +179,9 @@ class CreateInvoiceRequest(_message.Message):
     """A client-chosen idempotency key: a repeat with the same key returns the first result."""
     @_builtins.property
     def invoice(self) -> Global___Invoice:
-        """The invoice to record; its name is assigned by the server."""
+        """The invoice to record: the trip, its passenger, pickup and dropoff (and
+        optionally its duration). Its name, amount and distance are set by the server.
+        """
 
     def __init__(
         self,

@@ -28,10 +28,14 @@ if _version_not_supported:
 class BillingServiceStub:
     """Prices rides and keeps the invoices of completed trips.
 
+    Money is computed here, never taken from a caller: a quote and an invoice are
+    both priced by the configured tariff from the ride's pickup and dropoff.
+
     Errors carry an ErrorInfo in the domain "billing.rideshare" with one of these
     reasons: INVOICE_NOT_FOUND (NOT_FOUND), INVOICE_ALREADY_EXISTS (ALREADY_EXISTS),
-    INVALID_LOCATION and INVALID_AMOUNT (INVALID_ARGUMENT), and REQUEST_ID_REUSED
-    (INVALID_ARGUMENT) when a request_id is sent again with a different request.
+    INVOICE_AMOUNT_MISMATCH and INVOICE_PASSENGER_MISMATCH (FAILED_PRECONDITION),
+    INVALID_LOCATION (INVALID_ARGUMENT), and REQUEST_ID_REUSED (INVALID_ARGUMENT)
+    when a request_id is sent again with a different request.
     """
 
     def __init__(self, channel):
@@ -65,10 +69,14 @@ class BillingServiceStub:
 class BillingServiceServicer:
     """Prices rides and keeps the invoices of completed trips.
 
+    Money is computed here, never taken from a caller: a quote and an invoice are
+    both priced by the configured tariff from the ride's pickup and dropoff.
+
     Errors carry an ErrorInfo in the domain "billing.rideshare" with one of these
     reasons: INVOICE_NOT_FOUND (NOT_FOUND), INVOICE_ALREADY_EXISTS (ALREADY_EXISTS),
-    INVALID_LOCATION and INVALID_AMOUNT (INVALID_ARGUMENT), and REQUEST_ID_REUSED
-    (INVALID_ARGUMENT) when a request_id is sent again with a different request.
+    INVOICE_AMOUNT_MISMATCH and INVOICE_PASSENGER_MISMATCH (FAILED_PRECONDITION),
+    INVALID_LOCATION (INVALID_ARGUMENT), and REQUEST_ID_REUSED (INVALID_ARGUMENT)
+    when a request_id is sent again with a different request.
     """
 
     def QuoteFare(self, request, context):
@@ -87,10 +95,20 @@ class BillingServiceServicer:
 
     def CreateInvoice(self, request, context):
         """Records the invoice of a completed trip and returns it with its server-assigned
-        name. Called by the trip service, which it trusts: the trip is not looked up. A
-        trip has at most one invoice: another invoice for the same trip fails with
-        ALREADY_EXISTS (reason INVOICE_ALREADY_EXISTS, metadata "invoice" naming the
-        existing one).
+        name. Called by the trip service with what the trip says happened: its pickup
+        and dropoff (and how long it took). Billing prices it itself: the amount is the
+        fare QuoteFare gives for that pickup and dropoff, and distance_meters the
+        distance between them; any amount or distance in the request is ignored.
+
+        A trip has at most one invoice. Asking again for a trip that has one returns
+        that invoice if it is the same (same passenger, same computed amount); otherwise
+        the call fails with FAILED_PRECONDITION naming the difference: reason
+        INVOICE_AMOUNT_MISMATCH (metadata "invoice", "trip", "invoiced_amount" and
+        "computed_amount") or INVOICE_PASSENGER_MISMATCH (metadata "invoice", "trip",
+        "invoiced_passenger" and "passenger"). Two first invoices for one trip racing
+        each other may leave the loser with ALREADY_EXISTS (reason
+        INVOICE_ALREADY_EXISTS, metadata "invoice" naming the winner); repeating the
+        call then returns or refuses the winner as above.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,10 +163,14 @@ def add_BillingServiceServicer_to_server(servicer, server):
 class BillingService:
     """Prices rides and keeps the invoices of completed trips.
 
+    Money is computed here, never taken from a caller: a quote and an invoice are
+    both priced by the configured tariff from the ride's pickup and dropoff.
+
     Errors carry an ErrorInfo in the domain "billing.rideshare" with one of these
     reasons: INVOICE_NOT_FOUND (NOT_FOUND), INVOICE_ALREADY_EXISTS (ALREADY_EXISTS),
-    INVALID_LOCATION and INVALID_AMOUNT (INVALID_ARGUMENT), and REQUEST_ID_REUSED
-    (INVALID_ARGUMENT) when a request_id is sent again with a different request.
+    INVOICE_AMOUNT_MISMATCH and INVOICE_PASSENGER_MISMATCH (FAILED_PRECONDITION),
+    INVALID_LOCATION (INVALID_ARGUMENT), and REQUEST_ID_REUSED (INVALID_ARGUMENT)
+    when a request_id is sent again with a different request.
     """
 
     @staticmethod

@@ -15,10 +15,14 @@ GRPC_VERSION: str
 class BillingServiceStub:
     """Prices rides and keeps the invoices of completed trips.
 
+    Money is computed here, never taken from a caller: a quote and an invoice are
+    both priced by the configured tariff from the ride's pickup and dropoff.
+
     Errors carry an ErrorInfo in the domain "billing.rideshare" with one of these
     reasons: INVOICE_NOT_FOUND (NOT_FOUND), INVOICE_ALREADY_EXISTS (ALREADY_EXISTS),
-    INVALID_LOCATION and INVALID_AMOUNT (INVALID_ARGUMENT), and REQUEST_ID_REUSED
-    (INVALID_ARGUMENT) when a request_id is sent again with a different request.
+    INVOICE_AMOUNT_MISMATCH and INVOICE_PASSENGER_MISMATCH (FAILED_PRECONDITION),
+    INVALID_LOCATION (INVALID_ARGUMENT), and REQUEST_ID_REUSED (INVALID_ARGUMENT)
+    when a request_id is sent again with a different request.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -34,10 +38,20 @@ class BillingServiceStub:
     """
     CreateInvoice: _aio.UnaryUnaryMultiCallable[_billing_pb2.CreateInvoiceRequest, _billing_pb2.Invoice]
     """Records the invoice of a completed trip and returns it with its server-assigned
-    name. Called by the trip service, which it trusts: the trip is not looked up. A
-    trip has at most one invoice: another invoice for the same trip fails with
-    ALREADY_EXISTS (reason INVOICE_ALREADY_EXISTS, metadata "invoice" naming the
-    existing one).
+    name. Called by the trip service with what the trip says happened: its pickup
+    and dropoff (and how long it took). Billing prices it itself: the amount is the
+    fare QuoteFare gives for that pickup and dropoff, and distance_meters the
+    distance between them; any amount or distance in the request is ignored.
+
+    A trip has at most one invoice. Asking again for a trip that has one returns
+    that invoice if it is the same (same passenger, same computed amount); otherwise
+    the call fails with FAILED_PRECONDITION naming the difference: reason
+    INVOICE_AMOUNT_MISMATCH (metadata "invoice", "trip", "invoiced_amount" and
+    "computed_amount") or INVOICE_PASSENGER_MISMATCH (metadata "invoice", "trip",
+    "invoiced_passenger" and "passenger"). Two first invoices for one trip racing
+    each other may leave the loser with ALREADY_EXISTS (reason
+    INVOICE_ALREADY_EXISTS, metadata "invoice" naming the winner); repeating the
+    call then returns or refuses the winner as above.
     """
     GetInvoice: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetInvoiceRequest, _billing_pb2.Invoice]
     """Returns one invoice by resource name."""
@@ -49,10 +63,14 @@ class BillingServiceStub:
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Prices rides and keeps the invoices of completed trips.
 
+    Money is computed here, never taken from a caller: a quote and an invoice are
+    both priced by the configured tariff from the ride's pickup and dropoff.
+
     Errors carry an ErrorInfo in the domain "billing.rideshare" with one of these
     reasons: INVOICE_NOT_FOUND (NOT_FOUND), INVOICE_ALREADY_EXISTS (ALREADY_EXISTS),
-    INVALID_LOCATION and INVALID_AMOUNT (INVALID_ARGUMENT), and REQUEST_ID_REUSED
-    (INVALID_ARGUMENT) when a request_id is sent again with a different request.
+    INVOICE_AMOUNT_MISMATCH and INVOICE_PASSENGER_MISMATCH (FAILED_PRECONDITION),
+    INVALID_LOCATION (INVALID_ARGUMENT), and REQUEST_ID_REUSED (INVALID_ARGUMENT)
+    when a request_id is sent again with a different request.
     """
 
     @_abc_1.abstractmethod
@@ -78,10 +96,20 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_billing_pb2.CreateInvoiceRequest, _abc.Awaitable[_billing_pb2.Invoice]],
     ) -> _abc.Awaitable[_billing_pb2.Invoice]:
         """Records the invoice of a completed trip and returns it with its server-assigned
-        name. Called by the trip service, which it trusts: the trip is not looked up. A
-        trip has at most one invoice: another invoice for the same trip fails with
-        ALREADY_EXISTS (reason INVOICE_ALREADY_EXISTS, metadata "invoice" naming the
-        existing one).
+        name. Called by the trip service with what the trip says happened: its pickup
+        and dropoff (and how long it took). Billing prices it itself: the amount is the
+        fare QuoteFare gives for that pickup and dropoff, and distance_meters the
+        distance between them; any amount or distance in the request is ignored.
+
+        A trip has at most one invoice. Asking again for a trip that has one returns
+        that invoice if it is the same (same passenger, same computed amount); otherwise
+        the call fails with FAILED_PRECONDITION naming the difference: reason
+        INVOICE_AMOUNT_MISMATCH (metadata "invoice", "trip", "invoiced_amount" and
+        "computed_amount") or INVOICE_PASSENGER_MISMATCH (metadata "invoice", "trip",
+        "invoiced_passenger" and "passenger"). Two first invoices for one trip racing
+        each other may leave the loser with ALREADY_EXISTS (reason
+        INVOICE_ALREADY_EXISTS, metadata "invoice" naming the winner); repeating the
+        call then returns or refuses the winner as above.
         """
 
     @_abc_1.abstractmethod

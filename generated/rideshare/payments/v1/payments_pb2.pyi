@@ -77,7 +77,9 @@ class Payment(_message.Message):
     """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
-        """The amount to charge: not negative, with a three-letter currency code."""
+        """The amount charged: exactly the invoice's amount, read from the billing service
+        when the payment is made. Ignored in a create request.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -119,7 +121,9 @@ class CreatePaymentRequest(_message.Message):
     """A client-chosen idempotency key: a repeat with the same key returns the first result."""
     @_builtins.property
     def payment(self) -> Global___Payment:
-        """The payment to attempt; its name, state and decline_reason are set by the server."""
+        """The payment to attempt: the invoice and the payment method. Its name, amount,
+        state and decline_reason are set by the server.
+        """
 
     def __init__(
         self,

@@ -28,13 +28,16 @@ if _version_not_supported:
 class PaymentServiceStub:
     """Charges payment methods for invoices and refunds the charges.
 
-    The payment processor is simulated by the payment method token: "pm_card_visa"
-    always succeeds and "pm_card_declined" is always declined. Errors carry an
-    ErrorInfo in the domain "payments.rideshare" with one of these reasons:
-    PAYMENT_NOT_FOUND (NOT_FOUND); INVOICE_ALREADY_PAID, PAYMENT_NOT_SUCCEEDED and
-    PAYMENT_ALREADY_REFUNDED (FAILED_PRECONDITION); INVALID_AMOUNT (INVALID_ARGUMENT);
-    and REQUEST_ID_REUSED (INVALID_ARGUMENT) when a request_id is sent again with a
-    different request.
+    A payment always charges exactly the amount of its invoice, read from the
+    billing service; no caller states an amount. The payment processor is simulated
+    by the payment method token: "pm_card_visa" always succeeds and
+    "pm_card_declined" is always declined. Errors carry an ErrorInfo in the domain
+    "payments.rideshare" with one of these reasons: PAYMENT_NOT_FOUND and
+    INVOICE_NOT_FOUND (NOT_FOUND); INVOICE_ALREADY_PAID, PAYMENT_NOT_SUCCEEDED and
+    PAYMENT_ALREADY_REFUNDED (FAILED_PRECONDITION); and REQUEST_ID_REUSED
+    (INVALID_ARGUMENT) when a request_id is sent again with a different request.
+    UNAVAILABLE (metadata "service": "billing") means the invoice could not be read
+    and nothing was charged: repeat the call with the same request_id.
     """
 
     def __init__(self, channel):
@@ -68,22 +71,29 @@ class PaymentServiceStub:
 class PaymentServiceServicer:
     """Charges payment methods for invoices and refunds the charges.
 
-    The payment processor is simulated by the payment method token: "pm_card_visa"
-    always succeeds and "pm_card_declined" is always declined. Errors carry an
-    ErrorInfo in the domain "payments.rideshare" with one of these reasons:
-    PAYMENT_NOT_FOUND (NOT_FOUND); INVOICE_ALREADY_PAID, PAYMENT_NOT_SUCCEEDED and
-    PAYMENT_ALREADY_REFUNDED (FAILED_PRECONDITION); INVALID_AMOUNT (INVALID_ARGUMENT);
-    and REQUEST_ID_REUSED (INVALID_ARGUMENT) when a request_id is sent again with a
-    different request.
+    A payment always charges exactly the amount of its invoice, read from the
+    billing service; no caller states an amount. The payment processor is simulated
+    by the payment method token: "pm_card_visa" always succeeds and
+    "pm_card_declined" is always declined. Errors carry an ErrorInfo in the domain
+    "payments.rideshare" with one of these reasons: PAYMENT_NOT_FOUND and
+    INVOICE_NOT_FOUND (NOT_FOUND); INVOICE_ALREADY_PAID, PAYMENT_NOT_SUCCEEDED and
+    PAYMENT_ALREADY_REFUNDED (FAILED_PRECONDITION); and REQUEST_ID_REUSED
+    (INVALID_ARGUMENT) when a request_id is sent again with a different request.
+    UNAVAILABLE (metadata "service": "billing") means the invoice could not be read
+    and nothing was charged: repeat the call with the same request_id.
     """
 
     def CreatePayment(self, request, context):
-        """Charges a payment method for an invoice and returns the payment with its outcome.
+        """Charges a payment method the amount of an invoice and returns the payment with
+        its outcome. The request names the invoice and the payment method; the amount is
+        the invoice's, read from the billing service (an unknown invoice fails with
+        NOT_FOUND, reason INVOICE_NOT_FOUND, metadata "invoice"); any amount in the
+        request is ignored.
 
         "pm_card_visa" succeeds (state SUCCEEDED); "pm_card_declined" is declined (state
         DECLINED, decline_reason "card_declined"), and so is any other method (decline_reason
         "unsupported_payment_method"). A decline is a recorded outcome, not an error: the
-        call succeeds and returns the declined payment. The invoice is not looked up.
+        call succeeds and returns the declined payment.
 
         Each request_id charges exactly once: a repeat returns the first payment, even
         after a restart, and the same request_id with a different payment fails with
@@ -114,7 +124,9 @@ class PaymentServiceServicer:
     def RefundPayment(self, request, context):
         """Gives the whole amount of a SUCCEEDED payment back: the payment becomes REFUNDED.
         Fails with FAILED_PRECONDITION, reason PAYMENT_NOT_SUCCEEDED for a declined
-        payment and PAYMENT_ALREADY_REFUNDED for a refunded one.
+        payment and PAYMENT_ALREADY_REFUNDED for a refunded one. For operators (API keys
+        with the admin scope, through the gateway) and the trip workflow only; inside
+        the mesh, authz rules keep it to those callers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,13 +166,16 @@ def add_PaymentServiceServicer_to_server(servicer, server):
 class PaymentService:
     """Charges payment methods for invoices and refunds the charges.
 
-    The payment processor is simulated by the payment method token: "pm_card_visa"
-    always succeeds and "pm_card_declined" is always declined. Errors carry an
-    ErrorInfo in the domain "payments.rideshare" with one of these reasons:
-    PAYMENT_NOT_FOUND (NOT_FOUND); INVOICE_ALREADY_PAID, PAYMENT_NOT_SUCCEEDED and
-    PAYMENT_ALREADY_REFUNDED (FAILED_PRECONDITION); INVALID_AMOUNT (INVALID_ARGUMENT);
-    and REQUEST_ID_REUSED (INVALID_ARGUMENT) when a request_id is sent again with a
-    different request.
+    A payment always charges exactly the amount of its invoice, read from the
+    billing service; no caller states an amount. The payment processor is simulated
+    by the payment method token: "pm_card_visa" always succeeds and
+    "pm_card_declined" is always declined. Errors carry an ErrorInfo in the domain
+    "payments.rideshare" with one of these reasons: PAYMENT_NOT_FOUND and
+    INVOICE_NOT_FOUND (NOT_FOUND); INVOICE_ALREADY_PAID, PAYMENT_NOT_SUCCEEDED and
+    PAYMENT_ALREADY_REFUNDED (FAILED_PRECONDITION); and REQUEST_ID_REUSED
+    (INVALID_ARGUMENT) when a request_id is sent again with a different request.
+    UNAVAILABLE (metadata "service": "billing") means the invoice could not be read
+    and nothing was charged: repeat the call with the same request_id.
     """
 
     @staticmethod

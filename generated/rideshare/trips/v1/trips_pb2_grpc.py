@@ -39,7 +39,8 @@ class TripServiceStub:
     reasons: TRIP_NOT_FOUND and PASSENGER_NOT_FOUND (NOT_FOUND); NO_DRIVER_AVAILABLE,
     TRIP_NOT_ASSIGNED, TRIP_NOT_ACCEPTED, TRIP_NOT_IN_PROGRESS and TRIP_NOT_CANCELLABLE
     (FAILED_PRECONDITION; the state errors carry the trip's current state in the
-    metadata key "state"); INVALID_LOCATION (INVALID_ARGUMENT); and REQUEST_ID_REUSED
+    metadata key "state"); INVOICE_AMOUNT_MISMATCH, INVOICE_MISMATCH and
+    PAYMENT_AMOUNT_MISMATCH (FAILED_PRECONDITION, from CompleteTrip); INVALID_LOCATION (INVALID_ARGUMENT); and REQUEST_ID_REUSED
     (INVALID_ARGUMENT) when a request_id is sent again with a different request.
     UNAVAILABLE means a service the trip depends on could not be reached: repeat the
     call with the same request_id.
@@ -102,7 +103,8 @@ class TripServiceServicer:
     reasons: TRIP_NOT_FOUND and PASSENGER_NOT_FOUND (NOT_FOUND); NO_DRIVER_AVAILABLE,
     TRIP_NOT_ASSIGNED, TRIP_NOT_ACCEPTED, TRIP_NOT_IN_PROGRESS and TRIP_NOT_CANCELLABLE
     (FAILED_PRECONDITION; the state errors carry the trip's current state in the
-    metadata key "state"); INVALID_LOCATION (INVALID_ARGUMENT); and REQUEST_ID_REUSED
+    metadata key "state"); INVOICE_AMOUNT_MISMATCH, INVOICE_MISMATCH and
+    PAYMENT_AMOUNT_MISMATCH (FAILED_PRECONDITION, from CompleteTrip); INVALID_LOCATION (INVALID_ARGUMENT); and REQUEST_ID_REUSED
     (INVALID_ARGUMENT) when a request_id is sent again with a different request.
     UNAVAILABLE means a service the trip depends on could not be reached: repeat the
     call with the same request_id.
@@ -157,6 +159,14 @@ class TripServiceServicer:
         charged. A declined charge is not an error: the trip completes with payment_state
         DECLINED. Fails with FAILED_PRECONDITION (reason TRIP_NOT_IN_PROGRESS) in any
         other state.
+
+        The passenger pays exactly the fare: an invoice or payment the trip would adopt
+        whose amount is not the fare fails the call with FAILED_PRECONDITION, reason
+        INVOICE_AMOUNT_MISMATCH (metadata "trip", "invoice", "fare", "invoice_amount")
+        or PAYMENT_AMOUNT_MISMATCH (metadata "trip", "payment", "fare",
+        "payment_amount"); an invoice of another trip or passenger fails with
+        INVOICE_MISMATCH. The trip then stays IN_PROGRESS, with neither that invoice
+        nor that payment recorded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -232,7 +242,8 @@ class TripService:
     reasons: TRIP_NOT_FOUND and PASSENGER_NOT_FOUND (NOT_FOUND); NO_DRIVER_AVAILABLE,
     TRIP_NOT_ASSIGNED, TRIP_NOT_ACCEPTED, TRIP_NOT_IN_PROGRESS and TRIP_NOT_CANCELLABLE
     (FAILED_PRECONDITION; the state errors carry the trip's current state in the
-    metadata key "state"); INVALID_LOCATION (INVALID_ARGUMENT); and REQUEST_ID_REUSED
+    metadata key "state"); INVOICE_AMOUNT_MISMATCH, INVOICE_MISMATCH and
+    PAYMENT_AMOUNT_MISMATCH (FAILED_PRECONDITION, from CompleteTrip); INVALID_LOCATION (INVALID_ARGUMENT); and REQUEST_ID_REUSED
     (INVALID_ARGUMENT) when a request_id is sent again with a different request.
     UNAVAILABLE means a service the trip depends on could not be reached: repeat the
     call with the same request_id.
