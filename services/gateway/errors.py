@@ -65,6 +65,7 @@ class HttpError(Exception):
         self.code = int(code.value[0])
         self.message = message
         self.details = list(details)
+        self.reason = reason
         if reason is not None:
             self.details.insert(0, error_info(reason))
         self.headers = list(headers)
