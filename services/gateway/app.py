@@ -97,6 +97,7 @@ class Gateway:
         self._origins = {o.encode() for o in self.settings.cors_origins}
         self.in_flight = limits.InFlight(self.settings.max_in_flight, self.settings.max_queue_wait)
         self.streams = limits.StreamCaps(self.settings.max_streams_per_key)
+        self.refusals = limits.Refusals("the gateway's limits")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -127,6 +128,8 @@ class Gateway:
                 return
             await self._call(match, query, request_headers, receive, send, cors, admitted)
         except errors.HttpError as exc:
+            if exc.refusal:
+                self.refusals.count(exc)
             await _send_error(send, exc, cors)
         except _ClientGone:
             return

@@ -35,17 +35,13 @@ import grpc
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from services.runtime import log
 from services.runtime.config import GatewayConfig
 
 from .errors import HttpError
-
-_log = log.get_logger("rideshare.gateway")
+from .limits import Refusals
 
 _HEAD, _BODY, _DONE = 0, 1, 2
 """Where a connection is: reading a head, reading a body, or the request is read (answering, or idle)."""
-WARN_INTERVAL = 10.0
-"""Seconds between two warnings about one limit refusing connections."""
 
 
 class _Refused(Exception):
@@ -53,7 +49,7 @@ class _Refused(Exception):
 
 
 class Edge:
-    """The limits of one server, the connections they watch, and counts of what they refused."""
+    """The limits of one server, and the connections they watch."""
 
     def __init__(self, settings: GatewayConfig) -> None:
         self.max_header_bytes = settings.max_header_bytes
@@ -62,27 +58,13 @@ class Edge:
         self.body_timeout = settings.body_timeout
         self.max_connections = settings.max_connections
         self.connections: set[EdgeProtocol] = set()
-        self.refused: dict[str, int] = {}
-        """Refusals by ErrorInfo reason since the last warning."""
-        self._warned = -WARN_INTERVAL
+        self.refusals = Refusals("the gateway's HTTP limits")
 
     def sweep(self, now: float | None = None) -> None:
-        """Close the connections past a timeout; warn (at most every 10 s) about what was refused."""
+        """Close the connections past a timeout."""
         now = time.monotonic() if now is None else now
         for connection in list(self.connections):
             connection.check(now)
-        if self.refused and now - self._warned >= WARN_INTERVAL:
-            self._warned = now
-            counts = ", ".join(f"{reason} {count}" for reason, count in sorted(self.refused.items()))
-            _log.warning(
-                f"the gateway's HTTP limits refused connections: {counts}",
-                extra={"fields": {"event": "edge_refusals", **self.refused}},
-            )
-            self.refused = {}
-
-    def count(self, error: HttpError) -> None:
-        reason = error.reason or "UNKNOWN"
-        self.refused[reason] = self.refused.get(reason, 0) + 1
 
 
 def protocol(edge: Edge) -> type[EdgeProtocol]:
@@ -115,7 +97,7 @@ class EdgeProtocol(HttpToolsProtocol):
                 "TOO_MANY_CONNECTIONS",
                 retry_after=1,
             )
-            edge.count(error)
+            edge.refusals.count(error)
             transport.write(_render(error, []))
             transport.close()
             return
@@ -248,7 +230,7 @@ class EdgeProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if error is not None:
-            self.edge.count(error)
+            self.edge.refusals.count(error)
             if answer and not self._answering():
                 self.transport.write(_render(error, self.server_state.default_headers))
         cycle = self.cycle

@@ -298,9 +298,9 @@ class GatewayConfig:
     """A keep-alive connection with no request for this long is closed."""
     max_connections: Annotated[int, _number(1, 1_000_000, int)] = 1000
     """Open connections; one more is answered 503 with Retry-After and closed."""
-    max_in_flight: Annotated[int, _number(1, 1_000_000, int)] = 64
+    max_in_flight: Annotated[int, _number(1, 1_000_000, int)] = 32
     """Unary calls upstream at once; the next ones wait (see max_queue_wait), else 503 + Retry-After."""
-    max_queue_wait: Annotated[float, _duration(zero=True)] = 0.25
+    max_queue_wait: Annotated[float, _duration(zero=True)] = 0.05
     """Longest wait for an in-flight slot (never past the caller's deadline); 0: refuse at once."""
     max_streams_per_key: Annotated[int, _number(1, 1_000_000, int)] = 100
     """Streams (any kind) open at once per API key; one more is 429 + Retry-After."""

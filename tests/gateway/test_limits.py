@@ -7,13 +7,15 @@ import asyncio
 import contextlib
 import http.client
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from services.gateway.errors import HttpError
-from services.gateway.limits import InFlight, StreamCaps
+from services.gateway.limits import InFlight, Refusals, StreamCaps
 from services.gateway.server import Options
 from services.runtime.config import MeshConfig
 
@@ -122,6 +124,25 @@ def test_stream_caps_count_per_owner():
     for owners in (["key a"], ["key a", "user 1"], ["key b", "user 1"]):
         caps.leave(owners)
     assert caps.open == {}
+
+
+def test_refusals_are_one_warning_at_once_then_counted_until_the_next_interval():
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("rideshare.gateway")
+    logger.addHandler(handler)
+    try:
+        refusals = Refusals("the test's limits")
+        error = HttpError(503, grpc.StatusCode.UNAVAILABLE, "full", reason="OVERLOADED")
+        for _ in range(5):
+            refusals.count(error)
+    finally:
+        logger.removeHandler(handler)
+
+    [line] = [r.getMessage() for r in records]
+    assert line == "the test's limits refused since the last line: OVERLOADED 1"
+    assert refusals.counts == {"OVERLOADED": 4}  # in the next line, ten seconds on
 
 
 # -- over HTTP --------------------------------------------------------------------------------------------
