@@ -143,9 +143,9 @@ class StreamCaps:
 class Refusals:
     """What the limits refused, as one warning line at once and then at most one per 10 s.
 
-    A line per refusal would cost more than the refusal: under a flood the gateway
-    would spend its time logging (measured: a third fewer calls admitted at twice the
-    capacity with a log line per 503). The access log has these at debug level.
+    Under a flood a line per refusal is thousands of lines a second, each ~17 us of CPU
+    (docs/threat-model.md) spent when the gateway has none to spare. The access log has
+    these at debug level.
     """
 
     def __init__(self, what: str) -> None:
