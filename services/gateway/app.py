@@ -1,13 +1,16 @@
 """The bridge as an ASGI application: HTTP/JSON in, gRPC out, JSON back.
 
 One request: match the route (404, or 405 with `Allow`), check the API key and
-rate limit, read the body (415 for a non-JSON content type, 413 past the
-limit), transcode (400 naming the field), call the upstream with the
-client's metadata and deadline, and answer with the response as proto3 JSON
-(or the error in the shape of `errors.py`). Server-streaming RPCs answer with
-newline-delimited JSON, or Server-Sent Events for `Accept: text/event-stream`;
-client- and bidi-streaming RPCs take one JSON request per line of the body
-(`_RequestLines`); a client that goes away cancels the upstream call.
+rate limit, check its headers can be gRPC metadata (400 naming the header),
+read the body (415 for a non-JSON content type, 413 past the limit), transcode
+(400 naming the field), take an in-flight slot (503 when it cannot within its
+deadline: limits.py), call the upstream with the client's metadata and
+deadline, and answer with the response as proto3 JSON (or the error in the
+shape of `errors.py`). Server-streaming RPCs answer with newline-delimited
+JSON, or Server-Sent Events for `Accept: text/event-stream`; client- and
+bidi-streaming RPCs take one JSON request per line of the body
+(`_RequestLines`); a client that goes away cancels the upstream call. A stream
+counts against its API key's cap (429).
 
 Anything unexpected becomes a 500 with a correlation id, logged with its
 traceback; a client never sees a stack trace.
@@ -170,12 +173,15 @@ class Gateway:
             finally:
                 self.streams.leave(owners)
             return
+        unary = not binding.rpc.server_streaming
+        if unary:
+            self.in_flight.check(timeout)  # a call that cannot start in time is not even read
         body = await self._read_body(binding, request_headers, receive) if binding.has_body else b""
         try:
             request = transcode.decode_request(binding, match.values, query, body)
         except transcode.BadRequest as exc:
             raise errors.bad_request(exc) from None
-        if binding.rpc.server_streaming:
+        if not unary:
             lines = _RequestLines(match, query, receive, 0, read=True)
             self.streams.enter(owners)
             try:

@@ -56,12 +56,20 @@ class InFlight:
             return True
         return False
 
+    def check(self, budget: float | None) -> None:
+        """HttpError 503 now if a call arriving now could not start within `budget` (the
+        caller's deadline) or `max_wait`: called before the request body is read and decoded,
+        so a refusal costs as little as it can."""
+        if self.busy >= self.limit:
+            wait = self.max_wait if budget is None else min(self.max_wait, budget)
+            if wait <= 0 or (self.waiting + 1) * self.holding / self.limit > wait:
+                raise self._overloaded(wait)
+
     async def wait(self, budget: float | None) -> float:
         """Wait for a slot, at most `budget` seconds (the caller's deadline) and `max_wait`; the
         seconds waited. HttpError 503 at once if the wait ahead is already longer."""
         wait = self.max_wait if budget is None else min(self.max_wait, budget)
-        ahead = (self.waiting + 1) * self.holding / self.limit
-        if wait <= 0 or ahead > wait:
+        if wait <= 0 or (self.waiting + 1) * self.holding / self.limit > wait:
             raise self._overloaded(wait)
         loop = asyncio.get_running_loop()
         turn: asyncio.Future[bool] = loop.create_future()

@@ -78,6 +78,17 @@ def test_a_call_is_refused_at_once_when_the_wait_ahead_is_longer_than_its_deadli
     asyncio.run(scenario())
 
 
+def test_the_check_before_the_body_is_read_refuses_only_what_could_not_start_in_time():
+    gate = InFlight(limit=1, max_wait=30)
+    gate.check(0)  # a free slot: nothing to wait for
+    assert gate.try_enter()
+    gate.holding = 2.0
+    with pytest.raises(HttpError):
+        gate.check(1.0)
+    gate.check(5.0)  # it may wait its turn
+    assert gate.busy == 1  # a check takes no slot
+
+
 def test_a_call_whose_wait_runs_out_is_refused():
     async def scenario() -> None:
         gate = InFlight(limit=1, max_wait=30)
