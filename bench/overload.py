@@ -20,7 +20,9 @@ What runs (servers pinned to core 0, the load to core 1):
   latency counts from when it was due (a request waiting for a free
   connection on the client side is waiting too: no coordinated omission).
   Bounded in count (rate x seconds) and time (answers wait at most 10 s
-  after the last request was due; later ones count as unanswered).
+  after the last request was due; later ones count as unanswered). Before each
+  run the servers are left to go idle (at most 30 s): an unbounded gateway
+  works through its backlog long after its load stopped.
 
 It reports, per gateway and load: the rate offered, the 200s per second of
 answering (from the first request due to the last answer, which is longer
@@ -291,6 +293,17 @@ def capacity(server: Server, workdir: Path, seconds: float) -> float:
     return float(rate.group(1))
 
 
+def settle(started: dict[str, Server], limit: float = 30.0) -> None:
+    """Wait (at most `limit` s) until the servers are idle: an unbounded gateway is still working
+    through its backlog after the load stops, on the core the next run needs."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = sum(server.cpu_seconds() for server in started.values())
+        time.sleep(0.5)
+        if sum(server.cpu_seconds() for server in started.values()) - before < 0.05:
+            return
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -367,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
             for variant in order:
                 for load in loads:
                     rate = measured * load
+                    settle(up)
                     latencies, unanswered, span = open_loop(up[variant].port, rate, seconds)
                     result = Result(variant, load, rate, span, latencies, unanswered)
                     results.append(result)
