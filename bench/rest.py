@@ -13,6 +13,9 @@ What runs (every server pinned to core 0, load generators to core 1):
 - `bridge-mesh`: the same bridge in mesh mode (the backend is a mesh service).
   Both call through the runtime's grpc.aio client, with its retries, balancing
   and telemetry; they differ in how the upstream is named;
+- `bridge-mesh-h11`: the same, served by uvicorn's h11 protocol (bench/gateway_h11.py),
+  the alternative to httptools + the limits of services/gateway/edge.py that bounds a
+  request head by itself;
 - `bridge-mesh@REF` (with `--baseline-ref REF`): the bridge-mesh of another git
   revision, checked out into a temporary worktree (removed at the end) and run
   from there on this venv, so a change is measured side by side with what it
@@ -72,6 +75,7 @@ RATIOS = (
     ("bridge / direct gRPC", "bridge", "direct"),
     ("grpc-gateway / direct gRPC", "grpc-gateway", "direct"),
     ("bridge-mesh / bridge", "bridge-mesh", "bridge"),
+    ("bridge-mesh / bridge-mesh-h11", "bridge-mesh", "bridge-mesh-h11"),
 )
 LUA = """\
 wrk.method = "POST"
@@ -208,6 +212,11 @@ def servers(
         port = free_port()
         started["bridge-mesh"] = start_process(
             "bridge-mesh", [*mesh, *common, "--listen", f"127.0.0.1:{port}"], port=port, env=env
+        )
+        port = free_port()
+        h11 = [sys.executable, "-m", "bench.gateway_h11", "--config", str(config), "gateway"]
+        started["bridge-mesh-h11"] = start_process(
+            "bridge-mesh-h11", [*h11, *common, "--listen", f"127.0.0.1:{port}"], port=port, env=env
         )
         if baseline is not None:
             port = free_port()

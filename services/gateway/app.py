@@ -1,13 +1,16 @@
 """The bridge as an ASGI application: HTTP/JSON in, gRPC out, JSON back.
 
 One request: match the route (404, or 405 with `Allow`), check the API key and
-rate limit, read the body (415 for a non-JSON content type, 413 past the
-limit), transcode (400 naming the field), call the upstream with the
-client's metadata and deadline, and answer with the response as proto3 JSON
-(or the error in the shape of `errors.py`). Server-streaming RPCs answer with
-newline-delimited JSON, or Server-Sent Events for `Accept: text/event-stream`;
-client- and bidi-streaming RPCs take one JSON request per line of the body
-(`_RequestLines`); a client that goes away cancels the upstream call.
+rate limit, check its headers can be gRPC metadata (400 naming the header),
+read the body (415 for a non-JSON content type, 413 past the limit), transcode
+(400 naming the field), take an in-flight slot (503 when it cannot within its
+deadline: limits.py), call the upstream with the client's metadata and
+deadline, and answer with the response as proto3 JSON (or the error in the
+shape of `errors.py`). Server-streaming RPCs answer with newline-delimited
+JSON, or Server-Sent Events for `Accept: text/event-stream`; client- and
+bidi-streaming RPCs take one JSON request per line of the body
+(`_RequestLines`); a client that goes away cancels the upstream call. A stream
+counts against its API key's cap (429).
 
 Anything unexpected becomes a 500 with a correlation id, logged with its
 traceback; a client never sees a stack trace.
@@ -16,6 +19,7 @@ traceback; a client never sees a stack trace.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,7 +31,7 @@ from google.protobuf.message import Message
 from services.runtime import log
 from services.runtime.config import GatewayConfig
 
-from . import errors, headers, routes, transcode
+from . import errors, headers, limits, routes, transcode
 from .api import Api
 from .routes import Binding, Match, RouteTable
 from .upstream import Metadata, Requests, Stream, Upstreams
@@ -54,6 +58,9 @@ class Admission:
 
     labels: frozenset[str] = frozenset()
     headers: Headers = field(default_factory=list)
+    owners: tuple[str, ...] = ()
+    """Whose streams a stream of this request counts against, each capped at `max_streams_per_key`:
+    the API key; an end user acting through it is one more owner, with a cap of its own."""
 
 
 class Guard(Protocol):
@@ -91,6 +98,9 @@ class Gateway:
         self.upstreams.prepare({b.rpc.path: b.rpc for b in everything.bindings}.values())
         self._any_origin = "*" in self.settings.cors_origins
         self._origins = {o.encode() for o in self.settings.cors_origins}
+        self.in_flight = limits.InFlight(self.settings.max_in_flight, self.settings.max_queue_wait)
+        self.streams = limits.StreamCaps(self.settings.max_streams_per_key)
+        self.refusals = limits.Refusals("the gateway's limits")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -119,8 +129,10 @@ class Gateway:
             if match is None:
                 await self._no_route(table, method, path, request_headers, cors, send)
                 return
-            await self._call(match, query, request_headers, receive, send, cors + admitted.headers)
+            await self._call(match, query, request_headers, receive, send, cors, admitted)
         except errors.HttpError as exc:
+            if exc.refusal:
+                self.refusals.count(exc)
             await _send_error(send, exc, cors)
         except _ClientGone:
             return
@@ -134,9 +146,16 @@ class Gateway:
             await _send_error(send, error, cors)
 
     async def _call(
-        self, match: Match, query: str, request_headers: Headers, receive: Receive, send: Send, extra: Headers
+        self,
+        match: Match,
+        query: str,
+        request_headers: Headers,
+        receive: Receive,
+        send: Send,
+        cors: Headers,
+        admitted: Admission,
     ) -> None:
-        binding = match.binding
+        binding, extra, owners = match.binding, cors + admitted.headers, admitted.owners
         try:
             metadata, grpc_timeout = headers.request_metadata(request_headers)
             timeout_param = _query_value(query, "timeout") if "timeout=" in query else None
@@ -146,20 +165,41 @@ class Gateway:
         if binding.rpc.client_streaming:
             lines = _RequestLines(match, query, receive, self.settings.max_body_bytes)
             _check_content_type(next((v for k, v in request_headers if k == b"content-type"), b""), True)
-            await self._stream(
-                binding, lines.messages(), metadata, timeout, request_headers, send, extra, lines
-            )
+            self.streams.enter(owners)
+            try:
+                await self._stream(
+                    binding, lines.messages(), metadata, timeout, request_headers, send, extra, lines
+                )
+            finally:
+                self.streams.leave(owners)
             return
+        unary = not binding.rpc.server_streaming
+        if unary:
+            self.in_flight.check(timeout)  # a call that cannot start in time is not even read
         body = await self._read_body(binding, request_headers, receive) if binding.has_body else b""
         try:
             request = transcode.decode_request(binding, match.values, query, body)
         except transcode.BadRequest as exc:
             raise errors.bad_request(exc) from None
-        if binding.rpc.server_streaming:
+        if not unary:
             lines = _RequestLines(match, query, receive, 0, read=True)
-            await self._stream(binding, request, metadata, timeout, request_headers, send, extra, lines)
-        else:
+            self.streams.enter(owners)
+            try:
+                await self._stream(binding, request, metadata, timeout, request_headers, send, extra, lines)
+            finally:
+                self.streams.leave(owners)
+            return
+        # A unary call takes an in-flight slot; past the cap it waits while its deadline allows.
+        in_flight = self.in_flight
+        if not in_flight.try_enter():
+            waited = await in_flight.wait(timeout)
+            if timeout is not None:
+                timeout -= waited
+        since = time.monotonic()
+        try:
             await self._unary(binding, request, metadata, timeout, send, extra)
+        finally:
+            in_flight.leave(since)
 
     async def _unary(
         self,

@@ -65,9 +65,16 @@ class HttpError(Exception):
         self.code = int(code.value[0])
         self.message = message
         self.details = list(details)
+        self.reason = reason
         if reason is not None:
             self.details.insert(0, error_info(reason))
         self.headers = list(headers)
+
+    @property
+    def refusal(self) -> bool:
+        """A refusal by the gateway's limits (rate, in-flight calls, streams, connections): it says
+        when to retry. These are counted, not logged one by one (limits.Refusals)."""
+        return any(name == b"retry-after" for name, _ in self.headers)
 
     def body(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "details": self.details}

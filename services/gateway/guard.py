@@ -77,7 +77,7 @@ class KeyGuard:
                 reason="RATE_LIMITED",
                 headers=[(b"retry-after", str(seconds).encode())],
             )
-        return Admission(record.labels)
+        return Admission(record.labels, owners=(f"API key {record.name!r}",))
 
     def rate_of(self, record: ApiKey) -> tuple[float, int]:
         rate = record.requests_per_second or self.limit.requests_per_second

@@ -6,6 +6,14 @@ keys are base64). Back come the upstream's response headers as
 `Grpc-Metadata-<key>` and its trailers as `Grpc-Trailer-<key>` (as
 grpc-gateway does), minus gRPC's own.
 
+Nothing reaches gRPC unchecked: a metadata key has gRPC's characters
+(`0-9 a-z _ - .`), a value is printable ASCII (a `-bin` value base64), each
+value is at most 4 KiB and all of them together at most 6 KiB (counted as
+HTTP/2 does, name + value + 32 each), which keeps a call with the bridge's own
+headers under grpc's 8 KiB metadata limit. Past any of these: 400 naming the
+header, where grpc would fail the call (500) or answer RESOURCE_EXHAUSTED (429,
+which tells a client to retry what never succeeds).
+
 The deadline is the `grpc-timeout` header (gRPC's form: `250m`, `5S`) or the
 `timeout` query parameter (`250ms`, `1.5s`, `2m`, or gRPC's form), capped by
 the configured maximum.
@@ -29,6 +37,14 @@ _HUMAN_TIMEOUT = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _HUMAN_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
+_KEY = re.compile(rb"[0-9a-z_.\-]+")
+_ASCII = re.compile(rb"[\x20-\x7e]*")
+_BASE64 = re.compile(rb"[A-Za-z0-9+/\-_]*=*")
+MAX_VALUE_BYTES = 4096
+"""Longest metadata value a client may send."""
+MAX_METADATA_BYTES = 6144
+"""All the metadata a client sends, each entry counted as HTTP/2 does: name + value + 32."""
+
 Metadata = list[tuple[str, str | bytes]]
 
 
@@ -45,23 +61,64 @@ def request_metadata(headers: Iterable[tuple[bytes, bytes]]) -> tuple[Metadata, 
     """The metadata to send upstream, and the raw `grpc-timeout` header if there was one."""
     metadata: Metadata = []
     timeout: str | None = None
+    size = 0
     for name, value in headers:
         if name in FORWARDED:
-            metadata.append((name.decode("latin-1"), value.decode("latin-1")))
+            _check_text(name, value)
+            key = name.decode()
+            metadata.append((key, value.decode()))
         elif name.startswith(PREFIX):
-            key = name[len(PREFIX) :].decode("latin-1")
-            if not key or key in _RESERVED or key.startswith(_HIDDEN_RESPONSE):
+            raw_key = name[len(PREFIX) :]
+            if not raw_key:
+                continue
+            if _KEY.fullmatch(raw_key) is None:
+                raise HeaderError(
+                    name.decode("latin-1"), "a metadata key may only hold 0-9, a-z, '_', '-' and '.'"
+                )
+            key = raw_key.decode()
+            if key in _RESERVED or key.startswith(_HIDDEN_RESPONSE):
                 continue
             if key.endswith("-bin"):
-                try:
-                    metadata.append((key, base64.b64decode(value + b"=" * (-len(value) % 4))))
-                except (binascii.Error, ValueError):
-                    raise HeaderError(name.decode("latin-1"), "a -bin value must be base64") from None
+                metadata.append((key, _binary(name, value)))
             else:
-                metadata.append((key, value.decode("latin-1")))
+                _check_text(name, value)
+                metadata.append((key, value.decode()))
         elif name == b"grpc-timeout":
             timeout = value.decode("latin-1")
+            continue
+        else:
+            continue
+        size += len(key) + len(value) + 32
+    if size > MAX_METADATA_BYTES:
+        raise HeaderError(
+            "headers",
+            f"the headers sent on as gRPC metadata come to {size} bytes, more than {MAX_METADATA_BYTES} "
+            "(each counted as name + value + 32)",
+        )
     return metadata, timeout
+
+
+def _check_text(name: bytes, value: bytes) -> None:
+    """A value gRPC accepts, or the HeaderError naming the header."""
+    field = name.decode("latin-1")
+    if len(value) > MAX_VALUE_BYTES:
+        raise HeaderError(field, f"is {len(value)} bytes long, more than {MAX_VALUE_BYTES}")
+    if _ASCII.fullmatch(value) is None:
+        raise HeaderError(field, "must be printable ASCII (gRPC metadata); send binary as -bin, in base64")
+
+
+def _binary(name: bytes, value: bytes) -> bytes:
+    """A `-bin` header's bytes: its value is base64, standard or URL-safe, padding optional."""
+    field = name.decode("latin-1")
+    if len(value) > MAX_VALUE_BYTES:
+        raise HeaderError(field, f"is {len(value)} bytes long, more than {MAX_VALUE_BYTES}")
+    if _BASE64.fullmatch(value) is not None:
+        unpadded = value.rstrip(b"=")
+        try:
+            return base64.b64decode(unpadded + b"=" * (-len(unpadded) % 4), altchars=b"-_")
+        except (binascii.Error, ValueError):
+            pass
+    raise HeaderError(field, "a -bin value must be base64")
 
 
 def response_headers(initial: Any, trailing: Any) -> list[tuple[bytes, bytes]]:

@@ -7,7 +7,8 @@ from each upstream's reflection service, which also says which upstream
 serves which service. Either way the calls go through the runtime's client
 (upstream.py).
 
-It serves with uvicorn on uvloop + httptools, the fastest pair here.
+It serves with uvicorn on uvloop + httptools, the fastest pair here, behind the HTTP limits
+of edge.py (header bytes, timeouts, open connections).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import sys
@@ -27,13 +29,15 @@ from google.protobuf import descriptor_pb2
 
 from services.gateway.telemetry import HttpTracing, gateway_telemetry
 from services.runtime import log
-from services.runtime.config import MeshConfig, load_config
+from services.runtime.config import GatewayConfig, MeshConfig, load_config
 from services.runtime.errors import ConfigError
 from services.runtime.telemetry import Telemetry
 
 from . import api as api_module
 from . import openapi, routes, upstream_tls
 from .app import Gateway, Page
+from .edge import Edge
+from .edge import protocol as edge_protocol
 from .guard import KeyGuard
 from .keys import KeyStore
 from .pages import pages
@@ -172,31 +176,67 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn without its signal handling: it re-raises SIGTERM after shutdown (exit -15), and
-    `run` installs handlers that stop it with exit code 0, like the services."""
+    """uvicorn without its signal handling (it re-raises SIGTERM after shutdown, exit -15; `run`
+    installs handlers that stop it with exit code 0, like the services), and with the edge's
+    timeouts checked on its tick (every 0.1 s)."""
+
+    def __init__(self, config: uvicorn.Config, edge: Edge) -> None:
+        super().__init__(config)
+        self.edge = edge
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def on_tick(self, counter: int) -> bool:
+        self.edge.sweep()
+        return await super().on_tick(counter)
 
-def uvicorn_server(app: Gateway | HttpTracing, grace: float) -> uvicorn.Server:
+
+def uvicorn_server(app: Gateway | HttpTracing, grace: float, settings: GatewayConfig) -> uvicorn.Server:
+    """uvicorn on httptools behind the limits of `[gateway]` (edge.py)."""
+    edge = Edge(settings)
     config = uvicorn.Config(
         app,
-        http="httptools",
+        http=edge_protocol(edge),
+        ws="none",  # nothing is served over WebSocket: an Upgrade is answered as plain HTTP
         proxy_headers=False,  # the bridge never uses the client address
         loop="none",
         lifespan="off",
         access_log=False,
         log_config=None,
         server_header=False,
+        timeout_keep_alive=settings.idle_timeout,  # type: ignore[arg-type]  # a float works (call_later)
         timeout_graceful_shutdown=max(1, int(grace)),
     )
-    return _Server(config)
+    return _Server(config, edge)
+
+
+def make_room_for(connections: int) -> None:
+    """Each connection is a file descriptor: raise the soft limit to hold `max_connections` and
+    the gateway's own files, as far as the hard limit allows (else the kernel refuses first)."""
+    wanted = connections + _OWN_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    room = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if room > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (room, hard))
+    if room < wanted:
+        _log.warning(
+            f"the open file limit ({room}) is below gateway.max_connections + {_OWN_FILES}; "
+            "connections past it fail before the gateway can answer them",
+            extra={"fields": {"event": "file_limit", "limit": room}},
+        )
+
+
+_OWN_FILES = 256
+"""File descriptors the gateway needs besides its connections: channels, databases, logs."""
 
 
 async def run(config: MeshConfig, options: Options) -> int:
     host, port = listen_address(config, options)
+    make_room_for(config.gateway.max_connections)
     try:
         sock = bind(host, port)
     except OSError as exc:
@@ -213,7 +253,7 @@ async def run(config: MeshConfig, options: Options) -> int:
         telemetry.close()
         _log.error(str(exc), extra={"fields": {"event": "config_error"}})
         return 2
-    server = uvicorn_server(HttpTracing(gateway, telemetry), config.grace_period)
+    server = uvicorn_server(HttpTracing(gateway, telemetry), config.grace_period, config.gateway)
     bound = sock.getsockname()[1]
     _log.info(
         f"gateway serving HTTP on {host}:{bound}",

@@ -10,7 +10,8 @@ needs two things the gRPC services get from the runtime:
   request that continues the request's `traceparent`, so the gateway's log
   lines and the gRPC calls it makes share one trace id; it logs each request
   like the services log each call (`http request finished`: 4xx/5xx at info,
-  the rest at debug), inside the span, so that line carries the trace id too;"""
+  the rest at debug, and so are refusals by the limits, which limits.Refusals summarises), inside
+  the span, so that line carries the trace id too;"""
 
 from __future__ import annotations
 
@@ -65,18 +66,22 @@ class HttpTracing:
                 {"http.request.method": method, "url.path": path},
             )
         status = 500
+        refused = False
 
         async def sending(message: Message) -> None:
-            nonlocal status
+            nonlocal status, refused
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                if status in (429, 503):
+                    refused = any(name == b"retry-after" for name, _ in message.get("headers", ()))
             await send(message)
 
         started = time.perf_counter()
         try:
             await self.app(scope, receive, sending)
         finally:
-            level = logging.INFO if status >= 400 else logging.DEBUG
+            # A refusal by the limits (429/503 with Retry-After) is counted and summarised there.
+            level = logging.INFO if status >= 400 and not refused else logging.DEBUG
             if _access.isEnabledFor(level):
                 elapsed = round((time.perf_counter() - started) * 1000, 3)
                 fields = {"http_method": method, "path": path, "status": status, "duration_ms": elapsed}

@@ -33,6 +33,9 @@ from .routes import Binding
 RESERVED_QUERY = frozenset({"key", "timeout"})
 #: Bound on query parameters per request (parsing more is work for an attacker, not a client).
 MAX_QUERY_FIELDS = 1000
+#: Longest value of a path variable or query parameter. A resource name is far shorter; an
+#: upstream that quotes a longer one in its error goes past gRPC's 8 KiB metadata limit (a 429).
+MAX_URL_VALUE = 1024
 #: Bound on distinct query keys remembered per binding (unknown keys are not cached past it).
 _QUERY_CACHE_SIZE = 512
 
@@ -69,7 +72,7 @@ def decode_request(binding: Binding, values: dict[str, str], query: str, body: b
     request = binding.rpc.request_class()
     document: Any = None
     if binding.has_body and body.strip():
-        document = load_json(body)
+        document = load_json(body, binding.body_prefix)
         if binding.object_body and type(document) is not dict:
             problem = f"expected a JSON object, got {_kind(document)}"
             raise BadRequest.one(binding.body_prefix or "body", problem)
@@ -79,8 +82,11 @@ def decode_request(binding: Binding, values: dict[str, str], query: str, body: b
             raise BadRequest([_violation(exc)]) from None
     for path_field in binding.path_fields:
         path = path_field.path
+        value = values[path_field.variable]
+        if len(value) > MAX_URL_VALUE:
+            raise BadRequest.one(path.text, f"is {len(value)} characters long, more than {MAX_URL_VALUE}")
         try:
-            f.assign(path.parent_of(request), path.leaf, path_field.convert(values[path_field.variable]))
+            f.assign(path.parent_of(request), path.leaf, path_field.convert(value))
         except ValueError as exc:
             raise BadRequest.one(path.text, str(exc)) from None
     if query and binding.body != "*":
@@ -94,8 +100,9 @@ def decode_request(binding: Binding, values: dict[str, str], query: str, body: b
     return request
 
 
-def load_json(body: bytes) -> Any:
-    """The parsed body: strict JSON (no NaN/Infinity literals, no key twice in an object)."""
+def load_json(body: bytes, prefix: str = "") -> Any:
+    """The parsed body: strict JSON (no NaN/Infinity literals, no key twice in an object, no lone
+    surrogate); `prefix` is the field path of the body (`body: "passenger"`), for errors."""
     try:
         text = body.decode()
         start = _WHITESPACE.match(text, 0).end()  # type: ignore[union-attr]
@@ -111,7 +118,37 @@ def load_json(body: bytes) -> Any:
         raise BadRequest.one("body", f"malformed JSON: {exc}") from None
     if end != len(text):
         raise BadRequest.one("body", f"malformed JSON: extra data at character {end}")
+    if "\\u" in text:  # only an escape can make a lone surrogate, which protobuf cannot hold
+        _check_unicode(value, prefix)
     return value
+
+
+def _check_unicode(value: Any, path: str = "") -> None:
+    """BadRequest naming where a string or key of the document holds a lone surrogate (`"\\ud800"`)."""
+    if isinstance(value, str):
+        if not _unicode(value):
+            raise BadRequest.one(path or "body", _SURROGATE)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not _unicode(key):
+                raise BadRequest.one(path or "body", f"a key {_SURROGATE}")
+            _check_unicode(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_unicode(item, f"{path or 'body'}[{index}]")
+
+
+def _unicode(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_SURROGATE = "holds an unpaired surrogate escape, which is not a Unicode character"
 
 
 _FAILED = re.compile(r"Failed to parse (\S+) field: ")
@@ -195,6 +232,9 @@ def _apply_query(binding: Binding, request: Message, query: str) -> None:
     problems: list[Violation] = []
     for key, value in pairs:
         if key in RESERVED_QUERY:
+            continue
+        if len(value) > MAX_URL_VALUE:
+            problems.append(Violation(key, f"is {len(value)} characters long, more than {MAX_URL_VALUE}"))
             continue
         target = _query_target(binding, key)
         if target is None:

@@ -101,10 +101,16 @@ class CallWrapper:
         async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             metadata = context.invocation_metadata() or ()  # a fresh tuple per read: read once
-            tokens = _enter(method, context, metadata)
+            tokens, remaining = _enter(method, context, metadata)
             observed = probe.begin(context, metadata) if probe is not None else None
             code: grpc.StatusCode | None = grpc.StatusCode.OK
             try:
+                if remaining is not None and remaining <= 0:
+                    # It waited (in grpc, in the event loop) past its deadline: the caller has given
+                    # up, so the work is not started; under overload this is what sheds it.
+                    await context.abort(
+                        grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call started"
+                    )
                 if authorize is not None:
                     authorize(context)
                 if request.__class__ is Malformed:
@@ -302,7 +308,9 @@ def _enter(
     method: str,
     context: grpc.aio.ServicerContext[Any, Any],
     metadata: Iterable[tuple[str, Any]] | None = None,
-) -> _Tokens:
+) -> tuple[_Tokens, float | None]:
+    """The call recorded for outgoing calls and logs (`_leave` takes the tokens back), and the
+    seconds left until its deadline."""
     remaining = context.time_remaining()
     propagated = tuple(
         (key, value)
@@ -318,7 +326,7 @@ def _enter(
     for key, value in propagated:
         if key == "x-request-id":
             fields["request_id"] = value
-    return current_call.set(call), log.call_fields.set(fields)
+    return (current_call.set(call), log.call_fields.set(fields)), remaining
 
 
 def _leave(tokens: _Tokens, method: str, code: grpc.StatusCode, started: float) -> None:

@@ -285,6 +285,25 @@ class GatewayConfig:
     cors_origins: Names = ()
     sse_keepalive: Annotated[float, _duration(zero=True)] = 15.0
     """Proxies close quiet connections (nginx and most load balancers after 60 s); 0: never."""
+    # What one client may cost (services/gateway/edge.py, docs/threat-model.md).
+    max_header_bytes: Annotated[int, _number(1024, 2**24, int)] = 64 * 1024
+    """Request line + headers; past it 431 (Envoy's edge default is 60 KiB)."""
+    max_url_bytes: Annotated[int, _number(256, 2**24, int)] = 8 * 1024
+    """The request target (path and query); past it 414."""
+    header_timeout: Seconds = 10.0
+    """A connection sends its whole head within this of connecting (or of its first byte): else 408."""
+    body_timeout: Seconds = 30.0
+    """Longest silence while a request body is incomplete: else 408."""
+    idle_timeout: Seconds = 5.0
+    """A keep-alive connection with no request for this long is closed."""
+    max_connections: Annotated[int, _number(1, 1_000_000, int)] = 1000
+    """Open connections; one more is answered 503 with Retry-After and closed."""
+    max_in_flight: Annotated[int, _number(1, 1_000_000, int)] = 32
+    """Unary calls upstream at once; the next ones wait (see max_queue_wait), else 503 + Retry-After."""
+    max_queue_wait: Annotated[float, _duration(zero=True)] = 0.05
+    """Longest wait for an in-flight slot (never past the caller's deadline); 0: refuse at once."""
+    max_streams_per_key: Annotated[int, _number(1, 1_000_000, int)] = 100
+    """Streams (any kind) open at once per API key; one more is 429 + Retry-After."""
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     enabled: bool = False
     """Whether the mesh file has a `[gateway]` table, so `mesh up` starts the gateway (set by the loader)."""

@@ -124,7 +124,7 @@ async def start_gateway(
     """Build the gateway as `mesh gateway` does and serve it with uvicorn on a free port."""
     gateway, close = await gateway_server.build(config, options, telemetry)
     sock = gateway_server.bind("127.0.0.1", 0)
-    server = gateway_server.uvicorn_server(gateway, 0.5)
+    server = gateway_server.uvicorn_server(gateway, 0.5, config.gateway)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():

@@ -24,6 +24,25 @@ def test_without_a_gateway_table_the_gateway_is_off_with_defaults(tmp_path):
     assert gateway.cors_origins == ()
     assert gateway.sse_keepalive == 15.0
     assert (gateway.rate_limit.requests_per_second, gateway.rate_limit.burst) == (10.0, 20)
+    assert (gateway.max_header_bytes, gateway.max_url_bytes) == (65536, 8192)
+    assert (gateway.header_timeout, gateway.body_timeout, gateway.idle_timeout) == (10.0, 30.0, 5.0)
+    assert (gateway.max_connections, gateway.max_in_flight, gateway.max_queue_wait) == (1000, 32, 0.05)
+    assert gateway.max_streams_per_key == 100
+
+
+def test_the_limits_of_the_repository_mesh_file_are_the_defaults():
+    """mesh.toml documents every limit with its default value: the two must not drift apart."""
+    from pathlib import Path
+
+    from services.runtime.config import GatewayConfig
+
+    written = load_config(Path(__file__).parents[2] / "mesh.toml", env={}).gateway
+    default = GatewayConfig()
+    for key in (
+        "max_header_bytes", "max_url_bytes", "header_timeout", "body_timeout", "idle_timeout",
+        "max_connections", "max_in_flight", "max_queue_wait", "max_streams_per_key",
+    ):  # fmt: skip
+        assert getattr(written, key) == getattr(default, key), key
 
 
 def test_a_gateway_table_turns_it_on_with_its_values(tmp_path):
@@ -64,6 +83,12 @@ def test_the_environment_overrides_gateway_keys(tmp_path):
         ("[gateway]\ncors_origins = [1]\n", "gateway.cors_origins", "list of non-empty strings"),
         ('[gateway]\nsse_keepalive = "-5s"\n', "gateway.sse_keepalive", "positive duration"),
         ("[gateway]\nprot = 1\n", "gateway.prot", "did you mean 'port'"),
+        ("[gateway]\nmax_header_bytes = 100\n", "gateway.max_header_bytes", "expected an integer"),
+        ('[gateway]\nheader_timeout = "0s"\n', "gateway.header_timeout", "positive duration"),
+        ("[gateway]\nmax_connections = 0\n", "gateway.max_connections", "expected an integer"),
+        ("[gateway]\nmax_in_flight = -1\n", "gateway.max_in_flight", "expected an integer"),
+        ('[gateway]\nmax_queue_wait = "-1s"\n', "gateway.max_queue_wait", "positive duration"),
+        ("[gateway]\nmax_streams_per_key = 0\n", "gateway.max_streams_per_key", "expected an integer"),
         ("[gateway.rate_limit]\nburst = 0\n", "gateway.rate_limit.burst", "expected an integer"),
         (
             "[gateway.rate_limit]\nrequests_per_second = -1\n",

@@ -427,3 +427,48 @@ def test_every_rpc_kind_refuses_bytes_that_are_not_its_request_type(kinds, kind)
     assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
     assert failure.info.reason == "MALFORMED_REQUEST"
     assert served.backend.seen in ([], [SOME_NAME])  # a client stream's good first message only
+
+
+class LateContext:
+    """A servicer context whose deadline passed while the call waited to start."""
+
+    def __init__(self) -> None:
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    def time_remaining(self) -> float:
+        return -0.001
+
+    def invocation_metadata(self) -> tuple:
+        return ()
+
+    def code(self) -> grpc.StatusCode | None:
+        return self.aborted[0] if self.aborted else None
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()) -> None:
+        self.aborted = (code, details)
+        raise grpc.aio.AbortError()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_call_whose_deadline_passed_before_it_started_is_not_run(kind):
+    backend = Kinds()
+    handler = CallWrapper("kinds.rideshare", {}).wrap(
+        f"/{KIND_SERVICE}/{kind}", getattr(grpc, f"{kind}_rpc_method_handler")(getattr(backend, kind))
+    )
+    context = LateContext()
+    request = pb.GetPassengerRequest(name=SOME_NAME)
+
+    async def late_call() -> None:
+        argument = request if kind.startswith("unary_") else _one(request)
+        await getattr(handler, kind)(argument, context)
+
+    with pytest.raises(grpc.aio.AbortError):
+        asyncio.run(late_call())
+
+    assert backend.seen == []
+    assert context.aborted is not None
+    assert context.aborted[0] is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def _one(request):
+    yield request
