@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 import grpc
 from google.protobuf.message import Message
 
-from services.runtime import log
+from services.runtime import log, principal
 from services.runtime.config import GatewayConfig
 
 from . import errors, headers, routes, transcode
@@ -50,10 +50,16 @@ class _ClientGone(Exception):
 
 @dataclass(frozen=True)
 class Admission:
-    """Who a guard let in: the visibility labels they are granted, and headers for the response."""
+    """Who a guard let in: the visibility labels they are granted, headers for the response, and who
+    the call is for (`x-mesh-*` metadata, services/runtime/principal.py)."""
 
     labels: frozenset[str] = frozenset()
     headers: Headers = field(default_factory=list)
+    claims: tuple[tuple[str, str], ...] = ()
+
+
+NO_AUTH = Admission(claims=((principal.APP, "-"), (principal.SCOPES, principal.ADMIN)))
+"""Without a guard (`mesh gateway --no-auth`, local use only) whoever reaches the port is an operator."""
 
 
 class Guard(Protocol):
@@ -110,8 +116,10 @@ class Gateway:
                 await self._page(path, cors, send)
                 return
             query = scope["query_string"].decode("latin-1")
-            if method == "OPTIONS" or self.guard is None:  # a browser's preflight carries no key
+            if method == "OPTIONS":  # a browser's preflight carries no key
                 admitted = Admission()
+            elif self.guard is None:
+                admitted = NO_AUTH
             else:
                 admitted = self.guard.admit(request_headers, query)
             table = self.table_for(admitted.labels)
@@ -119,7 +127,7 @@ class Gateway:
             if match is None:
                 await self._no_route(table, method, path, request_headers, cors, send)
                 return
-            await self._call(match, query, request_headers, receive, send, cors + admitted.headers)
+            await self._call(match, query, request_headers, receive, send, cors + admitted.headers, admitted)
         except errors.HttpError as exc:
             await _send_error(send, exc, cors)
         except _ClientGone:
@@ -134,11 +142,21 @@ class Gateway:
             await _send_error(send, error, cors)
 
     async def _call(
-        self, match: Match, query: str, request_headers: Headers, receive: Receive, send: Send, extra: Headers
+        self,
+        match: Match,
+        query: str,
+        request_headers: Headers,
+        receive: Receive,
+        send: Send,
+        extra: Headers,
+        admitted: Admission,
     ) -> None:
         binding = match.binding
         try:
             metadata, grpc_timeout = headers.request_metadata(request_headers)
+            if self.guard is not None:  # the guard read the bearer token; the services get its user
+                metadata = [(k, v) for k, v in metadata if k != "authorization"]
+            metadata += admitted.claims
             timeout_param = _query_value(query, "timeout") if "timeout=" in query else None
             timeout = headers.parse_timeout(grpc_timeout, timeout_param, self.settings.max_timeout)
         except headers.HeaderError as exc:

@@ -117,8 +117,20 @@ def document(
         doc["components"]["securitySchemes"] = {
             "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
             "ApiKeyQuery": {"type": "apiKey", "in": "query", "name": "key"},
+            "BearerToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "A passenger's or driver's access_token from signIn or refreshSession, "
+                "with an API key that has the rides scope.",
+            },
         }
-        doc["security"] = [{"ApiKeyHeader": []}, {"ApiKeyQuery": []}]
+        doc["security"] = [
+            {"ApiKeyHeader": []},
+            {"ApiKeyQuery": []},
+            {"ApiKeyHeader": [], "BearerToken": []},
+            {"ApiKeyQuery": [], "BearerToken": []},
+        ]
     return doc
 
 

@@ -3,7 +3,9 @@
 One mesh of all six services and the REST gateway serves the module: `mesh
 up` makes the certificates itself, every port demands a client certificate
 from the mesh CA, services and the gateway call each other as their own
-identities, and payments lets only trips and the gateway create payments.
+identities, and payments lets only trips and the gateway create payments
+(and the gateway not even then: CreatePayment is INTERNAL, and the gateway's
+calls are for callers outside the mesh).
 grpcurl is the real binary with `-cacert/-cert/-key`, exactly as the README
 shows it.
 """
@@ -129,12 +131,21 @@ def test_a_client_with_a_certificate_from_another_ca_cannot_connect(tls_mesh, tm
 
 
 def test_an_allowed_caller_may_create_a_payment(tls_mesh):
-    payment = as_member(tls_mesh, "gateway").json(
+    payment = as_member(tls_mesh, "trips").json(
         tls_mesh.address("payments"), f"{PAYMENTS}/CreatePayment", PAYMENT
     )
 
     assert payment["name"].startswith("payments/")
     assert payment["state"] == "PAYMENT_STATE_SUCCEEDED"
+
+
+def test_the_gateways_identity_alone_is_no_member_of_the_mesh_for_internal_methods(tls_mesh):
+    """The rules allow the gateway, but its calls are for someone outside: CreatePayment is INTERNAL."""
+    status = as_member(tls_mesh, "gateway").error(
+        tls_mesh.address("payments"), f"{PAYMENTS}/CreatePayment", PAYMENT
+    )
+
+    assert (status.code, status.reason) == ("PERMISSION_DENIED", "METHOD_RESTRICTED")
 
 
 @pytest.mark.parametrize("caller", ["mesh", "passengers"])
@@ -174,7 +185,7 @@ def test_health_and_reflection_answer_a_caller_the_rules_deny(tls_mesh):
 
 
 def test_a_trip_crosses_the_mesh_over_mtls_and_trips_may_charge_the_card(tls_mesh):
-    ride = Rides(tls_mesh, as_member(tls_mesh, "gateway")).ride("pm_card_visa")
+    ride = Rides(tls_mesh, as_member(tls_mesh, "mesh")).ride("pm_card_visa")
 
     assert ride.completed["state"] == "TRIP_STATE_COMPLETED"
     assert ride.completed["paymentState"] == "TRIP_PAYMENT_STATE_SUCCEEDED"
