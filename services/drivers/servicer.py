@@ -29,6 +29,7 @@ from rideshare.drivers.v1.drivers_pb2 import (
 )
 
 from services.runtime.aip import timestamp_from_ns
+from services.runtime.principal import require_owner
 from services.runtime.sessions import Accounts, Grant, hash_password
 
 from . import domain
@@ -57,6 +58,7 @@ class DriverServicer(drivers_pb2_grpc.DriverServiceServicer):
         return await self._session(await self.accounts.refresh(request.refresh_token))
 
     async def GetDriver(self, request: GetDriverRequest, context: Context) -> Driver:
+        self._mine(request.name)
         return await self.store.get(request.name)
 
     async def ListDrivers(self, request: ListDriversRequest, context: Context) -> ListDriversResponse:
@@ -64,6 +66,7 @@ class DriverServicer(drivers_pb2_grpc.DriverServiceServicer):
         return ListDriversResponse(drivers=page.items, next_page_token=page.next_page_token)
 
     async def UpdateDriver(self, request: UpdateDriverRequest, context: Context) -> Driver:
+        self._mine(request.driver.name, "driver.name")
         return await self.store.update(
             request.driver.name,
             lambda current: domain.updated_driver(current, request),
@@ -72,20 +75,24 @@ class DriverServicer(drivers_pb2_grpc.DriverServiceServicer):
         )
 
     async def DeleteDriver(self, request: DeleteDriverRequest, context: Context) -> Empty:
+        self._mine(request.name)
         await self.store.delete(request.name, request, domain.check_deletable)
         await self.accounts.forget(self.store.id_of(request.name))
         return Empty()
 
     async def GoOnline(self, request: GoOnlineRequest, context: Context) -> Driver:
+        self._mine(request.name)
         domain.check_location(request.location)
         return await self.store.update(
             request.name, lambda current: domain.go_online(current, request.location), request
         )
 
     async def GoOffline(self, request: GoOfflineRequest, context: Context) -> Driver:
+        self._mine(request.name)
         return await self.store.update(request.name, domain.go_offline, request)
 
     async def UpdateDriverLocation(self, request: UpdateDriverLocationRequest, context: Context) -> Driver:
+        self._mine(request.name)
         domain.check_location(request.location)
         return await self.store.update(
             request.name, lambda current: domain.update_location(current, request.location), request
@@ -107,6 +114,10 @@ class DriverServicer(drivers_pb2_grpc.DriverServiceServicer):
         return await self.store.update(
             request.name, lambda current: domain.release_trip(current, request.trip), request
         )
+
+    def _mine(self, name: str, field: str = "name") -> None:
+        """Only its driver (or an operator) acts on a driver; to anyone else it does not exist."""
+        require_owner([name], lambda: self.store.not_found(self.store.id_of(name, field)))
 
     async def _session(self, grant: Grant) -> Session:
         return Session(

@@ -21,6 +21,7 @@ from rideshare.passengers.v1.passengers_pb2 import (
 )
 
 from services.runtime.aip import timestamp_from_ns
+from services.runtime.principal import require_owner
 from services.runtime.resources import Store
 from services.runtime.sessions import Accounts, Grant, hash_password
 
@@ -49,6 +50,7 @@ class PassengerServicer(passengers_pb2_grpc.PassengerServiceServicer):
         return await self._session(await self.accounts.refresh(request.refresh_token))
 
     async def GetPassenger(self, request: GetPassengerRequest, context: Context) -> Passenger:
+        self._mine(request.name)
         return await self.store.get(request.name)
 
     async def ListPassengers(
@@ -58,6 +60,7 @@ class PassengerServicer(passengers_pb2_grpc.PassengerServiceServicer):
         return ListPassengersResponse(passengers=page.items, next_page_token=page.next_page_token)
 
     async def UpdatePassenger(self, request: UpdatePassengerRequest, context: Context) -> Passenger:
+        self._mine(request.passenger.name, "passenger.name")
         return await self.store.update(
             request.passenger.name,
             lambda current: domain.updated_passenger(current, request),
@@ -66,9 +69,14 @@ class PassengerServicer(passengers_pb2_grpc.PassengerServiceServicer):
         )
 
     async def DeletePassenger(self, request: DeletePassengerRequest, context: Context) -> Empty:
+        self._mine(request.name)
         await self.store.delete(request.name, request)
         await self.accounts.forget(self.store.id_of(request.name))
         return Empty()
+
+    def _mine(self, name: str, field: str = "name") -> None:
+        """Only its passenger (or an operator) acts on a passenger; to anyone else it does not exist."""
+        require_owner([name], lambda: self.store.not_found(self.store.id_of(name, field)))
 
     async def _session(self, grant: Grant) -> Session:
         return Session(

@@ -7,6 +7,7 @@ from rideshare.payments.v1 import payments_pb2, payments_pb2_grpc
 from services.runtime import Runtime, Service
 from services.runtime.storage import SqliteBackend
 
+from .clients import Billing
 from .processor import SimulatedProcessor
 from .servicer import PaymentServicer
 from .store import MIGRATIONS, PaymentStore
@@ -17,7 +18,7 @@ def create(runtime: Runtime) -> Service:
     store = PaymentStore(db, SimulatedProcessor(db))
     return Service(
         descriptor=payments_pb2.DESCRIPTOR.services_by_name["PaymentService"],
-        servicer=PaymentServicer(store),
+        servicer=PaymentServicer(store, Billing(runtime.clients)),
         register=payments_pb2_grpc.add_PaymentServiceServicer_to_server,
         on_stop=store.close,
     )

@@ -15,7 +15,10 @@ from rideshare.payments.v1.payments_pb2 import (
     RefundPaymentRequest,
 )
 
+from services.runtime.principal import require_owner, signed_in
+
 from . import domain
+from .clients import Billing
 from .store import PaymentStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -24,15 +27,22 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
     """Payments: charge once per request, read, list, refund."""
 
-    def __init__(self, store: PaymentStore) -> None:
+    def __init__(self, store: PaymentStore, billing: Billing) -> None:
         self.store = store
+        self.billing = billing
 
     async def CreatePayment(self, request: CreatePaymentRequest, context: Context) -> Payment:
         payment, amount = domain.new_payment(request.payment)
         return await self.store.pay(payment, amount, request)
 
     async def GetPayment(self, request: GetPaymentRequest, context: Context) -> Payment:
-        return await self.store.get(request.name)
+        """The passenger's of its invoice (and operators'): to anyone else it does not exist."""
+        who = signed_in()
+        payment = await self.store.get(request.name)
+        if not who.admin:
+            owner = await self.billing.passenger_of(payment.invoice)
+            require_owner([owner], lambda: self.store.not_found(self.store.id_of(payment.name)))
+        return payment
 
     async def ListPayments(self, request: ListPaymentsRequest, context: Context) -> ListPaymentsResponse:
         page = await self.store.list(request, invoice=request.invoice)

@@ -35,7 +35,7 @@ answers exactly like a missing one.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -102,13 +102,22 @@ def caller() -> Principal:
     return MESH if call is None or call.principal is None else call.principal
 
 
-def require_owner(owners: Iterable[str], missing: MeshError, who: Principal | None = None) -> Principal:
-    """The caller, if it may act on data of `owners`; else `missing` (another's data does not exist for
-    it), or SIGN_IN_REQUIRED for an application acting for nobody."""
-    principal = caller() if who is None else who
+def require_owner(owners: Iterable[str], missing: Callable[[], MeshError]) -> Principal:
+    """The caller, if it may act on data of `owners`; else the error `missing()` makes (another's data
+    does not exist for it), or SIGN_IN_REQUIRED for an application acting for nobody."""
+    principal = caller()
     if principal.owns(*owners):
         return principal
-    raise sign_in_required() if not principal.user else missing
+    raise sign_in_required() if not principal.user else missing()
+
+
+def signed_in() -> Principal:
+    """The caller, unless it is an application acting for nobody (SIGN_IN_REQUIRED): read another's data
+    only after this, so the answer to "whose is it?" never depends on whether it exists."""
+    principal = caller()
+    if not principal.admin and not principal.user:
+        raise sign_in_required()
+    return principal
 
 
 def sign_in_required() -> Unauthenticated:

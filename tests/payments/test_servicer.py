@@ -156,7 +156,7 @@ class LosesTheFirstAnswer(PaymentServicer):
 
 def losing_payments(runtime: Runtime) -> list[Service]:
     service = app.create(runtime)
-    service.servicer = LosesTheFirstAnswer(service.servicer.store)
+    service.servicer = LosesTheFirstAnswer(service.servicer.store, service.servicer.billing)
     return [service]
 
 
