@@ -205,3 +205,13 @@ def test_sessions_config_is_checked(tmp_path):
         with pytest.raises(ConfigError) as failed:
             load_config(write_mesh_file(tmp_path, MESH_TOML + text), env={})
         assert failed.value.key == key
+
+
+def test_a_token_remembered_as_valid_still_expires(config):
+    verifier = tokens.Verifier(config)
+    issued = tokens.Issuer(config, "passengers").issue(PASSENGER)
+    assert verifier.verify(issued.token).subject == PASSENGER
+
+    with pytest.raises(tokens.TokenError) as refused:
+        verifier.verify(issued.token, now=issued.expire_time)
+    assert refused.value.reason == "TOKEN_EXPIRED"
