@@ -143,13 +143,13 @@ def _bearer(request_headers: Headers) -> str | None:
 
 
 def _bad_token(error: TokenError) -> HttpError:
-    problem = "invalid_token"
+    """401, with the challenge RFC 6750 asks for."""
     return HttpError(
         401,
         grpc.StatusCode.UNAUTHENTICATED,
         str(error),
         reason=error.reason,
-        headers=[(b"www-authenticate", f'Bearer error="{problem}"'.encode())],
+        headers=[(b"www-authenticate", b'Bearer error="invalid_token"')],
     )
 
 
