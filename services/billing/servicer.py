@@ -17,6 +17,7 @@ from rideshare.billing.v1.billing_pb2 import (
 )
 
 from services.runtime.aip import without_output_only
+from services.runtime.principal import require_owner, signed_in
 
 from . import domain
 from .store import InvoiceStore
@@ -40,7 +41,11 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return await self.store.invoice_trip(domain.new_invoice(self.tariff, request.invoice), request)
 
     async def GetInvoice(self, request: GetInvoiceRequest, context: Context) -> Invoice:
-        return await self.store.get(request.name)
+        """Its passenger's (and operators'): to anyone else it does not exist."""
+        signed_in()
+        invoice = await self.store.get(request.name)
+        require_owner([invoice.passenger], lambda: self.store.not_found(self.store.id_of(invoice.name)))
+        return invoice
 
     async def ListInvoices(self, request: ListInvoicesRequest, context: Context) -> ListInvoicesResponse:
         page = await self.store.list(request, passenger=request.passenger, trip=request.trip)

@@ -21,16 +21,19 @@ from rideshare.drivers.v1.drivers_pb2 import (
     DRIVER_STATUS_AVAILABLE,
     DRIVER_STATUS_OFFLINE,
     DRIVER_STATUS_ON_TRIP,
+    CreateDriverRequest,
     Driver,
     DriverStatus,
     UpdateDriverRequest,
 )
 
 from services.domain import geo
+from services.domain.contact import email_violation
 from services.runtime.aip import apply_update_mask, new_id, now
 from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from services.runtime.sessions import password_violation
 
-UPDATABLE = ("display_name", "vehicle")
+UPDATABLE = ("display_name", "vehicle", "email")
 MAX_DISPLAY_NAME = 100
 _VEHICLE_LIMITS = (("make", 100), ("model", 100), ("license_plate", 20))
 
@@ -47,14 +50,22 @@ def _text_violation(value: str, field: str, limit: int) -> FieldViolation | None
     return None
 
 
-def check_profile(driver: Driver, prefix: str) -> None:
-    """Every field violation of a driver's profile, at once."""
+def check_profile(driver: Driver, prefix: str, password: bool = False) -> None:
+    """Every field violation of a driver's profile (and of its password, with `password`), at once."""
     found = [_text_violation(driver.display_name, f"{prefix}.display_name", MAX_DISPLAY_NAME)]
     if not driver.HasField("vehicle"):
         found.append(FieldViolation(f"{prefix}.vehicle", "is required"))
     else:
         for field, limit in _VEHICLE_LIMITS:
             found.append(_text_violation(getattr(driver.vehicle, field), f"{prefix}.vehicle.{field}", limit))
+    if driver.email:
+        found.append(email_violation(driver.email, f"{prefix}.email"))
+    if password and driver.password:
+        found.append(password_violation(driver.password, f"{prefix}.password"))
+        if not driver.email:
+            found.append(
+                FieldViolation(f"{prefix}.email", "is required with a password: it signs in with both")
+            )
     violations = [v for v in found if v is not None]
     if violations:
         raise InvalidArgument(violations)
@@ -67,13 +78,15 @@ def _tidy(driver: Driver) -> None:
 
 
 def new_driver(draft: Driver) -> Driver:
-    """A new OFFLINE driver from the client's draft: fresh name and times, output fields ignored."""
-    check_profile(draft, "driver")
+    """A new OFFLINE driver from the client's draft: fresh name and times, output and input-only
+    fields (the password) left out."""
+    check_profile(draft, "driver", password=True)
     stamp = now()
     driver = Driver(
         name=f"drivers/{new_id()}",
         display_name=draft.display_name,
         vehicle=draft.vehicle,
+        email=draft.email,
         status=DRIVER_STATUS_OFFLINE,
         create_time=stamp,
         update_time=stamp,
@@ -90,6 +103,14 @@ def updated_driver(current: Driver, request: UpdateDriverRequest) -> Driver:
     _tidy(changed)
     changed.update_time.CopyFrom(now())
     return changed
+
+
+def without_password(request: CreateDriverRequest) -> CreateDriverRequest:
+    """The request as kept for its request_id: a fast digest of a password is no place for it."""
+    kept = CreateDriverRequest()
+    kept.CopyFrom(request)
+    kept.driver.ClearField("password")
+    return kept
 
 
 def _copy(driver: Driver) -> Driver:

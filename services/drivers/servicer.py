@@ -18,12 +18,19 @@ from rideshare.drivers.v1.drivers_pb2 import (
     GoOnlineRequest,
     ListDriversRequest,
     ListDriversResponse,
+    RefreshSessionRequest,
     ReleaseTripRequest,
     SearchDriversRequest,
     SearchDriversResponse,
+    Session,
+    SignInRequest,
     UpdateDriverLocationRequest,
     UpdateDriverRequest,
 )
+
+from services.runtime.aip import timestamp_from_ns
+from services.runtime.principal import require_owner
+from services.runtime.sessions import Accounts, Grant, hash_password
 
 from . import domain
 from .store import DriverStore
@@ -32,15 +39,26 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class DriverServicer(drivers_pb2_grpc.DriverServiceServicer):
-    """Drivers: profiles, going on and offline, positions, search, and trip assignment."""
+    """Drivers: profiles, going on and offline, positions, search, and trip assignment; sign-in."""
 
-    def __init__(self, store: DriverStore) -> None:
+    def __init__(self, store: DriverStore, accounts: Accounts) -> None:
         self.store = store
+        self.accounts = accounts
 
     async def CreateDriver(self, request: CreateDriverRequest, context: Context) -> Driver:
-        return await self.store.create(domain.new_driver(request.driver), request)
+        driver = domain.new_driver(request.driver)
+        password = request.driver.password
+        hashed = await hash_password(password) if password else ""
+        return await self.store.create(driver, domain.without_password(request), password_hash=hashed)
+
+    async def SignIn(self, request: SignInRequest, context: Context) -> Session:
+        return await self._session(await self.accounts.sign_in(request.email, request.password))
+
+    async def RefreshSession(self, request: RefreshSessionRequest, context: Context) -> Session:
+        return await self._session(await self.accounts.refresh(request.refresh_token))
 
     async def GetDriver(self, request: GetDriverRequest, context: Context) -> Driver:
+        self._mine(request.name)
         return await self.store.get(request.name)
 
     async def ListDrivers(self, request: ListDriversRequest, context: Context) -> ListDriversResponse:
@@ -48,6 +66,7 @@ class DriverServicer(drivers_pb2_grpc.DriverServiceServicer):
         return ListDriversResponse(drivers=page.items, next_page_token=page.next_page_token)
 
     async def UpdateDriver(self, request: UpdateDriverRequest, context: Context) -> Driver:
+        self._mine(request.driver.name, "driver.name")
         return await self.store.update(
             request.driver.name,
             lambda current: domain.updated_driver(current, request),
@@ -56,19 +75,24 @@ class DriverServicer(drivers_pb2_grpc.DriverServiceServicer):
         )
 
     async def DeleteDriver(self, request: DeleteDriverRequest, context: Context) -> Empty:
+        self._mine(request.name)
         await self.store.delete(request.name, request, domain.check_deletable)
+        await self.accounts.forget(self.store.id_of(request.name))
         return Empty()
 
     async def GoOnline(self, request: GoOnlineRequest, context: Context) -> Driver:
+        self._mine(request.name)
         domain.check_location(request.location)
         return await self.store.update(
             request.name, lambda current: domain.go_online(current, request.location), request
         )
 
     async def GoOffline(self, request: GoOfflineRequest, context: Context) -> Driver:
+        self._mine(request.name)
         return await self.store.update(request.name, domain.go_offline, request)
 
     async def UpdateDriverLocation(self, request: UpdateDriverLocationRequest, context: Context) -> Driver:
+        self._mine(request.name)
         domain.check_location(request.location)
         return await self.store.update(
             request.name, lambda current: domain.update_location(current, request.location), request
@@ -89,4 +113,17 @@ class DriverServicer(drivers_pb2_grpc.DriverServiceServicer):
     async def ReleaseTrip(self, request: ReleaseTripRequest, context: Context) -> Driver:
         return await self.store.update(
             request.name, lambda current: domain.release_trip(current, request.trip), request
+        )
+
+    def _mine(self, name: str, field: str = "name") -> None:
+        """Only its driver (or an operator) acts on a driver; to anyone else it does not exist."""
+        require_owner([name], lambda: self.store.not_found(self.store.id_of(name, field)))
+
+    async def _session(self, grant: Grant) -> Session:
+        return Session(
+            access_token=grant.access.token,
+            expire_time=timestamp_from_ns(int(grant.access.expire_time * 1e9)),
+            refresh_token=grant.refresh_token,
+            refresh_expire_time=timestamp_from_ns(int(grant.refresh_expire_time * 1e9)),
+            driver=await self.store.get(grant.account),
         )

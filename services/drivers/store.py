@@ -21,7 +21,9 @@ from rideshare.drivers.v1.drivers_pb2 import DRIVER_STATUS_AVAILABLE, Driver, Ve
 
 from services.domain import geo
 from services.runtime.aip import timestamp_from_ns
+from services.runtime.errors import AlreadyExists
 from services.runtime.resources import Backend, Resource, Row, Store
+from services.runtime.sessions import SCHEMA as SESSIONS_SCHEMA
 
 MIGRATIONS = [
     """
@@ -42,6 +44,13 @@ MIGRATIONS = [
     );
     CREATE INDEX drivers_by_status_position ON drivers (status, latitude, longitude)
     """,
+    # Sign-in: an email (optional, unique when given) and the password's argon2id hash ('' for none).
+    """
+    ALTER TABLE drivers ADD COLUMN email TEXT NOT NULL DEFAULT '';
+    ALTER TABLE drivers ADD COLUMN password_hash TEXT NOT NULL DEFAULT '';
+    CREATE UNIQUE INDEX drivers_by_email ON drivers (email COLLATE NOCASE) WHERE email != '';
+    """
+    + SESSIONS_SCHEMA,
 ]
 
 Nearby = list[tuple[Driver, float]]
@@ -57,6 +66,7 @@ def _driver(row: Row) -> Driver:
         ),
         status=row["status"],
         current_trip=row["current_trip"],
+        email=row["email"],
         create_time=timestamp_from_ns(row["create_time"]),
         update_time=timestamp_from_ns(row["update_time"]),
     )
@@ -77,13 +87,23 @@ def _columns(driver: Driver) -> dict[str, Any]:
         "latitude": driver.location.latitude if located else None,
         "longitude": driver.location.longitude if located else None,
         "current_trip": driver.current_trip,
+        "email": driver.email,
         "location_update_time": driver.location_update_time.ToNanoseconds() if located else None,
         "create_time": driver.create_time.ToNanoseconds(),
         "update_time": driver.update_time.ToNanoseconds(),
     }
 
 
-DRIVERS = Resource(Driver, _driver, _columns)
+def _email_taken(driver: Driver, holder: Driver | None) -> AlreadyExists:
+    """Emails are unique whatever their case; the holder is not named (it is another person's)."""
+    return AlreadyExists(
+        f"a driver with email {driver.email!r} already exists",
+        reason="DRIVER_EMAIL_TAKEN",
+        metadata={"email": driver.email},
+    )
+
+
+DRIVERS = Resource(Driver, _driver, _columns, unique={"email": _email_taken})
 
 
 def search_query(box: geo.BoundingBox) -> tuple[str, tuple[float, ...]]:

@@ -28,8 +28,9 @@ from urllib.parse import parse_qsl
 import grpc
 from google.protobuf.message import Message
 
-from services.runtime import log
+from services.runtime import log, principal
 from services.runtime.config import GatewayConfig
+from services.runtime.context import ADMIN
 
 from . import errors, headers, limits, routes, transcode
 from .api import Api
@@ -54,13 +55,19 @@ class _ClientGone(Exception):
 
 @dataclass(frozen=True)
 class Admission:
-    """Who a guard let in: the visibility labels they are granted, and headers for the response."""
+    """Who a guard let in: the visibility labels they are granted, headers for the response, and who
+    the call is for (`x-mesh-*` metadata, services/runtime/principal.py)."""
 
     labels: frozenset[str] = frozenset()
     headers: Headers = field(default_factory=list)
     owners: tuple[str, ...] = ()
     """Whose streams a stream of this request counts against, each capped at `max_streams_per_key`:
     the API key; an end user acting through it is one more owner, with a cap of its own."""
+    claims: tuple[tuple[str, str], ...] = ()
+
+
+NO_AUTH = Admission(claims=((principal.APP, "-"), (principal.SCOPES, ADMIN)))
+"""Without a guard (`mesh gateway --no-auth`, local use only) whoever reaches the port is an operator."""
 
 
 class Guard(Protocol):
@@ -120,8 +127,10 @@ class Gateway:
                 await self._page(path, cors, send)
                 return
             query = scope["query_string"].decode("latin-1")
-            if method == "OPTIONS" or self.guard is None:  # a browser's preflight carries no key
+            if method == "OPTIONS":  # a browser's preflight carries no key
                 admitted = Admission()
+            elif self.guard is None:
+                admitted = NO_AUTH
             else:
                 admitted = self.guard.admit(request_headers, query)
             table = self.table_for(admitted.labels)
@@ -158,6 +167,9 @@ class Gateway:
         binding, extra, owners = match.binding, cors + admitted.headers, admitted.owners
         try:
             metadata, grpc_timeout = headers.request_metadata(request_headers)
+            if self.guard is not None:  # the guard read the bearer token; the services get its user
+                metadata = [(k, v) for k, v in metadata if k != "authorization"]
+            metadata += admitted.claims
             timeout_param = _query_value(query, "timeout") if "timeout=" in query else None
             timeout = headers.parse_timeout(grpc_timeout, timeout_param, self.settings.max_timeout)
         except headers.HeaderError as exc:

@@ -2,7 +2,8 @@
 
 To the upstream go `authorization`, `traceparent`, `tracestate`,
 `x-request-id`, and every `Grpc-Metadata-<key>` as `<key>` (values of `-bin`
-keys are base64). Back come the upstream's response headers as
+keys are base64), except `x-mesh-*`, which only the gateway sets: a request
+that sends one is refused (400 naming the header). Back come the upstream's response headers as
 `Grpc-Metadata-<key>` and its trailers as `Grpc-Trailer-<key>` (as
 grpc-gateway does), minus gRPC's own.
 
@@ -32,6 +33,8 @@ PREFIX = b"grpc-metadata-"
 #: Metadata a client may not set through Grpc-Metadata-* (gRPC's own and connection headers).
 _RESERVED = frozenset({"content-type", "te", "host", "connection", "user-agent", "grpc-timeout"})
 _HIDDEN_RESPONSE = ("grpc-", ":")
+GATEWAY_ONLY = "x-mesh-"
+"""Metadata saying who a call is for (services/runtime/principal.py): a client may not send it."""
 _GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _HUMAN_TIMEOUT = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -78,6 +81,8 @@ def request_metadata(headers: Iterable[tuple[bytes, bytes]]) -> tuple[Metadata, 
             key = raw_key.decode()
             if key in _RESERVED or key.startswith(_HIDDEN_RESPONSE):
                 continue
+            if key.startswith(GATEWAY_ONLY):
+                raise HeaderError(name.decode("latin-1"), "x-mesh-* metadata is set by the gateway only")
             if key.endswith("-bin"):
                 metadata.append((key, _binary(name, value)))
             else:

@@ -8,7 +8,7 @@ fills the parameter and percent-encodes it produces a URL the bridge matches.
 Fields not bound by path or body are query parameters (nested ones dotted,
 lowerCamel). Every message reachable from an operation is a schema under
 `components/schemas`, named by its full name, described by its proto comment;
-`REQUIRED` fields are `required`, `OUTPUT_ONLY` ones `readOnly`.
+`REQUIRED` fields are `required`, `OUTPUT_ONLY` ones `readOnly`, `INPUT_ONLY` ones `writeOnly`.
 """
 
 from __future__ import annotations
@@ -117,8 +117,20 @@ def document(
         doc["components"]["securitySchemes"] = {
             "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
             "ApiKeyQuery": {"type": "apiKey", "in": "query", "name": "key"},
+            "BearerToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "A passenger's or driver's access_token from signIn or refreshSession, "
+                "with an API key that has the rides scope.",
+            },
         }
-        doc["security"] = [{"ApiKeyHeader": []}, {"ApiKeyQuery": []}]
+        doc["security"] = [
+            {"ApiKeyHeader": []},
+            {"ApiKeyQuery": []},
+            {"ApiKeyHeader": [], "BearerToken": []},
+            {"ApiKeyQuery": [], "BearerToken": []},
+        ]
     return doc
 
 
@@ -342,6 +354,8 @@ class _Builder:
                 schema["description"] = text
             if field_behavior_pb2.OUTPUT_ONLY in behaviors:
                 schema["readOnly"] = True
+            if field_behavior_pb2.INPUT_ONLY in behaviors:
+                schema["writeOnly"] = True  # a password: sent, never returned
             if field_behavior_pb2.REQUIRED in behaviors and not partial:
                 required.append(field.json_name)
                 if field.type == FD.TYPE_STRING and not field.is_repeated:

@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from google.api import annotations_pb2, http_pb2, visibility_pb2
+from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor as d
 from google.protobuf import json_format
 from google.protobuf.message import Message
+
+from services.runtime.principal import INTERNAL as INTERNAL  # re-exported: the bridge's labels
+from services.runtime.principal import restriction as restriction
 
 from . import fields as f
 from .api import Api
@@ -215,27 +218,9 @@ def _walk(node: _Node, parts: list[str], index: int, verb: str | None) -> Bindin
     return node.rest.get(verb)
 
 
-INTERNAL = "INTERNAL"
-"""The label of methods only services call: granted to no caller of the bridge."""
-
-
 def labels_of(api: Api) -> frozenset[str]:
     """Every visibility label some method of the API is restricted to."""
     return frozenset(label for s in api.services for m in s.methods for label in restriction(m))
-
-
-def restriction(method: d.MethodDescriptor) -> frozenset[str]:
-    """The visibility labels of a method (`google.api.method_visibility`), upper-case; empty: public.
-
-    Google's rule: a restricted method is visible to callers granted any one of its
-    labels. The bridge grants an API key's scopes as labels (`ADMIN` for the admin
-    scope); `INTERNAL` is granted to no key, so such a method is never exposed.
-    """
-    options = method.GetOptions()
-    if not options.HasExtension(visibility_pb2.method_visibility):
-        return frozenset()
-    labels = options.Extensions[visibility_pb2.method_visibility].restriction
-    return frozenset(label.strip().upper() for label in labels.split(",") if label.strip())
 
 
 def build(api: Api, scopes: frozenset[str] = frozenset()) -> RouteTable:

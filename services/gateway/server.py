@@ -32,6 +32,7 @@ from services.runtime import log
 from services.runtime.config import GatewayConfig, MeshConfig, load_config
 from services.runtime.errors import ConfigError
 from services.runtime.telemetry import Telemetry
+from services.runtime.tokens import Verifier
 
 from . import api as api_module
 from . import openapi, routes, upstream_tls
@@ -136,7 +137,7 @@ async def build(
     guard: KeyGuard | None = None
     if options.auth:
         store = KeyStore.open(config)
-        guard = KeyGuard(store, config.gateway.rate_limit)
+        guard = KeyGuard(store, config.gateway.rate_limit, Verifier(config))
 
         async def close_store() -> None:
             store.close()

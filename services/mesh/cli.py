@@ -12,6 +12,8 @@
     mesh keys create NAME [--scopes admin,rides] [--expires 30d] [--rate R --burst B]
               | list [--json] | revoke NAME
                                              the gateway's API keys
+    mesh signing-keys [list | rotate | retire [KID]]
+                                             the keys access tokens are signed with
     mesh stats [--json] [--window 5s]        golden metrics per service and per edge (from /metrics)
     mesh graph [--format svg|dot] [--output FILE] [--window 0]
                                              the live call graph, from the callers' metrics
@@ -45,6 +47,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     check_methods(config)  # [client.methods] names a method that exists: say so before starting anything
     if config.tls.enabled:
         _ensure_certs(config)
+    _ensure_signing_key(config)
     notes = _gateway_notes(config) if gateway else []
     if gateway and args.dev_key:
         from services.gateway.keys import development_key
@@ -69,6 +72,23 @@ def _ensure_certs(config: MeshConfig) -> None:
     if changed:
         done = ", ".join(f"{o.name} ({o.action})" for o in changed)
         print(f"mesh: certificates in {identity.directory(config)}: {done}", flush=True)
+
+
+def _ensure_signing_key(config: MeshConfig) -> None:
+    """Passengers and drivers sign access tokens, the gateway checks them: `mesh up` makes the first key."""
+    from services.runtime.tokens import keys_dir
+
+    from . import signing
+
+    made = signing.ensure(config)
+    if made is not None:
+        print(f"mesh: signing key {made} for access tokens in {keys_dir(config)}", flush=True)
+
+
+def cmd_signing_keys(args: argparse.Namespace) -> int:
+    from . import signing
+
+    return signing.command(_config(args), args.action or "list", getattr(args, "kid", None))
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
@@ -289,6 +309,22 @@ def parser() -> argparse.ArgumentParser:
     revoke = actions.add_parser("revoke", parents=[common], help="stop accepting a key (within a second)")
     revoke.add_argument("name")
     keys.set_defaults(run=cmd_keys)
+
+    signing = commands.add_parser(
+        "signing-keys",
+        parents=[common],
+        help="list, rotate and retire the keys access tokens are signed with",
+    )
+    signing_actions = signing.add_subparsers(dest="action", metavar="ACTION")
+    signing_actions.add_parser("list", parents=[common], help="every key and its status (the default)")
+    signing_actions.add_parser(
+        "rotate", parents=[common], help="make a new key to sign with; retire keys whose tokens all expired"
+    )
+    retire = signing_actions.add_parser(
+        "retire", parents=[common], help="remove keys whose tokens all expired, or KID now (a leaked key)"
+    )
+    retire.add_argument("kid", nargs="?", help="this key, now: its tokens stop working at once")
+    signing.set_defaults(run=cmd_signing_keys)
 
     stats = commands.add_parser(
         "stats", parents=[common], help="requests/s, success rate and latency per service and per edge"

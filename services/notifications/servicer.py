@@ -1,4 +1,9 @@
-"""The NotificationService gRPC surface: decode, call the rules, the store and the broker, encode."""
+"""The NotificationService gRPC surface: decode, call the rules, the store and the broker, encode.
+
+A recipient's notifications are its own: a signed-in passenger or driver lists
+and streams only theirs, and is told any other recipient does not exist (so
+no stream is ever held open for a recipient the caller does not own).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ from rideshare.notifications.v1.notifications_pb2 import (
     SendNotificationRequest,
     StreamNotificationsRequest,
 )
+
+from services.runtime.errors import NotFound
+from services.runtime.principal import require_owner
 
 from . import domain
 from .feed import Feed
@@ -40,6 +48,7 @@ class NotificationServicer(notifications_pb2_grpc.NotificationServiceServicer):
     async def ListNotifications(
         self, request: ListNotificationsRequest, context: Context
     ) -> ListNotificationsResponse:
+        _mine(request.parent)
         page = await self.store.list(request, parent=request.parent)
         return ListNotificationsResponse(notifications=page.items, next_page_token=page.next_page_token)
 
@@ -47,7 +56,20 @@ class NotificationServicer(notifications_pb2_grpc.NotificationServiceServicer):
         self, request: StreamNotificationsRequest, context: Context
     ) -> AsyncIterator[Notification]:
         """Response headers are sent once subscribed: a client that has them will miss nothing sent after."""
+        _mine(request.parent)
         with await self.feed.subscribe(request.parent) as subscription:
             await context.send_initial_metadata(())
             async for notification in subscription:
                 yield notification
+
+
+def _mine(recipient: str) -> None:
+    """A passenger or driver reads and follows its own notifications only (operators anyone's)."""
+    require_owner([recipient], lambda: recipient_not_found(recipient))
+
+
+def recipient_not_found(recipient: str) -> NotFound:
+    """What a signed-in user is told of anyone else's notifications, existing or not."""
+    return NotFound(
+        f"{recipient} does not exist", reason="RECIPIENT_NOT_FOUND", metadata={"parent": recipient}
+    )

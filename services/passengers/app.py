@@ -6,7 +6,9 @@ from rideshare.passengers.v1 import passengers_pb2, passengers_pb2_grpc
 
 from services.runtime import Runtime, Service
 from services.runtime.resources import Store
+from services.runtime.sessions import Accounts
 from services.runtime.storage import SqliteBackend
+from services.runtime.tokens import Issuer
 
 from .servicer import PassengerServicer
 from .store import MIGRATIONS, PASSENGERS
@@ -14,9 +16,16 @@ from .store import MIGRATIONS, PASSENGERS
 
 def create(runtime: Runtime) -> Service:
     store = Store(SqliteBackend(runtime.data_path("passengers.db"), MIGRATIONS), PASSENGERS)
+    accounts = Accounts(
+        store.db,
+        store.table,
+        store.collection,
+        Issuer(runtime.config, store.collection),
+        runtime.config.sessions.refresh_token_lifetime,
+    )
     return Service(
         descriptor=passengers_pb2.DESCRIPTOR.services_by_name["PassengerService"],
-        servicer=PassengerServicer(store),
+        servicer=PassengerServicer(store, accounts),
         register=passengers_pb2_grpc.add_PassengerServiceServicer_to_server,
         on_stop=store.close,
     )

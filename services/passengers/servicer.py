@@ -14,10 +14,16 @@ from rideshare.passengers.v1.passengers_pb2 import (
     ListPassengersRequest,
     ListPassengersResponse,
     Passenger,
+    RefreshSessionRequest,
+    Session,
+    SignInRequest,
     UpdatePassengerRequest,
 )
 
+from services.runtime.aip import timestamp_from_ns
+from services.runtime.principal import require_owner
 from services.runtime.resources import Store
+from services.runtime.sessions import Accounts, Grant, hash_password
 
 from . import domain
 
@@ -25,15 +31,26 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class PassengerServicer(passengers_pb2_grpc.PassengerServiceServicer):
-    """Passengers: create, read, list, update and delete profiles."""
+    """Passengers: create, read, list, update and delete profiles; sign in."""
 
-    def __init__(self, store: Store[Passenger]) -> None:
+    def __init__(self, store: Store[Passenger], accounts: Accounts) -> None:
         self.store = store
+        self.accounts = accounts
 
     async def CreatePassenger(self, request: CreatePassengerRequest, context: Context) -> Passenger:
-        return await self.store.create(domain.new_passenger(request.passenger), request)
+        passenger = domain.new_passenger(request.passenger)
+        password = request.passenger.password
+        hashed = await hash_password(password) if password else ""
+        return await self.store.create(passenger, domain.without_password(request), password_hash=hashed)
+
+    async def SignIn(self, request: SignInRequest, context: Context) -> Session:
+        return await self._session(await self.accounts.sign_in(request.email, request.password))
+
+    async def RefreshSession(self, request: RefreshSessionRequest, context: Context) -> Session:
+        return await self._session(await self.accounts.refresh(request.refresh_token))
 
     async def GetPassenger(self, request: GetPassengerRequest, context: Context) -> Passenger:
+        self._mine(request.name)
         return await self.store.get(request.name)
 
     async def ListPassengers(
@@ -43,6 +60,7 @@ class PassengerServicer(passengers_pb2_grpc.PassengerServiceServicer):
         return ListPassengersResponse(passengers=page.items, next_page_token=page.next_page_token)
 
     async def UpdatePassenger(self, request: UpdatePassengerRequest, context: Context) -> Passenger:
+        self._mine(request.passenger.name, "passenger.name")
         return await self.store.update(
             request.passenger.name,
             lambda current: domain.updated_passenger(current, request),
@@ -51,5 +69,20 @@ class PassengerServicer(passengers_pb2_grpc.PassengerServiceServicer):
         )
 
     async def DeletePassenger(self, request: DeletePassengerRequest, context: Context) -> Empty:
+        self._mine(request.name)
         await self.store.delete(request.name, request)
+        await self.accounts.forget(self.store.id_of(request.name))
         return Empty()
+
+    def _mine(self, name: str, field: str = "name") -> None:
+        """Only its passenger (or an operator) acts on a passenger; to anyone else it does not exist."""
+        require_owner([name], lambda: self.store.not_found(self.store.id_of(name, field)))
+
+    async def _session(self, grant: Grant) -> Session:
+        return Session(
+            access_token=grant.access.token,
+            expire_time=timestamp_from_ns(int(grant.access.expire_time * 1e9)),
+            refresh_token=grant.refresh_token,
+            refresh_expire_time=timestamp_from_ns(int(grant.refresh_expire_time * 1e9)),
+            passenger=await self.store.get(grant.account),
+        )

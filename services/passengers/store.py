@@ -9,6 +9,7 @@ from rideshare.passengers.v1.passengers_pb2 import Passenger
 from services.runtime.aip import timestamp_from_ns
 from services.runtime.errors import AlreadyExists
 from services.runtime.resources import Resource, Row
+from services.runtime.sessions import SCHEMA as SESSIONS_SCHEMA
 
 MIGRATIONS = [
     """
@@ -22,6 +23,8 @@ MIGRATIONS = [
         update_time  INTEGER NOT NULL
     )
     """,
+    # Sign-in: the password's argon2id hash ('' for none: no sign-in), sessions, failed attempts.
+    "ALTER TABLE passengers ADD COLUMN password_hash TEXT NOT NULL DEFAULT '';\n" + SESSIONS_SCHEMA,
 ]
 
 

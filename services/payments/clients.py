@@ -1,12 +1,16 @@
-"""Every call the payment service makes to another service: reading the invoice it charges.
+"""Every call the payment service makes to another service: billing's invoices.
 
-The amount of a payment is the invoice's, so billing is asked for the invoice
-before anything is charged. Its failures mean, for a payment:
+The amount of a payment is its invoice's, so billing is asked for the invoice
+before anything is charged; and a payment belongs to its invoice's passenger,
+so billing also says whose a payment is when a signed-in user reads one. The
+calls are the mesh's own (principal.py). Their failures mean, for a payment:
 
 - billing cannot be reached: UNAVAILABLE naming it, and nothing was charged,
   so the caller repeats the call with the same request_id;
 - the invoice does not exist: NOT_FOUND INVOICE_NOT_FOUND, in our own words;
 - anything else propagates and ends as INTERNAL: a bug here or there.
+
+The stub is made on first use, so a payments service alone (its tests) needs no billing.
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ class Billing:
 
     def __init__(self, clients: Clients) -> None:
         self.clients = clients
+        self._stub: billing_pb2_grpc.BillingServiceStub | None = None
 
     async def invoice(self, name: str) -> Invoice:
         """The invoice to charge, as billing keeps it."""
-        stub = self.clients.stub(billing_pb2_grpc.BillingServiceStub)
+        if self._stub is None:
+            self._stub = self.clients.stub(billing_pb2_grpc.BillingServiceStub)
         with reaching("billing"):
             try:
-                invoice: Invoice = await stub.GetInvoice(GetInvoiceRequest(name=name))
+                invoice: Invoice = await self._stub.GetInvoice(GetInvoiceRequest(name=name))
             except grpc.aio.AioRpcError as error:
                 if failed_with(error, grpc.StatusCode.NOT_FOUND):
                     raise NotFound(
@@ -39,3 +45,10 @@ class Billing:
                     ) from None
                 raise
         return invoice
+
+    async def passenger_of(self, invoice: str) -> str:
+        """The passenger an invoice bills; "" if there is no such invoice."""
+        try:
+            return (await self.invoice(invoice)).passenger
+        except NotFound:
+            return ""

@@ -16,6 +16,7 @@ from rideshare.payments.v1.payments_pb2 import (
 )
 
 from services.runtime.aip import without_output_only
+from services.runtime.principal import require_owner, signed_in
 
 from . import domain
 from .clients import Billing
@@ -42,7 +43,13 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         return await self.store.pay(payment, amount, request)
 
     async def GetPayment(self, request: GetPaymentRequest, context: Context) -> Payment:
-        return await self.store.get(request.name)
+        """The passenger's of its invoice (and operators'): to anyone else it does not exist."""
+        who = signed_in()
+        payment = await self.store.get(request.name)
+        if not who.admin:
+            owner = await self.billing.passenger_of(payment.invoice)
+            require_owner([owner], lambda: self.store.not_found(self.store.id_of(payment.name)))
+        return payment
 
     async def ListPayments(self, request: ListPaymentsRequest, context: Context) -> ListPaymentsResponse:
         page = await self.store.list(request, invoice=request.invoice)

@@ -32,6 +32,8 @@ import grpc
 from . import log
 from .context import PROPAGATED_HEADERS, CallContext, current_call
 from .errors import FieldViolation, Internal, InvalidArgument, MeshError
+from .principal import PREFIX as CLAIM_PREFIX
+from .principal import Trust, caller, check_restricted
 from .validation import RequestValidator
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ class CallWrapper:
         validators: Mapping[str, RequestValidator],
         checks: Mapping[str, Callable[[grpc.aio.ServicerContext[Any, Any]], None]] | None = None,
         telemetry: Telemetry | None = None,
+        trust: Trust | None = None,
+        restricted: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.domain = domain
         self.validators = validators
@@ -66,6 +70,10 @@ class CallWrapper:
         """Records metrics and spans of each call (telemetry.py)."""
         self.checks = checks or {}
         """Method path -> what may refuse the call before anything else runs (authz.py)."""
+        self.trust = trust or Trust()
+        """Whose word on who the call is for is believed (principal.py)."""
+        self.restricted = restricted or {}
+        """Method path -> the visibility labels a caller needs (the contract's method_visibility)."""
         self.refuse = Refusals()
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
@@ -97,11 +105,13 @@ class CallWrapper:
     ) -> Behavior:
         """The one wrapper: the same steps around every kind of call, in one coroutine."""
         authorize = self.checks.get(method)
+        labels = self.restricted.get(method)
+        trust = self.trust
 
         async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             metadata = context.invocation_metadata() or ()  # a fresh tuple per read: read once
-            tokens, remaining = _enter(method, context, metadata)
+            tokens, remaining = _enter(method, context, metadata, trust)
             observed = probe.begin(context, metadata) if probe is not None else None
             code: grpc.StatusCode | None = grpc.StatusCode.OK
             try:
@@ -113,6 +123,8 @@ class CallWrapper:
                     )
                 if authorize is not None:
                     authorize(context)
+                if labels is not None:
+                    check_restricted(caller(), method[1:], labels)
                 if request.__class__ is Malformed:
                     raise self.refuse(method, request)
                 if validate is not None:
@@ -308,25 +320,35 @@ def _enter(
     method: str,
     context: grpc.aio.ServicerContext[Any, Any],
     metadata: Iterable[tuple[str, Any]] | None = None,
+    trust: Trust | None = None,
 ) -> tuple[_Tokens, float | None]:
     """The call recorded for outgoing calls and logs (`_leave` takes the tokens back), and the
     seconds left until its deadline."""
     remaining = context.time_remaining()
-    propagated = tuple(
-        (key, value)
-        for key, value in (context.invocation_metadata() or () if metadata is None else metadata)
-        if key in PROPAGATED_HEADERS and isinstance(value, str)
-    )
+    propagated: list[tuple[str, str]] = []
+    claims: dict[str, str] | None = None
+    for key, value in context.invocation_metadata() or () if metadata is None else metadata:
+        if not isinstance(value, str):
+            continue
+        if key in PROPAGATED_HEADERS:
+            propagated.append((key, value))
+        elif key.startswith(CLAIM_PREFIX):
+            claims = {} if claims is None else claims
+            claims[key] = value
     call = CallContext(
         method=method,
         deadline=None if remaining is None else time.monotonic() + remaining,
-        propagated=propagated,
+        propagated=tuple(propagated),
+        principal=(trust or _BELIEVING).principal(context, claims),
     )
     fields: dict[str, str] = {"method": method}
     for key, value in propagated:
         if key == "x-request-id":
             fields["request_id"] = value
     return (current_call.set(call), log.call_fields.set(fields)), remaining
+
+
+_BELIEVING = Trust()
 
 
 def _leave(tokens: _Tokens, method: str, code: grpc.StatusCode, started: float) -> None:

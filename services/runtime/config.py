@@ -42,8 +42,8 @@ RESTART_POLICIES = ("on-failure", "no")
 TRACE_SINKS = ("off", "file", "otlp")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _STATUS_CODES = tuple(code.name for code in grpc.StatusCode if code is not grpc.StatusCode.OK)
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
-_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _ENV_BOOLS = {"true": True, "false": False}
 #: Keys the loader fills in itself; a file that sets them has an unknown key.
 _FILLED_IN = ("source", "name", "enabled")
@@ -97,8 +97,9 @@ def _number(low: float, high: float = math.inf, kind: type = float, above: bool 
     return PlainValidator(check)
 
 
-def _duration(zero: bool = False) -> PlainValidator:
-    """'250ms', '5s', '1m', or a number of seconds; positive (or 0, meaning off, where `zero`)."""
+def _duration(zero: bool = False, longest: float = math.inf) -> PlainValidator:
+    """'250ms', '5s', '1m', '12h', '30d' or a number of seconds; positive (or 0, meaning off, where
+    `zero`), and at most `longest` seconds."""
 
     def check(raw: Any) -> float:
         seconds = -1.0
@@ -106,6 +107,8 @@ def _duration(zero: bool = False) -> PlainValidator:
             seconds = float(raw)
         elif isinstance(raw, str) and (match := _DURATION.match(raw.strip())):
             seconds = float(match[1]) * _SECONDS[match[2]]
+        if seconds > longest:
+            raise ValueError(f"expected a duration of at most {longest:g}s, got {raw!r}")
         if seconds > 0 or (zero and seconds == 0):
             return seconds
         raise ValueError(f"expected a positive duration like '250ms', '5s' or '1m', got {raw!r}")
@@ -326,6 +329,20 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, config={"extra": "forbid"})
+class SessionsConfig:
+    """`[sessions]`: passengers and drivers signing in (sessions.py), and the tokens they get (tokens.py).
+
+    An access token cannot be revoked, only outlived: its lifetime is how long a
+    stolen one works, and how long a retired signing key must still be accepted.
+    """
+
+    access_token_lifetime: Annotated[float, _duration(longest=86400.0)] = 900.0
+    refresh_token_lifetime: Annotated[float, _duration(longest=365 * 86400.0)] = 30 * 86400.0
+    keys_dir: Annotated[Path | None, _or_none(_PATH)] = None
+    """None: `<data_dir>/signing-keys`."""
+
+
+@dataclass(frozen=True, config={"extra": "forbid"})
 class SupervisorConfig:
     """`[supervisor]`: how `mesh up` restarts a member that exits on its own (supervisor.py).
 
@@ -449,6 +466,7 @@ class MeshConfig:
     tls: TlsConfig = field(default_factory=TlsConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
     services: Mapping[ServiceName, ServiceConfig] = field(default_factory=dict)
 
     @field_validator("tls", mode="before")
@@ -567,11 +585,16 @@ def _checked(config: MeshConfig, tree: dict[str, Any]) -> MeshConfig:
         raise fail(
             f"supervisor.{key}", f"initial_backoff ({first:g}s) is longer than max_backoff ({longest:g}s)"
         )
+    sessions = config.sessions
+    if sessions.refresh_token_lifetime <= sessions.access_token_lifetime:
+        problem = f"must be longer than access_token_lifetime ({sessions.access_token_lifetime:g}s)"
+        raise fail("sessions.refresh_token_lifetime", problem)
     base = config.source.resolve().parent
     return replace(
         config,
         data_dir=base / config.data_dir,
         tls=replace(tls, dir=base / tls.dir) if tls.dir else tls,
+        sessions=replace(sessions, keys_dir=base / sessions.keys_dir) if sessions.keys_dir else sessions,
         services=_ports(config, tree, fail),
     )
 

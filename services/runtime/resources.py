@@ -244,9 +244,11 @@ class Store(Generic[M]):
         token = aip.encode_page_token(rows[-1]["seq"], query) if more else ""
         return Page([self.resource.from_row(row) for row in rows], token)
 
-    async def create(self, resource: M, request: Message) -> M:
+    async def create(self, resource: M, request: Message, **extra: Any) -> M:
+        """Insert `resource` (with `extra` columns the message does not carry), once per request_id."""
+
         async def write(tx: Tx) -> M:
-            await self.insert(tx, resource)
+            await self.insert(tx, resource, **extra)
             return resource
 
         return await self.idempotent(request, write)

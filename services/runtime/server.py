@@ -29,7 +29,7 @@ from google.protobuf import descriptor as d
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from . import authz, drain, faults, identity, log
+from . import authz, drain, faults, identity, log, principal
 from .calls import CallWrapper
 from .client import Clients
 from .config import MeshConfig, ServiceConfig, load_config
@@ -123,12 +123,25 @@ class MeshServer:
         wrapper_domain = runtime.service.domain
         for service in self.services:
             resources.add_file(service.descriptor.file)
+        trust = principal.Trust.of(runtime.config)
         for service in self.services:
             validators = {
                 f"/{service.descriptor.full_name}/{m.name}": RequestValidator(m.input_type, resources)
                 for m in service.descriptor.methods
             }
-            wrapper = CallWrapper(wrapper_domain, validators, checks, telemetry=runtime.telemetry)
+            restricted = {
+                f"/{service.descriptor.full_name}/{m.name}": labels
+                for m in service.descriptor.methods
+                if (labels := principal.restriction(m))
+            }
+            wrapper = CallWrapper(
+                wrapper_domain,
+                validators,
+                checks,
+                telemetry=runtime.telemetry,
+                trust=trust,
+                restricted=restricted,
+            )
             capture = _Capture()
             service.register(service.servicer, capture)
             for name, handlers in capture.handlers.items():

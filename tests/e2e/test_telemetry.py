@@ -42,17 +42,20 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 @pytest.fixture(scope="module")
 def api_key(mesh: Mesh) -> str:
-    code, out, err = mesh.mesh("keys", "create", "telemetry-test")
+    code, out, err = mesh.mesh("keys", "create", "telemetry-test", "--scopes", "rides")
     assert code == 0, err
     return out.split()[0]
 
 
-def rest(mesh: Mesh, api_key: str, path: str, body: dict, traceparent: str) -> dict:
-    """POST `body` to the gateway as JSON, with an API key and a `traceparent`."""
+def rest(mesh: Mesh, api_key: str, path: str, body: dict, traceparent: str, token: str = "") -> dict:
+    """POST `body` to the gateway as JSON, with an API key (and a user's token) and a `traceparent`."""
+    headers = {"content-type": "application/json", "x-api-key": api_key, "traceparent": traceparent}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
         f"http://127.0.0.1:{mesh.document['gateway']['port']}{path}",
         data=json.dumps(body).encode(),
-        headers={"content-type": "application/json", "x-api-key": api_key, "traceparent": traceparent},
+        headers=headers,
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=20) as response:
@@ -63,6 +66,10 @@ def rest(mesh: Mesh, api_key: str, path: str, body: dict, traceparent: str) -> d
 @pytest.fixture(scope="module")
 def rides(mesh: Mesh, grpcurl: Grpcurl) -> Rides:
     return Rides(mesh, grpcurl)
+
+
+def new_traceparent() -> str:
+    return f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
 
 
 def metrics(mesh: Mesh, service: str) -> str:
@@ -226,7 +233,9 @@ def test_one_trace_id_follows_a_call_through_every_process_it_reaches(mesh, ride
 
 def test_one_rest_request_has_one_trace_id_from_the_gateway_to_the_notification(mesh, rides, api_key):
     pickup = spot()
-    passenger = rides.passenger()
+    account = {"email": f"{uuid.uuid4().hex[:12]}@example.com", "password": "a rider's password"}
+    passenger = rest(mesh, api_key, "/v1/passengers", {"displayName": "Ada", **account}, new_traceparent())
+    session = rest(mesh, api_key, "/v1/passengers:signIn", account, new_traceparent())
     rides.driver(near(pickup, 200))
     trace_id = uuid.uuid4().hex
     body = {
@@ -236,7 +245,14 @@ def test_one_rest_request_has_one_trace_id_from_the_gateway_to_the_notification(
         "paymentMethod": "pm_card_visa",
     }
 
-    trip = rest(mesh, api_key, "/v1/trips", body, f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01")
+    trip = rest(
+        mesh,
+        api_key,
+        "/v1/trips",
+        body,
+        f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01",
+        token=session["accessToken"],
+    )
 
     assert trip["name"].startswith("trips/")
     chain = {"gateway", "trips", "passengers", "billing", "drivers", "notifications"}

@@ -4,7 +4,8 @@ One mesh of all six services and the REST gateway serves the module: `mesh
 up` makes the certificates itself, every port demands a client certificate
 from the mesh CA, services and the gateway call each other as their own
 identities, and payments has the rules mesh.toml shows for money: only trips
-creates payments, and refunds are for trips, the gateway and the mesh tool.
+creates payments, and refunds are for trips, the gateway and the mesh tool (and the
+gateway's own calls only for operators: its calls are for callers outside the mesh).
 grpcurl is the real binary with `-cacert/-cert/-key`, exactly as the README
 shows it.
 """
@@ -160,6 +161,16 @@ def test_a_refund_by_a_caller_other_than_trips_gateway_or_mesh_is_refused(tls_me
     assert status.metadata == {"caller": caller, "method": f"{PAYMENTS}/RefundPayment"}
 
 
+def test_the_gateways_identity_alone_is_no_operator(tls_mesh):
+    """The rules allow the gateway to refund, but its calls are for someone outside the mesh, and
+    RefundPayment is ADMIN: a call from it without an admin's scope is refused."""
+    status = as_member(tls_mesh, "gateway").error(
+        tls_mesh.address("payments"), f"{PAYMENTS}/RefundPayment", {"name": "payments/tls-e2e"}
+    )
+
+    assert (status.code, status.reason) == ("PERMISSION_DENIED", "METHOD_RESTRICTED")
+
+
 @pytest.mark.parametrize("caller", ["mesh", "passengers", "gateway"])
 def test_a_caller_not_allowed_gets_permission_denied_naming_caller_and_method(tls_mesh, caller):
     status = as_member(tls_mesh, caller).error(
@@ -197,7 +208,7 @@ def test_health_and_reflection_answer_a_caller_the_rules_deny(tls_mesh):
 
 
 def test_a_trip_crosses_the_mesh_over_mtls_and_trips_may_charge_the_card(tls_mesh):
-    ride = Rides(tls_mesh, as_member(tls_mesh, "gateway")).ride("pm_card_visa")
+    ride = Rides(tls_mesh, as_member(tls_mesh, "mesh")).ride("pm_card_visa")
 
     assert ride.completed["state"] == "TRIP_STATE_COMPLETED"
     assert ride.completed["paymentState"] == "TRIP_PAYMENT_STATE_SUCCEEDED"

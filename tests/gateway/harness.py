@@ -9,11 +9,12 @@ backends and the gateway's uvicorn server both live there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import http.client
 import json
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -317,3 +318,43 @@ def write_gateway_mesh(directory: Path, services: str = "[services.passengers]\n
         encoding="utf-8",
     )
     return path
+
+
+# -- the whole mesh behind the gateway, keys on: signed-in passengers and drivers over REST -----------------
+
+
+@contextlib.contextmanager
+def whole_mesh(background: BackgroundLoop, directory: Path) -> Iterator[RunningGateway]:
+    """Every service of the project (in-process, on free ports, as `mesh serve` builds them) behind the
+    gateway with API keys, and a signing key for sessions, as `mesh up` makes it."""
+    from services.mesh import signing
+    from services.runtime.config import load_config
+    from services.runtime.server import MeshServer, create_server
+
+    from ..ports import free_ports
+    from ..whole_mesh import SERVICES, mesh_text
+
+    ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
+    path = directory / "mesh.toml"
+    path.write_text(mesh_text(ports), encoding="utf-8")
+    config = load_config(path, env={})
+    signing.create(config)
+    servers: list[MeshServer] = []
+    running: RunningGateway | None = None
+    try:
+        for name in SERVICES:
+            server = background.run(create_server(config, name, port=ports[name]))
+            background.run(server.start())
+            servers.append(server)
+        running = background.run(start_gateway(config, gateway_server.Options()))
+        yield running
+    finally:
+        if running is not None:
+            background.run(running.stop())
+        for server in reversed(servers):
+            background.run(server.stop(0))
+
+
+def bearer(session: dict[str, Any]) -> dict[str, str]:
+    """The Authorization header of a session (the JSON of signIn / refreshSession)."""
+    return {"authorization": f"Bearer {session['accessToken']}"}

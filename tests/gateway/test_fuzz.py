@@ -1,7 +1,10 @@
 """The REST API fuzzed from its own OpenAPI document: no 5xx, and every answer as documented.
 
 The whole mesh runs in this process (the six services on free ports, as
-`mesh serve` builds them), with the real gateway (uvicorn) in front, keys off.
+`mesh serve` builds them), with the real gateway (uvicorn) in front, called as
+a signed-in passenger through an application's key (rides scope): most
+generated requests name someone else's resources, and must still get a
+documented 4xx, never a 5xx.
 schemathesis reads `/openapi.json` from the running gateway and, for every
 operation, sends generated requests (valid and invalid ones; a fixed number
 per operation, derandomized so a run is repeatable) and checks each answer:
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import schemathesis
@@ -33,12 +35,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from services.gateway import api, openapi, routes
-from services.gateway.server import Options
-from services.runtime.config import load_config
-from services.runtime.server import MeshServer, create_server
 
-from ..ports import free_ports
-from ..whole_mesh import SERVICES, mesh_text
 from . import harness
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
@@ -55,32 +52,22 @@ CHECKS = [
 @pytest.fixture(scope="module")
 def whole_mesh(
     background: harness.BackgroundLoop, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[harness.RunningGateway]:
-    """Every service of the project, and the gateway in front of them (no API keys)."""
-    directory: Path = tmp_path_factory.mktemp("fuzz")
-    ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
-    path = directory / "mesh.toml"
-    path.write_text(mesh_text(ports), encoding="utf-8")
-    config = load_config(path, env={})
-    servers: list[MeshServer] = []
-    running: harness.RunningGateway | None = None
-    try:
-        for name in SERVICES:
-            server = background.run(create_server(config, name, port=ports[name]))
-            background.run(server.start())
-            servers.append(server)
-        running = background.run(harness.start_gateway(config, Options(auth=False)))
-        yield running
-    finally:
-        if running is not None:
-            background.run(running.stop())
-        for server in reversed(servers):
-            background.run(server.stop(0))
+) -> Iterator[tuple[harness.RunningGateway, dict[str, str]]]:
+    """Every service of the project with the gateway in front, and the headers of a signed-in
+    passenger calling through an application's key (rides scope)."""
+    with harness.whole_mesh(background, tmp_path_factory.mktemp("fuzz")) as running:
+        app = {"x-api-key": running.new_key("fuzzing app", frozenset({"rides"}))}
+        account = {"email": "fuzz@example.com", "password": "fuzzing passenger"}
+        created = running.request("POST", "/v1/passengers", {"displayName": "Fuzz", **account}, headers=app)
+        assert created.status == 200, created.body
+        session = running.request("POST", "/v1/passengers:signIn", account, headers=app)
+        assert session.status == 200, session.body
+        yield running, {**app, **harness.bearer(session.json)}
 
 
 @pytest.fixture(scope="module")
-def api_schema(whole_mesh: harness.RunningGateway) -> schemathesis.BaseSchema:
-    return schemathesis.openapi.from_url(f"http://127.0.0.1:{whole_mesh.port}/openapi.json")
+def api_schema(whole_mesh: tuple[harness.RunningGateway, dict[str, str]]) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(f"http://127.0.0.1:{whole_mesh[0].port}/openapi.json")
 
 
 def _operations() -> list[tuple[str, str]]:
@@ -98,8 +85,9 @@ OPERATIONS = _operations()
 def test_generated_requests_get_documented_answers(api_schema, whole_mesh, method, path, mode):
     operation = api_schema[path][method]
     streaming = "application/x-ndjson" in str(operation.definition.raw.get("responses", {}))
-    headers = {"grpc-timeout": "300m"} if streaming else None
-    base_url = f"http://127.0.0.1:{whole_mesh.port}"
+    running, signed_in = whole_mesh
+    headers = {**signed_in, "grpc-timeout": "300m"} if streaming else signed_in
+    base_url = f"http://127.0.0.1:{running.port}"
 
     @given(operation.as_strategy(generation_mode=mode))
     @settings(

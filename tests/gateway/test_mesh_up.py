@@ -37,27 +37,33 @@ def test_mesh_up_starts_the_gateway_and_status_reports_it(mesh_factory):
     with urllib.request.urlopen(f"http://127.0.0.1:{gateway_port}/healthz", timeout=10) as response:
         assert json.loads(response.read()) == {"status": "SERVING", "upstreams": {"passengers": "SERVING"}}
 
-    # the gateway `mesh up` runs wants API keys; one made with `mesh keys` works at once
+    # the gateway `mesh up` runs wants API keys; one made with `mesh keys` works at once, and a
+    # passenger signs in with the signing key `mesh up` made
     assert request(gateway_port, "GET", "/v1/passengers")[0] == 401
-    created = mesh.mesh("keys", "create", "e2e")
+    created = mesh.mesh("keys", "create", "e2e", "--scopes", "rides")
     assert created.code == 0, created.err
     key = created.out.strip()
-    status, body = request(
-        gateway_port, "POST", "/v1/passengers", {"displayName": "Ada", "email": "a@example.com"}, key
-    )
+    account = {"email": "a@example.com", "password": "ada's password"}
+    status, body = request(gateway_port, "POST", "/v1/passengers", {"displayName": "Ada", **account}, key)
     assert status == 200
-    assert request(gateway_port, "GET", f"/v1/{body['name']}", key=key) == (200, body)
+    assert request(gateway_port, "GET", f"/v1/{body['name']}", key=key)[0] == 401  # for nobody: sign in
+    status, session = request(gateway_port, "POST", "/v1/passengers:signIn", account, key)
+    assert status == 200
+    token = session["accessToken"]
+    assert request(gateway_port, "GET", f"/v1/{body['name']}", key=key, token=token) == (200, body)
 
     assert mesh.stop() == 0
     _, members = mesh.status()
     assert [(m["service"], m["health"]) for m in members] == [("passengers", "DOWN"), ("gateway", "DOWN")]
 
 
-def request(port, method, path, body=None, key=None):
+def request(port, method, path, body=None, key=None, token=None):
     """(status, JSON body) of one request to the gateway."""
     headers = {"content-type": "application/json"}
     if key:
         headers["x-api-key"] = key
+    if token:
+        headers["authorization"] = f"Bearer {token}"
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method, headers=headers)
     try:

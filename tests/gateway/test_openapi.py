@@ -166,12 +166,18 @@ def test_errors_streams_and_response_body_are_described(test_document):
     assert content["content"]["application/json"]["schema"]["contentEncoding"] == "base64"
 
 
-def test_the_api_key_security_scheme(project, test_document):
-    assert project[1]["components"]["securitySchemes"] == {
-        "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
-        "ApiKeyQuery": {"type": "apiKey", "in": "query", "name": "key"},
-    }
-    assert project[1]["security"] == [{"ApiKeyHeader": []}, {"ApiKeyQuery": []}]
+def test_the_api_key_and_bearer_token_security_schemes(project, test_document):
+    schemes = project[1]["components"]["securitySchemes"]
+    assert schemes["ApiKeyHeader"] == {"type": "apiKey", "in": "header", "name": "x-api-key"}
+    assert schemes["ApiKeyQuery"] == {"type": "apiKey", "in": "query", "name": "key"}
+    assert (schemes["BearerToken"]["type"], schemes["BearerToken"]["scheme"]) == ("http", "bearer")
+    # a key alone, or a key and a signed-in user's token
+    assert project[1]["security"] == [
+        {"ApiKeyHeader": []},
+        {"ApiKeyQuery": []},
+        {"ApiKeyHeader": [], "BearerToken": []},
+        {"ApiKeyQuery": [], "BearerToken": []},
+    ]
     assert "security" not in test_document
 
 

@@ -101,8 +101,11 @@ def test_a_key_without_the_admin_scope_finds_no_operator_method(passengers_gatew
     # and SearchDrivers' path is not found at all.
     search = passengers_gateway.request("GET", "/v1/drivers:search?location.latitude=1", headers=plain)
     assert (search.status, search.json["code"]) == (404, 5)
-    assert passengers_gateway.request("GET", f"/v1/{created['name']}", headers=plain).status == 200
-    assert passengers_gateway.request("GET", "/v1/passengers").status == 200  # the admin key
+    # A passenger's record is theirs: a key acting for nobody is told to sign in (test_ownership.py).
+    reading = passengers_gateway.request("GET", f"/v1/{created['name']}", headers=plain)
+    assert (reading.status, reading.json["details"][0]["reason"]) == (401, "SIGN_IN_REQUIRED")
+    assert passengers_gateway.request("GET", f"/v1/{created['name']}").status == 200  # the admin key
+    assert passengers_gateway.request("GET", "/v1/passengers").status == 200
 
 
 def test_internal_methods_are_routed_for_no_key_at_all(passengers_gateway):

@@ -83,6 +83,8 @@ def test_reflection_describes_the_contract(passengers):
     assert [s.name for s in contract.service] == ["PassengerService"]
     assert [m.name for m in contract.service[0].method] == [
         "CreatePassenger",
+        "SignIn",
+        "RefreshSession",
         "GetPassenger",
         "ListPassengers",
         "UpdatePassenger",

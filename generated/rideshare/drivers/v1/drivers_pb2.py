@@ -33,7 +33,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.type import latlng_pb2 as google_dot_type_dot_latlng__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"rideshare/drivers/v1/drivers.proto\x12\x14rideshare.drivers.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/api/visibility.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18google/type/latlng.proto\"\xf8\x03\n\x06\x44river\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\x07vehicle\x18\x03 \x01(\x0b\x32\x1d.rideshare.drivers.v1.VehicleB\x04\xe2\x41\x01\x02\x12\x38\n\x06status\x18\x04 \x01(\x0e\x32\".rideshare.drivers.v1.DriverStatusB\x04\xe2\x41\x01\x03\x12+\n\x08location\x18\x05 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x03\x12\x33\n\x0c\x63urrent_trip\x18\x06 \x01(\tB\x1d\xe2\x41\x01\x03\xfa\x41\x16\n\x14rideshare.local/Trip\x12>\n\x14location_update_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:>\xea\x41;\n\x16rideshare.local/Driver\x12\x10\x64rivers/{driver}*\x07\x64rivers2\x06\x64river\"O\n\x07Vehicle\x12\x12\n\x04make\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05model\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rlicense_plate\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"c\n\x13\x43reateDriverRequest\x12\x32\n\x06\x64river\x18\x01 \x01(\x0b\x32\x1c.rideshare.drivers.v1.DriverB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"A\n\x10GetDriverRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\"G\n\x12ListDriversRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x13ListDriversResponse\x12-\n\x07\x64rivers\x18\x01 \x03(\x0b\x32\x1c.rideshare.drivers.v1.Driver\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9a\x01\n\x13UpdateDriverRequest\x12\x32\n\x06\x64river\x18\x01 \x01(\x0b\x32\x1c.rideshare.drivers.v1.DriverB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"^\n\x13\x44\x65leteDriverRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x87\x01\n\x0fGoOnlineRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x08location\x18\x02 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"[\n\x10GoOfflineRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x93\x01\n\x1bUpdateDriverLocationRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x08location\x18\x02 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"y\n\x14SearchDriversRequest\x12+\n\x08location\x18\x01 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\x12\x1b\n\rradius_meters\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\"R\n\x15SearchDriversResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.rideshare.drivers.v1.DriverSearchResult\"[\n\x12\x44riverSearchResult\x12,\n\x06\x64river\x18\x01 \x01(\x0b\x32\x1c.rideshare.drivers.v1.Driver\x12\x17\n\x0f\x64istance_meters\x18\x02 \x01(\x01\"\x89\x01\n\x11\x41ssignTripRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x04trip\x18\x02 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14rideshare.local/Trip\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"\x8a\x01\n\x12ReleaseTripRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x04trip\x18\x02 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14rideshare.local/Trip\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01*\x80\x01\n\x0c\x44riverStatus\x12\x1d\n\x19\x44RIVER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44RIVER_STATUS_OFFLINE\x10\x01\x12\x1b\n\x17\x44RIVER_STATUS_AVAILABLE\x10\x02\x12\x19\n\x15\x44RIVER_STATUS_ON_TRIP\x10\x03\x32\xe5\x0c\n\rDriverService\x12}\n\x0c\x43reateDriver\x12).rideshare.drivers.v1.CreateDriverRequest\x1a\x1c.rideshare.drivers.v1.Driver\"$\xda\x41\x06\x64river\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/drivers:\x06\x64river\x12v\n\tGetDriver\x12&.rideshare.drivers.v1.GetDriverRequest\x1a\x1c.rideshare.drivers.v1.Driver\"#\xda\x41\x04name\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/{name=drivers/*}\x12\x84\x01\n\x0bListDrivers\x12(.rideshare.drivers.v1.ListDriversRequest\x1a).rideshare.drivers.v1.ListDriversResponse\" \xfa\xd2\xe4\x93\x02\x07\x12\x05\x41\x44MIN\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/drivers\x12\x99\x01\n\x0cUpdateDriver\x12).rideshare.drivers.v1.UpdateDriverRequest\x1a\x1c.rideshare.drivers.v1.Driver\"@\xda\x41\x12\x64river,update_mask\x82\xd3\xe4\x93\x02%2\x1b/v1/{driver.name=drivers/*}:\x06\x64river\x12v\n\x0c\x44\x65leteDriver\x12).rideshare.drivers.v1.DeleteDriverRequest\x1a\x16.google.protobuf.Empty\"#\xda\x41\x04name\x82\xd3\xe4\x93\x02\x16*\x14/v1/{name=drivers/*}\x12\x89\x01\n\x08GoOnline\x12%.rideshare.drivers.v1.GoOnlineRequest\x1a\x1c.rideshare.drivers.v1.Driver\"8\xda\x41\rname,location\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{name=drivers/*}:goOnline:\x01*\x12\x83\x01\n\tGoOffline\x12&.rideshare.drivers.v1.GoOfflineRequest\x1a\x1c.rideshare.drivers.v1.Driver\"0\xda\x41\x04name\x82\xd3\xe4\x93\x02#\"\x1e/v1/{name=drivers/*}:goOffline:\x01*\x12\xa7\x01\n\x14UpdateDriverLocation\x12\x31.rideshare.drivers.v1.UpdateDriverLocationRequest\x1a\x1c.rideshare.drivers.v1.Driver\">\xda\x41\rname,location\x82\xd3\xe4\x93\x02(\"#/v1/{name=drivers/*}:updateLocation:\x01*\x12\xaa\x01\n\rSearchDrivers\x12*.rideshare.drivers.v1.SearchDriversRequest\x1a+.rideshare.drivers.v1.SearchDriversResponse\"@\xda\x41\x16location,radius_meters\xfa\xd2\xe4\x93\x02\x07\x12\x05\x41\x44MIN\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/drivers:search\x12\x9b\x01\n\nAssignTrip\x12\'.rideshare.drivers.v1.AssignTripRequest\x1a\x1c.rideshare.drivers.v1.Driver\"F\xda\x41\tname,trip\xfa\xd2\xe4\x93\x02\n\x12\x08INTERNAL\x82\xd3\xe4\x93\x02$\"\x1f/v1/{name=drivers/*}:assignTrip:\x01*\x12\x9e\x01\n\x0bReleaseTrip\x12(.rideshare.drivers.v1.ReleaseTripRequest\x1a\x1c.rideshare.drivers.v1.Driver\"G\xda\x41\tname,trip\xfa\xd2\xe4\x93\x02\n\x12\x08INTERNAL\x82\xd3\xe4\x93\x02%\" /v1/{name=drivers/*}:releaseTrip:\x01*\x1a\x1a\xca\x41\x17\x64rivers.rideshare.localB\'\xea\x41$\n\x14rideshare.local/Trip\x12\x0ctrips/{trip}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"rideshare/drivers/v1/drivers.proto\x12\x14rideshare.drivers.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/api/visibility.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18google/type/latlng.proto\"\xb7\x04\n\x06\x44river\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\x07vehicle\x18\x03 \x01(\x0b\x32\x1d.rideshare.drivers.v1.VehicleB\x04\xe2\x41\x01\x02\x12\x38\n\x06status\x18\x04 \x01(\x0e\x32\".rideshare.drivers.v1.DriverStatusB\x04\xe2\x41\x01\x03\x12+\n\x08location\x18\x05 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x03\x12\x33\n\x0c\x63urrent_trip\x18\x06 \x01(\tB\x1d\xe2\x41\x01\x03\xfa\x41\x16\n\x14rideshare.local/Trip\x12>\n\x14location_update_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65mail\x18\n \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\x08password\x18\x0b \x01(\tB\x04\xe2\x41\x01\x04H\x00\x88\x01\x01:>\xea\x41;\n\x16rideshare.local/Driver\x12\x10\x64rivers/{driver}*\x07\x64rivers2\x06\x64riverB\x0b\n\t_password\"\xec\x01\n\x07Session\x12\x1a\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1b\n\rrefresh_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12=\n\x13refresh_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x06\x64river\x18\x05 \x01(\x0b\x32\x1c.rideshare.drivers.v1.DriverB\x04\xe2\x41\x01\x03\"<\n\rSignInRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"4\n\x15RefreshSessionRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"O\n\x07Vehicle\x12\x12\n\x04make\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05model\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rlicense_plate\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"c\n\x13\x43reateDriverRequest\x12\x32\n\x06\x64river\x18\x01 \x01(\x0b\x32\x1c.rideshare.drivers.v1.DriverB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"A\n\x10GetDriverRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\"G\n\x12ListDriversRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x13ListDriversResponse\x12-\n\x07\x64rivers\x18\x01 \x03(\x0b\x32\x1c.rideshare.drivers.v1.Driver\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9a\x01\n\x13UpdateDriverRequest\x12\x32\n\x06\x64river\x18\x01 \x01(\x0b\x32\x1c.rideshare.drivers.v1.DriverB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"^\n\x13\x44\x65leteDriverRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x87\x01\n\x0fGoOnlineRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x08location\x18\x02 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"[\n\x10GoOfflineRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x93\x01\n\x1bUpdateDriverLocationRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x08location\x18\x02 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"y\n\x14SearchDriversRequest\x12+\n\x08location\x18\x01 \x01(\x0b\x32\x13.google.type.LatLngB\x04\xe2\x41\x01\x02\x12\x1b\n\rradius_meters\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\"R\n\x15SearchDriversResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.rideshare.drivers.v1.DriverSearchResult\"[\n\x12\x44riverSearchResult\x12,\n\x06\x64river\x18\x01 \x01(\x0b\x32\x1c.rideshare.drivers.v1.Driver\x12\x17\n\x0f\x64istance_meters\x18\x02 \x01(\x01\"\x89\x01\n\x11\x41ssignTripRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x04trip\x18\x02 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14rideshare.local/Trip\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"\x8a\x01\n\x12ReleaseTripRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16rideshare.local/Driver\x12+\n\x04trip\x18\x02 \x01(\tB\x1d\xe2\x41\x01\x02\xfa\x41\x16\n\x14rideshare.local/Trip\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01*\x80\x01\n\x0c\x44riverStatus\x12\x1d\n\x19\x44RIVER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44RIVER_STATUS_OFFLINE\x10\x01\x12\x1b\n\x17\x44RIVER_STATUS_AVAILABLE\x10\x02\x12\x19\n\x15\x44RIVER_STATUS_ON_TRIP\x10\x03\x32\xd8\x0e\n\rDriverService\x12}\n\x0c\x43reateDriver\x12).rideshare.drivers.v1.CreateDriverRequest\x1a\x1c.rideshare.drivers.v1.Driver\"$\xda\x41\x06\x64river\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/drivers:\x06\x64river\x12k\n\x06SignIn\x12#.rideshare.drivers.v1.SignInRequest\x1a\x1d.rideshare.drivers.v1.Session\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/drivers:signIn:\x01*\x12\x83\x01\n\x0eRefreshSession\x12+.rideshare.drivers.v1.RefreshSessionRequest\x1a\x1d.rideshare.drivers.v1.Session\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/drivers:refreshSession:\x01*\x12v\n\tGetDriver\x12&.rideshare.drivers.v1.GetDriverRequest\x1a\x1c.rideshare.drivers.v1.Driver\"#\xda\x41\x04name\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/{name=drivers/*}\x12\x84\x01\n\x0bListDrivers\x12(.rideshare.drivers.v1.ListDriversRequest\x1a).rideshare.drivers.v1.ListDriversResponse\" \xfa\xd2\xe4\x93\x02\x07\x12\x05\x41\x44MIN\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/drivers\x12\x99\x01\n\x0cUpdateDriver\x12).rideshare.drivers.v1.UpdateDriverRequest\x1a\x1c.rideshare.drivers.v1.Driver\"@\xda\x41\x12\x64river,update_mask\x82\xd3\xe4\x93\x02%2\x1b/v1/{driver.name=drivers/*}:\x06\x64river\x12v\n\x0c\x44\x65leteDriver\x12).rideshare.drivers.v1.DeleteDriverRequest\x1a\x16.google.protobuf.Empty\"#\xda\x41\x04name\x82\xd3\xe4\x93\x02\x16*\x14/v1/{name=drivers/*}\x12\x89\x01\n\x08GoOnline\x12%.rideshare.drivers.v1.GoOnlineRequest\x1a\x1c.rideshare.drivers.v1.Driver\"8\xda\x41\rname,location\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{name=drivers/*}:goOnline:\x01*\x12\x83\x01\n\tGoOffline\x12&.rideshare.drivers.v1.GoOfflineRequest\x1a\x1c.rideshare.drivers.v1.Driver\"0\xda\x41\x04name\x82\xd3\xe4\x93\x02#\"\x1e/v1/{name=drivers/*}:goOffline:\x01*\x12\xa7\x01\n\x14UpdateDriverLocation\x12\x31.rideshare.drivers.v1.UpdateDriverLocationRequest\x1a\x1c.rideshare.drivers.v1.Driver\">\xda\x41\rname,location\x82\xd3\xe4\x93\x02(\"#/v1/{name=drivers/*}:updateLocation:\x01*\x12\xaa\x01\n\rSearchDrivers\x12*.rideshare.drivers.v1.SearchDriversRequest\x1a+.rideshare.drivers.v1.SearchDriversResponse\"@\xda\x41\x16location,radius_meters\xfa\xd2\xe4\x93\x02\x07\x12\x05\x41\x44MIN\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/drivers:search\x12\x9b\x01\n\nAssignTrip\x12\'.rideshare.drivers.v1.AssignTripRequest\x1a\x1c.rideshare.drivers.v1.Driver\"F\xda\x41\tname,trip\xfa\xd2\xe4\x93\x02\n\x12\x08INTERNAL\x82\xd3\xe4\x93\x02$\"\x1f/v1/{name=drivers/*}:assignTrip:\x01*\x12\x9e\x01\n\x0bReleaseTrip\x12(.rideshare.drivers.v1.ReleaseTripRequest\x1a\x1c.rideshare.drivers.v1.Driver\"G\xda\x41\tname,trip\xfa\xd2\xe4\x93\x02\n\x12\x08INTERNAL\x82\xd3\xe4\x93\x02%\" /v1/{name=drivers/*}:releaseTrip:\x01*\x1a\x1a\xca\x41\x17\x64rivers.rideshare.localB\'\xea\x41$\n\x14rideshare.local/Trip\x12\x0ctrips/{trip}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,8 +59,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRIVER'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_DRIVER'].fields_by_name['update_time']._loaded_options = None
   _globals['_DRIVER'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_DRIVER'].fields_by_name['email']._loaded_options = None
+  _globals['_DRIVER'].fields_by_name['email']._serialized_options = b'\342A\001\001'
+  _globals['_DRIVER'].fields_by_name['password']._loaded_options = None
+  _globals['_DRIVER'].fields_by_name['password']._serialized_options = b'\342A\001\004'
   _globals['_DRIVER']._loaded_options = None
   _globals['_DRIVER']._serialized_options = b'\352A;\n\026rideshare.local/Driver\022\020drivers/{driver}*\007drivers2\006driver'
+  _globals['_SESSION'].fields_by_name['access_token']._loaded_options = None
+  _globals['_SESSION'].fields_by_name['access_token']._serialized_options = b'\342A\001\003'
+  _globals['_SESSION'].fields_by_name['expire_time']._loaded_options = None
+  _globals['_SESSION'].fields_by_name['expire_time']._serialized_options = b'\342A\001\003'
+  _globals['_SESSION'].fields_by_name['refresh_token']._loaded_options = None
+  _globals['_SESSION'].fields_by_name['refresh_token']._serialized_options = b'\342A\001\003'
+  _globals['_SESSION'].fields_by_name['refresh_expire_time']._loaded_options = None
+  _globals['_SESSION'].fields_by_name['refresh_expire_time']._serialized_options = b'\342A\001\003'
+  _globals['_SESSION'].fields_by_name['driver']._loaded_options = None
+  _globals['_SESSION'].fields_by_name['driver']._serialized_options = b'\342A\001\003'
+  _globals['_SIGNINREQUEST'].fields_by_name['email']._loaded_options = None
+  _globals['_SIGNINREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002'
+  _globals['_SIGNINREQUEST'].fields_by_name['password']._loaded_options = None
+  _globals['_SIGNINREQUEST'].fields_by_name['password']._serialized_options = b'\342A\001\002'
+  _globals['_REFRESHSESSIONREQUEST'].fields_by_name['refresh_token']._loaded_options = None
+  _globals['_REFRESHSESSIONREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\342A\001\002'
   _globals['_VEHICLE'].fields_by_name['make']._loaded_options = None
   _globals['_VEHICLE'].fields_by_name['make']._serialized_options = b'\342A\001\002'
   _globals['_VEHICLE'].fields_by_name['model']._loaded_options = None
@@ -125,6 +145,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRIVERSERVICE']._serialized_options = b'\312A\027drivers.rideshare.local'
   _globals['_DRIVERSERVICE'].methods_by_name['CreateDriver']._loaded_options = None
   _globals['_DRIVERSERVICE'].methods_by_name['CreateDriver']._serialized_options = b'\332A\006driver\202\323\344\223\002\025\"\013/v1/drivers:\006driver'
+  _globals['_DRIVERSERVICE'].methods_by_name['SignIn']._loaded_options = None
+  _globals['_DRIVERSERVICE'].methods_by_name['SignIn']._serialized_options = b'\202\323\344\223\002\027\"\022/v1/drivers:signIn:\001*'
+  _globals['_DRIVERSERVICE'].methods_by_name['RefreshSession']._loaded_options = None
+  _globals['_DRIVERSERVICE'].methods_by_name['RefreshSession']._serialized_options = b'\202\323\344\223\002\037\"\032/v1/drivers:refreshSession:\001*'
   _globals['_DRIVERSERVICE'].methods_by_name['GetDriver']._loaded_options = None
   _globals['_DRIVERSERVICE'].methods_by_name['GetDriver']._serialized_options = b'\332A\004name\202\323\344\223\002\026\022\024/v1/{name=drivers/*}'
   _globals['_DRIVERSERVICE'].methods_by_name['ListDrivers']._loaded_options = None
@@ -145,40 +169,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRIVERSERVICE'].methods_by_name['AssignTrip']._serialized_options = b'\332A\tname,trip\372\322\344\223\002\n\022\010INTERNAL\202\323\344\223\002$\"\037/v1/{name=drivers/*}:assignTrip:\001*'
   _globals['_DRIVERSERVICE'].methods_by_name['ReleaseTrip']._loaded_options = None
   _globals['_DRIVERSERVICE'].methods_by_name['ReleaseTrip']._serialized_options = b'\332A\tname,trip\372\322\344\223\002\n\022\010INTERNAL\202\323\344\223\002%\" /v1/{name=drivers/*}:releaseTrip:\001*'
-  _globals['_DRIVERSTATUS']._serialized_start=2466
-  _globals['_DRIVERSTATUS']._serialized_end=2594
+  _globals['_DRIVERSTATUS']._serialized_start=2884
+  _globals['_DRIVERSTATUS']._serialized_end=3012
   _globals['_DRIVER']._serialized_start=327
-  _globals['_DRIVER']._serialized_end=831
-  _globals['_VEHICLE']._serialized_start=833
-  _globals['_VEHICLE']._serialized_end=912
-  _globals['_CREATEDRIVERREQUEST']._serialized_start=914
-  _globals['_CREATEDRIVERREQUEST']._serialized_end=1013
-  _globals['_GETDRIVERREQUEST']._serialized_start=1015
-  _globals['_GETDRIVERREQUEST']._serialized_end=1080
-  _globals['_LISTDRIVERSREQUEST']._serialized_start=1082
-  _globals['_LISTDRIVERSREQUEST']._serialized_end=1153
-  _globals['_LISTDRIVERSRESPONSE']._serialized_start=1155
-  _globals['_LISTDRIVERSRESPONSE']._serialized_end=1248
-  _globals['_UPDATEDRIVERREQUEST']._serialized_start=1251
-  _globals['_UPDATEDRIVERREQUEST']._serialized_end=1405
-  _globals['_DELETEDRIVERREQUEST']._serialized_start=1407
-  _globals['_DELETEDRIVERREQUEST']._serialized_end=1501
-  _globals['_GOONLINEREQUEST']._serialized_start=1504
-  _globals['_GOONLINEREQUEST']._serialized_end=1639
-  _globals['_GOOFFLINEREQUEST']._serialized_start=1641
-  _globals['_GOOFFLINEREQUEST']._serialized_end=1732
-  _globals['_UPDATEDRIVERLOCATIONREQUEST']._serialized_start=1735
-  _globals['_UPDATEDRIVERLOCATIONREQUEST']._serialized_end=1882
-  _globals['_SEARCHDRIVERSREQUEST']._serialized_start=1884
-  _globals['_SEARCHDRIVERSREQUEST']._serialized_end=2005
-  _globals['_SEARCHDRIVERSRESPONSE']._serialized_start=2007
-  _globals['_SEARCHDRIVERSRESPONSE']._serialized_end=2089
-  _globals['_DRIVERSEARCHRESULT']._serialized_start=2091
-  _globals['_DRIVERSEARCHRESULT']._serialized_end=2182
-  _globals['_ASSIGNTRIPREQUEST']._serialized_start=2185
-  _globals['_ASSIGNTRIPREQUEST']._serialized_end=2322
-  _globals['_RELEASETRIPREQUEST']._serialized_start=2325
-  _globals['_RELEASETRIPREQUEST']._serialized_end=2463
-  _globals['_DRIVERSERVICE']._serialized_start=2597
-  _globals['_DRIVERSERVICE']._serialized_end=4234
+  _globals['_DRIVER']._serialized_end=894
+  _globals['_SESSION']._serialized_start=897
+  _globals['_SESSION']._serialized_end=1133
+  _globals['_SIGNINREQUEST']._serialized_start=1135
+  _globals['_SIGNINREQUEST']._serialized_end=1195
+  _globals['_REFRESHSESSIONREQUEST']._serialized_start=1197
+  _globals['_REFRESHSESSIONREQUEST']._serialized_end=1249
+  _globals['_VEHICLE']._serialized_start=1251
+  _globals['_VEHICLE']._serialized_end=1330
+  _globals['_CREATEDRIVERREQUEST']._serialized_start=1332
+  _globals['_CREATEDRIVERREQUEST']._serialized_end=1431
+  _globals['_GETDRIVERREQUEST']._serialized_start=1433
+  _globals['_GETDRIVERREQUEST']._serialized_end=1498
+  _globals['_LISTDRIVERSREQUEST']._serialized_start=1500
+  _globals['_LISTDRIVERSREQUEST']._serialized_end=1571
+  _globals['_LISTDRIVERSRESPONSE']._serialized_start=1573
+  _globals['_LISTDRIVERSRESPONSE']._serialized_end=1666
+  _globals['_UPDATEDRIVERREQUEST']._serialized_start=1669
+  _globals['_UPDATEDRIVERREQUEST']._serialized_end=1823
+  _globals['_DELETEDRIVERREQUEST']._serialized_start=1825
+  _globals['_DELETEDRIVERREQUEST']._serialized_end=1919
+  _globals['_GOONLINEREQUEST']._serialized_start=1922
+  _globals['_GOONLINEREQUEST']._serialized_end=2057
+  _globals['_GOOFFLINEREQUEST']._serialized_start=2059
+  _globals['_GOOFFLINEREQUEST']._serialized_end=2150
+  _globals['_UPDATEDRIVERLOCATIONREQUEST']._serialized_start=2153
+  _globals['_UPDATEDRIVERLOCATIONREQUEST']._serialized_end=2300
+  _globals['_SEARCHDRIVERSREQUEST']._serialized_start=2302
+  _globals['_SEARCHDRIVERSREQUEST']._serialized_end=2423
+  _globals['_SEARCHDRIVERSRESPONSE']._serialized_start=2425
+  _globals['_SEARCHDRIVERSRESPONSE']._serialized_end=2507
+  _globals['_DRIVERSEARCHRESULT']._serialized_start=2509
+  _globals['_DRIVERSEARCHRESULT']._serialized_end=2600
+  _globals['_ASSIGNTRIPREQUEST']._serialized_start=2603
+  _globals['_ASSIGNTRIPREQUEST']._serialized_end=2740
+  _globals['_RELEASETRIPREQUEST']._serialized_start=2743
+  _globals['_RELEASETRIPREQUEST']._serialized_end=2881
+  _globals['_DRIVERSERVICE']._serialized_start=3015
+  _globals['_DRIVERSERVICE']._serialized_end=4895
 # @@protoc_insertion_point(module_scope)

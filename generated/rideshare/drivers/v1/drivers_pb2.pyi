@@ -65,6 +65,8 @@ class Driver(_message.Message):
     LOCATION_UPDATE_TIME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, "drivers/{driver}", assigned by the server."""
     display_name: _builtins.str
@@ -75,6 +77,16 @@ class Driver(_message.Message):
     """
     current_trip: _builtins.str
     """The trip the driver is on, "trips/{trip}", while the status is ON_TRIP; empty otherwise."""
+    email: _builtins.str
+    """The address the driver signs in with, for example "ada@example.com"; unique among
+    drivers whatever its case. Visible to the driver and operators only.
+    """
+    password: _builtins.str
+    """The password to sign in with, 8 to 256 characters (it needs an email): sent only to
+    register, never returned (an optional field, so answers leave it out), stored only as
+    a salted argon2id hash. Without one the
+    driver cannot sign in.
+    """
     @_builtins.property
     def vehicle(self) -> Global___Vehicle:
         """The vehicle the driver drives; an update replaces it whole."""
@@ -107,14 +119,112 @@ class Driver(_message.Message):
         location_update_time: _timestamp_pb2.Timestamp | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        email: _builtins.str = ...,
+        password: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "location", b"location", "location_update_time", b"location_update_time", "update_time", b"update_time", "vehicle", b"vehicle"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_password", b"_password", "create_time", b"create_time", "location", b"location", "location_update_time", b"location_update_time", "password", b"password", "update_time", b"update_time", "vehicle", b"vehicle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "current_trip", b"current_trip", "display_name", b"display_name", "location", b"location", "location_update_time", b"location_update_time", "name", b"name", "status", b"status", "update_time", b"update_time", "vehicle", b"vehicle"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_password", b"_password", "create_time", b"create_time", "current_trip", b"current_trip", "display_name", b"display_name", "email", b"email", "location", b"location", "location_update_time", b"location_update_time", "name", b"name", "password", b"password", "status", b"status", "update_time", b"update_time", "vehicle", b"vehicle"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__password: _TypeAlias = _typing.Literal["password"]  # noqa: Y015
+    _WhichOneofArgType__password: _TypeAlias = _typing.Literal["_password", b"_password"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__password) -> _WhichOneofReturnType__password | None: ...
+
+Global___Driver: _TypeAlias = Driver  # noqa: Y015
+
+@_typing.final
+class Session(_message.Message):
+    """What a signed-in driver presents: an access token, and the means to get the next."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
+    REFRESH_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    DRIVER_FIELD_NUMBER: _builtins.int
+    access_token: _builtins.str
+    """The bearer token the gateway accepts for the driver until expire_time: send it as
+    "Authorization: Bearer <access_token>" with an API key that has the rides scope.
+    """
+    refresh_token: _builtins.str
+    """Exchanges once for the next session (RefreshSession) until refresh_expire_time."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the access token expires (15 minutes after it was made, by default)."""
+
+    @_builtins.property
+    def refresh_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the refresh token expires (30 days after it was made, by default)."""
+
+    @_builtins.property
+    def driver(self) -> Global___Driver:
+        """The driver signed in."""
+
+    def __init__(
+        self,
+        *,
+        access_token: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        refresh_token: _builtins.str = ...,
+        refresh_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        driver: Global___Driver | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["driver", b"driver", "expire_time", b"expire_time", "refresh_expire_time", b"refresh_expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "driver", b"driver", "expire_time", b"expire_time", "refresh_expire_time", b"refresh_expire_time", "refresh_token", b"refresh_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Driver: _TypeAlias = Driver  # noqa: Y015
+Global___Session: _TypeAlias = Session  # noqa: Y015
+
+@_typing.final
+class SignInRequest(_message.Message):
+    """The request to sign a driver in."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    email: _builtins.str
+    """The driver's email, in any case."""
+    password: _builtins.str
+    """The driver's password."""
+    def __init__(
+        self,
+        *,
+        email: _builtins.str = ...,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "password", b"password"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignInRequest: _TypeAlias = SignInRequest  # noqa: Y015
+
+@_typing.final
+class RefreshSessionRequest(_message.Message):
+    """The request to exchange a refresh token for a new session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
+    refresh_token: _builtins.str
+    """The refresh_token of the latest session."""
+    def __init__(
+        self,
+        *,
+        refresh_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refresh_token", b"refresh_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefreshSessionRequest: _TypeAlias = RefreshSessionRequest  # noqa: Y015
 
 @_typing.final
 class Vehicle(_message.Message):
@@ -267,8 +377,8 @@ class UpdateDriverRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """The fields to change, "display_name" and "vehicle"; empty means every field that
-        was sent with a value.
+        """The fields to change, "display_name", "vehicle" and "email"; empty means every field
+        that was sent with a value.
         """
 
     def __init__(

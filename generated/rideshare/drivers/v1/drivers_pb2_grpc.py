@@ -49,6 +49,16 @@ class DriverServiceStub:
                 request_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.CreateDriverRequest.SerializeToString,
                 response_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Driver.FromString,
                 _registered_method=True)
+        self.SignIn = channel.unary_unary(
+                '/rideshare.drivers.v1.DriverService/SignIn',
+                request_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.SignInRequest.SerializeToString,
+                response_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Session.FromString,
+                _registered_method=True)
+        self.RefreshSession = channel.unary_unary(
+                '/rideshare.drivers.v1.DriverService/RefreshSession',
+                request_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.RefreshSessionRequest.SerializeToString,
+                response_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Session.FromString,
+                _registered_method=True)
         self.GetDriver = channel.unary_unary(
                 '/rideshare.drivers.v1.DriverService/GetDriver',
                 request_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.GetDriverRequest.SerializeToString,
@@ -114,7 +124,30 @@ class DriverServiceServicer:
     """
 
     def CreateDriver(self, request, context):
-        """Registers a new driver, OFFLINE, and returns it with its server-assigned name.
+        """Registers a new driver, OFFLINE, and returns it with its server-assigned name. With
+        an email and a password the driver can sign in (SignIn).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignIn(self, request, context):
+        """Signs a driver in with its email and password, and returns a new session: an
+        access token to send to the gateway as "Authorization: Bearer <access_token>", and
+        a refresh token for RefreshSession. A wrong email or a wrong password fails the same
+        way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS). After 5 failures for one
+        email within 15 minutes, further attempts for it fail with RESOURCE_EXHAUSTED
+        (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes are over.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefreshSession(self, request, context):
+        """Exchanges a refresh token for a new session. Each refresh token works once: a used,
+        expired or unknown one fails with UNAUTHENTICATED (reason REFRESH_TOKEN_INVALID),
+        and presenting a used one again also ends every session descended from the same
+        sign-in: sign in again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,7 +168,7 @@ class DriverServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateDriver(self, request, context):
-        """Changes the fields of a driver named in the update mask: display_name and vehicle.
+        """Changes the fields of a driver named in the update mask: display_name, vehicle and email.
         The status, location and current trip change only through the custom methods.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -212,6 +245,16 @@ def add_DriverServiceServicer_to_server(servicer, server):
                     servicer.CreateDriver,
                     request_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.CreateDriverRequest.FromString,
                     response_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Driver.SerializeToString,
+            ),
+            'SignIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignIn,
+                    request_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.SignInRequest.FromString,
+                    response_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Session.SerializeToString,
+            ),
+            'RefreshSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshSession,
+                    request_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.RefreshSessionRequest.FromString,
+                    response_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Session.SerializeToString,
             ),
             'GetDriver': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDriver,
@@ -300,6 +343,60 @@ class DriverService:
             '/rideshare.drivers.v1.DriverService/CreateDriver',
             rideshare_dot_drivers_dot_v1_dot_drivers__pb2.CreateDriverRequest.SerializeToString,
             rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Driver.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.drivers.v1.DriverService/SignIn',
+            rideshare_dot_drivers_dot_v1_dot_drivers__pb2.SignInRequest.SerializeToString,
+            rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.drivers.v1.DriverService/RefreshSession',
+            rideshare_dot_drivers_dot_v1_dot_drivers__pb2.RefreshSessionRequest.SerializeToString,
+            rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Session.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,13 +27,29 @@ class DriverServiceStub:
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateDriver: _aio.UnaryUnaryMultiCallable[_drivers_pb2.CreateDriverRequest, _drivers_pb2.Driver]
-    """Registers a new driver, OFFLINE, and returns it with its server-assigned name."""
+    """Registers a new driver, OFFLINE, and returns it with its server-assigned name. With
+    an email and a password the driver can sign in (SignIn).
+    """
+    SignIn: _aio.UnaryUnaryMultiCallable[_drivers_pb2.SignInRequest, _drivers_pb2.Session]
+    """Signs a driver in with its email and password, and returns a new session: an
+    access token to send to the gateway as "Authorization: Bearer <access_token>", and
+    a refresh token for RefreshSession. A wrong email or a wrong password fails the same
+    way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS). After 5 failures for one
+    email within 15 minutes, further attempts for it fail with RESOURCE_EXHAUSTED
+    (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes are over.
+    """
+    RefreshSession: _aio.UnaryUnaryMultiCallable[_drivers_pb2.RefreshSessionRequest, _drivers_pb2.Session]
+    """Exchanges a refresh token for a new session. Each refresh token works once: a used,
+    expired or unknown one fails with UNAUTHENTICATED (reason REFRESH_TOKEN_INVALID),
+    and presenting a used one again also ends every session descended from the same
+    sign-in: sign in again.
+    """
     GetDriver: _aio.UnaryUnaryMultiCallable[_drivers_pb2.GetDriverRequest, _drivers_pb2.Driver]
     """Returns one driver by resource name."""
     ListDrivers: _aio.UnaryUnaryMultiCallable[_drivers_pb2.ListDriversRequest, _drivers_pb2.ListDriversResponse]
     """Lists drivers, oldest first, one page at a time."""
     UpdateDriver: _aio.UnaryUnaryMultiCallable[_drivers_pb2.UpdateDriverRequest, _drivers_pb2.Driver]
-    """Changes the fields of a driver named in the update mask: display_name and vehicle.
+    """Changes the fields of a driver named in the update mask: display_name, vehicle and email.
     The status, location and current trip change only through the custom methods.
     """
     DeleteDriver: _aio.UnaryUnaryMultiCallable[_drivers_pb2.DeleteDriverRequest, _empty_pb2.Empty]
@@ -90,7 +106,35 @@ class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _drivers_pb2.CreateDriverRequest,
         context: _aio.ServicerContext[_drivers_pb2.CreateDriverRequest, _abc.Awaitable[_drivers_pb2.Driver]],
     ) -> _abc.Awaitable[_drivers_pb2.Driver]:
-        """Registers a new driver, OFFLINE, and returns it with its server-assigned name."""
+        """Registers a new driver, OFFLINE, and returns it with its server-assigned name. With
+        an email and a password the driver can sign in (SignIn).
+        """
+
+    @_abc_1.abstractmethod
+    def SignIn(
+        self,
+        request: _drivers_pb2.SignInRequest,
+        context: _aio.ServicerContext[_drivers_pb2.SignInRequest, _abc.Awaitable[_drivers_pb2.Session]],
+    ) -> _abc.Awaitable[_drivers_pb2.Session]:
+        """Signs a driver in with its email and password, and returns a new session: an
+        access token to send to the gateway as "Authorization: Bearer <access_token>", and
+        a refresh token for RefreshSession. A wrong email or a wrong password fails the same
+        way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS). After 5 failures for one
+        email within 15 minutes, further attempts for it fail with RESOURCE_EXHAUSTED
+        (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes are over.
+        """
+
+    @_abc_1.abstractmethod
+    def RefreshSession(
+        self,
+        request: _drivers_pb2.RefreshSessionRequest,
+        context: _aio.ServicerContext[_drivers_pb2.RefreshSessionRequest, _abc.Awaitable[_drivers_pb2.Session]],
+    ) -> _abc.Awaitable[_drivers_pb2.Session]:
+        """Exchanges a refresh token for a new session. Each refresh token works once: a used,
+        expired or unknown one fails with UNAUTHENTICATED (reason REFRESH_TOKEN_INVALID),
+        and presenting a used one again also ends every session descended from the same
+        sign-in: sign in again.
+        """
 
     @_abc_1.abstractmethod
     def GetDriver(
@@ -114,7 +158,7 @@ class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _drivers_pb2.UpdateDriverRequest,
         context: _aio.ServicerContext[_drivers_pb2.UpdateDriverRequest, _abc.Awaitable[_drivers_pb2.Driver]],
     ) -> _abc.Awaitable[_drivers_pb2.Driver]:
-        """Changes the fields of a driver named in the update mask: display_name and vehicle.
+        """Changes the fields of a driver named in the update mask: display_name, vehicle and email.
         The status, location and current trip change only through the custom methods.
         """
 

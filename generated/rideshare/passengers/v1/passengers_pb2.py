@@ -32,7 +32,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(rideshare/passengers/v1/passengers.proto\x12\x17rideshare.passengers.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/api/visibility.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x02\n\tPassenger\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x65mail\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05phone\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:M\xea\x41J\n\x19rideshare.local/Passenger\x12\x16passengers/{passenger}*\npassengers2\tpassenger\"o\n\x16\x43reatePassengerRequest\x12;\n\tpassenger\x18\x01 \x01(\x0b\x32\".rideshare.passengers.v1.PassengerB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"G\n\x13GetPassengerRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19rideshare.local/Passenger\"J\n\x15ListPassengersRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"i\n\x16ListPassengersResponse\x12\x36\n\npassengers\x18\x01 \x03(\x0b\x32\".rideshare.passengers.v1.Passenger\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa6\x01\n\x16UpdatePassengerRequest\x12;\n\tpassenger\x18\x01 \x01(\x0b\x32\".rideshare.passengers.v1.PassengerB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"d\n\x16\x44\x65letePassengerRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19rideshare.local/Passenger\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x32\xa9\x06\n\x10PassengerService\x12\x95\x01\n\x0f\x43reatePassenger\x12/.rideshare.passengers.v1.CreatePassengerRequest\x1a\".rideshare.passengers.v1.Passenger\"-\xda\x41\tpassenger\x82\xd3\xe4\x93\x02\x1b\"\x0e/v1/passengers:\tpassenger\x12\x88\x01\n\x0cGetPassenger\x12,.rideshare.passengers.v1.GetPassengerRequest\x1a\".rideshare.passengers.v1.Passenger\"&\xda\x41\x04name\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=passengers/*}\x12\x96\x01\n\x0eListPassengers\x12..rideshare.passengers.v1.ListPassengersRequest\x1a/.rideshare.passengers.v1.ListPassengersResponse\"#\xfa\xd2\xe4\x93\x02\x07\x12\x05\x41\x44MIN\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/passengers\x12\xb4\x01\n\x0fUpdatePassenger\x12/.rideshare.passengers.v1.UpdatePassengerRequest\x1a\".rideshare.passengers.v1.Passenger\"L\xda\x41\x15passenger,update_mask\x82\xd3\xe4\x93\x02.2!/v1/{passenger.name=passengers/*}:\tpassenger\x12\x82\x01\n\x0f\x44\x65letePassenger\x12/.rideshare.passengers.v1.DeletePassengerRequest\x1a\x16.google.protobuf.Empty\"&\xda\x41\x04name\x82\xd3\xe4\x93\x02\x19*\x17/v1/{name=passengers/*}\x1a\x1d\xca\x41\x1apassengers.rideshare.localb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(rideshare/passengers/v1/passengers.proto\x12\x17rideshare.passengers.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/api/visibility.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x02\n\tPassenger\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x65mail\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05phone\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1b\n\x08password\x18\x07 \x01(\tB\x04\xe2\x41\x01\x04H\x00\x88\x01\x01:M\xea\x41J\n\x19rideshare.local/Passenger\x12\x16passengers/{passenger}*\npassengers2\tpassengerB\x0b\n\t_password\"\xf5\x01\n\x07Session\x12\x1a\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1b\n\rrefresh_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12=\n\x13refresh_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12;\n\tpassenger\x18\x05 \x01(\x0b\x32\".rideshare.passengers.v1.PassengerB\x04\xe2\x41\x01\x03\"<\n\rSignInRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08password\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"4\n\x15RefreshSessionRequest\x12\x1b\n\rrefresh_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"o\n\x16\x43reatePassengerRequest\x12;\n\tpassenger\x18\x01 \x01(\x0b\x32\".rideshare.passengers.v1.PassengerB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"G\n\x13GetPassengerRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19rideshare.local/Passenger\"J\n\x15ListPassengersRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"i\n\x16ListPassengersResponse\x12\x36\n\npassengers\x18\x01 \x03(\x0b\x32\".rideshare.passengers.v1.Passenger\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa6\x01\n\x16UpdatePassengerRequest\x12;\n\tpassenger\x18\x01 \x01(\x0b\x32\".rideshare.passengers.v1.PassengerB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"d\n\x16\x44\x65letePassengerRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19rideshare.local/Passenger\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x32\xae\x08\n\x10PassengerService\x12\x95\x01\n\x0f\x43reatePassenger\x12/.rideshare.passengers.v1.CreatePassengerRequest\x1a\".rideshare.passengers.v1.Passenger\"-\xda\x41\tpassenger\x82\xd3\xe4\x93\x02\x1b\"\x0e/v1/passengers:\tpassenger\x12t\n\x06SignIn\x12&.rideshare.passengers.v1.SignInRequest\x1a .rideshare.passengers.v1.Session\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/passengers:signIn:\x01*\x12\x8c\x01\n\x0eRefreshSession\x12..rideshare.passengers.v1.RefreshSessionRequest\x1a .rideshare.passengers.v1.Session\"(\x82\xd3\xe4\x93\x02\"\"\x1d/v1/passengers:refreshSession:\x01*\x12\x88\x01\n\x0cGetPassenger\x12,.rideshare.passengers.v1.GetPassengerRequest\x1a\".rideshare.passengers.v1.Passenger\"&\xda\x41\x04name\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=passengers/*}\x12\x96\x01\n\x0eListPassengers\x12..rideshare.passengers.v1.ListPassengersRequest\x1a/.rideshare.passengers.v1.ListPassengersResponse\"#\xfa\xd2\xe4\x93\x02\x07\x12\x05\x41\x44MIN\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/passengers\x12\xb4\x01\n\x0fUpdatePassenger\x12/.rideshare.passengers.v1.UpdatePassengerRequest\x1a\".rideshare.passengers.v1.Passenger\"L\xda\x41\x15passenger,update_mask\x82\xd3\xe4\x93\x02.2!/v1/{passenger.name=passengers/*}:\tpassenger\x12\x82\x01\n\x0f\x44\x65letePassenger\x12/.rideshare.passengers.v1.DeletePassengerRequest\x1a\x16.google.protobuf.Empty\"&\xda\x41\x04name\x82\xd3\xe4\x93\x02\x19*\x17/v1/{name=passengers/*}\x1a\x1d\xca\x41\x1apassengers.rideshare.localb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,8 +51,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PASSENGER'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_PASSENGER'].fields_by_name['update_time']._loaded_options = None
   _globals['_PASSENGER'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_PASSENGER'].fields_by_name['password']._loaded_options = None
+  _globals['_PASSENGER'].fields_by_name['password']._serialized_options = b'\342A\001\004'
   _globals['_PASSENGER']._loaded_options = None
   _globals['_PASSENGER']._serialized_options = b'\352AJ\n\031rideshare.local/Passenger\022\026passengers/{passenger}*\npassengers2\tpassenger'
+  _globals['_SESSION'].fields_by_name['access_token']._loaded_options = None
+  _globals['_SESSION'].fields_by_name['access_token']._serialized_options = b'\342A\001\003'
+  _globals['_SESSION'].fields_by_name['expire_time']._loaded_options = None
+  _globals['_SESSION'].fields_by_name['expire_time']._serialized_options = b'\342A\001\003'
+  _globals['_SESSION'].fields_by_name['refresh_token']._loaded_options = None
+  _globals['_SESSION'].fields_by_name['refresh_token']._serialized_options = b'\342A\001\003'
+  _globals['_SESSION'].fields_by_name['refresh_expire_time']._loaded_options = None
+  _globals['_SESSION'].fields_by_name['refresh_expire_time']._serialized_options = b'\342A\001\003'
+  _globals['_SESSION'].fields_by_name['passenger']._loaded_options = None
+  _globals['_SESSION'].fields_by_name['passenger']._serialized_options = b'\342A\001\003'
+  _globals['_SIGNINREQUEST'].fields_by_name['email']._loaded_options = None
+  _globals['_SIGNINREQUEST'].fields_by_name['email']._serialized_options = b'\342A\001\002'
+  _globals['_SIGNINREQUEST'].fields_by_name['password']._loaded_options = None
+  _globals['_SIGNINREQUEST'].fields_by_name['password']._serialized_options = b'\342A\001\002'
+  _globals['_REFRESHSESSIONREQUEST'].fields_by_name['refresh_token']._loaded_options = None
+  _globals['_REFRESHSESSIONREQUEST'].fields_by_name['refresh_token']._serialized_options = b'\342A\001\002'
   _globals['_CREATEPASSENGERREQUEST'].fields_by_name['passenger']._loaded_options = None
   _globals['_CREATEPASSENGERREQUEST'].fields_by_name['passenger']._serialized_options = b'\342A\001\002'
   _globals['_CREATEPASSENGERREQUEST'].fields_by_name['request_id']._loaded_options = None
@@ -77,6 +95,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PASSENGERSERVICE']._serialized_options = b'\312A\032passengers.rideshare.local'
   _globals['_PASSENGERSERVICE'].methods_by_name['CreatePassenger']._loaded_options = None
   _globals['_PASSENGERSERVICE'].methods_by_name['CreatePassenger']._serialized_options = b'\332A\tpassenger\202\323\344\223\002\033\"\016/v1/passengers:\tpassenger'
+  _globals['_PASSENGERSERVICE'].methods_by_name['SignIn']._loaded_options = None
+  _globals['_PASSENGERSERVICE'].methods_by_name['SignIn']._serialized_options = b'\202\323\344\223\002\032\"\025/v1/passengers:signIn:\001*'
+  _globals['_PASSENGERSERVICE'].methods_by_name['RefreshSession']._loaded_options = None
+  _globals['_PASSENGERSERVICE'].methods_by_name['RefreshSession']._serialized_options = b'\202\323\344\223\002\"\"\035/v1/passengers:refreshSession:\001*'
   _globals['_PASSENGERSERVICE'].methods_by_name['GetPassenger']._loaded_options = None
   _globals['_PASSENGERSERVICE'].methods_by_name['GetPassenger']._serialized_options = b'\332A\004name\202\323\344\223\002\031\022\027/v1/{name=passengers/*}'
   _globals['_PASSENGERSERVICE'].methods_by_name['ListPassengers']._loaded_options = None
@@ -86,19 +108,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PASSENGERSERVICE'].methods_by_name['DeletePassenger']._loaded_options = None
   _globals['_PASSENGERSERVICE'].methods_by_name['DeletePassenger']._serialized_options = b'\332A\004name\202\323\344\223\002\031*\027/v1/{name=passengers/*}'
   _globals['_PASSENGER']._serialized_start=310
-  _globals['_PASSENGER']._serialized_end=600
-  _globals['_CREATEPASSENGERREQUEST']._serialized_start=602
-  _globals['_CREATEPASSENGERREQUEST']._serialized_end=713
-  _globals['_GETPASSENGERREQUEST']._serialized_start=715
-  _globals['_GETPASSENGERREQUEST']._serialized_end=786
-  _globals['_LISTPASSENGERSREQUEST']._serialized_start=788
-  _globals['_LISTPASSENGERSREQUEST']._serialized_end=862
-  _globals['_LISTPASSENGERSRESPONSE']._serialized_start=864
-  _globals['_LISTPASSENGERSRESPONSE']._serialized_end=969
-  _globals['_UPDATEPASSENGERREQUEST']._serialized_start=972
-  _globals['_UPDATEPASSENGERREQUEST']._serialized_end=1138
-  _globals['_DELETEPASSENGERREQUEST']._serialized_start=1140
-  _globals['_DELETEPASSENGERREQUEST']._serialized_end=1240
-  _globals['_PASSENGERSERVICE']._serialized_start=1243
-  _globals['_PASSENGERSERVICE']._serialized_end=2052
+  _globals['_PASSENGER']._serialized_end=642
+  _globals['_SESSION']._serialized_start=645
+  _globals['_SESSION']._serialized_end=890
+  _globals['_SIGNINREQUEST']._serialized_start=892
+  _globals['_SIGNINREQUEST']._serialized_end=952
+  _globals['_REFRESHSESSIONREQUEST']._serialized_start=954
+  _globals['_REFRESHSESSIONREQUEST']._serialized_end=1006
+  _globals['_CREATEPASSENGERREQUEST']._serialized_start=1008
+  _globals['_CREATEPASSENGERREQUEST']._serialized_end=1119
+  _globals['_GETPASSENGERREQUEST']._serialized_start=1121
+  _globals['_GETPASSENGERREQUEST']._serialized_end=1192
+  _globals['_LISTPASSENGERSREQUEST']._serialized_start=1194
+  _globals['_LISTPASSENGERSREQUEST']._serialized_end=1268
+  _globals['_LISTPASSENGERSRESPONSE']._serialized_start=1270
+  _globals['_LISTPASSENGERSRESPONSE']._serialized_end=1375
+  _globals['_UPDATEPASSENGERREQUEST']._serialized_start=1378
+  _globals['_UPDATEPASSENGERREQUEST']._serialized_end=1544
+  _globals['_DELETEPASSENGERREQUEST']._serialized_start=1546
+  _globals['_DELETEPASSENGERREQUEST']._serialized_end=1646
+  _globals['_PASSENGERSERVICE']._serialized_start=1649
+  _globals['_PASSENGERSERVICE']._serialized_end=2719
 # @@protoc_insertion_point(module_scope)

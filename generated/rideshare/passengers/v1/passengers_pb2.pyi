@@ -32,6 +32,7 @@ class Passenger(_message.Message):
     PHONE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, "passengers/{passenger}", assigned by the server."""
     display_name: _builtins.str
@@ -40,6 +41,11 @@ class Passenger(_message.Message):
     """The address receipts are sent to, for example "ada@example.com"."""
     phone: _builtins.str
     """The phone number in E.164 form, for example "+447700900123"."""
+    password: _builtins.str
+    """The password to sign in with, 8 to 256 characters: sent only to register, never
+    returned, stored only as a salted argon2id hash. Without one the passenger cannot
+    sign in.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the passenger was registered."""
@@ -57,14 +63,111 @@ class Passenger(_message.Message):
         phone: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        password: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_password", b"_password", "create_time", b"create_time", "password", b"password", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "email", b"email", "name", b"name", "phone", b"phone", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_password", b"_password", "create_time", b"create_time", "display_name", b"display_name", "email", b"email", "name", b"name", "password", b"password", "phone", b"phone", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__password: _TypeAlias = _typing.Literal["password"]  # noqa: Y015
+    _WhichOneofArgType__password: _TypeAlias = _typing.Literal["_password", b"_password"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__password) -> _WhichOneofReturnType__password | None: ...
+
+Global___Passenger: _TypeAlias = Passenger  # noqa: Y015
+
+@_typing.final
+class Session(_message.Message):
+    """What a signed-in passenger presents: an access token, and the means to get the next."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
+    REFRESH_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    PASSENGER_FIELD_NUMBER: _builtins.int
+    access_token: _builtins.str
+    """The bearer token the gateway accepts for the passenger until expire_time: send it as
+    "Authorization: Bearer <access_token>" with an API key that has the rides scope.
+    """
+    refresh_token: _builtins.str
+    """Exchanges once for the next session (RefreshSession) until refresh_expire_time."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the access token expires (15 minutes after it was made, by default)."""
+
+    @_builtins.property
+    def refresh_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the refresh token expires (30 days after it was made, by default)."""
+
+    @_builtins.property
+    def passenger(self) -> Global___Passenger:
+        """The passenger signed in."""
+
+    def __init__(
+        self,
+        *,
+        access_token: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        refresh_token: _builtins.str = ...,
+        refresh_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        passenger: Global___Passenger | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "passenger", b"passenger", "refresh_expire_time", b"refresh_expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "expire_time", b"expire_time", "passenger", b"passenger", "refresh_expire_time", b"refresh_expire_time", "refresh_token", b"refresh_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Passenger: _TypeAlias = Passenger  # noqa: Y015
+Global___Session: _TypeAlias = Session  # noqa: Y015
+
+@_typing.final
+class SignInRequest(_message.Message):
+    """The request to sign a passenger in."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    email: _builtins.str
+    """The email the passenger registered with, in any case."""
+    password: _builtins.str
+    """The passenger's password."""
+    def __init__(
+        self,
+        *,
+        email: _builtins.str = ...,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "password", b"password"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignInRequest: _TypeAlias = SignInRequest  # noqa: Y015
+
+@_typing.final
+class RefreshSessionRequest(_message.Message):
+    """The request to exchange a refresh token for a new session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
+    refresh_token: _builtins.str
+    """The refresh_token of the latest session."""
+    def __init__(
+        self,
+        *,
+        refresh_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refresh_token", b"refresh_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefreshSessionRequest: _TypeAlias = RefreshSessionRequest  # noqa: Y015
 
 @_typing.final
 class CreatePassengerRequest(_message.Message):

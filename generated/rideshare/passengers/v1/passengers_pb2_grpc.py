@@ -41,6 +41,16 @@ class PassengerServiceStub:
                 request_serializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.CreatePassengerRequest.SerializeToString,
                 response_deserializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.Passenger.FromString,
                 _registered_method=True)
+        self.SignIn = channel.unary_unary(
+                '/rideshare.passengers.v1.PassengerService/SignIn',
+                request_serializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.SignInRequest.SerializeToString,
+                response_deserializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.Session.FromString,
+                _registered_method=True)
+        self.RefreshSession = channel.unary_unary(
+                '/rideshare.passengers.v1.PassengerService/RefreshSession',
+                request_serializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.RefreshSessionRequest.SerializeToString,
+                response_deserializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.Session.FromString,
+                _registered_method=True)
         self.GetPassenger = channel.unary_unary(
                 '/rideshare.passengers.v1.PassengerService/GetPassenger',
                 request_serializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.GetPassengerRequest.SerializeToString,
@@ -68,7 +78,32 @@ class PassengerServiceServicer:
     """
 
     def CreatePassenger(self, request, context):
-        """Registers a new passenger and returns it with its server-assigned name.
+        """Registers a new passenger and returns it with its server-assigned name. With a
+        password the passenger can sign in (SignIn) with its email and that password.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignIn(self, request, context):
+        """Signs a passenger in with the email and password it registered with, and returns a
+        new session: an access token to send to the gateway as "Authorization: Bearer
+        <access_token>", and a refresh token for RefreshSession. A wrong email or a wrong
+        password fails the same way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS).
+        After 5 failures for one email within 15 minutes, further attempts for it fail
+        with RESOURCE_EXHAUSTED (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes
+        are over.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefreshSession(self, request, context):
+        """Exchanges a refresh token for a new session, before the access token or after it
+        expired. Each refresh token works once: a used, expired or unknown one fails with
+        UNAUTHENTICATED (reason REFRESH_TOKEN_INVALID), and presenting a used one again
+        also ends every session descended from the same sign-in (it was stolen, or the
+        client lost an answer): sign in again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +144,16 @@ def add_PassengerServiceServicer_to_server(servicer, server):
                     servicer.CreatePassenger,
                     request_deserializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.CreatePassengerRequest.FromString,
                     response_serializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.Passenger.SerializeToString,
+            ),
+            'SignIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignIn,
+                    request_deserializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.SignInRequest.FromString,
+                    response_serializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.Session.SerializeToString,
+            ),
+            'RefreshSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshSession,
+                    request_deserializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.RefreshSessionRequest.FromString,
+                    response_serializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.Session.SerializeToString,
             ),
             'GetPassenger': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPassenger,
@@ -159,6 +204,60 @@ class PassengerService:
             '/rideshare.passengers.v1.PassengerService/CreatePassenger',
             rideshare_dot_passengers_dot_v1_dot_passengers__pb2.CreatePassengerRequest.SerializeToString,
             rideshare_dot_passengers_dot_v1_dot_passengers__pb2.Passenger.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.passengers.v1.PassengerService/SignIn',
+            rideshare_dot_passengers_dot_v1_dot_passengers__pb2.SignInRequest.SerializeToString,
+            rideshare_dot_passengers_dot_v1_dot_passengers__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.passengers.v1.PassengerService/RefreshSession',
+            rideshare_dot_passengers_dot_v1_dot_passengers__pb2.RefreshSessionRequest.SerializeToString,
+            rideshare_dot_passengers_dot_v1_dot_passengers__pb2.Session.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,7 +18,25 @@ class PassengerServiceStub:
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreatePassenger: _aio.UnaryUnaryMultiCallable[_passengers_pb2.CreatePassengerRequest, _passengers_pb2.Passenger]
-    """Registers a new passenger and returns it with its server-assigned name."""
+    """Registers a new passenger and returns it with its server-assigned name. With a
+    password the passenger can sign in (SignIn) with its email and that password.
+    """
+    SignIn: _aio.UnaryUnaryMultiCallable[_passengers_pb2.SignInRequest, _passengers_pb2.Session]
+    """Signs a passenger in with the email and password it registered with, and returns a
+    new session: an access token to send to the gateway as "Authorization: Bearer
+    <access_token>", and a refresh token for RefreshSession. A wrong email or a wrong
+    password fails the same way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS).
+    After 5 failures for one email within 15 minutes, further attempts for it fail
+    with RESOURCE_EXHAUSTED (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes
+    are over.
+    """
+    RefreshSession: _aio.UnaryUnaryMultiCallable[_passengers_pb2.RefreshSessionRequest, _passengers_pb2.Session]
+    """Exchanges a refresh token for a new session, before the access token or after it
+    expired. Each refresh token works once: a used, expired or unknown one fails with
+    UNAUTHENTICATED (reason REFRESH_TOKEN_INVALID), and presenting a used one again
+    also ends every session descended from the same sign-in (it was stolen, or the
+    client lost an answer): sign in again.
+    """
     GetPassenger: _aio.UnaryUnaryMultiCallable[_passengers_pb2.GetPassengerRequest, _passengers_pb2.Passenger]
     """Returns one passenger by resource name."""
     ListPassengers: _aio.UnaryUnaryMultiCallable[_passengers_pb2.ListPassengersRequest, _passengers_pb2.ListPassengersResponse]
@@ -37,7 +55,37 @@ class PassengerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _passengers_pb2.CreatePassengerRequest,
         context: _aio.ServicerContext[_passengers_pb2.CreatePassengerRequest, _abc.Awaitable[_passengers_pb2.Passenger]],
     ) -> _abc.Awaitable[_passengers_pb2.Passenger]:
-        """Registers a new passenger and returns it with its server-assigned name."""
+        """Registers a new passenger and returns it with its server-assigned name. With a
+        password the passenger can sign in (SignIn) with its email and that password.
+        """
+
+    @_abc_1.abstractmethod
+    def SignIn(
+        self,
+        request: _passengers_pb2.SignInRequest,
+        context: _aio.ServicerContext[_passengers_pb2.SignInRequest, _abc.Awaitable[_passengers_pb2.Session]],
+    ) -> _abc.Awaitable[_passengers_pb2.Session]:
+        """Signs a passenger in with the email and password it registered with, and returns a
+        new session: an access token to send to the gateway as "Authorization: Bearer
+        <access_token>", and a refresh token for RefreshSession. A wrong email or a wrong
+        password fails the same way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS).
+        After 5 failures for one email within 15 minutes, further attempts for it fail
+        with RESOURCE_EXHAUSTED (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes
+        are over.
+        """
+
+    @_abc_1.abstractmethod
+    def RefreshSession(
+        self,
+        request: _passengers_pb2.RefreshSessionRequest,
+        context: _aio.ServicerContext[_passengers_pb2.RefreshSessionRequest, _abc.Awaitable[_passengers_pb2.Session]],
+    ) -> _abc.Awaitable[_passengers_pb2.Session]:
+        """Exchanges a refresh token for a new session, before the access token or after it
+        expired. Each refresh token works once: a used, expired or unknown one fails with
+        UNAUTHENTICATED (reason REFRESH_TOKEN_INVALID), and presenting a used one again
+        also ends every session descended from the same sign-in (it was stolen, or the
+        client lost an answer): sign in again.
+        """
 
     @_abc_1.abstractmethod
     def GetPassenger(

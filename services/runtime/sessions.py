@@ -1,0 +1,245 @@
+"""Signing in to the services that own accounts (passengers, drivers): passwords, sessions, throttling.
+
+Written once for both: a service keeps its accounts in its own table, with an
+`email` and a `password_hash` column, and adds `SCHEMA` to its migrations;
+`Accounts` over that table does the rest.
+
+- **Passwords** are hashed with argon2id, argon2-cffi's default parameters
+  (RFC 9106's second recommendation: 64 MiB, 3 passes, 4 lanes; ~0.1 s of CPU
+  here), in a worker thread so the event loop keeps serving, at most
+  `HASHING_AT_ONCE` at a time so a burst of sign-ins cannot take the memory.
+  A hash made with older parameters is replaced at the next sign-in.
+- **Sign-in** answers a wrong email exactly like a wrong password (the same
+  error, and a hash is checked either way so the time does not tell), and
+  counts failures per email, whether or not an account has it: after
+  `MAX_FAILURES` within `FAILURE_WINDOW` seconds the email is refused
+  without checking anything until the window ends. A success forgets them.
+- **Sessions**: a signed access token (tokens.py) and an opaque refresh token
+  (`rt_` + 256 random bits). Only the refresh token's SHA-256 is stored (with
+  that much entropy a slow hash adds nothing). Each works once: refreshing
+  marks it used and hands out the next of its family (the tokens descended from
+  one sign-in); a used one presented again means two clients hold it, so the
+  whole family is ended and the caller must sign in again (OAuth 2.0 Security
+  BCP, refresh token rotation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+import argon2
+
+from .aip import new_id
+from .errors import FieldViolation, ResourceExhausted, Unauthenticated, Unavailable
+from .resources import Backend, Tx
+from .tokens import Issued, Issuer, NoSigningKey
+
+SCHEMA = """
+CREATE TABLE refresh_tokens (
+    hash        TEXT PRIMARY KEY,
+    account     TEXT NOT NULL,
+    family      TEXT NOT NULL,
+    create_time INTEGER NOT NULL,
+    expire_time INTEGER NOT NULL,
+    used_time   INTEGER
+);
+CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family);
+CREATE INDEX refresh_tokens_by_account ON refresh_tokens (account);
+CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expire_time);
+CREATE TABLE sign_in_failures (
+    email      TEXT PRIMARY KEY,
+    failures   INTEGER NOT NULL,
+    first_time INTEGER NOT NULL
+);
+CREATE INDEX sign_in_failures_by_time ON sign_in_failures (first_time);
+"""
+"""The tables of sessions and failed sign-ins, for a service's migrations (the script is released:
+never edit it, add another)."""
+
+MIN_PASSWORD = 8
+MAX_PASSWORD = 256
+MAX_FAILURES = 5
+FAILURE_WINDOW = 15 * 60
+"""Seconds over which failed sign-ins of one email are counted."""
+HASHING_AT_ONCE = 2
+"""Password hashes computed at the same time per process (each takes 64 MiB)."""
+REFRESH_PREFIX = "rt_"
+
+_hasher = argon2.PasswordHasher()
+_hashing = threading.BoundedSemaphore(HASHING_AT_ONCE)
+_decoy: list[str] = []
+"""A hash to check a password against when no account has the email (made on first need)."""
+
+
+def password_violation(password: str, field: str) -> FieldViolation | None:
+    """Why `password` cannot be a password, on `field` (never quoting it); None if it can."""
+    if MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        return None
+    return FieldViolation(field, f"must be {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+
+
+async def hash_password(password: str) -> str:
+    """The argon2id hash (PHC string, with its salt and parameters) to store for `password`."""
+    return await asyncio.to_thread(_hash, password)
+
+
+def _hash(password: str) -> str:
+    with _hashing:
+        return _hasher.hash(password)
+
+
+async def _verify(stored: str, password: str) -> bool:
+    return await asyncio.to_thread(_matches, stored, password)
+
+
+def _matches(stored: str, password: str) -> bool:
+    with _hashing:
+        try:
+            return _hasher.verify(stored, password)
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+            return False
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A new session of one account."""
+
+    account: str
+    """The account's resource name (`passengers/...`)."""
+    access: Issued
+    refresh_token: str
+    refresh_expire_time: float
+
+
+def wrong_credentials() -> Unauthenticated:
+    return Unauthenticated("the email or password is wrong", reason="INVALID_CREDENTIALS")
+
+
+def _refresh_refused(why: str) -> Unauthenticated:
+    return Unauthenticated(f"the refresh token {why}; sign in again", reason="REFRESH_TOKEN_INVALID")
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Accounts:
+    """Sign-in and sessions for the accounts of one table (`id`, `email`, `password_hash` columns)."""
+
+    def __init__(
+        self, db: Backend, table: str, collection: str, issuer: Issuer, refresh_lifetime: float
+    ) -> None:
+        self.db = db
+        self.table = table
+        self.collection = collection
+        self.issuer = issuer
+        self.refresh_lifetime = refresh_lifetime
+
+    async def sign_in(self, email: str, password: str) -> Grant:
+        """A new session for the account with this email and password; INVALID_CREDENTIALS otherwise."""
+        key = email.strip().lower()
+        now = time.time_ns()
+        await self._not_throttled(key, now)
+        row = await self.db.query_one(
+            f"SELECT id, password_hash FROM {self.table} WHERE email = ? COLLATE NOCASE", (key,)
+        )
+        stored = row["password_hash"] if row is not None and row["password_hash"] else None
+        if stored is None:
+            await _verify(await _decoy_hash(), password)  # the same work as for a real account
+            await self._failed(key, now)
+            raise wrong_credentials()
+        if not await _verify(stored, password):
+            await self._failed(key, now)
+            raise wrong_credentials()
+        account_id: str = row["id"] if row is not None else ""
+        rehashed = await hash_password(password) if _hasher.check_needs_rehash(stored) else None
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM sign_in_failures WHERE email = ?", (key,))
+            if rehashed is not None:
+                await tx.execute(
+                    f"UPDATE {self.table} SET password_hash = ? WHERE id = ?", (rehashed, account_id)
+                )
+            await tx.execute("DELETE FROM refresh_tokens WHERE expire_time < ?", (now,))
+            return await self._grant(tx, account_id, new_id(), now)
+
+    async def refresh(self, refresh_token: str) -> Grant:
+        """The next session for a refresh token, which is used up; REFRESH_TOKEN_INVALID otherwise."""
+        now = time.time_ns()
+        digest = _digest(refresh_token)
+        async with self.db.transaction() as tx:
+            row = await tx.query_one(
+                "SELECT account, family, expire_time, used_time FROM refresh_tokens WHERE hash = ?",
+                (digest,),
+            )
+            if row is None:
+                refused = _refresh_refused("is not valid")
+            elif row["used_time"] is not None:
+                # Two holders of one token: whoever it is, neither keeps the session.
+                await tx.execute("DELETE FROM refresh_tokens WHERE family = ?", (row["family"],))
+                refused = _refresh_refused("was used already, so every session of its sign-in ended")
+            elif row["expire_time"] <= now:
+                refused = _refresh_refused("has expired")
+            elif await tx.query_one(f"SELECT 1 FROM {self.table} WHERE id = ?", (row["account"],)) is None:
+                await tx.execute("DELETE FROM refresh_tokens WHERE account = ?", (row["account"],))
+                refused = _refresh_refused("is not valid")
+            else:
+                await tx.execute("UPDATE refresh_tokens SET used_time = ? WHERE hash = ?", (now, digest))
+                return await self._grant(tx, row["account"], row["family"], now)
+        raise refused  # after the commit: an ended family stays ended
+
+    async def forget(self, account_id: str) -> None:
+        """End every session of an account (it was deleted)."""
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM refresh_tokens WHERE account = ?", (account_id,))
+
+    async def _grant(self, tx: Tx, account_id: str, family: str, now: int) -> Grant:
+        name = f"{self.collection}/{account_id}"
+        try:
+            access = self.issuer.issue(name, now / 1e9)
+        except NoSigningKey as exc:
+            raise Unavailable(f"cannot sign in now: {exc}", reason="NO_SIGNING_KEY") from None
+        token = REFRESH_PREFIX + secrets.token_urlsafe(32)
+        expires = now + int(self.refresh_lifetime * 1e9)
+        await tx.execute(
+            "INSERT INTO refresh_tokens (hash, account, family, create_time, expire_time)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (_digest(token), account_id, family, now, expires),
+        )
+        return Grant(name, access, token, expires / 1e9)
+
+    async def _not_throttled(self, email: str, now: int) -> None:
+        row = await self.db.query_one(
+            "SELECT failures, first_time FROM sign_in_failures WHERE email = ?", (email,)
+        )
+        if row is None or row["failures"] < MAX_FAILURES:
+            return
+        ends = row["first_time"] + FAILURE_WINDOW * 1_000_000_000
+        if ends <= now:
+            return
+        seconds = max(1, (ends - now) // 1_000_000_000)
+        raise ResourceExhausted(
+            f"too many failed sign-ins for this email; try again in {seconds}s",
+            reason="TOO_MANY_SIGN_IN_ATTEMPTS",
+            metadata={"retry_after_seconds": str(seconds)},
+        )
+
+    async def _failed(self, email: str, now: int) -> None:
+        window_start = now - FAILURE_WINDOW * 1_000_000_000
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM sign_in_failures WHERE first_time <= ?", (window_start,))
+            await tx.execute(
+                "INSERT INTO sign_in_failures (email, failures, first_time) VALUES (?, 1, ?) "
+                "ON CONFLICT (email) DO UPDATE SET failures = failures + 1",
+                (email, now),
+            )
+
+
+async def _decoy_hash() -> str:
+    if not _decoy:
+        _decoy.append(await hash_password(secrets.token_urlsafe(16)))
+    return _decoy[0]

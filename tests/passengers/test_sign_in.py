@@ -1,0 +1,169 @@
+"""Passengers sign in: the password set at registration, sessions refreshed once each, throttled failures."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from rideshare.passengers.v1 import passengers_pb2 as pb
+
+from services.mesh import signing
+from services.runtime import sessions
+from services.runtime.tokens import Verifier
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def passengers(serve, mesh_config):
+    signing.create(mesh_config)
+    return serve()
+
+
+def register(passengers, email="ada@example.com", password=PASSWORD) -> pb.Passenger:
+    draft = pb.Passenger(display_name="Ada", email=email, password=password)
+    return passengers.call(passengers.stub.CreatePassenger(pb.CreatePassengerRequest(passenger=draft)))
+
+
+def sign_in(passengers, email="ada@example.com", password=PASSWORD) -> pb.Session:
+    return passengers.call(passengers.stub.SignIn(pb.SignInRequest(email=email, password=password)))
+
+
+def refresh(passengers, token: str) -> pb.Session:
+    return passengers.call(passengers.stub.RefreshSession(pb.RefreshSessionRequest(refresh_token=token)))
+
+
+def test_the_password_is_never_returned_and_stored_only_as_an_argon2id_hash(passengers, mesh_config):
+    created = register(passengers)
+
+    assert created.password == ""
+    got = passengers.call(passengers.stub.GetPassenger(pb.GetPassengerRequest(name=created.name)))
+    assert got.password == ""
+    database = (mesh_config.data_dir / "passengers" / "passengers.db").read_bytes()
+    wal = mesh_config.data_dir / "passengers" / "passengers.db-wal"
+    stored = database + (wal.read_bytes() if wal.exists() else b"")
+    assert PASSWORD.encode() not in stored
+    assert b"$argon2id$" in stored
+
+
+def test_a_session_carries_a_token_for_the_passenger_and_the_passenger(passengers, mesh_config):
+    created = register(passengers)
+
+    session = sign_in(passengers, email="ADA@example.com")  # any case
+
+    assert session.passenger == created
+    claims = Verifier(mesh_config).verify(session.access_token)
+    assert claims.subject == created.name
+    assert abs(session.expire_time.seconds - (time.time() + 900)) < 60
+    assert session.refresh_token.startswith("rt_")
+    assert session.refresh_expire_time.seconds > session.expire_time.seconds
+
+
+def test_a_wrong_password_and_an_unknown_email_fail_alike(passengers):
+    register(passengers)
+    register(passengers, email="nopassword@example.com", password="")
+
+    failures = [
+        passengers.fail(passengers.stub.SignIn(pb.SignInRequest(email=email, password=password)))
+        for email, password in (
+            ("ada@example.com", "wrong password"),
+            ("nobody@example.com", PASSWORD),
+            ("nopassword@example.com", PASSWORD),
+        )
+    ]
+
+    assert {(f.code, f.info.reason, f.message) for f in failures} == {
+        (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CREDENTIALS", "the email or password is wrong")
+    }
+
+
+def test_failures_for_one_email_are_throttled_known_or_not(passengers):
+    register(passengers)
+    for email in ("ada@example.com", "nobody@example.com"):
+        for _ in range(sessions.MAX_FAILURES):
+            failed = passengers.fail(
+                passengers.stub.SignIn(pb.SignInRequest(email=email, password="guess1234"))
+            )
+            assert failed.info.reason == "INVALID_CREDENTIALS"
+
+        throttled = passengers.fail(passengers.stub.SignIn(pb.SignInRequest(email=email, password=PASSWORD)))
+
+        assert throttled.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert throttled.info.reason == "TOO_MANY_SIGN_IN_ATTEMPTS"
+    assert register(passengers, email="grace@example.com").name  # other emails are not held up
+    assert sign_in(passengers, email="grace@example.com").passenger.email == "grace@example.com"
+
+
+def test_a_bad_password_is_refused_without_being_quoted(passengers):
+    failed = passengers.fail(
+        passengers.stub.CreatePassenger(
+            pb.CreatePassengerRequest(
+                passenger=pb.Passenger(display_name="A", email="a@b.co", password="short")
+            )
+        )
+    )
+
+    assert failed.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert failed.fields == ["passenger.password"]
+    assert "short" not in failed.message
+    assert "short" not in str(failed.violations)
+
+
+def test_a_refresh_token_works_once_and_a_reused_one_ends_the_sign_in(passengers, mesh_config):
+    created = register(passengers)
+    first = sign_in(passengers)
+
+    second = refresh(passengers, first.refresh_token)
+
+    assert second.passenger == created
+    assert second.refresh_token != first.refresh_token
+    assert Verifier(mesh_config).verify(second.access_token).subject == created.name
+    reused = passengers.fail(
+        passengers.stub.RefreshSession(pb.RefreshSessionRequest(refresh_token=first.refresh_token))
+    )
+    assert (reused.code, reused.info.reason) == (grpc.StatusCode.UNAUTHENTICATED, "REFRESH_TOKEN_INVALID")
+    # The thief and the owner both lose the session: the newer token of that sign-in is gone too.
+    ended = passengers.fail(
+        passengers.stub.RefreshSession(pb.RefreshSessionRequest(refresh_token=second.refresh_token))
+    )
+    assert ended.info.reason == "REFRESH_TOKEN_INVALID"
+    assert refresh(passengers, sign_in(passengers).refresh_token).passenger == created
+
+
+def test_deleting_a_passenger_ends_its_sessions(passengers):
+    created = register(passengers)
+    session = sign_in(passengers)
+
+    passengers.call(passengers.stub.DeletePassenger(pb.DeletePassengerRequest(name=created.name)))
+
+    refused = passengers.fail(
+        passengers.stub.RefreshSession(pb.RefreshSessionRequest(refresh_token=session.refresh_token))
+    )
+    assert refused.info.reason == "REFRESH_TOKEN_INVALID"
+
+
+def test_the_password_cannot_be_changed_through_an_update(passengers):
+    created = register(passengers)
+
+    failed = passengers.fail(
+        passengers.stub.UpdatePassenger(
+            pb.UpdatePassengerRequest(
+                passenger=pb.Passenger(name=created.name, password="another password"),
+                update_mask={"paths": ["password"]},
+            )
+        )
+    )
+
+    assert failed.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert sign_in(passengers).passenger.name == created.name
+
+
+def test_without_a_signing_key_sign_in_says_what_to_do(serve):
+    bare = serve()
+    register(bare)
+
+    failed = bare.fail(bare.stub.SignIn(pb.SignInRequest(email="ada@example.com", password=PASSWORD)))
+
+    assert (failed.code, failed.info.reason) == (grpc.StatusCode.UNAVAILABLE, "NO_SIGNING_KEY")
+    assert "mesh signing-keys rotate" in failed.message
