@@ -31,6 +31,7 @@ from services.gateway.telemetry import HttpTracing, gateway_telemetry
 from services.runtime import log
 from services.runtime.config import GatewayConfig, MeshConfig, load_config
 from services.runtime.errors import ConfigError
+from services.runtime.server import stop_when_supervisor_exits
 from services.runtime.telemetry import Telemetry
 from services.runtime.tokens import Verifier
 
@@ -264,7 +265,7 @@ async def run(config: MeshConfig, options: Options) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _stop, server)
     if os.environ.get("MESH_SUPERVISED") == "1":
-        _stop_when_supervisor_exits(server)
+        stop_when_supervisor_exits(lambda: setattr(server, "should_exit", True))
     try:
         await server.serve(sockets=[sock])
     finally:
@@ -280,22 +281,6 @@ def _stop(server: uvicorn.Server) -> None:
     if server.should_exit:
         server.force_exit = True
     server.should_exit = True
-
-
-def _stop_when_supervisor_exits(server: uvicorn.Server) -> None:
-    """`mesh up` holds our stdin open; EOF means it is gone, so stop rather than linger."""
-    loop = asyncio.get_running_loop()
-
-    def readable() -> None:
-        try:
-            data = os.read(0, 4096)
-        except OSError:
-            data = b""
-        if not data:
-            loop.remove_reader(0)
-            server.should_exit = True
-
-    loop.add_reader(0, readable)
 
 
 def main(config_path: str | None, options: Options) -> int:

@@ -255,7 +255,7 @@ async def _serve(config: MeshConfig, name: str, port: int | None, replica: int =
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if os.environ.get("MESH_SUPERVISED") == "1":
-        _stop_when_supervisor_exits(loop, stop)
+        stop_when_supervisor_exits(stop.set)
     await stop.wait()
     _log.info(
         "stopping: draining in-flight calls",
@@ -266,8 +266,9 @@ async def _serve(config: MeshConfig, name: str, port: int | None, replica: int =
     return 0
 
 
-def _stop_when_supervisor_exits(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """`mesh up` holds our stdin open; EOF means it is gone, so stop rather than linger."""
+def stop_when_supervisor_exits(stop: Callable[[], None]) -> None:
+    """`mesh up` holds a mesh process's stdin open; EOF means it is gone, so `stop` rather than linger."""
+    loop = asyncio.get_running_loop()
 
     def readable() -> None:
         try:
@@ -276,7 +277,7 @@ def _stop_when_supervisor_exits(loop: asyncio.AbstractEventLoop, stop: asyncio.E
             data = b""
         if not data:
             loop.remove_reader(0)
-            stop.set()
+            stop()
 
     loop.add_reader(0, readable)
 
