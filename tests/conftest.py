@@ -25,11 +25,13 @@ from services.runtime.server import MeshServer, Runtime, Service, create_server
 
 T = TypeVar("T")
 
-#: A one-service mesh; port 0 so a server started from it never takes a real port.
+#: A one-service mesh; port 0 so a server started from it never takes a real port. No drain
+#: period: a server stopped at teardown has no clients to send elsewhere (test_drain.py drains).
 MESH_TOML = """\
 host = "127.0.0.1"
 data_dir = "data"
 grace_period = "1s"
+drain_period = "0s"
 
 [client]
 timeout = "20s"
