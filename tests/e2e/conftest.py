@@ -21,6 +21,7 @@ import contextlib
 import copy
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -107,12 +108,11 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGINT it (a graceful stop) if the test run dies without teardown."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+#: Put before a long-running command: it gets SIGINT (a graceful stop) if the test run dies without
+#: teardown. util-linux's setpriv, not a `preexec_fn` calling prctl: a preexec_fn makes subprocess
+#: fork() the test process, and a fork() while grpc's threads run (an in-process test earlier on the
+#: same xdist worker) aborted the child in grpc's epoll poller before it could exec `mesh up`.
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "INT", "--") if shutil.which("setpriv") else ()
 
 
 def to_toml(document: Mapping[str, Any]) -> str:
@@ -254,13 +254,12 @@ class Mesh:
         self._stderr = self.root / f"up-{self._runs}.err"
         with self._stdout.open("wb") as out, self._stderr.open("wb") as err:
             self.process = subprocess.Popen(
-                [str(MESH), "up", "--config", str(self.config), *args],
+                [*DIE_WITH_PARENT, str(MESH), "up", "--config", str(self.config), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 env=clean_env(self.env),
                 cwd=self.root,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         return self.process
 
@@ -515,13 +514,12 @@ class Background:
         self.stderr_path = root / "err"
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.process = subprocess.Popen(
-                self.argv,
+                [*DIE_WITH_PARENT, *self.argv],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 env=clean_env(env),
                 cwd=root,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
 
     @property
