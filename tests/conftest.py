@@ -54,6 +54,29 @@ def with_port(config: MeshConfig, service: str, port: int) -> MeshConfig:
     return dataclasses.replace(config, services=services)
 
 
+#: Test files that share a session-scoped mesh (`rideshare_mesh`); xdist runs them on one worker.
+SHARED_MESH_FILES = frozenset({"tests/e2e/test_trip_flow.py", "tests/e2e/test_trip_failures.py"})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile` (`make test`), except that files sharing a session mesh are one unit of work.
+
+    A file runs whole on one worker, so its module-scoped meshes start once;
+    a session-scoped mesh would otherwise start once per worker that uses it.
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedMeshes(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path: str = super()._split_scope(nodeid)
+            return "rideshare_mesh" if path in SHARED_MESH_FILES else path
+
+    return SharedMeshes(config, log)
+
+
 @pytest.fixture
 def mesh_file(tmp_path: Path) -> Path:
     return write_mesh_file(tmp_path)

@@ -11,7 +11,8 @@ Services are named as in mesh.toml; later services (and the gateway) need
 only their name, and any value `FREE_PORT` in the mesh document becomes a
 fresh port, so an HTTP port is `{"http_port": FREE_PORT}`. `rideshare_mesh`
 is all six services with the repository's settings (tariff, client policy),
-shared by the whole session; `background` runs long-lived commands (a grpcurl
+shared by the whole session (under xdist the files using it share a worker:
+tests/conftest.py); `background` runs long-lived commands (a grpcurl
 stream, a `mesh serve` of one service) and stops them after the test.
 """
 
