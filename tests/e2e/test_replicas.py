@@ -121,8 +121,15 @@ def replicated(mesh_factory: MeshFactory, grpcurl) -> tuple[Mesh, str]:
     return start_replicated(mesh_factory, grpcurl, drain_period="20s")
 
 
-def test_status_lists_every_replica_with_its_own_port_and_pid(replicated):
-    mesh, _ = replicated
+@pytest.fixture(scope="module")
+def replicas_to_read(tmp_path_factory: pytest.TempPathFactory, grpcurl) -> Iterator[tuple[Mesh, str]]:
+    """The same replicas, shared by the tests that only read them (status, a refused `mesh serve`)."""
+    with MeshFactory(tmp_path_factory) as factory:
+        yield start_replicated(factory, grpcurl, drain_period="20s")
+
+
+def test_status_lists_every_replica_with_its_own_port_and_pid(replicas_to_read):
+    mesh, _ = replicas_to_read
     step = 10
 
     code, members = mesh.status()
@@ -187,8 +194,8 @@ def test_a_replica_stopped_under_load_drains_and_costs_no_call(mesh_factory, grp
     assert re.search(r"^passengers-1\s*\| .*event=draining", mesh.stdout(), re.M)
 
 
-def test_serve_refuses_a_replica_the_clients_do_not_know(replicated):
-    mesh, _ = replicated
+def test_serve_refuses_a_replica_the_clients_do_not_know(replicas_to_read):
+    mesh, _ = replicas_to_read
 
     code, _, err = mesh.mesh("serve", "passengers", "--replica", "2")
 
