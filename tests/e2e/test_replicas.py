@@ -243,10 +243,10 @@ def late_calls(mesh: Mesh) -> str:
 
 
 def test_a_replica_failing_every_call_is_ejected(mesh_factory, grpcurl, by_hand):
-    # An ejection outlasts the test, so no attempt reaches the replica again.
-    mesh, name = start_replicated(
-        mesh_factory, grpcurl, client={"outlier_detection": {"base_ejection_time": "60s"}}
-    )
+    # An ejection outlasts the test, so no attempt reaches the replica again. A replica is judged
+    # on 2 calls in a 250 ms sweep, not the default 5 (20 calls/s, a rate a busy machine may miss).
+    ejection = {"base_ejection_time": "60s", "request_volume": 2}
+    mesh, name = start_replicated(mesh_factory, grpcurl, client={"outlier_detection": ejection})
     supervised = member(mesh, 1)["pid"]
     assert isinstance(supervised, int)
     os.kill(supervised, signal.SIGTERM)  # nobody watches yet: no drain, it stops at once
@@ -255,7 +255,7 @@ def test_a_replica_failing_every_call_is_ejected(mesh_factory, grpcurl, by_hand)
 
     load = Load(mesh.config, name).start()
     try:
-        # With a 250 ms sweep and 5 calls a replica, the ejection can come within a few dozen calls.
+        # With a 250 ms sweep and 2 calls a replica, the ejection can come within a few dozen calls.
         assert load.wait(lambda: served_alone(faulty) > 0, WAIT), faulty.describe()
 
         def ejected() -> bool:
