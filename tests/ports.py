@@ -19,8 +19,10 @@ from pathlib import Path
 
 #: The default mesh ports (`make run` may hold them).
 RESERVED_PORTS = frozenset({*range(50051, 50057), 8080})
+#: The admin port of a service is its port + this, unless the mesh file says otherwise.
+ADMIN_PORT_OFFSET = 1000
 #: How far apart derived ports can land: the admin offset (1000) plus replicas on a step of 10.
-DERIVED_SPAN = 1000 + 10 * 10
+DERIVED_SPAN = ADMIN_PORT_OFFSET + 10 * 10
 REPLICA_PORT_STEP = 10
 
 
@@ -30,16 +32,31 @@ def clashes(port: int, other: int) -> bool:
     return apart == 0 or (apart % REPLICA_PORT_STEP == 0 and apart <= DERIVED_SPAN)
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except (OSError, OverflowError):  # OverflowError: past 65535
+            return False
+    return True
+
+
 def free_port(taken: Sequence[int] = ()) -> int:
     """A port nothing listens on now (bind port 0, close) that derives nothing `taken` derives.
 
-    It may be taken again before use; every caller starts what it needs soon after.
+    Its admin port (+1000) is free now too: a service whose admin port is taken
+    runs without /metrics, and the e2e harness then starts the mesh again. Either
+    may be taken again before use; every caller starts what it needs soon after.
     """
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port: int = sock.getsockname()[1]
-        if port not in RESERVED_PORTS and not any(clashes(port, other) for other in taken):
+        if (
+            port not in RESERVED_PORTS
+            and not any(clashes(port, other) for other in taken)
+            and _bindable(port + ADMIN_PORT_OFFSET)
+        ):
             return port
 
 

@@ -180,6 +180,7 @@ class Mesh:
         self._stdout: Path = root / "up.out"
         self._stderr: Path = root / "up.err"
         self._runs = 0
+        self._served = False
         self.child_pids: list[int] = []
         self.write()
 
@@ -269,16 +270,22 @@ class Mesh:
 
         A port picked free can be taken by someone else before the services
         bind it; then the mesh is rewritten with fresh ports and started again.
+        A mesh that never served starts again from an empty data dir, so the
+        run a test reads is a first start (certificates made, and so on).
         """
+        first = not self._served
         for attempt in range(attempts):
             self.spawn(*(["--only", ",".join(only)] if only else []))
             failure = self._wait_serving(only or self.services) or self._wait_metrics(only)
             if failure is None:
+                self._served = True
                 return self
             port_clash = "already in use" in self.stdout() + self.stderr()
             self.stop(check=False)
             if not port_clash or attempt == attempts - 1:
                 pytest.fail(f"mesh did not start: {failure}\n{self.describe()}", pytrace=False)
+            if first:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
             self.write()
         raise AssertionError("unreachable")
 
