@@ -142,6 +142,25 @@ class Loop:
             self.call(awaitable)
         return failure_of(caught.value)
 
+    def settled(self, check: Callable[[], T], what: str, patience: float = 30.0) -> T:
+        """Run the loop until `check()` returns something truthy, and return it.
+
+        A server logs a failed call after its status is on the way (the call
+        wrapper's `finally`), so the client can have its answer first; a test
+        reading that log line waits for it here, not for a time.
+        """
+
+        async def poll() -> T:
+            async with asyncio.timeout(patience):
+                while not (found := check()):  # noqa: ASYNC110  (a log line has no event to await)
+                    await asyncio.sleep(0.01)
+                return found
+
+        try:
+            return self.call(poll())
+        except TimeoutError:
+            raise AssertionError(f"gave up waiting for {what}") from None
+
 
 @pytest.fixture
 def loop(runner: asyncio.Runner) -> Loop:
