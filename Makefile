@@ -37,8 +37,11 @@ node_modules/.bin/protoc-gen-buf-lint: package.json
 run: $(VENV)/.run ## run the whole mesh in the foreground (Ctrl-C stops it)
 	$(BIN)/mesh up --dev-key
 
-test: $(VENV)/.test check-generated ## run every test (unit, in-process, end-to-end)
-	$(BIN)/python -m pytest
+# One worker per core; a test file runs whole on one worker (its module-scoped meshes start once).
+TEST_ARGS ?= -n auto --dist loadfile
+
+test: $(VENV)/.test check-generated ## run every test (unit, in-process, end-to-end; TEST_ARGS=-n0 for one process)
+	$(BIN)/python -m pytest $(TEST_ARGS)
 
 check-generated: $(VENV)/.test ## fail if generated/ does not match protos/
 	$(BIN)/mesh generate --check

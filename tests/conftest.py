@@ -25,11 +25,13 @@ from services.runtime.server import MeshServer, Runtime, Service, create_server
 
 T = TypeVar("T")
 
-#: A one-service mesh; port 0 so a server started from it never takes a real port.
+#: A one-service mesh; port 0 so a server started from it never takes a real port. No drain
+#: period: a server stopped at teardown has no clients to send elsewhere (test_drain.py drains).
 MESH_TOML = """\
 host = "127.0.0.1"
 data_dir = "data"
 grace_period = "1s"
+drain_period = "0s"
 
 [client]
 timeout = "20s"
@@ -50,6 +52,29 @@ def with_port(config: MeshConfig, service: str, port: int) -> MeshConfig:
     services = dict(config.services)
     services[service] = dataclasses.replace(services[service], port=port)
     return dataclasses.replace(config, services=services)
+
+
+#: Test files that share a session-scoped mesh (`rideshare_mesh`); xdist runs them on one worker.
+SHARED_MESH_FILES = frozenset({"tests/e2e/test_trip_flow.py", "tests/e2e/test_trip_failures.py"})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile` (`make test`), except that files sharing a session mesh are one unit of work.
+
+    A file runs whole on one worker, so its module-scoped meshes start once;
+    a session-scoped mesh would otherwise start once per worker that uses it.
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedMeshes(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path: str = super()._split_scope(nodeid)
+            return "rideshare_mesh" if path in SHARED_MESH_FILES else path
+
+    return SharedMeshes(config, log)
 
 
 @pytest.fixture
@@ -116,6 +141,25 @@ class Loop:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             self.call(awaitable)
         return failure_of(caught.value)
+
+    def settled(self, check: Callable[[], T], what: str, patience: float = 30.0) -> T:
+        """Run the loop until `check()` returns something truthy, and return it.
+
+        A server logs a failed call after its status is on the way (the call
+        wrapper's `finally`), so the client can have its answer first; a test
+        reading that log line waits for it here, not for a time.
+        """
+
+        async def poll() -> T:
+            async with asyncio.timeout(patience):
+                while not (found := check()):  # noqa: ASYNC110  (a log line has no event to await)
+                    await asyncio.sleep(0.01)
+                return found
+
+        try:
+            return self.call(poll())
+        except TimeoutError:
+            raise AssertionError(f"gave up waiting for {what}") from None
 
 
 @pytest.fixture

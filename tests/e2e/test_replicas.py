@@ -121,8 +121,15 @@ def replicated(mesh_factory: MeshFactory, grpcurl) -> tuple[Mesh, str]:
     return start_replicated(mesh_factory, grpcurl, drain_period="20s")
 
 
-def test_status_lists_every_replica_with_its_own_port_and_pid(replicated):
-    mesh, _ = replicated
+@pytest.fixture(scope="module")
+def replicas_to_read(tmp_path_factory: pytest.TempPathFactory, grpcurl) -> Iterator[tuple[Mesh, str]]:
+    """The same replicas, shared by the tests that only read them (status, a refused `mesh serve`)."""
+    with MeshFactory(tmp_path_factory) as factory:
+        yield start_replicated(factory, grpcurl, drain_period="20s")
+
+
+def test_status_lists_every_replica_with_its_own_port_and_pid(replicas_to_read):
+    mesh, _ = replicas_to_read
     step = 10
 
     code, members = mesh.status()
@@ -187,8 +194,8 @@ def test_a_replica_stopped_under_load_drains_and_costs_no_call(mesh_factory, grp
     assert re.search(r"^passengers-1\s*\| .*event=draining", mesh.stdout(), re.M)
 
 
-def test_serve_refuses_a_replica_the_clients_do_not_know(replicated):
-    mesh, _ = replicated
+def test_serve_refuses_a_replica_the_clients_do_not_know(replicas_to_read):
+    mesh, _ = replicas_to_read
 
     code, _, err = mesh.mesh("serve", "passengers", "--replica", "2")
 
@@ -236,10 +243,10 @@ def late_calls(mesh: Mesh) -> str:
 
 
 def test_a_replica_failing_every_call_is_ejected(mesh_factory, grpcurl, by_hand):
-    # An ejection outlasts the test, so no attempt reaches the replica again.
-    mesh, name = start_replicated(
-        mesh_factory, grpcurl, client={"outlier_detection": {"base_ejection_time": "60s"}}
-    )
+    # An ejection outlasts the test, so no attempt reaches the replica again. A replica is judged
+    # on 2 calls in a 250 ms sweep, not the default 5 (20 calls/s, a rate a busy machine may miss).
+    ejection = {"base_ejection_time": "60s", "request_volume": 2}
+    mesh, name = start_replicated(mesh_factory, grpcurl, client={"outlier_detection": ejection})
     supervised = member(mesh, 1)["pid"]
     assert isinstance(supervised, int)
     os.kill(supervised, signal.SIGTERM)  # nobody watches yet: no drain, it stops at once
@@ -248,7 +255,7 @@ def test_a_replica_failing_every_call_is_ejected(mesh_factory, grpcurl, by_hand)
 
     load = Load(mesh.config, name).start()
     try:
-        # With a 250 ms sweep and 5 calls a replica, the ejection can come within a few dozen calls.
+        # With a 250 ms sweep and 2 calls a replica, the ejection can come within a few dozen calls.
         assert load.wait(lambda: served_alone(faulty) > 0, WAIT), faulty.describe()
 
         def ejected() -> bool:

@@ -100,8 +100,13 @@ def test_grpcurl_reaches_a_member_by_localhost_too(tls_mesh):
     assert PAYMENTS in out.split()
 
 
+#: grpcurl redials a server that closes the connection (or refuses its handshake) until its
+#: connect timeout, 10 s by default; a refused client is refused within the first attempt.
+REFUSED_WITHIN = ("-connect-timeout", "2")
+
+
 def test_a_plaintext_client_cannot_connect(tls_mesh, grpcurl):
-    code, out, _ = grpcurl(tls_mesh.address("passengers"), "list")
+    code, out, _ = grpcurl(tls_mesh.address("passengers"), "list", flags=REFUSED_WITHIN)
 
     assert code != 0
     assert out == ""
@@ -110,7 +115,7 @@ def test_a_plaintext_client_cannot_connect(tls_mesh, grpcurl):
 def test_a_client_without_a_certificate_cannot_connect(tls_mesh):
     grpcurl = Grpcurl(transport=("-cacert", str(certs_of(tls_mesh) / "ca.pem")))
 
-    code, out, _ = grpcurl(tls_mesh.address("passengers"), "list")
+    code, out, _ = grpcurl(tls_mesh.address("passengers"), "list", flags=REFUSED_WITHIN)
 
     assert code != 0
     assert out == ""
@@ -122,7 +127,7 @@ def test_a_client_with_a_certificate_from_another_ca_cannot_connect(tls_mesh, tm
     # It trusts the mesh's CA (so it accepts the server) but presents a certificate of the other CA.
     grpcurl = Grpcurl.tls(tmp_path / "other", "mesh", ca=certs_of(tls_mesh) / "ca.pem")
 
-    code, out, _ = grpcurl(tls_mesh.address("passengers"), "list")
+    code, out, _ = grpcurl(tls_mesh.address("passengers"), "list", flags=REFUSED_WITHIN)
 
     assert code != 0
     assert out == ""

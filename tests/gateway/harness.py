@@ -312,7 +312,8 @@ def _rich_status(code: int, message: str) -> grpc.Status:
 def write_gateway_mesh(directory: Path, services: str = "[services.passengers]\nport = 0\n") -> Path:
     path = directory / "mesh.toml"
     path.write_text(
-        'host = "127.0.0.1"\ndata_dir = "data"\ngrace_period = "1s"\n\n[client]\ntimeout = "20s"\n\n'
+        'host = "127.0.0.1"\ndata_dir = "data"\ngrace_period = "1s"\ndrain_period = "0s"\n\n'
+        '[client]\ntimeout = "20s"\n\n'
         + services
         + '\n[gateway]\nport = 0\nmax_body_bytes = 4096\nmax_timeout = "30s"\ncors_origins = ["https://app.example"]\n',
         encoding="utf-8",

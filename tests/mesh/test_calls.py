@@ -139,7 +139,9 @@ def test_failed_calls_are_logged_with_code_and_call_fields(passengers, json_log)
         )
     )
 
-    [entry] = [e for e in json_log() if e["logger"] == "rideshare.access"]
+    [entry] = passengers.settled(
+        lambda: [e for e in json_log() if e["logger"] == "rideshare.access"], "the access log line"
+    )
     assert entry["msg"] == "rpc finished"
     assert entry["code"] == "NOT_FOUND"
     assert entry["method"] == GET

@@ -86,12 +86,16 @@ def test_every_served_call_is_counted_by_method_caller_and_code(passengers):
     passengers.call(passengers.stub.GetPassenger(pb.GetPassengerRequest(name=created.name)))
     passengers.fail(passengers.stub.GetPassenger(pb.GetPassengerRequest(name=MISSING)))
     passengers.fail(passengers.stub.GetPassenger(pb.GetPassengerRequest(name="nonsense")))
+    labels = {"service": "passengers", "grpc_service": SERVICE, "grpc_method": "GetPassenger"}
+    # A failed call is counted in the wrapper's `finally`, once its status is on the way to the client.
+    passengers.settled(
+        lambda: value(passengers, "mesh_server_calls_in_flight", **labels) == 0, "the calls to end"
+    )
 
     assert calls(passengers, "CreatePassenger", "OK") == 1
     assert calls(passengers, "GetPassenger", "OK") == 1
     assert calls(passengers, "GetPassenger", "NOT_FOUND") == 1
     assert calls(passengers, "GetPassenger", "INVALID_ARGUMENT") == 1
-    labels = {"service": "passengers", "grpc_service": SERVICE, "grpc_method": "GetPassenger"}
     assert value(passengers, "mesh_server_call_duration_seconds_count", **labels) == 3
     assert value(passengers, "mesh_server_call_duration_seconds_sum", **labels) > 0
     assert value(passengers, "mesh_server_calls_in_flight", **labels) == 0
@@ -194,7 +198,9 @@ def test_a_served_call_continues_the_callers_trace_and_logs_carry_it(serve, mesh
     )
     running.stop()
 
-    [finished] = [e for e in json_log() if e["msg"] == "rpc finished"]
+    [finished] = running.settled(
+        lambda: [e for e in json_log() if e["msg"] == "rpc finished"], "the access log line"
+    )
     assert finished["trace_id"] == TRACE_ID
     assert len(finished["span_id"]) == 16
     spans = [
@@ -218,7 +224,9 @@ def test_with_tracing_off_log_lines_still_carry_the_incoming_trace_id(serve, mes
         )
     )
 
-    [finished] = [e for e in json_log() if e["msg"] == "rpc finished"]
+    [finished] = running.settled(
+        lambda: [e for e in json_log() if e["msg"] == "rpc finished"], "the access log line"
+    )
     assert finished["trace_id"] == TRACE_ID
     assert "span_id" not in finished
 
@@ -229,7 +237,9 @@ def test_an_unsampled_call_still_has_a_trace_id_in_its_logs(serve, mesh_config, 
     running.fail(running.stub.GetPassenger(pb.GetPassengerRequest(name=MISSING)))
     running.stop()
 
-    [finished] = [e for e in json_log() if e["msg"] == "rpc finished"]
+    [finished] = running.settled(
+        lambda: [e for e in json_log() if e["msg"] == "rpc finished"], "the access log line"
+    )
     assert len(finished["trace_id"]) == 32
     assert not trace_file(mesh_config.data_dir, "passengers").exists()
 
