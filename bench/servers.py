@@ -35,7 +35,7 @@ import grpc
 from rideshare.passengers.v1 import passengers_pb2, passengers_pb2_grpc
 from rideshare.passengers.v1.passengers_pb2 import GetPassengerRequest, Passenger
 
-from services.passengers.servicer import PassengerServicer
+from services.passengers import app as passengers_app
 from services.passengers.store import MIGRATIONS, PASSENGERS
 from services.runtime import calls, log
 from services.runtime.config import MeshConfig, load_config
@@ -97,7 +97,7 @@ class SyncCallWrapper:
 
         def handler(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
-            tokens = calls._enter(method, context)  # type: ignore[arg-type]
+            tokens, _ = calls._enter(method, context)  # type: ignore[arg-type]
             code = grpc.StatusCode.OK
             try:
                 if validate is not None:
@@ -186,16 +186,17 @@ async def serve_aio(config: MeshConfig, runtime: bool, max_seconds: float) -> No
             await asyncio.wait_for(stopped.wait(), max_seconds)
         await mesh.stop(0)
         return
-    store = Store(_backend(config), PASSENGERS)
+    service = passengers_app.create(_runtime(config))  # the same servicer, without the runtime around it
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    passengers_pb2_grpc.add_PassengerServiceServicer_to_server(PassengerServicer(store), server)
+    service.register(service.servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     _announce(port)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stopped.wait(), max_seconds)
     await server.stop(0)
-    await store.close()
+    if service.on_stop is not None:
+        await service.on_stop()
 
 
 def main(argv: list[str] | None = None) -> None:
