@@ -85,8 +85,9 @@ class Feed:
     async def _follow(self) -> None:
         try:
             while self.broker.subscriber_count() and not self.broker.closed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                with contextlib.suppress(TimeoutError):  # asyncio.timeout: see trips/outbox.py
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wake.wait()
                 self._wake.clear()
                 self._catch_up()
         except Exception as exc:  # a database error: end the streams rather than leave them silent

@@ -125,8 +125,11 @@ class Outbox:
             backoff = self.initial_backoff
             if delivered >= self.batch:
                 continue
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns instead of raising when
+            # the task is cancelled as the wake-up arrives, and stop() then waited for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.idle_poll)
+                async with asyncio.timeout(self.idle_poll):
+                    await self._wake.wait()
 
     def start(self) -> None:
         self.task.start()
