@@ -7,7 +7,6 @@ from rideshare.drivers.v1 import drivers_pb2, drivers_pb2_grpc
 from services.runtime import Runtime, Service
 from services.runtime.sessions import Accounts
 from services.runtime.storage import SqliteBackend
-from services.runtime.tokens import Issuer
 
 from .servicer import DriverServicer
 from .store import MIGRATIONS, DriverStore
@@ -15,13 +14,7 @@ from .store import MIGRATIONS, DriverStore
 
 def create(runtime: Runtime) -> Service:
     store = DriverStore(SqliteBackend(runtime.data_path("drivers.db"), MIGRATIONS))
-    accounts = Accounts(
-        store.db,
-        store.table,
-        store.collection,
-        Issuer(runtime.config, store.collection),
-        runtime.config.sessions.refresh_token_lifetime,
-    )
+    accounts = Accounts.of(store, runtime.config)
     return Service(
         descriptor=drivers_pb2.DESCRIPTOR.services_by_name["DriverService"],
         servicer=DriverServicer(store, accounts),

@@ -241,8 +241,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
 
 def _error(status: int, code: grpc.StatusCode, message: str, reason: str, retry_after: int = 0) -> HttpError:
-    headers = [(b"retry-after", str(retry_after).encode())] if retry_after else []
-    return HttpError(status, code, message, reason=reason, headers=headers)
+    return HttpError(status, code, message, reason=reason, retry_after=retry_after)
 
 
 def _render(error: HttpError, default_headers: list[tuple[bytes, bytes]]) -> bytes:

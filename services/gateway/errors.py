@@ -59,7 +59,9 @@ class HttpError(Exception):
         reason: str | None = None,
         details: Sequence[dict[str, Any]] = (),
         headers: Iterable[tuple[bytes, bytes]] = (),
+        retry_after: int = 0,
     ) -> None:
+        """`retry_after` (seconds, 0: none) makes it a refusal: the client may try again then."""
         super().__init__(message)
         self.status = status
         self.code = int(code.value[0])
@@ -69,6 +71,8 @@ class HttpError(Exception):
         if reason is not None:
             self.details.insert(0, error_info(reason))
         self.headers = list(headers)
+        if retry_after:
+            self.headers.append((b"retry-after", str(retry_after).encode()))
 
     @property
     def refusal(self) -> bool:

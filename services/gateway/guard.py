@@ -87,7 +87,7 @@ class KeyGuard:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"rate limit of {rate:g} requests/s (burst {burst}) exceeded; retry in {seconds}s",
                 reason="RATE_LIMITED",
-                headers=[(b"retry-after", str(seconds).encode())],
+                retry_after=seconds,
             )
         claims = [
             (principal.APP, quote(record.name, safe="")),

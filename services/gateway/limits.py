@@ -109,7 +109,7 @@ class InFlight:
             f"the gateway has {self.limit} calls in flight and could not start this one "
             f"within {wait * 1000:.0f} ms; retry in {RETRY_AFTER} s",
             reason="OVERLOADED",
-            headers=[(b"retry-after", str(RETRY_AFTER).encode())],
+            retry_after=RETRY_AFTER,
         )
 
 
@@ -134,7 +134,7 @@ class StreamCaps:
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"{owner} has {self.limit} streams open, its limit; close one, or retry later",
                     reason="TOO_MANY_STREAMS",
-                    headers=[(b"retry-after", str(RETRY_AFTER).encode())],
+                    retry_after=RETRY_AFTER,
                 )
         for owner in owners:
             self.open[owner] = self.open.get(owner, 0) + 1

@@ -8,7 +8,6 @@ from services.runtime import Runtime, Service
 from services.runtime.resources import Store
 from services.runtime.sessions import Accounts
 from services.runtime.storage import SqliteBackend
-from services.runtime.tokens import Issuer
 
 from .servicer import PassengerServicer
 from .store import MIGRATIONS, PASSENGERS
@@ -16,13 +15,7 @@ from .store import MIGRATIONS, PASSENGERS
 
 def create(runtime: Runtime) -> Service:
     store = Store(SqliteBackend(runtime.data_path("passengers.db"), MIGRATIONS), PASSENGERS)
-    accounts = Accounts(
-        store.db,
-        store.table,
-        store.collection,
-        Issuer(runtime.config, store.collection),
-        runtime.config.sessions.refresh_token_lifetime,
-    )
+    accounts = Accounts.of(store, runtime.config)
     return Service(
         descriptor=passengers_pb2.DESCRIPTOR.services_by_name["PassengerService"],
         servicer=PassengerServicer(store, accounts),

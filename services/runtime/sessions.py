@@ -31,12 +31,14 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import argon2
 
 from .aip import new_id
+from .config import MeshConfig
 from .errors import FieldViolation, ResourceExhausted, Unauthenticated, Unavailable
-from .resources import Backend, Tx
+from .resources import Backend, Store, Tx
 from .tokens import Issued, Issuer, NoSigningKey
 
 SCHEMA = """
@@ -139,6 +141,17 @@ class Accounts:
         self.collection = collection
         self.issuer = issuer
         self.refresh_lifetime = refresh_lifetime
+
+    @classmethod
+    def of(cls, store: Store[Any], config: MeshConfig) -> Accounts:
+        """The accounts kept in a resource store's table, issuing tokens for its collection."""
+        return cls(
+            store.db,
+            store.table,
+            store.collection,
+            Issuer(config, store.collection),
+            config.sessions.refresh_token_lifetime,
+        )
 
     async def sign_in(self, email: str, password: str) -> Grant:
         """A new session for the account with this email and password; INVALID_CREDENTIALS otherwise."""
