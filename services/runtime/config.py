@@ -1,11 +1,8 @@
-"""The mesh file: one description of the topology, with environment overrides.
-
-`mesh.toml` (or the file named by `MESH_CONFIG`) lists every service; its comments say what each key is
-for. Any key can be overridden as `MESH_` + the key path joined by `__`: `MESH_CLIENT__TIMEOUT=2s`. A
-problem stops the program with one line naming the file (or variable), the key and the problem. Each
-table is a frozen pydantic dataclass whose fields carry the key's type, range and default; what spans
-several keys is `_checked` after (docs/architecture.md, "Configuration").
-"""
+"""The mesh file, `mesh.toml` (or $MESH_CONFIG), whose comments say what each key is for; any key can be
+overridden as `MESH_` + the key path joined by `__` (`MESH_CLIENT__TIMEOUT=2s`). A problem stops the
+program with one line naming the file or variable, the key and the problem. Each table is a frozen pydantic
+dataclass whose fields carry the key's type, range and default; what spans several keys is `_checked`
+after (docs/architecture.md, "Configuration")."""
 
 from __future__ import annotations
 
@@ -32,7 +29,7 @@ _STATUS_CODES = tuple(code.name for code in grpc.StatusCode if code is not grpc.
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _BOOLS = {"true": True, "false": False}
-_FROM_ENV: dict[type, Callable[[str], Any]] = {int: int, float: float, bool: lambda s: _BOOLS[s.lower()]}
+_FROM_TEXT: dict[type, Callable[[str], Any]] = {int: int, float: float, bool: lambda s: _BOOLS[s.lower()]}
 _FILLED_IN = ("source", "name", "enabled")  # the loader sets them: in the file, they are unknown keys
 
 
@@ -45,13 +42,6 @@ class _EnvValue(str):
         obj = super().__new__(cls, value)
         obj.variable = variable
         return obj
-
-    def parse(self, kind: type) -> Any:
-        """The value as `kind` (int, float or bool) if it reads as one; else pydantic refuses it."""
-        try:
-            return _FROM_ENV[kind](self) if kind in _FROM_ENV else self
-        except (KeyError, ValueError):
-            return self
 
 
 def _kind(check: Callable[[Any], Any], expected: str) -> PlainValidator:
@@ -95,9 +85,16 @@ def _duration(zero: bool = False, longest: float = float("inf")) -> PlainValidat
     return PlainValidator(check)
 
 
-def _env(kind: type) -> BeforeValidator:
-    """A value from the environment (a string) read as `kind` first."""
-    return BeforeValidator(lambda raw: raw.parse(kind) if isinstance(raw, _EnvValue) else raw)
+def _read(text: str, kind: type) -> Any:
+    """A string (from the environment, or quoted in the file) as `kind` if it reads as one; else itself."""
+    try:
+        return _FROM_TEXT[kind](text) if kind in _FROM_TEXT else text
+    except (KeyError, ValueError):
+        return text
+
+
+def _from_text(kind: type) -> BeforeValidator:
+    return BeforeValidator(lambda raw: _read(raw, kind) if isinstance(raw, str) else raw)
 
 
 def _faults(raw: Any) -> Any:
@@ -106,9 +103,9 @@ def _faults(raw: Any) -> Any:
         return raw
     tables: dict[str, dict[str, _EnvValue]] = {}
     for entry in filter(str.strip, raw.split(";")):
-        method, colon, rest = entry.partition(":")
+        method, _, rest = entry.partition(":")
         pairs = [item.partition("=") for item in rest.split(",")]
-        if not colon or not all(equals for _, equals, _ in pairs):
+        if not all(equals for _, equals, _ in pairs):
             example = "'QuoteFare: abort=UNAVAILABLE, delay=200ms, percent=50; ...'"
             raise ValueError(f"expected tables, or from the environment {example}, got {raw!r}")
         values = {k.strip(): _EnvValue(v.strip().removesuffix("%"), raw.variable) for k, _, v in pairs}
@@ -132,9 +129,9 @@ _TARGET = (  # what gRPC resolves itself: DNS (e.g. a Kubernetes headless servic
     r"|ipv6:\[[0-9A-Fa-f:.]+\]:\d{1,5}(,\[[0-9A-Fa-f:.]+\]:\d{1,5})*)$"
 )
 _TARGET_IS = "a gRPC target like 'dns:///trips.default.svc.cluster.local:50053' or 'ipv4:10.0.0.1:50053,...'"
-Int = Annotated[int, Field(strict=True), _env(int)]
-Number = Annotated[float, Field(strict=True), _env(float)]
-Flag = Annotated[bool, Field(strict=True), _env(bool)]
+Int = Annotated[int, Field(strict=True), _from_text(int)]
+Number = Annotated[float, Field(strict=True), _from_text(float)]
+Flag = Annotated[bool, Field(strict=True), _from_text(bool)]
 Count = Annotated[Int, Field(ge=1, le=1_000_000)]
 Port = Annotated[Int, Field(ge=0, le=65535)]
 Step = Annotated[Int, Field(ge=1, le=1000)]
@@ -296,7 +293,7 @@ class ServiceConfig:
         """A typed value from `[services.<name>.settings]`, failing fast on the wrong type."""
         value = self.settings.get(key, default)
         where = f"environment {value.variable}" if isinstance(value, _EnvValue) else self.source
-        value = value.parse(kind) if isinstance(value, _EnvValue) else value
+        value = _read(value, kind) if isinstance(value, _EnvValue) else value
         try:
             return TypeAdapter(kind).validate_python(value, strict=True)
         except ValidationError:
@@ -331,12 +328,9 @@ class MeshConfig:
 _MESH = TypeAdapter(MeshConfig)
 
 
-def load_config(
-    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
-) -> MeshConfig:
-    """Read the mesh file (`path`, else $MESH_CONFIG, else ./mesh.toml), lay the environment over it
-    (`env`, else os.environ), fill in each service's name, module, package, host and replica_port_step and
-    whether the gateway has a table, validate, and check what spans several keys."""
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> MeshConfig:
+    """Read the mesh file (`path`, else $MESH_CONFIG, else ./mesh.toml), lay the environment (`env`, else
+    os.environ) over it, fill in what the file leaves to the loader, validate, and check across keys."""
     source = Path(path or os.environ.get("MESH_CONFIG") or Path.cwd() / "mesh.toml")
     try:
         raw = tomllib.loads(source.read_text(encoding="utf-8"))
@@ -355,18 +349,17 @@ def load_config(
                     break
             else:
                 node[key], origins[(*parents, key)] = _EnvValue(value, name), name
-    services: Any = raw.get("services")
+    services: dict[str, Any] = raw["services"] if isinstance(raw.get("services"), dict) else {}
     gateway = raw.get("gateway")
-    tables = list(services.items()) if isinstance(services, dict) else []
+    tables = [(name, table) for name, table in services.items() if isinstance(table, dict)]
     for at, table in [([], raw), (["gateway"], gateway), *((["services", n], t) for n, t in tables)]:
         if isinstance(table, dict) and (given := [[*at, key] for key in _FILLED_IN if key in table]):
             raise ConfigError(_origin(origins, given[0], str(source)), _key(given[0]), "unknown key")
     host, step = raw.get("host", MeshConfig.host), raw.get("replica_port_step", MeshConfig.replica_port_step)
     for name, table in tables:
-        if isinstance(table, dict):
-            defaults = {"module": f"services.{name}.app", "package": f"rideshare.{name}.v1", "settings": {}}
-            filled = {"host": host, "replica_port_step": step, **defaults, **table}
-            services[name] = {**filled, "name": name, "source": str(source)}
+        defaults = {"module": f"services.{name}.app", "package": f"rideshare.{name}.v1", "settings": {}}
+        filled = {"host": host, "replica_port_step": step, **defaults, **table}
+        services[name] = {**filled, "name": name, "source": str(source)}
     if isinstance(telemetry := raw.get("telemetry"), dict) and "otlp_endpoint" in telemetry:
         telemetry.setdefault("traces", "otlp")  # an endpoint implies sending spans there
     if isinstance(gateway, dict) or gateway is None:
@@ -380,8 +373,7 @@ def load_config(
 
 
 def _checked(config: MeshConfig, tree: dict[str, Any], origins: dict[tuple[str, ...], str]) -> MeshConfig:
-    """What spans several keys: replicas, authz callers, telemetry, backoffs, lifetimes, each port once;
-    then the admin ports filled in and the paths made relative to the file."""
+    """What spans keys (replicas, callers, faults, ports once each...); admin ports, paths from the file."""
 
     def fail(key: str, problem: str) -> ConfigError:
         return ConfigError(_origin(origins, key.split("."), str(config.source)), key, problem)
@@ -445,7 +437,7 @@ def _checked(config: MeshConfig, tree: dict[str, Any], origins: dict[tuple[str, 
         admin = (svc.admin_port if own else svc.port and offset and svc.port + offset) if metrics else 0
         for k in range((svc.replicas if svc.port else 1) if admin else 0):
             if (port := admin + k * svc.replica_port_step) > 65535:
-                raise fail(key, f"admin port {port} (replica {k}) is above 65535")
+                raise fail(key, f"admin port {port} is above 65535")
             claim(port, key, f"admin port {port}", key)
         services[name] = replace(svc, admin_port=admin)
     base = config.source.resolve().parent
@@ -461,8 +453,11 @@ def _checked(config: MeshConfig, tree: dict[str, Any], origins: dict[tuple[str, 
 def _config_error(error: ErrorDetails, origins: dict[tuple[str, ...], str], source: str) -> ConfigError:
     """Pydantic's error as ours: its location is the key path, its input tells file from environment."""
     path = [str(part) for part in error["loc"] if part != "[key]"]
-    kind, got = error["type"], error.get("input")
-    fields = getattr(_table_at(path[:-1]), "__pydantic_fields__", {})
+    kind, got, table = error["type"], error.get("input"), MeshConfig
+    for part in path[:-1]:  # down to the table's dataclass (a mapping's key steps over to its values' class)
+        fields = getattr(table, "__pydantic_fields__", None)
+        table = fields[part].annotation if fields is not None else get_args(table)[-1]
+    fields = getattr(table, "__pydantic_fields__", {})
     if kind == "value_error":
         problem = str(error.get("ctx", {}).get("error", error["msg"]))
     elif kind == "unexpected_keyword_argument":
@@ -473,22 +468,13 @@ def _config_error(error: ErrorDetails, origins: dict[tuple[str, ...], str], sour
     elif kind in ("greater_than", "greater_than_equal", "less_than_equal"):  # 'an integer from 1 to 5'
         info = fields[path[-1]]
         c = {name: getattr(m, name) for m in info.metadata for name in ("gt", "ge", "le") if hasattr(m, name)}
-        words = {"gt": "above {},", "ge": "from {}" if "le" in c else "of at least {}", "le": "to {}"}
-        bounds = " ".join(words[name].format(limit) for name, limit in c.items()).replace(", to", ", up to")
+        words = {"gt": "above {}, up", "ge": "from {}" if "le" in c else "of at least {}", "le": "to {}"}
+        bounds = " ".join(words[name].format(limit) for name, limit in c.items())
         problem = f"expected {'an integer' if info.annotation is int else 'a number'} {bounds}, got {got!r}"
     else:  # a strict type's value of another type, or a table where a value is given
         expected = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(kind.split("_")[0])
         problem = f"expected {expected or 'a table'}, got {got!r}"
     return ConfigError(_origin(origins, path, source), _key(path), problem)
-
-
-def _table_at(path: list[str]) -> Any:
-    """The dataclass of the table at `path` (a mapping's key steps over to its values' class)."""
-    kind: Any = MeshConfig
-    for part in path:
-        fields = getattr(kind, "__pydantic_fields__", None)
-        kind = fields[part].annotation if fields is not None else get_args(kind)[-1]
-    return kind
 
 
 def _origin(origins: dict[tuple[str, ...], str], path: list[str], source: str) -> str:
@@ -503,12 +489,10 @@ def _key(path: list[str]) -> str:
 
 def _is_ip(host: str) -> bool:
     try:
-        ipaddress.ip_address(host)
+        return bool(ipaddress.ip_address(host))
     except ValueError:
         return False
-    return True
 
 
 def _closest(name: str, options: tuple[str, ...] | list[str]) -> str | None:
-    found = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
-    return found[0] if found else None
+    return next(iter(difflib.get_close_matches(name, options, n=1)), None)
