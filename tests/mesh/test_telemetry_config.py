@@ -129,6 +129,13 @@ BAD_INPUT = [
         id="derived-clash",
     ),
     pytest.param(
+        "[services.passengers]\nport = 7000\nreplicas = 2\nadmin_port = 7010\n",
+        {},
+        "services.passengers.admin_port",
+        "admin port 7010 is already used by services.passengers (replica 1: port + 1 * replica_port_step)",
+        id="own-replica",
+    ),
+    pytest.param(
         "[services.passengers]\nport = 65000\n",
         {},
         "services.passengers.admin_port",
