@@ -40,6 +40,7 @@ RESERVED_ENV = frozenset({"MESH_CONFIG", "MESH_SUPERVISED"})
 TOOL_IDENTITIES = ("gateway", "mesh")
 RESTART_POLICIES = ("on-failure", "no")
 TRACE_SINKS = ("off", "file", "otlp")
+ADMIN_AUTH = ("none", "mesh-identity")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _STATUS_CODES = tuple(code.name for code in grpc.StatusCode if code is not grpc.StatusCode.OK)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
@@ -366,6 +367,10 @@ class TelemetryConfig:
     admin_host: Text = "127.0.0.1"
     """Where admin ports listen: this machine only, unless a scraper elsewhere needs them ("0.0.0.0")."""
     admin_port_offset: Port = 1000
+    admin_auth: Annotated[str | None, _or_none(_one_of(ADMIN_AUTH))] = None
+    """Who may read admin ports: "mesh-identity" (HTTPS with the member's certificate, and a client
+    certificate from the mesh CA required) or "none" (plain HTTP). Unset: "mesh-identity" with
+    [tls] on, else "none"."""
     traces: Annotated[str, _one_of(TRACE_SINKS)] = "file"
     otlp_endpoint: Annotated[str | None, _or_none(_matching(r"^https?://[^/\s]+", "a URL"))] = None
     sample_ratio: Annotated[float, _number(0, 1)] = 0.01
@@ -579,6 +584,9 @@ def _checked(config: MeshConfig, tree: dict[str, Any]) -> MeshConfig:
         raise fail("telemetry.otlp_endpoint", "missing (traces = 'otlp' sends spans there)")
     if traces != "otlp" and endpoint is not None:
         raise fail("telemetry.otlp_endpoint", f"only used with traces = 'otlp', not {traces!r}")
+    if config.telemetry.admin_auth == "mesh-identity" and not tls.enabled:
+        problem = "'mesh-identity' needs tls (the mesh's certificates); set [tls] enabled = true"
+        raise fail("telemetry.admin_auth", problem)
     first, longest = config.supervisor.initial_backoff, config.supervisor.max_backoff
     if longest < first:
         key = "max_backoff" if "max_backoff" in tree.get("supervisor", {}) else "initial_backoff"
