@@ -21,6 +21,9 @@ Written once for both: a service keeps its accounts in its own table, with an
   one sign-in); a used one presented again means two clients hold it, so the
   whole family is ended and the caller must sign in again (OAuth 2.0 Security
   BCP, refresh token rotation).
+- **The ways out**: signing out ends one family; changing the password (the
+  current one checked like a sign-in) ends every family of the account and
+  starts a new one.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ import argon2
 
 from .aip import new_id
 from .config import MeshConfig
-from .errors import FieldViolation, ResourceExhausted, Unauthenticated, Unavailable
-from .resources import Backend, Store, Tx
+from .errors import FieldViolation, InvalidArgument, ResourceExhausted, Unauthenticated, Unavailable
+from .resources import Backend, Row, Store, Tx
 from .tokens import Issued, Issuer, NoSigningKey
 
 SCHEMA = """
@@ -161,15 +164,9 @@ class Accounts:
         row = await self.db.query_one(
             f"SELECT id, password_hash FROM {self.table} WHERE email = ? COLLATE NOCASE", (key,)
         )
-        stored = row["password_hash"] if row is not None and row["password_hash"] else None
-        if stored is None:
-            await _verify(await _decoy_hash(), password)  # the same work as for a real account
-            await self._failed(key, now)
-            raise wrong_credentials()
-        if not await _verify(stored, password):
-            await self._failed(key, now)
-            raise wrong_credentials()
-        account_id: str = row["id"] if row is not None else ""
+        stored = await self._check_password(key, row, password, now)
+        assert row is not None  # a hash matched, so a row was found
+        account_id: str = row["id"]
         rehashed = await hash_password(password) if _hasher.check_needs_rehash(stored) else None
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM sign_in_failures WHERE email = ?", (key,))
@@ -205,6 +202,59 @@ class Accounts:
                 return await self._grant(tx, row["account"], row["family"], now)
         raise refused  # after the commit: an ended family stays ended
 
+    async def sign_out(self, refresh_token: str) -> None:
+        """End the session of a refresh token: it and every token of the same sign-in.
+
+        An unknown, used or expired token ends nothing and is no error (RFC 7009):
+        the caller wanted the session gone, and it is.
+        """
+        async with self.db.transaction() as tx:
+            row = await tx.query_one(
+                "SELECT family FROM refresh_tokens WHERE hash = ?", (_digest(refresh_token),)
+            )
+            if row is not None:
+                await tx.execute("DELETE FROM refresh_tokens WHERE family = ?", (row["family"],))
+
+    async def change_password(self, account_id: str, current: str, new: str) -> Grant:
+        """Replace the password, given the current one: every session of the account ends, a new one begins.
+
+        A wrong current password is INVALID_CREDENTIALS, exactly as at sign-in, and
+        counts as a failed sign-in of the account's email: a stolen access token is
+        no way around the throttle to guess the password.
+        """
+        bad = password_violation(new, "new_password")
+        if bad is not None:
+            raise InvalidArgument(bad)
+        now = time.time_ns()
+        row = await self.db.query_one(
+            f"SELECT email, password_hash FROM {self.table} WHERE id = ?", (account_id,)
+        )
+        key = (row["email"] or "").strip().lower() if row is not None else ""
+        await self._not_throttled(key, now)
+        await self._check_password(key, row, current, now)
+        hashed = await hash_password(new)
+        async with self.db.transaction() as tx:
+            await tx.execute(f"UPDATE {self.table} SET password_hash = ? WHERE id = ?", (hashed, account_id))
+            await tx.execute("DELETE FROM refresh_tokens WHERE account = ?", (account_id,))
+            await tx.execute("DELETE FROM sign_in_failures WHERE email = ?", (key,))
+            return await self._grant(tx, account_id, new_id(), now)
+
+    async def _check_password(self, key: str, row: Row | None, password: str, now: int) -> str:
+        """The account's stored hash if `password` matches it; else INVALID_CREDENTIALS, and a failure
+        counted for `key`.
+
+        No stored hash (no such account, or one without a password) costs the same
+        check against a decoy, so the time does not tell either.
+        """
+        stored: str | None = row["password_hash"] if row is not None and row["password_hash"] else None
+        if stored is None:
+            await _verify(await _decoy_hash(), password)
+        elif await _verify(stored, password):
+            return stored
+        if key:  # an account without an email has no password either: nothing to guess
+            await self._failed(key, now)
+        raise wrong_credentials()
+
     async def forget(self, account_id: str) -> None:
         """End every session of an account (it was deleted)."""
         async with self.db.transaction() as tx:
@@ -226,6 +276,8 @@ class Accounts:
         return Grant(name, access, token, expires / 1e9)
 
     async def _not_throttled(self, email: str, now: int) -> None:
+        if not email:
+            return
         row = await self.db.query_one(
             "SELECT failures, first_time FROM sign_in_failures WHERE email = ?", (email,)
         )

@@ -44,6 +44,19 @@ class DriverServiceStub:
     and presenting a used one again also ends every session descended from the same
     sign-in: sign in again.
     """
+    SignOut: _aio.UnaryUnaryMultiCallable[_drivers_pb2.SignOutRequest, _empty_pb2.Empty]
+    """Ends a session: its refresh token, and every one refreshed from the same sign-in,
+    stop working. The access tokens already handed out still work until they expire (15
+    minutes by default; they cannot be revoked): the client forgets its own. A refresh
+    token that is unknown, used or expired is no error, since there is nothing left to
+    end (OAuth token revocation, RFC 7009).
+    """
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_drivers_pb2.ChangePasswordRequest, _drivers_pb2.Session]
+    """Changes a driver's password, given the current one, and returns a new session:
+    every other session of the driver ends (their refresh tokens stop working). A wrong
+    current password fails exactly like a wrong password at SignIn (UNAUTHENTICATED,
+    reason INVALID_CREDENTIALS) and counts towards the same throttle.
+    """
     GetDriver: _aio.UnaryUnaryMultiCallable[_drivers_pb2.GetDriverRequest, _drivers_pb2.Driver]
     """Returns one driver by resource name."""
     ListDrivers: _aio.UnaryUnaryMultiCallable[_drivers_pb2.ListDriversRequest, _drivers_pb2.ListDriversResponse]
@@ -134,6 +147,31 @@ class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
         expired or unknown one fails with UNAUTHENTICATED (reason REFRESH_TOKEN_INVALID),
         and presenting a used one again also ends every session descended from the same
         sign-in: sign in again.
+        """
+
+    @_abc_1.abstractmethod
+    def SignOut(
+        self,
+        request: _drivers_pb2.SignOutRequest,
+        context: _aio.ServicerContext[_drivers_pb2.SignOutRequest, _abc.Awaitable[_empty_pb2.Empty]],
+    ) -> _abc.Awaitable[_empty_pb2.Empty]:
+        """Ends a session: its refresh token, and every one refreshed from the same sign-in,
+        stop working. The access tokens already handed out still work until they expire (15
+        minutes by default; they cannot be revoked): the client forgets its own. A refresh
+        token that is unknown, used or expired is no error, since there is nothing left to
+        end (OAuth token revocation, RFC 7009).
+        """
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _drivers_pb2.ChangePasswordRequest,
+        context: _aio.ServicerContext[_drivers_pb2.ChangePasswordRequest, _abc.Awaitable[_drivers_pb2.Session]],
+    ) -> _abc.Awaitable[_drivers_pb2.Session]:
+        """Changes a driver's password, given the current one, and returns a new session:
+        every other session of the driver ends (their refresh tokens stop working). A wrong
+        current password fails exactly like a wrong password at SignIn (UNAUTHENTICATED,
+        reason INVALID_CREDENTIALS) and counts towards the same throttle.
         """
 
     @_abc_1.abstractmethod

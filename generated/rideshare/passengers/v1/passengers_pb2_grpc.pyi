@@ -37,6 +37,19 @@ class PassengerServiceStub:
     also ends every session descended from the same sign-in (it was stolen, or the
     client lost an answer): sign in again.
     """
+    SignOut: _aio.UnaryUnaryMultiCallable[_passengers_pb2.SignOutRequest, _empty_pb2.Empty]
+    """Ends a session: its refresh token, and every one refreshed from the same sign-in,
+    stop working. The access tokens already handed out still work until they expire (15
+    minutes by default; they cannot be revoked): the client forgets its own. A refresh
+    token that is unknown, used or expired is no error, since there is nothing left to
+    end (OAuth token revocation, RFC 7009).
+    """
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_passengers_pb2.ChangePasswordRequest, _passengers_pb2.Session]
+    """Changes a passenger's password, given the current one, and returns a new session:
+    every other session of the passenger ends (their refresh tokens stop working). A wrong
+    current password fails exactly like a wrong password at SignIn (UNAUTHENTICATED,
+    reason INVALID_CREDENTIALS) and counts towards the same throttle.
+    """
     GetPassenger: _aio.UnaryUnaryMultiCallable[_passengers_pb2.GetPassengerRequest, _passengers_pb2.Passenger]
     """Returns one passenger by resource name."""
     ListPassengers: _aio.UnaryUnaryMultiCallable[_passengers_pb2.ListPassengersRequest, _passengers_pb2.ListPassengersResponse]
@@ -85,6 +98,31 @@ class PassengerServiceServicer(metaclass=_abc_1.ABCMeta):
         UNAUTHENTICATED (reason REFRESH_TOKEN_INVALID), and presenting a used one again
         also ends every session descended from the same sign-in (it was stolen, or the
         client lost an answer): sign in again.
+        """
+
+    @_abc_1.abstractmethod
+    def SignOut(
+        self,
+        request: _passengers_pb2.SignOutRequest,
+        context: _aio.ServicerContext[_passengers_pb2.SignOutRequest, _abc.Awaitable[_empty_pb2.Empty]],
+    ) -> _abc.Awaitable[_empty_pb2.Empty]:
+        """Ends a session: its refresh token, and every one refreshed from the same sign-in,
+        stop working. The access tokens already handed out still work until they expire (15
+        minutes by default; they cannot be revoked): the client forgets its own. A refresh
+        token that is unknown, used or expired is no error, since there is nothing left to
+        end (OAuth token revocation, RFC 7009).
+        """
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _passengers_pb2.ChangePasswordRequest,
+        context: _aio.ServicerContext[_passengers_pb2.ChangePasswordRequest, _abc.Awaitable[_passengers_pb2.Session]],
+    ) -> _abc.Awaitable[_passengers_pb2.Session]:
+        """Changes a passenger's password, given the current one, and returns a new session:
+        every other session of the passenger ends (their refresh tokens stop working). A wrong
+        current password fails exactly like a wrong password at SignIn (UNAUTHENTICATED,
+        reason INVALID_CREDENTIALS) and counts towards the same throttle.
         """
 
     @_abc_1.abstractmethod
