@@ -168,7 +168,7 @@ class DriverServiceServicer:
         stop working. The access tokens already handed out still work until they expire (15
         minutes by default; they cannot be revoked): the client forgets its own. A refresh
         token that is unknown, used or expired is no error, since there is nothing left to
-        end (OAuth token revocation, RFC 7009).
+        end (OAuth token revocation, RFC 7009), so a repeat is safe.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,7 +49,7 @@ class DriverServiceStub:
     stop working. The access tokens already handed out still work until they expire (15
     minutes by default; they cannot be revoked): the client forgets its own. A refresh
     token that is unknown, used or expired is no error, since there is nothing left to
-    end (OAuth token revocation, RFC 7009).
+    end (OAuth token revocation, RFC 7009), so a repeat is safe.
     """
     ChangePassword: _aio.UnaryUnaryMultiCallable[_drivers_pb2.ChangePasswordRequest, _drivers_pb2.Session]
     """Changes a driver's password, given the current one, and returns a new session:
@@ -159,7 +159,7 @@ class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
         stop working. The access tokens already handed out still work until they expire (15
         minutes by default; they cannot be revoked): the client forgets its own. A refresh
         token that is unknown, used or expired is no error, since there is nothing left to
-        end (OAuth token revocation, RFC 7009).
+        end (OAuth token revocation, RFC 7009), so a repeat is safe.
         """
 
     @_abc_1.abstractmethod

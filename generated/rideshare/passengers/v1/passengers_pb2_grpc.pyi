@@ -42,7 +42,7 @@ class PassengerServiceStub:
     stop working. The access tokens already handed out still work until they expire (15
     minutes by default; they cannot be revoked): the client forgets its own. A refresh
     token that is unknown, used or expired is no error, since there is nothing left to
-    end (OAuth token revocation, RFC 7009).
+    end (OAuth token revocation, RFC 7009), so a repeat is safe.
     """
     ChangePassword: _aio.UnaryUnaryMultiCallable[_passengers_pb2.ChangePasswordRequest, _passengers_pb2.Session]
     """Changes a passenger's password, given the current one, and returns a new session:
@@ -110,7 +110,7 @@ class PassengerServiceServicer(metaclass=_abc_1.ABCMeta):
         stop working. The access tokens already handed out still work until they expire (15
         minutes by default; they cannot be revoked): the client forgets its own. A refresh
         token that is unknown, used or expired is no error, since there is nothing left to
-        end (OAuth token revocation, RFC 7009).
+        end (OAuth token revocation, RFC 7009), so a repeat is safe.
         """
 
     @_abc_1.abstractmethod
