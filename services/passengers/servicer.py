@@ -23,7 +23,7 @@ from rideshare.passengers.v1.passengers_pb2 import (
 )
 
 from services.runtime.aip import timestamp_from_ns
-from services.runtime.principal import require_owner
+from services.runtime.principal import caller, require_owner
 from services.runtime.resources import Store
 from services.runtime.sessions import Accounts, Grant, hash_password
 
@@ -46,7 +46,8 @@ class PassengerServicer(passengers_pb2_grpc.PassengerServiceServicer):
         return await self.store.create(passenger, domain.without_password(request), password_hash=hashed)
 
     async def SignIn(self, request: SignInRequest, context: Context) -> Session:
-        return await self._session(await self.accounts.sign_in(request.email, request.password))
+        grant = await self.accounts.sign_in(request.email, request.password, caller().client)
+        return await self._session(grant)
 
     async def RefreshSession(self, request: RefreshSessionRequest, context: Context) -> Session:
         return await self._session(await self.accounts.refresh(request.refresh_token))
@@ -59,7 +60,7 @@ class PassengerServicer(passengers_pb2_grpc.PassengerServiceServicer):
         self._mine(request.name)
         await self.store.get(request.name)  # NOT_FOUND for an operator naming no one
         grant = await self.accounts.change_password(
-            self.store.id_of(request.name), request.current_password, request.new_password
+            self.store.id_of(request.name), request.current_password, request.new_password, caller().client
         )
         return await self._session(grant)
 

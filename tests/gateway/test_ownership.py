@@ -320,6 +320,25 @@ def test_changing_a_password_over_rest_takes_the_current_one_and_ends_the_other_
     assert again.status == 200, again.body
 
 
+def test_failing_to_sign_in_as_someone_locks_out_the_one_who_failed_not_them(town):
+    """Anyone who knows an email could lock its owner out for 15 minutes by failing 5 times."""
+    from services.runtime import sessions
+
+    person = sign_up(town.gateway, town.app, "passenger", displayName="Flo")
+    account = {"email": person.resource["email"], "password": "passenger password"}
+    guess = {**account, "password": "a guess of theirs"}
+    attacker = "127.0.0.66"  # another address: the gateway sees the TCP peer
+
+    for _ in range(sessions.MAX_FAILURES):
+        failed = town.gateway.request("POST", "/v1/passengers:signIn", guess, town.app, source=attacker)
+        assert (failed.status, failed.json["details"][0]["reason"]) == (401, "INVALID_CREDENTIALS")
+    locked = town.gateway.request("POST", "/v1/passengers:signIn", account, town.app, source=attacker)
+    owner = town.gateway.request("POST", "/v1/passengers:signIn", account, town.app)
+
+    assert (locked.status, locked.json["details"][0]["reason"]) == (429, "TOO_MANY_SIGN_IN_ATTEMPTS")
+    assert owner.status == 200, owner.body
+
+
 def test_who_the_caller_is_cannot_be_claimed_from_outside(town):
     claimed = {**town.app, "grpc-metadata-x-mesh-user": town.a.name}
 

@@ -258,3 +258,62 @@ def test_a_new_password_must_be_a_password_and_is_never_quoted(passengers):
     assert (no_current.code, no_current.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["current_password"])
     assert (nobody.code, nobody.info.reason) == (grpc.StatusCode.NOT_FOUND, "PASSENGER_NOT_FOUND")
     assert sign_in(passengers).passenger == created  # nothing changed
+
+
+# -- whose failures count --------------------------------------------------------------------------------
+
+
+def from_address(address: str) -> tuple[tuple[str, str], ...]:
+    """The metadata the gateway adds for a request from `address` (believed without TLS)."""
+    return (("x-mesh-client", address),)
+
+
+def sign_in_from(passengers, address: str, email="ada@example.com", password=PASSWORD):
+    request = pb.SignInRequest(email=email, password=password)
+    return passengers.stub.SignIn(request, metadata=from_address(address))
+
+
+def test_failures_from_one_address_do_not_lock_the_owner_out_from_another(passengers):
+    register(passengers)
+    for _ in range(sessions.MAX_FAILURES):
+        failed = passengers.fail(sign_in_from(passengers, "203.0.113.66", password="guess1234"))
+        assert failed.info.reason == "INVALID_CREDENTIALS"
+
+    attacker = passengers.fail(sign_in_from(passengers, "203.0.113.66"))  # even with the password
+    owner = passengers.call(sign_in_from(passengers, "198.51.100.7"))
+
+    assert (attacker.code, attacker.info.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "TOO_MANY_SIGN_IN_ATTEMPTS",
+    )
+    assert int(attacker.info.metadata["retry_after_seconds"]) > 0
+    assert owner.passenger.email == "ada@example.com"
+
+
+def test_one_address_guessing_across_many_emails_is_refused_for_all_of_them(passengers, monkeypatch):
+    monkeypatch.setattr(sessions, "MAX_CLIENT_FAILURES", 4)
+    register(passengers)
+    for n in range(4):
+        passengers.fail(sign_in_from(passengers, "203.0.113.66", email=f"someone{n}@example.com"))
+
+    sprayer = passengers.fail(sign_in_from(passengers, "203.0.113.66"))
+    elsewhere = passengers.call(sign_in_from(passengers, "198.51.100.7"))
+
+    assert sprayer.info.reason == "TOO_MANY_SIGN_IN_ATTEMPTS"
+    assert "from this address" in sprayer.message
+    assert elsewhere.passenger.email == "ada@example.com"
+
+
+def test_a_success_forgets_only_its_own_addresss_failures(passengers):
+    register(passengers)
+    for address in ("203.0.113.66", "198.51.100.7"):
+        for _ in range(sessions.MAX_FAILURES - 1):
+            passengers.fail(sign_in_from(passengers, address, password="guess1234"))
+
+    passengers.call(sign_in_from(passengers, "198.51.100.7"))
+    passengers.fail(sign_in_from(passengers, "198.51.100.7", password="guess1234"))
+    passengers.fail(sign_in_from(passengers, "203.0.113.66", password="guess1234"))
+
+    assert passengers.call(sign_in_from(passengers, "198.51.100.7")).passenger.email == "ada@example.com"
+    refused = passengers.fail(sign_in_from(passengers, "203.0.113.66"))
+    assert refused.info.reason == "TOO_MANY_SIGN_IN_ATTEMPTS"

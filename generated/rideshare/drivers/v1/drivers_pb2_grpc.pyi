@@ -35,8 +35,10 @@ class DriverServiceStub:
     access token to send to the gateway as "Authorization: Bearer <access_token>", and
     a refresh token for RefreshSession. A wrong email or a wrong password fails the same
     way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS). After 5 failures for one
-    email within 15 minutes, further attempts for it fail with RESOURCE_EXHAUSTED
-    (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes are over.
+    email from one client address within 15 minutes, further attempts for it from that
+    address fail with RESOURCE_EXHAUSTED (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15
+    minutes are over; so do attempts for any email from an address with 30 failures.
+    Other addresses are not held up.
     """
     RefreshSession: _aio.UnaryUnaryMultiCallable[_drivers_pb2.RefreshSessionRequest, _drivers_pb2.Session]
     """Exchanges a refresh token for a new session. Each refresh token works once: a used,
@@ -133,8 +135,10 @@ class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
         access token to send to the gateway as "Authorization: Bearer <access_token>", and
         a refresh token for RefreshSession. A wrong email or a wrong password fails the same
         way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS). After 5 failures for one
-        email within 15 minutes, further attempts for it fail with RESOURCE_EXHAUSTED
-        (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes are over.
+        email from one client address within 15 minutes, further attempts for it from that
+        address fail with RESOURCE_EXHAUSTED (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15
+        minutes are over; so do attempts for any email from an address with 30 failures.
+        Other addresses are not held up.
         """
 
     @_abc_1.abstractmethod

@@ -26,9 +26,10 @@ class PassengerServiceStub:
     new session: an access token to send to the gateway as "Authorization: Bearer
     <access_token>", and a refresh token for RefreshSession. A wrong email or a wrong
     password fails the same way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS).
-    After 5 failures for one email within 15 minutes, further attempts for it fail
-    with RESOURCE_EXHAUSTED (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes
-    are over.
+    After 5 failures for one email from one client address within 15 minutes, further
+    attempts for it from that address fail with RESOURCE_EXHAUSTED (reason
+    TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes are over; so do attempts for any
+    email from an address with 30 failures. Other addresses are not held up.
     """
     RefreshSession: _aio.UnaryUnaryMultiCallable[_passengers_pb2.RefreshSessionRequest, _passengers_pb2.Session]
     """Exchanges a refresh token for a new session, before the access token or after it
@@ -82,9 +83,10 @@ class PassengerServiceServicer(metaclass=_abc_1.ABCMeta):
         new session: an access token to send to the gateway as "Authorization: Bearer
         <access_token>", and a refresh token for RefreshSession. A wrong email or a wrong
         password fails the same way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS).
-        After 5 failures for one email within 15 minutes, further attempts for it fail
-        with RESOURCE_EXHAUSTED (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes
-        are over.
+        After 5 failures for one email from one client address within 15 minutes, further
+        attempts for it from that address fail with RESOURCE_EXHAUSTED (reason
+        TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes are over; so do attempts for any
+        email from an address with 30 failures. Other addresses are not held up.
         """
 
     @_abc_1.abstractmethod
