@@ -252,6 +252,8 @@ class TelemetryConfig:
     metrics: Flag = True
     admin_host: Text = "127.0.0.1"
     admin_port_offset: Port = 1000
+    admin_auth: Annotated[str, _one_of(("none", "mesh-identity"))] | None = None
+    """Unset: "mesh-identity" (HTTPS, a mesh client certificate required) with [tls] on, else "none"."""
     traces: Annotated[str, _one_of(("off", "file", "otlp"))] = "file"
     otlp_endpoint: Annotated[str, _matching(r"^https?://[^/\s]+", "a URL")] | None = None
     sample_ratio: Annotated[Number, Field(ge=0, le=1)] = 0.01
@@ -404,6 +406,9 @@ def _checked(config: MeshConfig, tree: dict[str, Any], origins: dict[tuple[str, 
         raise fail("telemetry.otlp_endpoint", "missing (traces = 'otlp' sends spans there)")
     if traces != "otlp" and endpoint is not None:
         raise fail("telemetry.otlp_endpoint", f"only used with traces = 'otlp', not {traces!r}")
+    if config.telemetry.admin_auth == "mesh-identity" and not tls.enabled:
+        problem = "'mesh-identity' needs tls (the mesh's certificates); set [tls] enabled = true"
+        raise fail("telemetry.admin_auth", problem)
     first, longest = config.supervisor.initial_backoff, config.supervisor.max_backoff
     if longest < first:
         key = "max_backoff" if "max_backoff" in tree.get("supervisor", {}) else "initial_backoff"

@@ -79,10 +79,15 @@ class RunningGateway:
             store.close()
 
     def request(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        source: str = "127.0.0.1",
     ) -> Response:
         sent = {"x-api-key": self.key} if self.key else {}
-        return request(self.port, method, path, body, {**sent, **(headers or {})})
+        return request(self.port, method, path, body, {**sent, **(headers or {})}, source)
 
 
 @dataclass
@@ -100,9 +105,15 @@ class Response:
 
 
 def request(
-    port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    source: str = "127.0.0.1",
 ) -> Response:
-    """One HTTP request; a dict or list body is sent as JSON."""
+    """One HTTP request; a dict or list body is sent as JSON. `source`: the client's address (any of
+    127.0.0.0/8 reaches the gateway on 127.0.0.1, as if from another machine)."""
     sent = dict(headers or {})
     data: bytes | None
     if body is None or isinstance(body, bytes):
@@ -110,7 +121,7 @@ def request(
     else:
         data = json.dumps(body).encode()
         sent.setdefault("content-type", "application/json")
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT, source_address=(source, 0))
     try:
         connection.request(method, path, body=data, headers=sent)
         response = connection.getresponse()
