@@ -305,6 +305,8 @@ class GatewayConfig:
     """Unary calls upstream at once; the next ones wait (see max_queue_wait), else 503 + Retry-After."""
     max_queue_wait: Annotated[float, _duration(zero=True)] = 0.05
     """Longest wait for an in-flight slot (never past the caller's deadline); 0: refuse at once."""
+    max_lag: Annotated[float, _duration(zero=True)] = 0.05
+    """How far behind its event loop may run before new calls get 503 + Retry-After; 0: no limit."""
     max_streams_per_key: Annotated[int, _number(1, 1_000_000, int)] = 100
     """Streams (any kind) open at once per API key; one more is 429 + Retry-After."""
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
