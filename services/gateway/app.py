@@ -106,6 +106,7 @@ class Gateway:
         self._any_origin = "*" in self.settings.cors_origins
         self._origins = {o.encode() for o in self.settings.cors_origins}
         self.in_flight = limits.InFlight(self.settings.max_in_flight, self.settings.max_queue_wait)
+        self.lag = limits.LoopLag(self.settings.max_lag)
         self.streams = limits.StreamCaps(self.settings.max_streams_per_key)
         self.refusals = limits.Refusals("the gateway's limits")
 
@@ -126,6 +127,8 @@ class Gateway:
             if method in ("GET", "HEAD") and (path == "/healthz" or path in self.pages):
                 await self._page(path, cors, send)
                 return
+            self.lag.start()
+            self.lag.check()  # before the key is looked up or the body read
             query = scope["query_string"].decode("latin-1")
             if method == "OPTIONS":  # a browser's preflight carries no key
                 admitted = Admission()

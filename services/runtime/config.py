@@ -216,6 +216,7 @@ class GatewayConfig:
     max_connections: Count = 1000
     max_in_flight: Count = 32
     max_queue_wait: Delay = 0.05
+    max_lag: Delay = 0.05  # how late the gateway's event loop may run before it refuses new calls
     max_streams_per_key: Count = 100
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     enabled: bool = False  # the file has a [gateway] table, so `mesh up` starts it (set by the loader)
