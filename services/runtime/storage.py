@@ -2,7 +2,7 @@
 
 Each service owns one database file (WAL mode, `var/<service>/<service>.db`);
 nothing else opens it. `Database` is the file itself, synchronous: opening,
-WAL, migrations by `PRAGMA user_version`, transactions (the gateway's key
+WAL, migrations (migrations.py, under `BEGIN IMMEDIATE`), transactions (the gateway's key
 store uses it as it is). `SqliteBackend` is the same file behind the resource
 kit's async `Backend` seam (resources.py), which is what services use.
 
@@ -30,19 +30,8 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+from .migrations import Migration, Source, load, migrate, pending
 from .resources import Backend, Row
-
-_REQUEST_LOG = """
-CREATE TABLE IF NOT EXISTS request_log (
-    method      TEXT NOT NULL,
-    request_id  TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    response    BLOB NOT NULL,
-    create_time INTEGER NOT NULL,
-    PRIMARY KEY (method, request_id)
-)
-"""
-
 
 WAL_WAIT = 10.0
 """How long opening a database waits for another process switching it to WAL."""
@@ -51,8 +40,9 @@ WAL_WAIT = 10.0
 class Database:
     """A service's own SQLite database with versioned migrations."""
 
-    def __init__(self, path: Path | str, migrations: Sequence[str]) -> None:
-        """`migrations[i]` takes the schema from version i to i+1; never edit a released one."""
+    def __init__(self, path: Path | str, migrations: Source, *, apply: bool = True) -> None:
+        """`migrations`: a directory of numbered files, or scripts numbered 1, 2, ... (migrations.py);
+        applied now unless not `apply` (a check: `pending()`)."""
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,8 +53,10 @@ class Database:
         # only a power loss can drop the last transactions.
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
+        self.migrations = load(migrations, "sqlite")
         try:
-            self._migrate([_REQUEST_LOG, *migrations])
+            self.applied = migrate(self, self.migrations) if apply else []
+            """The migrations this opening applied."""
         except BaseException:
             self._conn.close()
             raise
@@ -88,18 +80,6 @@ class Database:
                     raise
                 time.sleep(0.02)
 
-    def _migrate(self, migrations: Sequence[str]) -> None:
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(migrations[version:], start=version + 1):
-            with self.transaction() as tx:
-                # Replicas of a service open its file at the same moment: read the version
-                # again under the write lock, so only the first one applies each migration.
-                if tx.execute("PRAGMA user_version").fetchone()[0] >= number:
-                    continue
-                for statement in _statements(script):
-                    tx.execute(statement)
-                tx.execute(f"PRAGMA user_version={number}")
-
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: all or nothing."""
@@ -118,6 +98,17 @@ class Database:
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
         return row
+
+    def pending(self) -> list[Migration]:
+        """The migrations not applied yet, writing nothing."""
+        return pending(self, self.migrations)
+
+    def script(self, sql: str) -> None:
+        for statement in _statements(sql):
+            self._conn.execute(statement)
+
+    def legacy_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -143,8 +134,7 @@ def _statements(script: str) -> Iterator[str]:
 class SqliteBackend(Backend):
     """A service's SQLite file as the kit's backend: async calls that run at once on the loop's thread."""
 
-    def __init__(self, path: Path | str, migrations: Sequence[str]) -> None:
-        """`migrations[i]` takes the schema from version i to i+1; never edit a released one."""
+    def __init__(self, path: Path | str, migrations: Source) -> None:
         self.file = Database(path, migrations)
         self._lock = asyncio.Lock()
         self._holder: asyncio.Task[Any] | None = None
