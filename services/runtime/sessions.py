@@ -1,8 +1,9 @@
 """Signing in to the services that own accounts (passengers, drivers): passwords, sessions, throttling.
 
 Written once for both: a service keeps its accounts in its own table, with an
-`email` and a `password_hash` column, and adds `SCHEMA` to its migrations;
-`Accounts` over that table does the rest.
+`email` and a `password_hash` column, and includes the session tables in its
+migrations (`\\ir ../../runtime/migrations/sessions.sql`, and its PostgreSQL
+variant); `Accounts` over that table does the rest.
 
 - **Passwords** are hashed with argon2id, argon2-cffi's default parameters
   (RFC 9106's second recommendation: 64 MiB, 3 passes, 4 lanes; ~0.1 s of CPU
@@ -40,28 +41,6 @@ from .config import MeshConfig
 from .errors import FieldViolation, ResourceExhausted, Unauthenticated, Unavailable
 from .resources import Backend, Store, Tx
 from .tokens import Issued, Issuer, NoSigningKey
-
-SCHEMA = """
-CREATE TABLE refresh_tokens (
-    hash        TEXT PRIMARY KEY,
-    account     TEXT NOT NULL,
-    family      TEXT NOT NULL,
-    create_time INTEGER NOT NULL,
-    expire_time INTEGER NOT NULL,
-    used_time   INTEGER
-);
-CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family);
-CREATE INDEX refresh_tokens_by_account ON refresh_tokens (account);
-CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expire_time);
-CREATE TABLE sign_in_failures (
-    email      TEXT PRIMARY KEY,
-    failures   INTEGER NOT NULL,
-    first_time INTEGER NOT NULL
-);
-CREATE INDEX sign_in_failures_by_time ON sign_in_failures (first_time);
-"""
-"""The tables of sessions and failed sign-ins, for a service's migrations (the script is released:
-never edit it, add another)."""
 
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
@@ -247,7 +226,7 @@ class Accounts:
             await tx.execute("DELETE FROM sign_in_failures WHERE first_time <= ?", (window_start,))
             await tx.execute(
                 "INSERT INTO sign_in_failures (email, failures, first_time) VALUES (?, 1, ?) "
-                "ON CONFLICT (email) DO UPDATE SET failures = failures + 1",
+                "ON CONFLICT (email) DO UPDATE SET failures = sign_in_failures.failures + 1",
                 (email, now),
             )
 
