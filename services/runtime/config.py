@@ -35,11 +35,12 @@ from .errors import ConfigError
 DEFAULT_FILE = "mesh.toml"
 ENV_PREFIX = "MESH_"
 #: Variables of the `mesh` tool itself, not config keys.
-RESERVED_ENV = frozenset({"MESH_CONFIG", "MESH_SUPERVISED"})
+RESERVED_ENV = frozenset({"MESH_CONFIG", "MESH_SUPERVISED", "MESH_REQUIRE_POSTGRES"})
 #: Identities that are not services: the REST bridge and the `mesh` tool itself (health checks).
 TOOL_IDENTITIES = ("gateway", "mesh")
 RESTART_POLICIES = ("on-failure", "no")
 TRACE_SINKS = ("off", "file", "otlp")
+STORAGE_BACKENDS = ("sqlite", "postgres")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _STATUS_CODES = tuple(code.name for code in grpc.StatusCode if code is not grpc.StatusCode.OK)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
@@ -378,6 +379,34 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True, config={"extra": "forbid"})
+class StorageConfig:
+    """`[storage]`, and `[services.<name>.storage]` key by key over it: where a service keeps its data.
+
+    SQLite (`<data_dir>/<name>/<name>.db`) by default; PostgreSQL for replicas on
+    several hosts, a database per service when the dsn says `{service}`.
+    """
+
+    backend: Annotated[str, _one_of(STORAGE_BACKENDS)] = "sqlite"
+    dsn: Annotated[str, _matching(r"^postgres(ql)?://", "a postgresql:// URL")] = (
+        "postgresql://postgres@127.0.0.1:5432/{service}"
+    )
+    pool_min: Annotated[int, _number(0, 1000, int)] = 1
+    pool_max: Annotated[int, _number(1, 1000, int)] = 10
+    statement_timeout: Seconds = 5.0
+    connect_timeout: Seconds = 5.0
+    """Also how long a call waits for a pooled connection before it is UNAVAILABLE."""
+
+    @model_validator(mode="after")
+    def _pool(self) -> StorageConfig:
+        if self.pool_min > self.pool_max:
+            raise ValueError(f"pool_min ({self.pool_min}) is more than pool_max ({self.pool_max})")
+        return self
+
+    def dsn_for(self, service: str) -> str:
+        return self.dsn.replace("{service}", service)
+
+
+@dataclass(frozen=True, config={"extra": "forbid"})
 class ServiceConfig:
     """One service of the mesh (`[services.<name>]`): where it listens and its own settings."""
 
@@ -398,6 +427,7 @@ class ServiceConfig:
     """The top-level `replica_port_step`: replica k listens on `port + k * replica_port_step`."""
     discovery: Annotated[str | None, _or_none(_TARGET)] = None
     faults: Mapping[FaultMethod, FaultConfig] = field(default_factory=dict)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     @field_validator("faults", mode="before")
     @classmethod
@@ -467,6 +497,8 @@ class MeshConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """Every service's, unless its own table says otherwise (checked first, so errors name it here)."""
     services: Mapping[ServiceName, ServiceConfig] = field(default_factory=dict)
 
     @field_validator("tls", mode="before")
@@ -537,9 +569,13 @@ def _filled_in(raw: dict[str, Any], source: Path) -> dict[str, Any]:
             )
     host = raw.get("host", MeshConfig.host)
     step = raw.get("replica_port_step", MeshConfig.replica_port_step)
+    storage = raw.get("storage", {})
     for name, table in tables:
         if isinstance(table, dict):
             defaults = {"module": f"services.{name}.app", "package": f"rideshare.{name}.v1", "settings": {}}
+            if isinstance(storage, dict) and isinstance(own := table.get("storage", {}), dict):
+                defaults["storage"] = {**storage, **own}  # the service's keys over the shared ones
+                table = {k: v for k, v in table.items() if k != "storage"}
             filled = {"host": host, "replica_port_step": step, **defaults, **table}
             services[name] = {**filled, "name": name, "source": str(source)}
     if isinstance(gateway, dict) or gateway is None:

@@ -106,10 +106,11 @@ class PostgresBackend(Backend):
     async def open(self) -> None:
         """Apply pending migrations (`applied` says which), then fill the pool."""
         with self._unavailable():
-            self.applied = await asyncio.to_thread(self._migrate)
+            self.applied = await asyncio.to_thread(self.run_migrations)
             await self.pool.open(wait=True, timeout=self.connect_timeout)
 
-    def _migrate(self, check: bool = False) -> list[Migration]:
+    def run_migrations(self, check: bool = False) -> list[Migration]:
+        """Apply the pending migrations (or with `check`, list them); blocking, for a thread or a tool."""
         with psycopg.connect(self.dsn, row_factory=dict_row, **self._options) as conn:  # type: ignore[arg-type]
             session = _Migrator(conn)
             return pending(session, self.migrations) if check else migrate(session, self.migrations)
@@ -117,7 +118,7 @@ class PostgresBackend(Backend):
     async def pending(self) -> list[Migration]:
         """The migrations not applied yet (`mesh migrate --check`), writing nothing."""
         with self._unavailable():
-            return await asyncio.to_thread(self._migrate, True)
+            return await asyncio.to_thread(self.run_migrations, True)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PostgresTx]:
@@ -208,18 +209,32 @@ class _Migrator:
         return 0
 
 
+def database_exists(dsn: str, timeout: float = 5.0) -> bool:
+    """Whether the database `dsn` names exists (asked of the `postgres` maintenance database)."""
+    with _maintenance(dsn, timeout) as conn:
+        return _exists(conn, dsn)
+
+
 def ensure_database(dsn: str, timeout: float = 5.0) -> bool:
     """Create the database `dsn` names unless it exists (through the `postgres` maintenance
     database, with the same credentials); whether it was created. Operators' tools call it
     (`mesh migrate`, `mesh up`), not services: creating databases is not a service's right."""
-    params = conninfo_to_dict(dsn)
-    name = str(params.get("dbname") or "")
-    admin = psycopg.conninfo.make_conninfo(dsn, dbname=MAINTENANCE_DB)
-    with psycopg.connect(admin, autocommit=True, connect_timeout=max(1, round(timeout))) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+    name = str(conninfo_to_dict(dsn).get("dbname") or "")
+    with _maintenance(dsn, timeout) as conn:
+        if _exists(conn, dsn):
             return False
         try:
             conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
         except psycopg.errors.DuplicateDatabase:
             return False  # another migrator made it at the same moment
     return True
+
+
+def _maintenance(dsn: str, timeout: float) -> psycopg.Connection[tuple[Any, ...]]:
+    admin = psycopg.conninfo.make_conninfo(dsn, dbname=MAINTENANCE_DB)
+    return psycopg.connect(admin, autocommit=True, connect_timeout=max(1, round(timeout)))
+
+
+def _exists(conn: psycopg.Connection[tuple[Any, ...]], dsn: str) -> bool:
+    name = str(conninfo_to_dict(dsn).get("dbname") or "")
+    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None

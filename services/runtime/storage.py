@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+from .config import MeshConfig, ServiceConfig
 from .migrations import Migration, Source, load, migrate, pending
 from .resources import Backend, Row
 
@@ -192,3 +193,26 @@ class _SqliteTx:
     async def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
         return row
+
+
+def sqlite_path(config: MeshConfig, service: ServiceConfig) -> Path:
+    """A service's SQLite file: `<data_dir>/<name>/<name>.db`."""
+    return config.data_dir / service.name / f"{service.name}.db"
+
+
+def backend(config: MeshConfig, service: ServiceConfig, migrations: Source) -> Backend:
+    """The service's database as `[storage]` (or `[services.<name>.storage]`) chooses it; a PostgreSQL
+    one still has to be opened (`await backend.open()`: connected, migrated)."""
+    chosen = service.storage
+    if chosen.backend == "sqlite":
+        return SqliteBackend(sqlite_path(config, service), migrations)
+    from .postgres import PostgresBackend  # psycopg is imported only by services that use it
+
+    return PostgresBackend(
+        chosen.dsn_for(service.name),
+        migrations,
+        pool_min=chosen.pool_min,
+        pool_max=chosen.pool_max,
+        statement_timeout=chosen.statement_timeout,
+        connect_timeout=chosen.connect_timeout,
+    )

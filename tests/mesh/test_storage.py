@@ -224,7 +224,7 @@ def test_replicas_migrating_one_postgres_database_together_apply_each_migration_
         backend = PostgresBackend(dsn, migrations_dir)
         start.wait()
         try:
-            outcomes.append(backend._migrate())
+            outcomes.append(backend.run_migrations())
         except Exception as error:
             outcomes.append(error)
 
