@@ -163,6 +163,16 @@ class Loop:
             raise AssertionError(f"gave up waiting for {what}") from None
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Every case skipped for want of PostgreSQL under one summary line, not one per test."""
+    report = yield
+    reason = report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple) else ""
+    if postgres.UNREACHABLE in reason:
+        report.longrepr = (postgres.__file__, None, reason)
+    return report
+
+
 @pytest.fixture(scope="module")
 def postgres_databases() -> Iterator[postgres.Databases]:
     """The PostgreSQL databases of one test module (skips, or fails under MESH_REQUIRE_POSTGRES=1,

@@ -10,6 +10,7 @@ xdist workers and `make run` never meet.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import os
 import secrets
@@ -27,6 +28,8 @@ from services.runtime.storage import SqliteBackend
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 REQUIRE_VARIABLE = "MESH_REQUIRE_POSTGRES"
+UNREACHABLE = "PostgreSQL is not reachable"
+"""How a skip for want of the server begins (conftest.py folds them all into one summary line)."""
 
 
 @functools.cache
@@ -42,7 +45,7 @@ def _unreachable() -> str:
 def require() -> None:
     """Skip the calling test without PostgreSQL, or fail it where PostgreSQL is required."""
     if why := _unreachable():
-        message = f"PostgreSQL is not reachable at {SERVER} ({why})"
+        message = f"{UNREACHABLE} at {SERVER} ({why}): its cases are skipped"
         if os.environ.get(REQUIRE_VARIABLE) == "1":
             pytest.fail(f"{message}, and {REQUIRE_VARIABLE}=1 requires it", pytrace=False)
         pytest.skip(message)
@@ -87,13 +90,23 @@ class Databases:
         return f"t{self._schemas}"
 
     def close(self) -> None:
+        """Drop them all, side by side: each DROP DATABASE waits for a checkpoint, and concurrent
+        ones share it (six databases of a mesh: 2.0 s one after another, 0.3 s together)."""
         with _admin() as conn:
-            names = conn.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE %s",
-                (self.prefix.replace("_", r"\_") + "%",),
-            ).fetchall()
-            for (name,) in names:
-                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+            pattern = self.prefix.replace("_", r"\_") + "%"
+            names = [
+                name
+                for (name,) in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname LIKE %s", (pattern,)
+                )
+            ]
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(names))) as pool:
+            list(pool.map(_drop, names))
+
+
+def _drop(name: str) -> None:
+    with _admin() as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 ENGINES = ("sqlite", "postgres")

@@ -13,6 +13,7 @@ right, which a service's own role should not need. It goes through the
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,11 +61,15 @@ def ensure_databases(config: MeshConfig, services: list[ServiceConfig]) -> list[
     from services.runtime.postgres import ensure_database
 
     wanted = [s for s in services if s.storage.backend == "postgres" and migrations_dir(s) is not None]
-    return [
-        database_of(config, s)
-        for s in wanted
-        if ensure_database(s.storage.dsn_for(s.name), s.storage.connect_timeout)
-    ]
+
+    def ensure(service: ServiceConfig) -> bool:
+        return ensure_database(service.storage.dsn_for(service.name), service.storage.connect_timeout)
+
+    # Side by side: each CREATE DATABASE waits for its WAL to reach the disk, and waits overlap
+    # (six databases: 3.5-4.4 s one after another, 1.7-2.3 s together, on the loaded 2-core VM).
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(wanted))) as pool:
+        made = list(pool.map(ensure, wanted))
+    return [database_of(config, s) for s, new in zip(wanted, made, strict=True) if new]
 
 
 def migrate(config: MeshConfig, service: ServiceConfig, check: bool = False) -> Outcome:

@@ -56,6 +56,8 @@ class Service:
     servicer: object
     register: Callable[[Any, Any], None]
     """The generated `add_XServiceServicer_to_server`."""
+    on_start: Callable[[], Awaitable[None] | None] | None = None
+    """Called once the databases are open, before the first call: start background work."""
     on_stop: Callable[[], Awaitable[None] | None] | None = None
     """Called after the server stopped, before the runtime closes the databases: stop background work."""
     on_stopping: Callable[[], Awaitable[None] | None] | None = None
@@ -180,6 +182,7 @@ class MeshServer:
         self.runtime.telemetry.start(f"{self.runtime.service.host}:{self.port}")
         for backend in self.runtime.backends:
             await backend.open()  # connected and migrated before the first call
+        await _run_hooks(s.on_start for s in self.services)
         await self.server.start()
         for service in self.services:
             await self.health.set(service.descriptor.full_name, health_pb2.HealthCheckResponse.SERVING)

@@ -55,8 +55,10 @@ def create(runtime: Runtime) -> Service:
                 )
 
     janitor = Background("trips-janitor", sweep_forever)
-    outbox.task.try_start()
-    janitor.try_start()
+
+    def start() -> None:
+        outbox.task.start()
+        janitor.start()
 
     async def stop() -> None:
         await outbox.stop()
@@ -66,5 +68,6 @@ def create(runtime: Runtime) -> Service:
         descriptor=trips_pb2.DESCRIPTOR.services_by_name["TripService"],
         servicer=TripServicer(store, workflow),
         register=trips_pb2_grpc.add_TripServiceServicer_to_server,
+        on_start=start,
         on_stop=stop,
     )
