@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from rideshare.passengers.v1 import passengers_pb2 as pb
 
+from services.mesh import signing
 from services.mesh.cli import main
 from services.runtime.config import load_config
 from services.runtime.errors import Unavailable
@@ -91,6 +92,32 @@ def test_a_service_on_postgres_serves_from_its_database_and_finds_emails_whateve
 
     second = serve(config=load_config(path, env={}))  # the same database: nothing migrates twice
     assert second.call(second.stub.GetPassenger(pb.GetPassengerRequest(name=created.name))) == created
+
+
+def test_signing_in_on_postgres_finds_the_email_in_any_case_counts_failures_and_rotates_sessions(
+    tmp_path, serve, postgres_databases
+):
+    config = load_config(postgres_mesh(tmp_path, postgres_databases.create("sign_in")), env={})
+    signing.create(config)
+    running = serve(config=config)
+    draft = pb.Passenger(display_name="Ada", email="Ada@Example.com", password="correct horse")
+    created = running.call(running.stub.CreatePassenger(pb.CreatePassengerRequest(passenger=draft)))
+
+    for _ in range(2):  # the second failure updates the first's row (an upsert)
+        wrong = running.fail(running.stub.SignIn(pb.SignInRequest(email="ada@example.com", password="x" * 8)))
+        assert wrong.info.reason == "INVALID_CREDENTIALS"
+    session = running.call(
+        running.stub.SignIn(pb.SignInRequest(email="ADA@example.COM", password="correct horse"))
+    )
+    assert session.passenger == created
+    renewed = running.call(
+        running.stub.RefreshSession(pb.RefreshSessionRequest(refresh_token=session.refresh_token))
+    )
+    assert renewed.refresh_token != session.refresh_token
+    reused = running.fail(
+        running.stub.RefreshSession(pb.RefreshSessionRequest(refresh_token=session.refresh_token))
+    )
+    assert reused.info.reason == "REFRESH_TOKEN_INVALID"
 
 
 def test_a_service_whose_database_is_unreachable_does_not_serve_and_says_which(tmp_path, runner):
