@@ -11,13 +11,13 @@ Its calls run on the event loop's thread: they are short, indexed transactions
 see docs/architecture.md. One lock per connection keeps transactions and reads
 from interleaving should a transaction ever await something real.
 
-What is SQLite's own, and would differ in a PostgreSQL backend: the migrations
-(DDL: `INTEGER PRIMARY KEY AUTOINCREMENT` is an identity column there,
-`COLLATE NOCASE` a unique index on `lower(email)`), how a unique violation is
-reported (`UNIQUE constraint failed: table.column` here, the constraint name
-`<table>_<column>_key` there), and `?` placeholders (psycopg wants `%s`).
-Upserts are written `INSERT ... ON CONFLICT (key) DO UPDATE`, which both
-engines accept as they are.
+What is SQLite's own (postgres.py has the other engine): the DDL
+(`migrations/*.sql`, with `.postgres.sql` variants where the engines differ),
+how a unique violation is reported (`UNIQUE constraint failed: table.column`
+here, the constraint named `<table>_<column>_key` there), `?` placeholders
+(psycopg wants `%s`), and locking: one writer at a time here, so a read
+inside a transaction needs no row lock. `backend()` builds whichever engine
+a service's `[storage]` chooses.
 """
 
 from __future__ import annotations
