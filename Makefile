@@ -64,6 +64,7 @@ bench: $(VENV)/.run ## gRPC calls/s by server model, REST req/s vs grpc-gateway,
 		apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python -m bench.unary $(BENCH_ARGS)
 	$(BIN)/python -m bench.rest $(BENCH_ARGS)
+	$(BIN)/python -m bench.client $(BENCH_ARGS)
 	$(BIN)/python -m bench.features $(BENCH_ARGS)
 	$(BIN)/python -m bench.overload $(BENCH_ARGS)
 	$(BIN)/python -m bench.storage $(BENCH_ARGS)
