@@ -163,11 +163,11 @@ class PostgresBackend(Backend):
                     try:
                         await self._probe.execute("SELECT 1")
                         return
-                    except psycopg.OperationalError:
+                    except psycopg.Error:
                         await self._close_probe()
                 self._probe = await psycopg.AsyncConnection.connect(self.dsn, **self._options)  # type: ignore[arg-type]
                 await self._probe.execute("SELECT 1")
-        except (psycopg.OperationalError, TimeoutError) as error:
+        except (psycopg.Error, TimeoutError) as error:  # whatever went wrong, it did not answer
             await self._close_probe()
             raise unavailable(self.database, error) from error
 

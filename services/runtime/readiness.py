@@ -65,9 +65,12 @@ class Readiness:
     async def _follow(self) -> None:
         while True:
             await self._next_look()
-            problems = [problem for b in self.backends if (problem := await _problem(b)) is not None]
-            if (not problems) != self.reachable:
-                await self._set(problems)
+            try:
+                problems = [problem for b in self.backends if (problem := await _problem(b)) is not None]
+                if (not problems) != self.reachable:
+                    await self._set(problems)
+            except Exception:  # a bug in one look must not end following for the life of the process
+                _log.exception("readiness: looking at the database failed")
 
     async def _next_look(self) -> None:
         """Wait one interval, or less if reachable and a call meets the database out of reach."""
