@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from services.runtime.migrations import Source
 from services.runtime.postgres import PostgresBackend
@@ -157,3 +160,92 @@ def write_migrations(directory: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         (directory / name).write_text(text, encoding="utf-8")
     return directory
+
+
+# -- database faults -----------------------------------------------------------------------------------
+# PostgreSQL is shared here (every helper's tests and `make run` use the one server), so it is never
+# stopped: a database is taken out of reach on its own, or a proxy in front of the server goes away.
+
+
+def terminate(*dsns: str) -> int:
+    """`pg_terminate_backend` every connection to the databases `dsns` name; how many there were."""
+    names = [str(conninfo_to_dict(dsn)["dbname"]) for dsn in dsns]
+    with _admin() as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = ANY(%s) AND pid <> pg_backend_pid()",
+            (names,),
+        ).fetchall()
+    return len(rows)
+
+
+def allow_connections(allowed: bool, *dsns: str) -> None:
+    """`ALTER DATABASE ... ALLOW_CONNECTIONS`; refusing also terminates the open connections."""
+    with _admin() as conn:
+        for dsn in dsns:
+            name = sql.Identifier(str(conninfo_to_dict(dsn)["dbname"]))
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(name, sql.Literal(allowed)))
+    if not allowed:
+        terminate(*dsns)
+
+
+@contextlib.contextmanager
+def out_of_reach(*dsns: str) -> Iterator[None]:
+    """The databases refuse connections and lose the open ones, as if their server were down, until
+    the block ends (then they take connections again, whatever happened inside)."""
+    allow_connections(False, *dsns)
+    try:
+        yield
+    finally:
+        allow_connections(True, *dsns)
+
+
+class Proxy:
+    """A TCP proxy to the PostgreSQL server on a port of its own, on the test's event loop: `stop()`
+    is the server going away (open connections cut, the port refusing), `start()` its return on the
+    same port. What a restart of the server looks like to its clients, without restarting it."""
+
+    def __init__(self, port: int, target: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
+        self.port = port
+        self.target = target
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def dsn(self, database: str) -> str:
+        """`database` (a DSN or a name) through this proxy."""
+        name = conninfo_to_dict(database).get("dbname", database) if "://" in database else database
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        if server is not None:
+            await server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            self._writers -= {writer, up_writer}
+            for end in (writer, up_writer):
+                end.transport.abort()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.transport.abort()

@@ -3,7 +3,9 @@
 Each service runs from its own `create_server(config, name, port=...)` on
 the test's event loop, exactly as `mesh serve` builds it, so trips reaches
 the others over real gRPC through the mesh file. A service can be stopped
-and started again on the same port and data dir to stage an outage.
+and started again on the same port and data dir to stage an outage. With a
+`[storage]` table the services keep their data there (a database per service
+on PostgreSQL, made here as `mesh up` makes them).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rideshare.passengers.v1 import passengers_pb2_grpc
 from rideshare.payments.v1 import payments_pb2_grpc
 from rideshare.trips.v1 import trips_pb2_grpc
 
+from services.mesh.migrate import ensure_databases
 from services.runtime.config import load_config
 from services.runtime.server import MeshServer, create_server
 from tests.conftest import Loop
@@ -49,25 +52,27 @@ outbox_max_backoff_seconds = 0.5
 """
 
 
-def mesh_text(ports: dict[str, int]) -> str:
+def mesh_text(ports: dict[str, int], storage: str = "") -> str:
     """The mesh file; no drain period, since every stop here is a test's outage or its teardown."""
     services = "".join(f"\n[services.{name}]\nport = {port}\n" for name, port in ports.items())
     return (
         'host = "127.0.0.1"\ndata_dir = "data"\ngrace_period = "1s"\ndrain_period = "0s"\n'
         'log_level = "warning"\n\n'
-        '[client]\ntimeout = "10s"\n' + services + SETTINGS
+        '[client]\ntimeout = "10s"\n' + services + SETTINGS + storage
     )
 
 
 class Mesh(Loop):
     """The running services, stubs to each, and ways to stop and restart one."""
 
-    def __init__(self, runner: asyncio.Runner, directory: Path) -> None:
+    def __init__(self, runner: asyncio.Runner, directory: Path, storage: str = "") -> None:
+        """`storage`: a `[storage]` table for the mesh file (SQLite files without one)."""
         super().__init__(runner)
         self.ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
         path = directory / "mesh.toml"
-        path.write_text(mesh_text(self.ports), encoding="utf-8")
+        path.write_text(mesh_text(self.ports, storage), encoding="utf-8")
         self.config = load_config(path, env={})
+        ensure_databases(self.config, list(self.config.services.values()))
         self.servers: dict[str, MeshServer] = {}
         self.channels = {name: self.call(_channel(port)) for name, port in self.ports.items()}
         self.passengers = passengers_pb2_grpc.PassengerServiceStub(self.channels["passengers"])

@@ -4,22 +4,39 @@ Health comes from the members themselves (the gRPC health service, the
 gateway's `GET /healthz`), asked all at once. Pids, restarts and last exits
 come from `<data_dir>/mesh.json`, which a running `mesh up` keeps current and
 removes when it stops; a file left by a supervisor that died is ignored.
+
+Each service's storage is shown as operators name it (its SQLite file, or
+`host:port/database`, never a password) with whether it can be reached from
+here, asked at the same time: a `SELECT 1` on a new PostgreSQL connection, or
+opening the file read-only. That is this host's view; the service's own is its
+health (NOT_SERVING while it cannot reach its database, runtime/readiness.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from services.runtime.config import MeshConfig
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from services.runtime.config import MeshConfig, ServiceConfig
 from services.runtime.replicas import replicas_of
+from services.runtime.storage import sqlite_path
 
 from .health import DOWN, GATEWAY, probe
+from .migrate import database_of, migrations_dir
+
+REACHABLE = "reachable"
+STORAGE_TIMEOUT = 2.0
+"""How long reaching a database may take (a new PostgreSQL connection forks a server process)."""
 
 
 @dataclass
@@ -38,12 +55,16 @@ class Member:
     """How its last process ended while the mesh ran ("killed by SIGKILL"); None if none did."""
     last_exit_at: str | None = None
     """When that was, as local ISO 8601 time."""
+    storage: str | None = None
+    """Where its data lives: its SQLite file or `host:port/database`; None if it keeps none."""
+    storage_health: str | None = None
+    """`reachable`, or why this host cannot reach it."""
 
 
 # -- <data_dir>/mesh.json ------------------------------------------------------------------------------
 
-_RECORDED = [f for f in fields(Member) if f.name != "health"]
-"""What the state file keeps of a member (its health is asked afresh)."""
+_RECORDED = [f for f in fields(Member) if f.name not in ("health", "storage", "storage_health")]
+"""What the state file keeps of a member (its health and its storage are asked afresh)."""
 
 
 def state_file(config: MeshConfig) -> Path:
@@ -107,10 +128,11 @@ def status(config: MeshConfig) -> list[Member]:
     ]
     if config.gateway.enabled:
         members.append(Member(GATEWAY, config.gateway.address, None, DOWN))
-    answers = asyncio.run(_probe_all(config, members))
+    answers, storages = asyncio.run(_probe_all(config, members))
     running = _running(config)
     for member, answer in zip(members, answers, strict=True):
         member.health = answer
+        member.storage, member.storage_health = storages.get(member.service, (None, None))
         found = running.get((member.service, member.replica))
         if found is not None:
             pid, restarts, exit_, when = (
@@ -123,11 +145,54 @@ def status(config: MeshConfig) -> list[Member]:
     return members
 
 
-async def _probe_all(config: MeshConfig, members: Sequence[Member]) -> list[str]:
-    return list(await asyncio.gather(*(probe(config, m.service, m.address) for m in members)))
+async def _probe_all(
+    config: MeshConfig, members: Sequence[Member]
+) -> tuple[list[str], dict[str, tuple[str, str]]]:
+    """Every member's health, and each service's storage with whether it is reachable, asked at once."""
+    keeping = [s for s in config.services.values() if migrations_dir(s) is not None]
+    answers = await asyncio.gather(
+        asyncio.gather(*(probe(config, m.service, m.address) for m in members)),
+        asyncio.gather(*(storage_health(config, s) for s in keeping)),
+    )
+    health, reached = answers
+    return list(health), {
+        s.name: (database_of(config, s), problem) for s, problem in zip(keeping, reached, strict=True)
+    }
+
+
+async def storage_health(config: MeshConfig, service: ServiceConfig) -> str:
+    """`reachable`, or why the service's database cannot be reached from here (never its password)."""
+    if service.storage.backend == "sqlite":
+        return await asyncio.to_thread(_sqlite_health, config, service)
+    dsn = service.storage.dsn_for(service.name)
+    try:
+        async with asyncio.timeout(STORAGE_TIMEOUT):
+            connection = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+            async with connection:
+                await connection.execute("SELECT 1")
+    except TimeoutError:
+        return f"no answer within {STORAGE_TIMEOUT:g} s"
+    except psycopg.Error as error:
+        problem = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        password = str(conninfo_to_dict(dsn).get("password") or "")
+        return problem.replace(password, "***") if password else problem
+    return REACHABLE
+
+
+def _sqlite_health(config: MeshConfig, service: ServiceConfig) -> str:
+    path = sqlite_path(config, service).resolve()
+    if not path.exists():
+        return "no file yet (the service makes it when it starts)"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=1.0)) as db:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as error:
+        return str(error)
+    return REACHABLE
 
 
 def format_table(members: Sequence[Member]) -> str:
+    """The members, then each service's storage once (if any member says where it is)."""
     replicated = {m.service for m in members if m.replica}
     rows = [("SERVICE", "ADDRESS", "PID", "HEALTH", "RESTARTS", "LAST EXIT")]
     rows += [
@@ -141,6 +206,15 @@ def format_table(members: Sequence[Member]) -> str:
         )
         for m in members
     ]
+    storages = {m.service: (m.storage, m.storage_health or "-") for m in members if m.storage}
+    if not storages:
+        return _table(rows)
+    kept = [("SERVICE", "STORAGE", "STORAGE HEALTH")]
+    kept += [(name, where, health) for name, (where, health) in storages.items()]
+    return _table(rows) + "\n\n" + _table(kept)
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 

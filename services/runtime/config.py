@@ -270,6 +270,7 @@ class StorageConfig:  # SQLite files by default; PostgreSQL, a database per serv
     pool_max: Annotated[Int, Field(ge=1, le=1000)] = 10
     statement_timeout: Seconds = 5.0
     connect_timeout: Seconds = 5.0  # also how long a call waits for a pooled connection
+    health_interval: Seconds = 1.0  # how often a service asks it is there (readiness.py)
 
     @model_validator(mode="after")
     def _pool(self) -> StorageConfig:

@@ -18,7 +18,12 @@ statement and never leaves a transaction open, and each has the configured
 - **An unreachable database** (refused, terminated, no pooled connection in
   time, a statement past its timeout) is UNAVAILABLE `DATABASE_UNAVAILABLE`
   naming the database, never a traceback; a broken connection leaves the
-  pool and is replaced.
+  pool and is replaced. The pool tries a lost connection again with its
+  doubling pause for `connect_timeout` only, then leaves it to the next call
+  that waits: with psycopg_pool's default (5 minutes of doubling pauses) a
+  database back after a 20 s outage was used 9-10 s later, now at once.
+- **Readiness** (readiness.py) asks `ping`, a `SELECT 1` on a connection of
+  its own: a pool busy with calls is not a database out of reach.
 - **Migrations** (migrations.py) run when the backend opens, on a connection
   of their own, each in a transaction holding `pg_advisory_xact_lock`.
 """
@@ -100,8 +105,11 @@ class PostgresBackend(Backend):
             kwargs={**self._options, "row_factory": dict_row},
             open=False,
             timeout=connect_timeout,
+            reconnect_timeout=connect_timeout,
             name=self.database,
         )
+        self.trouble: asyncio.Event = asyncio.Event()
+        self._probe: psycopg.AsyncConnection[Any] | None = None
 
     async def open(self) -> None:
         """Apply pending migrations (`applied` says which), then fill the pool."""
@@ -146,7 +154,30 @@ class PostgresBackend(Backend):
             return None
         return constraint[len(table) + 1 : -len("_key")] or None
 
+    async def ping(self) -> None:
+        """`SELECT 1` on the probe connection, or on a new one if that one is gone (a terminated
+        connection is no outage); UNAVAILABLE if neither answers within `connect_timeout`."""
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                if self._probe is not None:
+                    try:
+                        await self._probe.execute("SELECT 1")
+                        return
+                    except psycopg.Error:
+                        await self._close_probe()
+                self._probe = await psycopg.AsyncConnection.connect(self.dsn, **self._options)  # type: ignore[arg-type]
+                await self._probe.execute("SELECT 1")
+        except (psycopg.Error, TimeoutError) as error:  # whatever went wrong, it did not answer
+            await self._close_probe()
+            raise unavailable(self.database, error) from error
+
+    async def _close_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            await probe.close()
+
     async def close(self) -> None:
+        await self._close_probe()
         await self.pool.close()
 
     @contextmanager
@@ -155,11 +186,14 @@ class PostgresBackend(Backend):
         try:
             yield
         except psycopg.OperationalError as error:
+            self.trouble.set()
             raise unavailable(self.database, error) from error
 
 
 def unavailable(database: str, error: BaseException) -> Unavailable:
     cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, TimeoutError):
+        cause = "no answer in time"
     return Unavailable(
         f"database {database} is unavailable: {cause}",
         reason="DATABASE_UNAVAILABLE",

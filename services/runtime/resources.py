@@ -34,6 +34,7 @@ unique text `id`, the last segment of the resource name.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
@@ -80,8 +81,16 @@ class Backend(ABC):
     """Appended to a read inside a transaction that changes the row: PostgreSQL's ` FOR UPDATE`.
     SQLite needs none: `BEGIN IMMEDIATE` holds the whole database."""
 
+    trouble: asyncio.Event | None = None
+    """Set when a call found the database out of reach (readiness.py then asks at once); None for
+    an engine that is never out of reach (a file)."""
+
     async def open(self) -> None:
         """Connect and apply pending migrations, before the service serves (SQLite did both when built)."""
+        return None
+
+    async def ping(self) -> None:
+        """Return if the database can be reached now, else raise UNAVAILABLE naming it (readiness.py)."""
         return None
 
     @abstractmethod

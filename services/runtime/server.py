@@ -35,6 +35,7 @@ from .client import Clients
 from .config import MeshConfig, ServiceConfig, load_config
 from .descriptors import SourceReflectionServicer
 from .errors import ConfigError, Unavailable
+from .readiness import Readiness
 from .replicas import check_replica
 from .resources import Backend
 from .telemetry import Telemetry, admin_port, serve_admin
@@ -163,6 +164,10 @@ class MeshServer:
                 self.server.add_registered_method_handlers(name, wrapped)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [s.descriptor.full_name for s in self.services]
+        self.readiness = Readiness(
+            self.health, names, runtime.backends, runtime.service.storage.health_interval
+        )
+        """NOT_SERVING while a database is out of reach (readiness.py)."""
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             SourceReflectionServicer([*names, health.SERVICE_NAME, reflection.SERVICE_NAME]), self.server
         )
@@ -187,10 +192,12 @@ class MeshServer:
         for service in self.services:
             await self.health.set(service.descriptor.full_name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.readiness.start()
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING first (so balancers move away), then finish in-flight calls."""
+        await self.readiness.stop()
         await self.health.enter_graceful_shutdown()
         await drain.drain(self.health, self.runtime.config.drain_period)
         await _run_hooks(s.on_stopping for s in self.services)

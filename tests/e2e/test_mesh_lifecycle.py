@@ -7,6 +7,10 @@ import socket
 
 import pytest
 
+from tests import postgres
+
+from .conftest import COMMAND_TIMEOUT, wait_until
+
 pytestmark = pytest.mark.e2e
 
 SERVICE = "rideshare.passengers.v1.PassengerService"
@@ -26,6 +30,29 @@ def test_status_reports_every_service_serving_while_up_and_down_after_stop(mesh_
     code, members = mesh.status()
     assert code != 0
     assert [(m["service"], m["health"], m["pid"]) for m in members] == [("passengers", "DOWN", None)]
+
+
+def test_status_shows_a_service_not_serving_while_its_postgres_database_refuses_it_and_why(
+    mesh_factory, postgres_databases
+):
+    storage = {"backend": "postgres", "dsn": postgres_databases.per_service(), "health_interval": "200ms"}
+    mesh = mesh_factory(["passengers"], storage=storage).start()
+    dsn = postgres_databases.per_service().replace("{service}", "passengers")
+    where = f"127.0.0.1:5432/{postgres_databases.prefix}_passengers"
+
+    def health() -> tuple[str, str, str]:
+        [member] = mesh.status()[1]
+        return member["health"], member["storage"], member["storage_health"]
+
+    assert health() == ("SERVING", where, "reachable")
+    with postgres.out_of_reach(dsn):
+        assert wait_until(lambda: health()[0] == "NOT_SERVING", COMMAND_TIMEOUT), health()
+        assert "is not currently accepting connections" in health()[2]
+        table = mesh.mesh("status").out
+    assert wait_until(lambda: health() == ("SERVING", where, "reachable"), COMMAND_TIMEOUT), health()
+    assert f"passengers  {where}  connection failed: " in table
+    assert "storage_unreachable" in mesh.stdout()
+    assert "storage_reachable" in mesh.stdout()
 
 
 def test_sigterm_stops_every_child_cleanly_and_removes_the_state_file(mesh_factory):

@@ -19,6 +19,7 @@ from services.runtime.migrations import Migration, MigrationError
 from services.runtime.postgres import PostgresBackend, pyformat
 from services.runtime.resources import Tx, fingerprint
 from services.runtime.storage import Database, SqliteBackend
+from tests import postgres
 from tests.ports import free_port
 from tests.postgres import Backends, write_migrations
 
@@ -510,3 +511,38 @@ def test_a_database_that_goes_away_is_unavailable_and_the_pool_recovers(backends
     assert failed.reason == "DATABASE_UNAVAILABLE"
     # the broken connection left the pool; the next call gets a working one
     assert things(backends, backend) == []
+
+
+@pytest.mark.parametrize("backends", ["postgres"], indirect=True)
+def test_a_terminated_connection_is_no_outage_to_ping_but_a_database_refusing_connections_is(
+    backends, backend
+):
+    run = backends.runner.run
+    run(backend.ping())  # opens its own connection
+
+    assert postgres.terminate(backends.dsn()) >= 2  # the pool's and the ping's
+    run(backend.ping())  # a new connection answers: the database is there
+    with postgres.out_of_reach(backends.dsn()), pytest.raises(Unavailable) as caught:
+        run(backend.ping())
+    assert caught.value.reason == "DATABASE_UNAVAILABLE"
+    assert "not currently accepting connections" in caught.value.message
+    run(backend.ping())
+
+
+@pytest.mark.parametrize("backends", ["postgres"], indirect=True)
+def test_once_an_outage_outlasted_the_pools_retries_the_first_call_after_it_gets_a_connection(
+    backends, migrations_dir, loop
+):
+    # psycopg_pool's default retries a lost connection with doubling pauses for 5 minutes: a call
+    # after a long outage waited for the next try (up to as long again as the outage). Retries end
+    # after connect_timeout now, and the next call that waits starts one at once.
+    backend = PostgresBackend(backends.dsn(), migrations_dir, connect_timeout=1.0)
+    loop.call(backend.open())
+    try:
+        with postgres.out_of_reach(backends.dsn()):
+            with pytest.raises(Unavailable):
+                loop.call(backend.query("SELECT 1"))
+            loop.settled(lambda: backend.pool.get_stats()["pool_size"] == 0, "the pool to stop retrying")
+        assert loop.call(backend.query("SELECT 1 AS one")) == [{"one": 1}]
+    finally:
+        loop.call(backend.close())
