@@ -345,13 +345,14 @@ def measure(mesh: Mesh, drivers: int, rate: float, seconds: float, seed: int) ->
     return run
 
 
-def settle(mesh: Mesh, limit: float = 30.0) -> None:
-    """Wait (at most `limit` s) until the mesh is idle: past capacity it works through a backlog."""
+def settle(up: list[Mesh], limit: float = 30.0) -> None:
+    """Wait (at most `limit` s) until every mesh is idle: past capacity one works through a backlog
+    after its load stops, on the cores the next run needs."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        before = sum(mesh.cpu().values())
+        before = sum(sum(mesh.cpu().values()) for mesh in up)
         time.sleep(0.5)
-        if sum(mesh.cpu().values()) - before < 0.05:
+        if sum(sum(mesh.cpu().values()) for mesh in up) - before < 0.05:
             return
 
 
@@ -397,6 +398,41 @@ def report(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+def plot(runs: list[Run], path: Path) -> None:
+    """p99 of whole rides against the offered rate, a line per variant and driver count (a PNG)."""
+    try:
+        import matplotlib
+        import matplotlib.ticker
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        print(f"bench: no plot: matplotlib is missing (pip install -e '.[bench]'); not writing {path}")
+        return
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    lines = sorted({(r.variant, r.drivers) for r in runs}, key=lambda line: (line[0] != "current", line[1]))
+    colours = {drivers: f"C{n}" for n, drivers in enumerate(sorted({r.drivers for r in runs}))}
+    for variant, drivers in lines:
+        mine = sorted(
+            (r for r in runs if (r.variant, r.drivers) == (variant, drivers)), key=lambda r: r.offered
+        )
+        p99 = [percentile(r.rides, 0.99) * 1000 if r.rides else math.nan for r in mine]
+        style = "-" if variant == "current" else "--"
+        axes.plot(
+            [r.offered for r in mine], p99, style, color=colours[drivers], marker="o",
+            label=f"{variant}, {drivers:,} drivers",
+        )  # fmt: skip
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes.set_xlabel("offered rides per second (RequestTrip + CancelTrip over REST)")
+    axes.set_ylabel("p99 of a ride, ms (log)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"plot written to {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Rides (RequestTrip, CancelTrip) through the whole mesh.")
     parser.add_argument("--quick", action="store_true", help="100 and 1,000 drivers, 20 and 40 rides/s, 3 s")
@@ -411,6 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--baseline-ref", metavar="REF", help="also run the mesh of this git revision, side by side"
     )
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="draw p99 against the offered rate here")
     args = parser.parse_args(argv)
     counts = [int(x) for x in (args.drivers or ("100,1000" if args.quick else "100,1000,10000")).split(",")]
     rates = [float(x) for x in (args.rates or ("20,40" if args.quick else "20,40,80,150")).split(",")]
@@ -444,16 +481,19 @@ def main(argv: list[str] | None = None) -> None:
             for step, rate in enumerate(rates):
                 order = up if (number + step) % 2 == 0 else list(reversed(up))
                 for mesh in order:
-                    settle(mesh)
+                    settle(up)
                     run = measure(mesh, count, rate, seconds, args.seed + step)
                     runs.append(run)
                     print(
                         f"{mesh.variant} {count:,} drivers, {rate:g}/s: {len(run.rides) / run.seconds:.1f} "
-                        f"rides/s, ride p50/p90/p99 {_ms(run.rides)} ms, {sum(run.errors.values())} errors",
+                        f"rides/s, ride p50/p90/p99 {_ms(run.rides)} ms, {sum(run.errors.values())} errors"
+                        f" (load average {os.getloadavg()[0]:.1f})",
                         flush=True,
                     )
     print()
     print(report(runs))
+    if args.plot:
+        plot(runs, args.plot)
     print(f"\n{time.monotonic() - started:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
 
 
