@@ -273,11 +273,20 @@ def _http(path: str, body: Mapping[str, object], key: str, token: str) -> bytes:
 
 
 def _kind(step: str, status: int, body: bytes) -> str:
-    """`RequestTrip 400 NO_DRIVER_AVAILABLE`: the step, the HTTP status, the ErrorInfo reason if any."""
-    reason = "no answer" if status == 0 else ""
-    with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-        reason = next(d["reason"] for d in json.loads(body)["details"] if "reason" in d)
-    return f"{step} {status} {reason}".rstrip()
+    """`RequestTrip 400 NO_DRIVER_AVAILABLE`: the step, the HTTP status, the ErrorInfo reason (or the
+    gRPC code when there is none)."""
+    if status == 0:
+        return f"{step} no answer"
+    try:
+        error = json.loads(body)
+        reasons = [d["reason"] for d in error.get("details", []) if "reason" in d]
+        said = reasons[0] if reasons else _CODES.get(error.get("code"), "")
+    except (ValueError, TypeError, AttributeError, KeyError):
+        said = "not JSON"
+    return f"{step} {status} {said}".rstrip()
+
+
+_CODES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 async def _rides(mesh: Mesh, run: Run, seed: int) -> None:
@@ -311,6 +320,12 @@ async def _rides(mesh: Mesh, run: Run, seed: int) -> None:
             return
         run.rides.append(answered[0] - due)
 
+    async def counted(number: int, due: float) -> None:
+        try:
+            await ride(number, due)
+        except Exception as error:  # a bug here must show in the report, not vanish with the task
+            run.errors[f"bench error {type(error).__name__}"] += 1
+
     count = max(1, int(run.offered * run.seconds))
     start = loop.time() + 0.1
     for number in range(count):
@@ -318,7 +333,7 @@ async def _rides(mesh: Mesh, run: Run, seed: int) -> None:
         delay = due - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        task = asyncio.ensure_future(ride(number, due))
+        task = asyncio.ensure_future(counted(number, due))
         pending.add(task)
         task.add_done_callback(pending.discard)
     if pending:
