@@ -360,15 +360,16 @@ def measure(mesh: Mesh, drivers: int, rate: float, seconds: float, seed: int) ->
     return run
 
 
-def settle(up: list[Mesh], limit: float = 30.0) -> None:
+def settle(up: list[Mesh], limit: float = 60.0) -> float:
     """Wait (at most `limit` s) until every mesh is idle: past capacity one works through a backlog
-    after its load stops, on the cores the next run needs."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
+    after its load stops, on the cores the next run needs. The seconds waited (`limit`: not idle)."""
+    began = time.monotonic()
+    while time.monotonic() - began < limit:
         before = sum(sum(mesh.cpu().values()) for mesh in up)
         time.sleep(0.5)
-        if sum(sum(mesh.cpu().values()) for mesh in up) - before < 0.05:
-            return
+        if sum(sum(mesh.cpu().values()) for mesh in up) - before < 0.05 * len(up):
+            return time.monotonic() - began
+    return limit
 
 
 # -- the report ----------------------------------------------------------------------------------------------
@@ -496,13 +497,13 @@ def main(argv: list[str] | None = None) -> None:
             for step, rate in enumerate(rates):
                 order = up if (number + step) % 2 == 0 else list(reversed(up))
                 for mesh in order:
-                    settle(up)
+                    waited = settle(up)
                     run = measure(mesh, count, rate, seconds, args.seed + step)
                     runs.append(run)
                     print(
                         f"{mesh.variant} {count:,} drivers, {rate:g}/s: {len(run.rides) / run.seconds:.1f} "
                         f"rides/s, ride p50/p90/p99 {_ms(run.rides)} ms, {sum(run.errors.values())} errors"
-                        f" (load average {os.getloadavg()[0]:.1f})",
+                        f" (idle after {waited:.0f} s, load average {os.getloadavg()[0]:.1f})",
                         flush=True,
                     )
     print()
