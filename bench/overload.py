@@ -9,8 +9,10 @@ What runs (servers pinned to core 0, the load to core 1):
 
 - `billing` (`mesh serve billing`), and two gateways in front of it
   (`mesh gateway --no-auth`): `shedding` with the mesh file's defaults
-  (`max_in_flight`, `max_queue_wait`), and `unbounded`, the same with
-  `max_in_flight` = 1,000,000 (no cap: what the gateway did before);
+  (`max_in_flight`, `max_queue_wait`, `max_lag`), and `unbounded`, the same with
+  no cap, no queue limit and no lag limit (what the gateway did before); with
+  `--baseline-ref REF`, also `shedding@REF`: the `shedding` gateway of another
+  git revision, run from a temporary worktree;
 - the call is `POST /v1/fares:quote` (`QuoteFare`: no database, a cheap call);
 - capacity: wrk (16 connections, closed loop) against `shedding`;
 - then, for each gateway in alternating rounds, open-loop load at 0.5x and 2x
@@ -49,7 +51,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.rest import free_port
+from bench.rest import baseline_env, baseline_tree, free_port
 from bench.unary import CLIENT_CORE, Server, preflight, start_process, stop_server
 
 BODY = b'{"pickup":{"latitude":52.52,"longitude":13.405},"dropoff":{"latitude":52.5,"longitude":13.45}}'
@@ -81,7 +83,7 @@ wrk.headers["Content-Type"] = "application/json"
 """
 VARIANTS: dict[str, dict[str, str]] = {
     "shedding": {},
-    "unbounded": {"MESH_GATEWAY__MAX_IN_FLIGHT": "1000000"},
+    "unbounded": {"MESH_GATEWAY__MAX_IN_FLIGHT": "1000000", "MESH_GATEWAY__MAX_QUEUE_WAIT": "1h", "MESH_GATEWAY__MAX_LAG": "0s"},
 }
 _WRK_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
 _CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
@@ -251,7 +253,7 @@ def open_loop(port: int, rate: float, seconds: float) -> tuple[dict[int, list[fl
 
 
 @contextlib.contextmanager
-def servers(workdir: Path) -> Iterator[dict[str, Server]]:
+def servers(workdir: Path, baseline: tuple[str, Path] | None = None) -> Iterator[dict[str, Server]]:
     started: dict[str, Server] = {}
     try:
         billing_port = free_port()
@@ -267,6 +269,15 @@ def servers(workdir: Path) -> Iterator[dict[str, Server]]:
                 [*mesh, "gateway", "--no-auth", "--listen", f"127.0.0.1:{port}"],
                 port=port,
                 env={**env, **overrides},
+            )
+        if baseline is not None:
+            ref, tree = baseline
+            port = free_port()
+            started[f"shedding@{ref}"] = start_process(
+                f"shedding@{ref}",
+                [*mesh, "gateway", "--no-auth", "--listen", f"127.0.0.1:{port}"],
+                port=port,
+                env={**baseline_env(tree), **VARIANTS["shedding"]},
             )
         yield started
     finally:
@@ -352,6 +363,10 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="a [gateway] key for the `shedding` gateway, e.g. max_in_flight=16 (repeatable)",
     )
+    parser.add_argument(
+        "--baseline-ref",
+        help="also run the `shedding` gateway of this git revision (a temporary worktree), side by side",
+    )
     args = parser.parse_args(argv)
     for setting in args.set:
         key, _, value = setting.partition("=")
@@ -370,18 +385,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     started = time.monotonic()
     results: list[Result] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="rideshare-bench-overload-") as folder,
-        servers(Path(folder)) as up,
-    ):
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="rideshare-bench-overload-"))
+        tree = stack.enter_context(baseline_tree(args.baseline_ref)) if args.baseline_ref else None
+        up = stack.enter_context(servers(Path(folder), (args.baseline_ref, tree) if tree else None))
         workdir = Path(folder)
-        for variant in VARIANTS:
+        variants = [name for name in up if name != "billing"]
+        for variant in variants:
             check(up[variant])
         capacity(up["shedding"], workdir, 2.0)  # warm-up
         measured = capacity(up["shedding"], workdir, min(seconds, 5.0))
         print(f"capacity: {measured:,.0f} req/s", flush=True)
         for number in range(rounds):
-            order = list(VARIANTS) if number % 2 == 0 else list(reversed(VARIANTS))
+            order = variants if number % 2 == 0 else list(reversed(variants))
             for variant in order:
                 for load in loads:
                     rate = measured * load

@@ -9,6 +9,7 @@ from google.protobuf.empty_pb2 import Empty
 from rideshare.drivers.v1 import drivers_pb2_grpc
 from rideshare.drivers.v1.drivers_pb2 import (
     AssignTripRequest,
+    ChangePasswordRequest,
     CreateDriverRequest,
     DeleteDriverRequest,
     Driver,
@@ -24,12 +25,13 @@ from rideshare.drivers.v1.drivers_pb2 import (
     SearchDriversResponse,
     Session,
     SignInRequest,
+    SignOutRequest,
     UpdateDriverLocationRequest,
     UpdateDriverRequest,
 )
 
 from services.runtime.aip import timestamp_from_ns
-from services.runtime.principal import require_owner
+from services.runtime.principal import caller, require_owner
 from services.runtime.sessions import Accounts, Grant, hash_password
 
 from . import domain
@@ -52,10 +54,23 @@ class DriverServicer(drivers_pb2_grpc.DriverServiceServicer):
         return await self.store.create(driver, domain.without_password(request), password_hash=hashed)
 
     async def SignIn(self, request: SignInRequest, context: Context) -> Session:
-        return await self._session(await self.accounts.sign_in(request.email, request.password))
+        grant = await self.accounts.sign_in(request.email, request.password, caller().client)
+        return await self._session(grant)
 
     async def RefreshSession(self, request: RefreshSessionRequest, context: Context) -> Session:
         return await self._session(await self.accounts.refresh(request.refresh_token))
+
+    async def SignOut(self, request: SignOutRequest, context: Context) -> Empty:
+        await self.accounts.sign_out(request.refresh_token)
+        return Empty()
+
+    async def ChangePassword(self, request: ChangePasswordRequest, context: Context) -> Session:
+        self._mine(request.name)
+        await self.store.get(request.name)  # NOT_FOUND for an operator naming no one
+        grant = await self.accounts.change_password(
+            self.store.id_of(request.name), request.current_password, request.new_password, caller().client
+        )
+        return await self._session(grant)
 
     async def GetDriver(self, request: GetDriverRequest, context: Context) -> Driver:
         self._mine(request.name)

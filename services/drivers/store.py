@@ -30,6 +30,7 @@ from services.runtime.aip import timestamp_from_ns
 from services.runtime.errors import AlreadyExists
 from services.runtime.resources import Backend, Resource, Row, Store
 from services.runtime.sessions import SCHEMA as SESSIONS_SCHEMA
+from services.runtime.sessions import SCHEMA_BY_CLIENT
 
 MIGRATIONS = [
     """
@@ -57,6 +58,8 @@ MIGRATIONS = [
     CREATE UNIQUE INDEX drivers_by_email ON drivers (email COLLATE NOCASE) WHERE email != '';
     """
     + SESSIONS_SCHEMA,
+    # Failed sign-ins per email and client address: one address no longer locks an email out.
+    SCHEMA_BY_CLIENT,
     # Search by grid cell: geo.cell_of in SQL (1/500 degree cells, 180001 columns per band).
     """
     ALTER TABLE drivers ADD COLUMN cell INTEGER;

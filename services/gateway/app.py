@@ -106,6 +106,7 @@ class Gateway:
         self._any_origin = "*" in self.settings.cors_origins
         self._origins = {o.encode() for o in self.settings.cors_origins}
         self.in_flight = limits.InFlight(self.settings.max_in_flight, self.settings.max_queue_wait)
+        self.lag = limits.LoopLag(self.settings.max_lag)
         self.streams = limits.StreamCaps(self.settings.max_streams_per_key)
         self.refusals = limits.Refusals("the gateway's limits")
 
@@ -126,6 +127,8 @@ class Gateway:
             if method in ("GET", "HEAD") and (path == "/healthz" or path in self.pages):
                 await self._page(path, cors, send)
                 return
+            self.lag.start()
+            self.lag.check()  # before the key is looked up or the body read
             query = scope["query_string"].decode("latin-1")
             if method == "OPTIONS":  # a browser's preflight carries no key
                 admitted = Admission()
@@ -138,7 +141,9 @@ class Gateway:
             if match is None:
                 await self._no_route(table, method, path, request_headers, cors, send)
                 return
-            await self._call(match, query, request_headers, receive, send, cors, admitted)
+            client = scope.get("client")
+            address = ((principal.CLIENT, str(client[0])),) if client else ()
+            await self._call(match, query, request_headers, receive, send, cors, admitted, address)
         except errors.HttpError as exc:
             if exc.refusal:
                 self.refusals.count(exc)
@@ -163,13 +168,16 @@ class Gateway:
         send: Send,
         cors: Headers,
         admitted: Admission,
+        address: tuple[tuple[str, str], ...] = (),
     ) -> None:
+        """`address`: the client's address as metadata (`x-mesh-client`), for sign-in throttling."""
         binding, extra, owners = match.binding, cors + admitted.headers, admitted.owners
         try:
             metadata, grpc_timeout = headers.request_metadata(request_headers)
             if self.guard is not None:  # the guard read the bearer token; the services get its user
                 metadata = [(k, v) for k, v in metadata if k != "authorization"]
             metadata += admitted.claims
+            metadata += address
             timeout_param = _query_value(query, "timeout") if "timeout=" in query else None
             timeout = headers.parse_timeout(grpc_timeout, timeout_param, self.settings.max_timeout)
         except headers.HeaderError as exc:

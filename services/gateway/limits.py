@@ -9,6 +9,15 @@ its slot, so under overload the refusals are fast and the calls admitted keep
 a bounded latency, instead of every caller waiting in an unbounded queue
 (issue 11: open-loop load at twice the capacity gave p50 9 s, p99 31 s).
 
+`InFlight` alone cannot see the wait before a request is read: when the
+gateway's own CPU is the bottleneck, requests queue in the kernel's socket
+buffers and the event loop reads them ever later (measured: admitted p99 of
+1-2 s at twice the capacity, with the in-flight cap never reached). `LoopLag`
+measures that wait as how late the loop runs a timer; while it exceeds
+`max_lag`, new calls are refused before anything else is done for them
+(no key lookup, no body), so the loop catches up and the calls it admits keep
+a bounded latency.
+
 `StreamCaps` bounds the streams open at once per owner (an API key, and later
 the end user a key acts for): past it 429 with `Retry-After`. A stream lasts as
 long as its client listens, so without a cap one key could hold thousands.
@@ -35,6 +44,10 @@ WARN_INTERVAL = 10.0
 """Seconds between two warnings about what the limits refused."""
 _SMOOTHING = 0.05
 """Weight of the latest call in the running mean of how long a call holds its slot."""
+LAG_TICK = 0.005
+"""Seconds between two looks at how late the event loop runs."""
+_LAG_WEIGHT = 0.5
+"""Weight of the latest look in the running lag: one stall moves it half way, a flood all the way."""
 
 
 class InFlight:
@@ -111,6 +124,53 @@ class InFlight:
             reason="OVERLOADED",
             retry_after=RETRY_AFTER,
         )
+
+
+class LoopLag:
+    """How late the event loop runs its timers: how long a request read now has waited to be read.
+
+    A timer is due every `LAG_TICK`; how late it fires is the time the loop spent on
+    other callbacks first. The lag is a running mean of those looks, so a single
+    pause (a garbage collection, the host not scheduling us) counts for half and
+    a sustained backlog for all of it. Started on the first request (it needs the
+    running loop); costs one callback per tick.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        """Seconds; 0: never refuse."""
+        self.late = 0.0
+        self._due = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def check(self) -> None:
+        """HttpError 503 now if the loop runs later than `limit`: what is read now has already
+        waited that long, and the loop must catch up before it takes more."""
+        if self.late > self.limit > 0:
+            raise HttpError(
+                503,
+                grpc.StatusCode.UNAVAILABLE,
+                f"the gateway is {self.late * 1000:.0f} ms behind, more than its "
+                f"{self.limit * 1000:.0f} ms limit; retry in {RETRY_AFTER} s",
+                reason="OVERLOADED",
+                retry_after=RETRY_AFTER,
+            )
+
+    def start(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._schedule()
+
+    def _schedule(self) -> None:
+        assert self._loop is not None
+        self._due = self._loop.time() + LAG_TICK
+        self._loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        late = self._loop.time() - self._due
+        self.late += (late - self.late) * _LAG_WEIGHT
+        self._schedule()
 
 
 def _expire(turn: asyncio.Future[bool]) -> None:

@@ -202,7 +202,7 @@ def uvicorn_server(app: Gateway | HttpTracing, grace: float, settings: GatewayCo
         app,
         http=edge_protocol(edge),
         ws="none",  # nothing is served over WebSocket: an Upgrade is answered as plain HTTP
-        proxy_headers=False,  # the bridge never uses the client address
+        proxy_headers=False,  # the client address is the TCP peer's: X-Forwarded-For is anyone's claim
         loop="none",
         lifespan="off",
         access_log=False,

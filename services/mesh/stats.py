@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +34,15 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.runtime.config import MeshConfig
-from services.runtime.telemetry import FAILURE_CODES, admin_host, admin_port, gateway_admin_port
+from services.runtime.identity import https_context
+from services.runtime.telemetry import (
+    FAILURE_CODES,
+    admin_host,
+    admin_port,
+    admin_scheme,
+    admin_tls,
+    gateway_admin_port,
+)
 
 SCRAPE_TIMEOUT = 2.0
 QUANTILES = (0.5, 0.95, 0.99)
@@ -63,6 +72,7 @@ def targets(config: MeshConfig) -> list[Target]:
     if not members:
         members = [(s.name, s.address) for s in config.services.values()]
     found: list[Target] = []
+    scheme = admin_scheme(config)
     for name, address in members:
         service = config.services.get(name)
         if service is None:
@@ -71,14 +81,14 @@ def targets(config: MeshConfig) -> list[Target]:
         admin = admin_port(service, int(port) if port.isdigit() else None)
         if admin:
             reach = admin_host(config, host or service.host)
-            found.append(Target(name, address, f"http://{reach}:{admin}/metrics"))
+            found.append(Target(name, address, f"{scheme}://{reach}:{admin}/metrics"))
     gateway = gateway_admin_port(config)
     if gateway:
         found.append(
             Target(
                 "gateway",
                 config.gateway.address,
-                f"http://{admin_host(config, config.gateway.host)}:{gateway}/metrics",
+                f"{scheme}://{admin_host(config, config.gateway.host)}:{gateway}/metrics",
             )
         )
     return found
@@ -101,9 +111,10 @@ def parse(text: str) -> Series:
     return series
 
 
-def scrape(target: Target, timeout: float = SCRAPE_TIMEOUT) -> Scrape:
+def scrape(target: Target, timeout: float = SCRAPE_TIMEOUT, tls: ssl.SSLContext | None = None) -> Scrape:
+    """`tls`: the mesh tool's own certificate, for admin ports that require one (`admin_tls`)."""
     try:
-        with urllib.request.urlopen(target.url, timeout=timeout) as response:
+        with urllib.request.urlopen(target.url, timeout=timeout, context=tls) as response:
             text = response.read().decode("utf-8")
     except (OSError, urllib.error.URLError, ValueError):
         return Scrape(target, time.time(), None)
@@ -111,12 +122,14 @@ def scrape(target: Target, timeout: float = SCRAPE_TIMEOUT) -> Scrape:
 
 
 def snapshot(config: MeshConfig, timeout: float = SCRAPE_TIMEOUT) -> list[Scrape]:
-    """Every process scraped at once (a thread each, bounded by `timeout`)."""
+    """Every process scraped at once (a thread each, bounded by `timeout`), as the `mesh` identity
+    when admin ports require a mesh certificate."""
     found = targets(config)
     if not found:
         return []
+    tls = https_context(config, "mesh", server=False) if admin_tls(config) else None
     with ThreadPoolExecutor(max_workers=min(16, len(found))) as pool:
-        return list(pool.map(lambda t: scrape(t, timeout), found))
+        return list(pool.map(lambda t: scrape(t, timeout, tls), found))
 
 
 @dataclass

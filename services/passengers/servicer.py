@@ -8,6 +8,7 @@ import grpc
 from google.protobuf.empty_pb2 import Empty
 from rideshare.passengers.v1 import passengers_pb2_grpc
 from rideshare.passengers.v1.passengers_pb2 import (
+    ChangePasswordRequest,
     CreatePassengerRequest,
     DeletePassengerRequest,
     GetPassengerRequest,
@@ -17,11 +18,12 @@ from rideshare.passengers.v1.passengers_pb2 import (
     RefreshSessionRequest,
     Session,
     SignInRequest,
+    SignOutRequest,
     UpdatePassengerRequest,
 )
 
 from services.runtime.aip import timestamp_from_ns
-from services.runtime.principal import require_owner
+from services.runtime.principal import caller, require_owner
 from services.runtime.resources import Store
 from services.runtime.sessions import Accounts, Grant, hash_password
 
@@ -44,10 +46,23 @@ class PassengerServicer(passengers_pb2_grpc.PassengerServiceServicer):
         return await self.store.create(passenger, domain.without_password(request), password_hash=hashed)
 
     async def SignIn(self, request: SignInRequest, context: Context) -> Session:
-        return await self._session(await self.accounts.sign_in(request.email, request.password))
+        grant = await self.accounts.sign_in(request.email, request.password, caller().client)
+        return await self._session(grant)
 
     async def RefreshSession(self, request: RefreshSessionRequest, context: Context) -> Session:
         return await self._session(await self.accounts.refresh(request.refresh_token))
+
+    async def SignOut(self, request: SignOutRequest, context: Context) -> Empty:
+        await self.accounts.sign_out(request.refresh_token)
+        return Empty()
+
+    async def ChangePassword(self, request: ChangePasswordRequest, context: Context) -> Session:
+        self._mine(request.name)
+        await self.store.get(request.name)  # NOT_FOUND for an operator naming no one
+        grant = await self.accounts.change_password(
+            self.store.id_of(request.name), request.current_password, request.new_password, caller().client
+        )
+        return await self._session(grant)
 
     async def GetPassenger(self, request: GetPassengerRequest, context: Context) -> Passenger:
         self._mine(request.name)

@@ -10,6 +10,7 @@ from services.runtime.aip import timestamp_from_ns
 from services.runtime.errors import AlreadyExists
 from services.runtime.resources import Resource, Row
 from services.runtime.sessions import SCHEMA as SESSIONS_SCHEMA
+from services.runtime.sessions import SCHEMA_BY_CLIENT
 
 MIGRATIONS = [
     """
@@ -25,6 +26,8 @@ MIGRATIONS = [
     """,
     # Sign-in: the password's argon2id hash ('' for none: no sign-in), sessions, failed attempts.
     "ALTER TABLE passengers ADD COLUMN password_hash TEXT NOT NULL DEFAULT '';\n" + SESSIONS_SCHEMA,
+    # Failed sign-ins per email and client address: one address no longer locks an email out.
+    SCHEMA_BY_CLIENT,
 ]
 
 

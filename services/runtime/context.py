@@ -25,6 +25,8 @@ class Principal:
     application: str = ""
     """The API key's name the gateway admitted the request with."""
     scopes: frozenset[str] = frozenset()
+    client: str = ""
+    """The address the request came to the gateway from ("" for none): whose sign-in failures count."""
     mesh: bool = False
     """A call of another service or the `mesh` tool: trusted with everything."""
 

@@ -28,6 +28,31 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+MAX_MESSAGE_BYTES = 1024
+"""An error's message is cut to this many bytes (UTF-8), an ellipsis last."""
+MAX_ECHO_BYTES = 256
+"""Each ErrorInfo metadata value and field violation description is cut to this many bytes."""
+MAX_STATUS_BYTES = 3072
+"""The serialized `google.rpc.Status` at most: past it, the last field violations are left out."""
+# Why: an error travels in the trailers, the message twice (`grpc-message`, percent-encoded, and
+# inside `grpc-status-details-bin`, base64), and a client refuses trailers past 8 KiB (grpc's
+# default) with RESOURCE_EXHAUSTED, the 429 "retry later" at the gateway. Errors quote the
+# caller's input (a resource name, a value), so a 4 KB name in a JSON body answered 429 instead
+# of 404. Worst case now: 3 KiB of message percent-encoded + 4 KiB of base64 < 8 KiB.
+
+
+def clip(text: str, limit: int = MAX_ECHO_BYTES) -> str:
+    """`text` if it fits in `limit` UTF-8 bytes; else its start (whole characters) and an ellipsis."""
+    if len(text) * 4 <= limit:  # no character is more than 4 bytes: the usual case, without encoding
+        return text
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - len(_ELLIPSIS)].decode("utf-8", "ignore") + "\u2026"
+
+
+_ELLIPSIS = "\u2026".encode()
+
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -51,23 +76,25 @@ class MeshError(Exception):
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
+        message = clip(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
-        self.metadata = dict(metadata or {})
+        self.metadata = {key: clip(value) for key, value in (metadata or {}).items()}
 
-    def extra_details(self) -> Iterable[any_pb2.Any]:
-        """Details beyond ErrorInfo; subclasses add theirs."""
+    def extra_details(self, room: int) -> Iterable[any_pb2.Any]:
+        """Details beyond ErrorInfo, in about `room` bytes; subclasses add theirs."""
         return ()
 
     def to_status(self, domain: str) -> status_pb2.Status:
         """The `google.rpc.Status` this error travels as."""
         info = any_pb2.Any()
         info.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=domain, metadata=self.metadata))
+        room = MAX_STATUS_BYTES - info.ByteSize() - len(self.message.encode()) - 64  # 64: tags, type URL
         return status_pb2.Status(
             code=self.code.value[0],
             message=self.message,
-            details=[info, *self.extra_details()],
+            details=[info, *self.extra_details(room)],
         )
 
     def to_grpc_status(self, domain: str) -> grpc.Status:
@@ -103,15 +130,17 @@ class InvalidArgument(MeshError):
         """Shorthand for the common case of one bad field."""
         return cls([FieldViolation(field, description)], reason=reason)
 
-    def extra_details(self) -> Iterable[any_pb2.Any]:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description, reason=v.reason
-                )
-                for v in self.violations
-            ]
-        )
+    def extra_details(self, room: int) -> Iterable[any_pb2.Any]:
+        """The BadRequest: every violation that fits in `room` bytes, and always the first."""
+        bad_request = error_details_pb2.BadRequest()
+        for v in self.violations:
+            violation = error_details_pb2.BadRequest.FieldViolation(
+                field=clip(v.field), description=clip(v.description), reason=v.reason
+            )
+            room -= violation.ByteSize() + 3  # its tag and length
+            if room < 0 and bad_request.field_violations:
+                break
+            bad_request.field_violations.append(violation)
         detail = any_pb2.Any()
         detail.Pack(bad_request)
         return (detail,)

@@ -8,6 +8,7 @@ authorize callers by, authz.py), the DNS name `<name>.<trust_domain>` (what a
 client checks the server it reached presents, whatever address it dialled),
 and `localhost` / `127.0.0.1` / the member's host (for grpcurl).
 
+`https_context` is the same for HTTPS (the admin ports, telemetry.py).
 `server_credentials` (every port then demands a client certificate from the
 CA) and `channel_credentials` with `channel_options` (a client presents its own
 identity and checks the server's) return plaintext answers (None, no options)
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import ipaddress
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +227,22 @@ def load(config: MeshConfig, name: str) -> Identity:
     if found is not None and not found.startswith("expires"):
         raise ConfigError(str(cert_path), "tls", f"{found}; run `mesh certs` to reissue it")
     return Identity(name, ca_path.read_bytes(), cert_path.read_bytes(), key_path.read_bytes())
+
+
+def https_context(config: MeshConfig, name: str, server: bool) -> ssl.SSLContext:
+    """HTTPS as `name`: its certificate, only the mesh CA trusted, the peer's certificate required.
+
+    A server asks every client for a certificate from the CA (ssl.CERT_REQUIRED);
+    a client checks the server's against the address it dialled, which every
+    member's certificate names (localhost, 127.0.0.1, its host).
+    """
+    found = load(config, name)  # checked, or a ConfigError that says to run `mesh certs`
+    purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
+    context = ssl.create_default_context(purpose, cadata=found.ca.decode())
+    context.load_cert_chain(*paths(directory(config), name))
+    if server:
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def server_credentials(config: MeshConfig, name: str) -> grpc.ServerCredentials | None:

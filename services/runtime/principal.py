@@ -7,6 +7,7 @@ refuses a request that tries to send `grpc-metadata-x-mesh-*` itself):
     x-mesh-app: <API key name>        the application, percent-encoded (always, for a request it admits)
     x-mesh-scopes: admin,rides        that key's scopes
     x-mesh-user: passengers/<id>      the signed-in passenger or driver, from a verified bearer token
+    x-mesh-client: 203.0.113.7        the address the request came from (sign-in throttling, sessions.py)
 
 Whom a service believes:
 
@@ -34,6 +35,7 @@ answers exactly like a missing one.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -52,6 +54,7 @@ PREFIX = "x-mesh-"
 USER = "x-mesh-user"
 SCOPES = "x-mesh-scopes"
 APP = "x-mesh-app"
+CLIENT = "x-mesh-client"
 INTERNAL = "INTERNAL"
 """The label of methods only services call: no caller from outside is granted it."""
 _USER = re.compile(r"^(passengers|drivers)/[A-Za-z0-9_-]{1,64}$")
@@ -143,4 +146,13 @@ def from_claims(claims: Mapping[str, str]) -> Principal:
         user=user if _USER.match(user) else "",
         application=unquote(claims.get(APP, "")),
         scopes=frozenset(s for s in scopes.split(",") if s),
+        client=_address(claims.get(CLIENT, "")),
     )
+
+
+def _address(text: str) -> str:
+    """An IP address as the gateway wrote it; anything else is no address."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return ""

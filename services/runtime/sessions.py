@@ -11,9 +11,13 @@ Written once for both: a service keeps its accounts in its own table, with an
   A hash made with older parameters is replaced at the next sign-in.
 - **Sign-in** answers a wrong email exactly like a wrong password (the same
   error, and a hash is checked either way so the time does not tell), and
-  counts failures per email, whether or not an account has it: after
-  `MAX_FAILURES` within `FAILURE_WINDOW` seconds the email is refused
-  without checking anything until the window ends. A success forgets them.
+  counts failures per email and client address (`x-mesh-client`, which the
+  gateway sets), whether or not an account has the email: after
+  `MAX_FAILURES` within `FAILURE_WINDOW` seconds that address is refused for
+  that email, and after `MAX_CLIENT_FAILURES` for any email, without checking
+  anything, until the window ends. Only the address that failed is refused:
+  anyone who knows an email can no longer lock its owner out (see
+  docs/threat-model.md for what that trades). A success forgets the pair's.
 - **Sessions**: a signed access token (tokens.py) and an opaque refresh token
   (`rt_` + 256 random bits). Only the refresh token's SHA-256 is stored (with
   that much entropy a slow hash adds nothing). Each works once: refreshing
@@ -21,6 +25,9 @@ Written once for both: a service keeps its accounts in its own table, with an
   one sign-in); a used one presented again means two clients hold it, so the
   whole family is ended and the caller must sign in again (OAuth 2.0 Security
   BCP, refresh token rotation).
+- **The ways out**: signing out ends one family; changing the password (the
+  current one checked like a sign-in) ends every family of the account and
+  starts a new one.
 """
 
 from __future__ import annotations
@@ -37,8 +44,8 @@ import argon2
 
 from .aip import new_id
 from .config import MeshConfig
-from .errors import FieldViolation, ResourceExhausted, Unauthenticated, Unavailable
-from .resources import Backend, Store, Tx
+from .errors import FieldViolation, InvalidArgument, ResourceExhausted, Unauthenticated, Unavailable
+from .resources import Backend, Row, Store, Tx
 from .tokens import Issued, Issuer, NoSigningKey
 
 SCHEMA = """
@@ -63,11 +70,28 @@ CREATE INDEX sign_in_failures_by_time ON sign_in_failures (first_time);
 """The tables of sessions and failed sign-ins, for a service's migrations (the script is released:
 never edit it, add another)."""
 
+SCHEMA_BY_CLIENT = """
+DROP TABLE sign_in_failures;
+CREATE TABLE sign_in_failures (
+    email      TEXT NOT NULL,
+    client     TEXT NOT NULL,
+    failures   INTEGER NOT NULL,
+    first_time INTEGER NOT NULL,
+    PRIMARY KEY (email, client)
+);
+CREATE INDEX sign_in_failures_by_client ON sign_in_failures (client, first_time);
+CREATE INDEX sign_in_failures_by_time ON sign_in_failures (first_time);
+"""
+"""Failed sign-ins counted per email and client address (the counts of the last 15 minutes are lost)."""
+
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
 MAX_FAILURES = 5
+"""Failed sign-ins for one email from one client address, within the window, before that pair is refused."""
+MAX_CLIENT_FAILURES = 30
+"""Failed sign-ins from one client address for any emails, within the window, before it is refused."""
 FAILURE_WINDOW = 15 * 60
-"""Seconds over which failed sign-ins of one email are counted."""
+"""Seconds over which failed sign-ins are counted."""
 HASHING_AT_ONCE = 2
 """Password hashes computed at the same time per process (each takes 64 MiB)."""
 REFRESH_PREFIX = "rt_"
@@ -153,26 +177,23 @@ class Accounts:
             config.sessions.refresh_token_lifetime,
         )
 
-    async def sign_in(self, email: str, password: str) -> Grant:
-        """A new session for the account with this email and password; INVALID_CREDENTIALS otherwise."""
+    async def sign_in(self, email: str, password: str, client: str = "") -> Grant:
+        """A new session for the account with this email and password; INVALID_CREDENTIALS otherwise.
+
+        `client`: the address the attempt came from (`Principal.client`), whose failures count.
+        """
         key = email.strip().lower()
         now = time.time_ns()
-        await self._not_throttled(key, now)
+        await self._not_throttled(key, client, now)
         row = await self.db.query_one(
             f"SELECT id, password_hash FROM {self.table} WHERE email = ? COLLATE NOCASE", (key,)
         )
-        stored = row["password_hash"] if row is not None and row["password_hash"] else None
-        if stored is None:
-            await _verify(await _decoy_hash(), password)  # the same work as for a real account
-            await self._failed(key, now)
-            raise wrong_credentials()
-        if not await _verify(stored, password):
-            await self._failed(key, now)
-            raise wrong_credentials()
-        account_id: str = row["id"] if row is not None else ""
+        stored = await self._check_password(key, client, row, password, now)
+        assert row is not None  # a hash matched, so a row was found
+        account_id: str = row["id"]
         rehashed = await hash_password(password) if _hasher.check_needs_rehash(stored) else None
         async with self.db.transaction() as tx:
-            await tx.execute("DELETE FROM sign_in_failures WHERE email = ?", (key,))
+            await self._forget_failures(tx, key, client)
             if rehashed is not None:
                 await tx.execute(
                     f"UPDATE {self.table} SET password_hash = ? WHERE id = ?", (rehashed, account_id)
@@ -205,6 +226,59 @@ class Accounts:
                 return await self._grant(tx, row["account"], row["family"], now)
         raise refused  # after the commit: an ended family stays ended
 
+    async def sign_out(self, refresh_token: str) -> None:
+        """End the session of a refresh token: it and every token of the same sign-in.
+
+        An unknown, used or expired token ends nothing and is no error (RFC 7009):
+        the caller wanted the session gone, and it is.
+        """
+        async with self.db.transaction() as tx:
+            row = await tx.query_one(
+                "SELECT family FROM refresh_tokens WHERE hash = ?", (_digest(refresh_token),)
+            )
+            if row is not None:
+                await tx.execute("DELETE FROM refresh_tokens WHERE family = ?", (row["family"],))
+
+    async def change_password(self, account_id: str, current: str, new: str, client: str = "") -> Grant:
+        """Replace the password, given the current one: every session of the account ends, a new one begins.
+
+        A wrong current password is INVALID_CREDENTIALS, exactly as at sign-in, and
+        counts as a failed sign-in of the account's email: a stolen access token is
+        no way around the throttle to guess the password.
+        """
+        bad = password_violation(new, "new_password")
+        if bad is not None:
+            raise InvalidArgument(bad)
+        now = time.time_ns()
+        row = await self.db.query_one(
+            f"SELECT email, password_hash FROM {self.table} WHERE id = ?", (account_id,)
+        )
+        key = (row["email"] or "").strip().lower() if row is not None else ""
+        await self._not_throttled(key, client, now)
+        await self._check_password(key, client, row, current, now)
+        hashed = await hash_password(new)
+        async with self.db.transaction() as tx:
+            await tx.execute(f"UPDATE {self.table} SET password_hash = ? WHERE id = ?", (hashed, account_id))
+            await tx.execute("DELETE FROM refresh_tokens WHERE account = ?", (account_id,))
+            await self._forget_failures(tx, key, client)
+            return await self._grant(tx, account_id, new_id(), now)
+
+    async def _check_password(self, key: str, client: str, row: Row | None, password: str, now: int) -> str:
+        """The account's stored hash if `password` matches it; else INVALID_CREDENTIALS, and a failure
+        counted for `key` from `client`.
+
+        No stored hash (no such account, or one without a password) costs the same
+        check against a decoy, so the time does not tell either.
+        """
+        stored: str | None = row["password_hash"] if row is not None and row["password_hash"] else None
+        if stored is None:
+            await _verify(await _decoy_hash(), password)
+        elif await _verify(stored, password):
+            return stored
+        if key:  # an account without an email has no password either: nothing to guess
+            await self._failed(key, client, now)
+        raise wrong_credentials()
+
     async def forget(self, account_id: str) -> None:
         """End every session of an account (it was deleted)."""
         async with self.db.transaction() as tx:
@@ -225,31 +299,49 @@ class Accounts:
         )
         return Grant(name, access, token, expires / 1e9)
 
-    async def _not_throttled(self, email: str, now: int) -> None:
-        row = await self.db.query_one(
-            "SELECT failures, first_time FROM sign_in_failures WHERE email = ?", (email,)
-        )
-        if row is None or row["failures"] < MAX_FAILURES:
+    async def _not_throttled(self, email: str, client: str, now: int) -> None:
+        """TOO_MANY_SIGN_IN_ATTEMPTS if `client` failed too often for `email`, or for any email."""
+        if not email:
             return
-        ends = row["first_time"] + FAILURE_WINDOW * 1_000_000_000
-        if ends <= now:
-            return
-        seconds = max(1, (ends - now) // 1_000_000_000)
-        raise ResourceExhausted(
-            f"too many failed sign-ins for this email; try again in {seconds}s",
-            reason="TOO_MANY_SIGN_IN_ATTEMPTS",
-            metadata={"retry_after_seconds": str(seconds)},
+        window_start = now - FAILURE_WINDOW * 1_000_000_000
+        pair = await self.db.query_one(
+            "SELECT failures, first_time FROM sign_in_failures"
+            " WHERE email = ? AND client = ? AND first_time > ?",
+            (email, client, window_start),
         )
+        if pair is not None and pair["failures"] >= MAX_FAILURES:
+            _throttled("for this email from this address", pair["first_time"], now)
+        spread = await self.db.query_one(
+            "SELECT COALESCE(SUM(failures), 0) AS failures, MIN(first_time) AS first_time"
+            " FROM sign_in_failures WHERE client = ? AND first_time > ?",
+            (client, window_start),
+        )
+        if spread is not None and spread["failures"] >= MAX_CLIENT_FAILURES:
+            _throttled("from this address", spread["first_time"], now)
 
-    async def _failed(self, email: str, now: int) -> None:
+    async def _failed(self, email: str, client: str, now: int) -> None:
         window_start = now - FAILURE_WINDOW * 1_000_000_000
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM sign_in_failures WHERE first_time <= ?", (window_start,))
             await tx.execute(
-                "INSERT INTO sign_in_failures (email, failures, first_time) VALUES (?, 1, ?) "
-                "ON CONFLICT (email) DO UPDATE SET failures = failures + 1",
-                (email, now),
+                "INSERT INTO sign_in_failures (email, client, failures, first_time) VALUES (?, ?, 1, ?) "
+                "ON CONFLICT (email, client) DO UPDATE SET failures = failures + 1",
+                (email, client, now),
             )
+
+    @staticmethod
+    async def _forget_failures(tx: Tx, email: str, client: str) -> None:
+        await tx.execute("DELETE FROM sign_in_failures WHERE email = ? AND client = ?", (email, client))
+
+
+def _throttled(whose: str, first_time: int, now: int) -> None:
+    """Refuse until the window that began at `first_time` ends."""
+    seconds = max(1, -(-(first_time + FAILURE_WINDOW * 1_000_000_000 - now) // 1_000_000_000))
+    raise ResourceExhausted(
+        f"too many failed sign-ins {whose}; try again in {seconds}s",
+        reason="TOO_MANY_SIGN_IN_ATTEMPTS",
+        metadata={"retry_after_seconds": str(seconds)},
+    )
 
 
 async def _decoy_hash() -> str:

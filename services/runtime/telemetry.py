@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -31,7 +32,7 @@ from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 from . import log
 from .config import MeshConfig, ServiceConfig
-from .identity import peer_spiffe_id, spiffe_id
+from .identity import https_context, peer_spiffe_id, spiffe_id
 from .metrics import Metrics, Series
 from .tracing import Tracing, end_span, restore
 
@@ -99,9 +100,24 @@ def admin_port(service: ServiceConfig, port: int | None = None) -> int:
 
 def admin_host(config: MeshConfig, host: str) -> str:
     """Where to reach an admin port of a process at `host`: `[telemetry] admin_host`, or `host`
-    when admin ports listen on every address."""
+    when admin ports listen on every address (this machine, if that is every address too)."""
     listen = config.telemetry.admin_host
-    return host if listen in ("0.0.0.0", "::", "") else listen
+    reach = host if listen in _EVERYWHERE else listen
+    return "127.0.0.1" if reach in _EVERYWHERE else reach
+
+
+_EVERYWHERE = ("0.0.0.0", "::", "")
+
+
+def admin_tls(config: MeshConfig) -> bool:
+    """Whether admin ports serve HTTPS and admit only clients with a mesh certificate:
+    `[telemetry] admin_auth = "mesh-identity"`, which is the default with `[tls]` on."""
+    auth = config.telemetry.admin_auth
+    return config.tls.enabled if auth is None else auth == "mesh-identity"
+
+
+def admin_scheme(config: MeshConfig) -> str:
+    return "https" if admin_tls(config) else "http"
 
 
 def serve_admin(telemetry: Telemetry, wanted: int) -> int:
@@ -122,7 +138,7 @@ def serve_admin(telemetry: Telemetry, wanted: int) -> int:
         )
         return 0
     _log.info(
-        f"metrics on http://{host}:{bound}/metrics",
+        f"metrics on {admin_scheme(telemetry.config)}://{host}:{bound}/metrics",
         extra={"fields": {"event": "metrics", "admin_port": bound}},
     )
     return bound
@@ -144,7 +160,14 @@ ADMIN_CONNECTIONS = 16
 
 
 class _AdminServer(ThreadingWSGIServer):
-    """prometheus-client's server, refusing connections past `ADMIN_CONNECTIONS`."""
+    """prometheus-client's server, refusing connections past `ADMIN_CONNECTIONS`, over TLS if `tls`.
+
+    The TLS handshake happens in the connection's own thread, within the same
+    timeout as the request: done where the server accepts, one client that
+    never finishes it would stall every other.
+    """
+
+    tls: ssl.SSLContext | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.slots = threading.BoundedSemaphore(ADMIN_CONNECTIONS)
@@ -160,6 +183,13 @@ class _AdminServer(ThreadingWSGIServer):
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
+            if self.tls is not None:
+                request.settimeout(_AdminHandler.timeout)
+                try:
+                    request = self.tls.wrap_socket(request, server_side=True)
+                except OSError:  # no certificate, another CA's, not TLS at all, or too slow
+                    self.shutdown_request(request)
+                    return
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
@@ -209,10 +239,14 @@ class Telemetry:
         lacks at an edge: each connection must send its request within
         `ADMIN_TIMEOUT`, and past `ADMIN_CONNECTIONS` open ones a new connection is
         closed at once (a thread per connection, so no scraper can hold them all).
+        With `admin_tls`, it is HTTPS as this process's mesh identity, and a client
+        without a certificate from the mesh CA is refused at the handshake.
         """
         if self.metrics is None:
             return 0
+        tls = https_context(self.config, self.name, server=True) if admin_tls(self.config) else None
         server = make_server(host, port, make_wsgi_app(self.metrics.registry), _AdminServer, _AdminHandler)
+        server.tls = tls
         threading.Thread(target=server.serve_forever, name="admin", daemon=True).start()
         self._admin = server
         bound: int = server.server_port

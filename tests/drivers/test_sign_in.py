@@ -88,3 +88,33 @@ def test_a_driver_without_an_email_can_add_one(drivers):
         )
     )
     assert bad.fields == ["driver.email"]
+
+
+def test_a_driver_signs_out_and_changes_the_password(drivers):
+    created = drivers.create(email="dee@example.com", password=PASSWORD)
+    first, second = (
+        drivers.call(drivers.stub.SignIn(pb.SignInRequest(email="dee@example.com", password=PASSWORD)))
+        for _ in range(2)
+    )
+
+    drivers.call(drivers.stub.SignOut(pb.SignOutRequest(refresh_token=first.refresh_token)))
+    signed_out = drivers.fail(
+        drivers.stub.RefreshSession(pb.RefreshSessionRequest(refresh_token=first.refresh_token))
+    )
+    assert signed_out.info.reason == "REFRESH_TOKEN_INVALID"
+
+    change = pb.ChangePasswordRequest(
+        name=created.name, current_password="not it!!", new_password="new one!!"
+    )
+    wrong = drivers.fail(drivers.stub.ChangePassword(change))
+    assert (wrong.code, wrong.info.reason) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CREDENTIALS")
+    change.current_password = PASSWORD
+    session = drivers.call(drivers.stub.ChangePassword(change))
+
+    assert session.driver.name == created.name
+    ended = drivers.fail(
+        drivers.stub.RefreshSession(pb.RefreshSessionRequest(refresh_token=second.refresh_token))
+    )
+    assert ended.info.reason == "REFRESH_TOKEN_INVALID"
+    again = drivers.call(drivers.stub.SignIn(pb.SignInRequest(email="dee@example.com", password="new one!!")))
+    assert again.driver.name == created.name

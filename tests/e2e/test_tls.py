@@ -13,11 +13,17 @@ shows it.
 from __future__ import annotations
 
 import json
+import ssl
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from services.mesh import stats
+from services.runtime.config import load_config
+from services.runtime.identity import https_context
 
 from .conftest import FREE_PORT, Grpcurl, Mesh, MeshFactory, repo_client, repo_services
 from .rides import SERVICES, Rides
@@ -68,6 +74,35 @@ def test_mesh_status_checks_health_over_mtls(tls_mesh):
 
     assert code == 0
     assert {m["service"]: m["health"] for m in members} == dict.fromkeys([*SERVICES, "gateway"], "SERVING")
+
+
+def test_mesh_stats_reads_every_admin_port_as_the_mesh_identity(tls_mesh):
+    code, out, err = tls_mesh.mesh("stats", "--json", "--window", "0")
+
+    assert code == 0, err
+    services = {s["service"]: s for s in json.loads(out)["services"]}
+    assert set(services) == {*SERVICES, "gateway"}
+    assert all(s["instances_up"] == s["instances"] == 1 for s in services.values())
+
+
+#: How a client the admin port refuses sees it: a failed handshake, or the connection closed.
+REFUSED = (urllib.error.URLError, ssl.SSLError, ConnectionError)
+
+
+def test_an_admin_port_refuses_a_scraper_without_a_mesh_certificate(tls_mesh):
+    config = load_config(tls_mesh.config, env=tls_mesh.env)
+    [target] = [t for t in stats.targets(config) if t.service == "passengers"]
+    trusting_the_ca = ssl.create_default_context(cafile=certs_of(tls_mesh) / "ca.pem")
+
+    assert target.url.startswith("https://")
+    with pytest.raises(REFUSED):  # no client certificate: refused at the handshake
+        urllib.request.urlopen(target.url, timeout=10, context=trusting_the_ca)
+    with pytest.raises(REFUSED):  # plain HTTP: not even TLS
+        urllib.request.urlopen(target.url.replace("https:", "http:"), timeout=10)
+    with urllib.request.urlopen(
+        target.url, timeout=10, context=https_context(config, "mesh", server=False)
+    ) as answer:
+        assert b"mesh_server_calls_total" in answer.read()
 
 
 def test_the_gateway_reaches_every_service_as_its_own_identity(tls_mesh):

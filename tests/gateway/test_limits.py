@@ -8,6 +8,7 @@ import contextlib
 import http.client
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import grpc
 import pytest
 
 from services.gateway.errors import HttpError
-from services.gateway.limits import InFlight, Refusals, StreamCaps
+from services.gateway.limits import LAG_TICK, InFlight, LoopLag, Refusals, StreamCaps
 from services.gateway.server import Options
 from services.runtime.config import MeshConfig
 
@@ -228,3 +229,62 @@ def test_a_unary_call_past_the_in_flight_cap_is_503_json_with_retry_after(keyed_
     assert (
         harness.request(keyed_gateway.port, "GET", "/v1/things/a", headers={"x-api-key": key}).status == 200
     )
+
+
+# -- the gateway's own backlog ----------------------------------------------------------------------------
+
+
+def test_the_loop_lag_rises_when_the_loop_is_held_and_refuses_past_its_limit():
+    async def scenario() -> tuple[float, HttpError]:
+        lag = LoopLag(limit=0.02)
+        lag.start()
+        lag.check()  # an idle loop: admitted
+        # The loop is held (what this test is about): the tick due in 5 ms runs at least 145 ms late.
+        time.sleep(0.15)  # noqa: ASYNC251
+        await asyncio.sleep(0)  # the late tick runs
+        await asyncio.sleep(0)
+        with pytest.raises(HttpError) as refused:
+            lag.check()
+        return lag.late, refused.value
+
+    late, error = asyncio.run(scenario())
+    assert late >= (0.15 - LAG_TICK) / 2  # one look moves the running lag half way
+    assert (error.status, error.code, error.reason) == (503, 14, "OVERLOADED")
+    assert error.headers == [(b"retry-after", b"1")]
+    assert "behind" in error.message
+
+
+def test_a_loop_lag_limit_of_zero_never_refuses():
+    lag = LoopLag(limit=0)
+    lag.late = 10.0
+    lag.check()
+
+
+class _Behind(LoopLag):
+    """A loop as far behind as the test says, however fast the test's loop really runs."""
+
+    def start(self) -> None:
+        pass
+
+
+def test_a_gateway_behind_its_lag_limit_refuses_with_503_before_looking_at_the_key(keyed_gateway, background):
+    gateway = keyed_gateway.gateway
+    behind, real = _Behind(limit=0.05), gateway.lag
+    behind.late = 0.2
+
+    async def swap(lag: LoopLag) -> None:
+        gateway.lag = lag
+
+    background.run(swap(behind))
+    try:
+        refused = harness.request(keyed_gateway.port, "GET", "/v1/things/a", headers={"x-api-key": "nope"})
+        health = harness.request(keyed_gateway.port, "GET", "/healthz")
+    finally:
+        background.run(swap(real))
+
+    assert refused.status == 503  # not 401: nothing is done for a request while the loop is behind
+    assert refused.header("retry-after") == "1"
+    assert error_of(refused)[:2] == (14, "OVERLOADED")
+    assert health.status == 200  # a health check still answers: the gateway is alive, only busy
+    unknown = harness.request(keyed_gateway.port, "GET", "/v1/things/a", headers={"x-api-key": "nope"})
+    assert unknown.status == 401  # caught up: the same request is judged on its key again

@@ -12,6 +12,7 @@ import pytest
 from services.gateway.headers import MAX_METADATA_BYTES, MAX_VALUE_BYTES
 from services.gateway.transcode import MAX_URL_VALUE
 
+from . import harness
 from .test_http import error_of
 
 ODD_HEADERS = [
@@ -93,8 +94,9 @@ def test_a_resource_name_as_long_as_a_url_value_may_be_reaches_the_service(passe
 
     response = passengers_gateway.request("GET", "/v1/" + name)
 
-    assert response.status == 404, response.body
-    assert name in response.json["message"]
+    assert response.status == 404, response.body  # the service's answer, not the gateway's
+    assert error_of(response)[:2] == (5, "PASSENGER_NOT_FOUND")
+    assert response.json["message"].startswith(name[:1000])  # quoted, up to errors.MAX_MESSAGE_BYTES
 
 
 def test_a_10_kb_resource_name_is_414_not_429(passengers_gateway):
@@ -102,6 +104,30 @@ def test_a_10_kb_resource_name_is_414_not_429(passengers_gateway):
 
     assert response.status == 414
     assert error_of(response)[:2] == (3, "URL_TOO_LONG")
+
+
+@pytest.fixture(scope="module")
+def whole_mesh(background, tmp_path_factory):
+    """Every service behind the gateway, and an operator's key (who may name any passenger)."""
+    with harness.whole_mesh(background, tmp_path_factory.mktemp("odd")) as gateway:
+        yield gateway, {"x-api-key": gateway.new_key("operators", frozenset({"admin", "rides"}))}
+
+
+@pytest.mark.parametrize("size", [1000, 4000, 10_000])
+def test_a_long_resource_name_in_a_json_body_is_404_naming_the_field_not_429(whole_mesh, size):
+    """The body has no URL's limit: trips quotes the passenger in its NOT_FOUND (message and
+    metadata), which went past gRPC's 8 KiB of trailers from ~3 KB on: RESOURCE_EXHAUSTED, 429."""
+    gateway, operator = whole_mesh
+    place = {"latitude": 48.8584, "longitude": 2.2945}
+    name = "passengers/" + "a" * size
+    ride = {"passenger": name, "pickup": place, "dropoff": place, "paymentMethod": "pm_card_visa"}
+
+    response = gateway.request("POST", "/v1/trips", ride, headers=operator)
+
+    assert response.status == 404, response.body
+    assert error_of(response)[:2] == (5, "PASSENGER_NOT_FOUND")
+    assert response.json["details"][0]["metadata"]["passenger"].startswith("passengers/aaa")
+    assert len(response.body) < 4096
 
 
 def test_a_query_value_longer_than_a_url_value_may_be_is_400_naming_the_parameter(kitchen_gateway):

@@ -283,6 +283,62 @@ def test_a_refresh_token_works_once_over_rest(town):
     assert (again.status, again.json["details"][0]["reason"]) == (401, "REFRESH_TOKEN_INVALID")
 
 
+def test_signing_out_over_rest_ends_the_session(town):
+    person = sign_up(town.gateway, town.app, "passenger", displayName="Di")
+    token = {"refreshToken": person.session["refreshToken"]}
+
+    signed_out = town.as_(town.app, "POST", "/v1/passengers:signOut", token)  # the token is the proof
+    refused = town.as_(town.app, "POST", "/v1/passengers:refreshSession", token)
+
+    assert (signed_out.status, signed_out.json) == (200, {})
+    assert (refused.status, refused.json["details"][0]["reason"]) == (401, "REFRESH_TOKEN_INVALID")
+
+
+def test_changing_a_password_over_rest_takes_the_current_one_and_ends_the_other_sessions(town):
+    person = sign_up(town.gateway, town.app, "passenger", displayName="Ed")
+    path = f"/v1/{person.name}:changePassword"
+    change = {"currentPassword": "passenger password", "newPassword": "a brand new one"}
+    wrong = {**change, "currentPassword": "not the password"}
+    account = {"email": person.resource["email"], "password": "not the password"}
+
+    wrong_sign_in = town.as_(town.app, "POST", "/v1/passengers:signIn", account)
+    wrong_current = town.as_(person, "POST", path, wrong)
+    assert wrong_current.status == wrong_sign_in.status == 401
+    assert wrong_current.json == wrong_sign_in.json  # no oracle: the sign-in's own answer
+    assert town.as_(town.app, "POST", path, change).json["details"][0]["reason"] == "SIGN_IN_REQUIRED"
+    same_as_missing(town, town.b, "POST", path, f"/v1/passengers/{MISSING}:changePassword", change)
+
+    changed = town.as_(person, "POST", path, change)
+
+    assert changed.status == 200, changed.body
+    assert changed.json["passenger"]["name"] == person.name
+    old = town.as_(
+        town.app, "POST", "/v1/passengers:refreshSession", {"refreshToken": person.session["refreshToken"]}
+    )
+    assert (old.status, old.json["details"][0]["reason"]) == (401, "REFRESH_TOKEN_INVALID")
+    again = town.as_(town.app, "POST", "/v1/passengers:signIn", {**account, "password": "a brand new one"})
+    assert again.status == 200, again.body
+
+
+def test_failing_to_sign_in_as_someone_locks_out_the_one_who_failed_not_them(town):
+    """Anyone who knows an email could lock its owner out for 15 minutes by failing 5 times."""
+    from services.runtime import sessions
+
+    person = sign_up(town.gateway, town.app, "passenger", displayName="Flo")
+    account = {"email": person.resource["email"], "password": "passenger password"}
+    guess = {**account, "password": "a guess of theirs"}
+    attacker = "127.0.0.66"  # another address: the gateway sees the TCP peer
+
+    for _ in range(sessions.MAX_FAILURES):
+        failed = town.gateway.request("POST", "/v1/passengers:signIn", guess, town.app, source=attacker)
+        assert (failed.status, failed.json["details"][0]["reason"]) == (401, "INVALID_CREDENTIALS")
+    locked = town.gateway.request("POST", "/v1/passengers:signIn", account, town.app, source=attacker)
+    owner = town.gateway.request("POST", "/v1/passengers:signIn", account, town.app)
+
+    assert (locked.status, locked.json["details"][0]["reason"]) == (429, "TOO_MANY_SIGN_IN_ATTEMPTS")
+    assert owner.status == 200, owner.body
+
+
 def test_who_the_caller_is_cannot_be_claimed_from_outside(town):
     claimed = {**town.app, "grpc-metadata-x-mesh-user": town.a.name}
 

@@ -56,8 +56,9 @@ def test_service_config_retries_only_safe_methods(mesh_config):
     assert balancing["outlier_detection_experimental"]["childPolicy"] == [{"round_robin": {}}]
     [safe] = config["methodConfig"]
     retried = {(n["service"], n["method"]) for n in safe["name"]}
-    # every method but the sign-in ones: a refresh token works once, so a retried refresh would fail
-    signing_in = {"SignIn", "RefreshSession"}
+    # every method but the sign-in ones: a refresh token works once, so a retried refresh would fail,
+    # and a retried password change would find the password changed. SignOut is IDEMPOTENT.
+    signing_in = {"SignIn", "RefreshSession", "ChangePassword"}
     assert retried == {(PASSENGERS.full_name, m.name) for m in PASSENGERS.methods if m.name not in signing_in}
     assert (HEALTH.full_name, "Check") not in retried
     # grpcio applies a service-config timeout 1-2 s early (grpc/grpc#34547): the interceptor sets it

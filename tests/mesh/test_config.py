@@ -80,6 +80,13 @@ def test_environment_overrides_the_file(tmp_path):
     assert config.data_dir == Path("/tmp/elsewhere")
 
 
+def test_a_quoted_value_in_the_file_is_read_as_its_key_type_like_one_from_the_environment(tmp_path):
+    config = load(tmp_path, '[services.passengers]\nport = "6000"\n[client]\nhealth_checks = "false"\n')
+
+    assert config.service("passengers").port == 6000
+    assert config.client.health_checks is False
+
+
 def test_process_environment_is_read_by_default(tmp_path, monkeypatch):
     path = write_mesh_file(tmp_path, MINIMAL)
     monkeypatch.setenv("MESH_SERVICES__PASSENGERS__PORT", "6051")

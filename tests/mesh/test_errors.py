@@ -128,3 +128,51 @@ def test_grpc_status_round_trips_through_the_trailers():
 def test_status_code_name_is_readable():
     assert errors.status_code_name(5) == "NOT_FOUND"
     assert errors.status_code_name(999) == "999"
+
+
+# -- what a caller sent comes back bounded ---------------------------------------------------------------
+
+#: What a grpc client accepts in trailers by default; past it the call fails RESOURCE_EXHAUSTED.
+GRPC_METADATA_LIMIT = 8192
+
+
+def trailer_bytes(status: grpc.Status) -> int:
+    """What the status adds to the trailers: grpc-message percent-encoded, the details base64."""
+    import base64
+    import urllib.parse
+
+    message = urllib.parse.quote(status.details, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    return len(message) + sum(len(base64.b64encode(value)) for _, value in status.trailing_metadata)
+
+
+def test_an_echoed_name_is_cut_to_a_few_hundred_bytes_with_an_ellipsis():
+    name = "passengers/" + "a" * 4000
+
+    error = NotFound(f"{name} does not exist", reason="PASSENGER_NOT_FOUND", metadata={"passenger": name})
+
+    assert len(error.message.encode()) <= errors.MAX_MESSAGE_BYTES
+    assert error.message.startswith("passengers/aaa")
+    assert error.message.endswith("\u2026")
+    assert error.metadata["passenger"] == name[: errors.MAX_ECHO_BYTES - 3] + "\u2026"
+    assert trailer_bytes(error.to_grpc_status("passengers.rideshare")) < GRPC_METADATA_LIMIT
+
+
+def test_short_values_are_kept_and_long_ones_cut_between_characters():
+    assert errors.clip("passengers/ada") == "passengers/ada"
+    cut = errors.clip("\u00e9" * 300)  # two bytes each
+
+    assert len(cut.encode()) <= errors.MAX_ECHO_BYTES
+    assert cut == "\u00e9" * 126 + "\u2026"
+
+
+def test_the_worst_error_still_fits_in_the_trailers():
+    """Non-ASCII text (percent-encoded: 3 bytes a byte) and a thousand violations quoting their values."""
+    violations = [FieldViolation(f"stops[{n}].name", "\u00e9" * 500 + " is not a stop") for n in range(1000)]
+
+    error = InvalidArgument(violations, metadata={"value": "\u00e9" * 5000})
+    status = error.to_status("trips.rideshare")
+    _, bad_request = unpack(status)
+
+    assert status.ByteSize() <= errors.MAX_STATUS_BYTES
+    assert bad_request.field_violations[0].field == "stops[0].name"  # the first, at least
+    assert trailer_bytes(error.to_grpc_status("trips.rideshare")) < GRPC_METADATA_LIMIT

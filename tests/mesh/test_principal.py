@@ -116,3 +116,11 @@ def test_with_tls_only_the_gateways_metadata_is_believed(tls_server):
     assert (claimed.display_name, claimed.email) == ("mesh", ""), "another service's claim is ignored"
     assert who(server, trips).display_name == "mesh"
     assert who(server, gateway).display_name == "application", "the gateway without a word is no one special"
+
+
+@pytest.mark.parametrize(
+    ("sent", "client"),
+    [("203.0.113.7", "203.0.113.7"), ("2001:db8::0:1", "2001:db8::1"), ("not an address", ""), ("", "")],
+)
+def test_the_client_address_is_an_ip_address_or_none(sent, client):
+    assert principal.from_claims({principal.CLIENT: sent}).client == client

@@ -85,6 +85,8 @@ def test_reflection_describes_the_contract(passengers):
         "CreatePassenger",
         "SignIn",
         "RefreshSession",
+        "SignOut",
+        "ChangePassword",
         "GetPassenger",
         "ListPassengers",
         "UpdatePassenger",

@@ -7,6 +7,8 @@ import dataclasses
 import io
 import json
 import logging
+import ssl
+import urllib.error
 import urllib.request
 
 import grpc
@@ -542,3 +544,76 @@ def test_the_admin_port_closes_a_connection_that_sends_nothing(admin):
     port = admin(timeout=0.2)
     with socket.create_connection(("127.0.0.1", port), timeout=30) as silent:
         assert silent.recv(1) == b""  # closed by the server once its request timeout passed
+
+
+# -- the admin port with TLS on -------------------------------------------------------------------------
+
+
+#: How a client the admin port refuses sees it: a failed handshake, or the connection closed.
+REFUSED = (urllib.error.URLError, ssl.SSLError, ConnectionError)
+
+
+@pytest.fixture
+def tls_admin(mesh_config, monkeypatch):
+    """`admin` with `[tls]` on and the mesh's certificates made: (config, port)."""
+    from services.mesh import certs
+
+    monkeypatch.setattr(telemetry, "ADMIN_CONNECTIONS", 4)
+    config = dataclasses.replace(mesh_config, tls=dataclasses.replace(mesh_config.tls, enabled=True))
+    certs.ensure(config)
+    served = Telemetry(config, "passengers")
+    yield config, served.serve_metrics(config.telemetry.admin_host, 0)
+    served.close()
+
+
+def scrape_as(config, name: str | None, port: int) -> str:
+    """GET /metrics over HTTPS trusting the mesh CA, presenting `name`'s certificate (None: none)."""
+    from services.runtime import identity
+
+    if name is None:
+        context = ssl.create_default_context(cafile=identity.directory(config) / "ca.pem")
+    else:
+        context = identity.https_context(config, name, server=False)
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", timeout=10, context=context) as answer:
+        text: str = answer.read().decode()
+    return text
+
+
+def test_with_tls_the_admin_port_serves_a_mesh_certificate_over_https(tls_admin):
+    config, port = tls_admin
+
+    assert "process_start_time_seconds" in scrape_as(config, "mesh", port)
+    assert "process_start_time_seconds" in scrape_as(config, "gateway", port)
+
+
+def test_with_tls_the_admin_port_refuses_a_client_without_a_certificate(tls_admin):
+    config, port = tls_admin
+
+    with pytest.raises(REFUSED):  # refused at the handshake (TLS 1.3: at the first read)
+        scrape_as(config, None, port)
+    with pytest.raises(REFUSED):  # plain HTTP is not TLS at all
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+
+
+def test_with_tls_the_admin_port_refuses_a_certificate_of_another_ca(tls_admin, tmp_path):
+    from services.mesh import certs
+    from services.runtime import identity
+
+    config, port = tls_admin
+    certs.ensure(config, tmp_path / "other")
+    context = ssl.create_default_context(cafile=identity.directory(config) / "ca.pem")
+    context.load_cert_chain(tmp_path / "other" / "mesh.pem", tmp_path / "other" / "mesh.key")
+
+    with pytest.raises(REFUSED):
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", timeout=10, context=context)
+
+
+def test_a_client_that_never_starts_the_handshake_holds_up_no_one(tls_admin, monkeypatch):
+    """prometheus-client's own TLS option wraps the listening socket: its handshake runs where the
+    server accepts, so one silent connection would stall every scrape until its timeout."""
+    import socket
+
+    monkeypatch.setattr(telemetry._AdminHandler, "timeout", 60.0)
+    config, port = tls_admin
+    with socket.create_connection(("127.0.0.1", port), timeout=30):
+        assert "process_start_time_seconds" in scrape_as(config, "mesh", port)

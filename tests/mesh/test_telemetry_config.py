@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from services.mesh.stats import targets
 from services.runtime.config import load_config
 from services.runtime.errors import ConfigError
-from services.runtime.telemetry import admin_port, gateway_admin_port
+from services.runtime.telemetry import admin_port, admin_tls, gateway_admin_port
 
 from ..conftest import write_mesh_file
 
@@ -75,6 +76,30 @@ def test_an_otlp_endpoint_sends_traces_there(tmp_path):
     assert config.telemetry.otlp_endpoint == "http://127.0.0.1:4317"
 
 
+def test_with_tls_on_admin_ports_require_a_mesh_certificate_unless_told_otherwise(tmp_path):
+    tls = TWO + "[gateway]\nport = 8080\n[tls]\nenabled = true\n"
+    on, plain = load(tmp_path, tls), load(tmp_path, tls + '[telemetry]\nadmin_auth = "none"\n')
+
+    assert admin_tls(on)
+    assert not admin_tls(plain)
+    assert not admin_tls(load(tmp_path, TWO))
+    assert [t.url for t in targets(on)] == [
+        "https://127.0.0.1:7000/metrics",
+        "https://127.0.0.1:7001/metrics",
+        "https://127.0.0.1:9080/metrics",
+    ]
+    assert {t.url.split(":")[0] for t in targets(plain)} == {"http"}
+
+
+def test_admin_ports_on_every_address_are_reached_on_this_machine(tmp_path):
+    text = 'host = "0.0.0.0"\n' + TWO + '[telemetry]\nadmin_host = "0.0.0.0"\n'
+
+    assert [t.url for t in targets(load(tmp_path, text))] == [
+        "http://127.0.0.1:7000/metrics",
+        "http://127.0.0.1:7001/metrics",
+    ]
+
+
 BAD_INPUT = [
     pytest.param(
         TWO + '[telemetry]\ntraces = "jaeger"\n', {}, "telemetry.traces", "off, file, otlp", id="traces"
@@ -103,6 +128,20 @@ BAD_INPUT = [
     pytest.param(
         TWO + "[telemetry]\nsample_ratio = 2\n", {}, "telemetry.sample_ratio", "from 0 to 1", id="ratio-high"
     ),
+    pytest.param(
+        TWO + '[telemetry]\nadmin_auth = "mesh-identity"\n',
+        {},
+        "telemetry.admin_auth",
+        "'mesh-identity' needs tls",
+        id="identity-without-tls",
+    ),
+    pytest.param(
+        TWO + '[telemetry]\nadmin_auth = "token"\n',
+        {},
+        "telemetry.admin_auth",
+        "none, mesh-identity",
+        id="auth",
+    ),
     pytest.param(TWO + "[telemetry]\nmetrics = 1\n", {}, "telemetry.metrics", "true or false", id="metrics"),
     pytest.param(
         TWO + "[telemetry]\nmetric = true\n", {}, "telemetry.metric", "did you mean 'metrics'", id="typo"
@@ -127,6 +166,13 @@ BAD_INPUT = [
         "services.passengers.admin_port",
         "admin port 7000 is already used by services.drivers.port",
         id="derived-clash",
+    ),
+    pytest.param(
+        "[services.passengers]\nport = 7000\nreplicas = 2\nadmin_port = 7010\n",
+        {},
+        "services.passengers.admin_port",
+        "admin port 7010 is already used by services.passengers (replica 1: port + 1 * replica_port_step)",
+        id="own-replica",
     ),
     pytest.param(
         "[services.passengers]\nport = 65000\n",

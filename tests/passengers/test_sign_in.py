@@ -167,3 +167,153 @@ def test_without_a_signing_key_sign_in_says_what_to_do(serve):
 
     assert (failed.code, failed.info.reason) == (grpc.StatusCode.UNAVAILABLE, "NO_SIGNING_KEY")
     assert "mesh signing-keys rotate" in failed.message
+
+
+# -- the ways out: signing out, changing the password -----------------------------------------------------
+
+
+def sign_out(passengers, token: str) -> None:
+    passengers.call(passengers.stub.SignOut(pb.SignOutRequest(refresh_token=token)))
+
+
+def change_password(passengers, name: str, current: str, new: str):
+    request = pb.ChangePasswordRequest(name=name, current_password=current, new_password=new)
+    return passengers.stub.ChangePassword(request)
+
+
+def test_signing_out_ends_the_session_and_only_that_one(passengers):
+    register(passengers)
+    phone, laptop = sign_in(passengers), sign_in(passengers)
+    refreshed = refresh(passengers, phone.refresh_token)
+
+    sign_out(passengers, refreshed.refresh_token)
+
+    for token in (phone.refresh_token, refreshed.refresh_token):
+        ended = passengers.fail(passengers.stub.RefreshSession(pb.RefreshSessionRequest(refresh_token=token)))
+        assert (ended.code, ended.info.reason) == (grpc.StatusCode.UNAUTHENTICATED, "REFRESH_TOKEN_INVALID")
+    assert refresh(passengers, laptop.refresh_token).passenger.email == "ada@example.com"
+
+
+def test_signing_out_twice_or_with_an_unknown_token_is_no_error(passengers):
+    register(passengers)
+    session = sign_in(passengers)
+
+    sign_out(passengers, session.refresh_token)
+    sign_out(passengers, session.refresh_token)
+    sign_out(passengers, "rt_not-a-token")
+
+    missing = passengers.fail(passengers.stub.SignOut(pb.SignOutRequest()))
+    assert (missing.code, missing.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["refresh_token"])
+
+
+def test_changing_the_password_ends_every_other_session_and_starts_one(passengers, mesh_config):
+    created = register(passengers)
+    before = [sign_in(passengers), sign_in(passengers)]
+
+    session = passengers.call(change_password(passengers, created.name, PASSWORD, "a new passphrase"))
+
+    assert session.passenger == created
+    assert Verifier(mesh_config).verify(session.access_token).subject == created.name
+    for old in before:
+        ended = passengers.fail(
+            passengers.stub.RefreshSession(pb.RefreshSessionRequest(refresh_token=old.refresh_token))
+        )
+        assert ended.info.reason == "REFRESH_TOKEN_INVALID"
+    assert refresh(passengers, session.refresh_token).passenger == created
+    assert sign_in(passengers, password="a new passphrase").passenger == created
+    old_password = passengers.fail(
+        passengers.stub.SignIn(pb.SignInRequest(email=created.email, password=PASSWORD))
+    )
+    assert old_password.info.reason == "INVALID_CREDENTIALS"
+
+
+def test_a_wrong_current_password_fails_like_a_wrong_sign_in_and_counts_towards_the_throttle(passengers):
+    created = register(passengers)
+    wrong_sign_in = passengers.fail(
+        passengers.stub.SignIn(pb.SignInRequest(email=created.email, password="guess1234"))
+    )
+
+    wrong = [
+        passengers.fail(change_password(passengers, created.name, "guess1234", "a new passphrase"))
+        for _ in range(sessions.MAX_FAILURES - 1)
+    ]
+
+    assert {(f.code, f.info.reason, f.message) for f in wrong} == {
+        (wrong_sign_in.code, wrong_sign_in.info.reason, wrong_sign_in.message)
+    }
+    throttled = passengers.fail(change_password(passengers, created.name, PASSWORD, "a new passphrase"))
+    assert throttled.info.reason == "TOO_MANY_SIGN_IN_ATTEMPTS"
+
+
+def test_a_new_password_must_be_a_password_and_is_never_quoted(passengers):
+    created = register(passengers)
+
+    short = passengers.fail(change_password(passengers, created.name, PASSWORD, "short"))
+    no_current = passengers.fail(change_password(passengers, created.name, "", "a new passphrase"))
+    nobody = passengers.fail(change_password(passengers, "passengers/nobody", PASSWORD, "a new passphrase"))
+
+    assert (short.code, short.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["new_password"])
+    assert "short" not in short.message
+    assert "short" not in str(short.violations)
+    assert (no_current.code, no_current.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["current_password"])
+    assert (nobody.code, nobody.info.reason) == (grpc.StatusCode.NOT_FOUND, "PASSENGER_NOT_FOUND")
+    assert sign_in(passengers).passenger == created  # nothing changed
+
+
+# -- whose failures count --------------------------------------------------------------------------------
+
+
+def from_address(address: str) -> tuple[tuple[str, str], ...]:
+    """The metadata the gateway adds for a request from `address` (believed without TLS)."""
+    return (("x-mesh-client", address),)
+
+
+def sign_in_from(passengers, address: str, email="ada@example.com", password=PASSWORD):
+    request = pb.SignInRequest(email=email, password=password)
+    return passengers.stub.SignIn(request, metadata=from_address(address))
+
+
+def test_failures_from_one_address_do_not_lock_the_owner_out_from_another(passengers):
+    register(passengers)
+    for _ in range(sessions.MAX_FAILURES):
+        failed = passengers.fail(sign_in_from(passengers, "203.0.113.66", password="guess1234"))
+        assert failed.info.reason == "INVALID_CREDENTIALS"
+
+    attacker = passengers.fail(sign_in_from(passengers, "203.0.113.66"))  # even with the password
+    owner = passengers.call(sign_in_from(passengers, "198.51.100.7"))
+
+    assert (attacker.code, attacker.info.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "TOO_MANY_SIGN_IN_ATTEMPTS",
+    )
+    assert int(attacker.info.metadata["retry_after_seconds"]) > 0
+    assert owner.passenger.email == "ada@example.com"
+
+
+def test_one_address_guessing_across_many_emails_is_refused_for_all_of_them(passengers, monkeypatch):
+    monkeypatch.setattr(sessions, "MAX_CLIENT_FAILURES", 4)
+    register(passengers)
+    for n in range(4):
+        passengers.fail(sign_in_from(passengers, "203.0.113.66", email=f"someone{n}@example.com"))
+
+    sprayer = passengers.fail(sign_in_from(passengers, "203.0.113.66"))
+    elsewhere = passengers.call(sign_in_from(passengers, "198.51.100.7"))
+
+    assert sprayer.info.reason == "TOO_MANY_SIGN_IN_ATTEMPTS"
+    assert "from this address" in sprayer.message
+    assert elsewhere.passenger.email == "ada@example.com"
+
+
+def test_a_success_forgets_only_its_own_addresss_failures(passengers):
+    register(passengers)
+    for address in ("203.0.113.66", "198.51.100.7"):
+        for _ in range(sessions.MAX_FAILURES - 1):
+            passengers.fail(sign_in_from(passengers, address, password="guess1234"))
+
+    passengers.call(sign_in_from(passengers, "198.51.100.7"))
+    passengers.fail(sign_in_from(passengers, "198.51.100.7", password="guess1234"))
+    passengers.fail(sign_in_from(passengers, "203.0.113.66", password="guess1234"))
+
+    assert passengers.call(sign_in_from(passengers, "198.51.100.7")).passenger.email == "ada@example.com"
+    refused = passengers.fail(sign_in_from(passengers, "203.0.113.66"))
+    assert refused.info.reason == "TOO_MANY_SIGN_IN_ATTEMPTS"

@@ -59,6 +59,16 @@ class DriverServiceStub:
                 request_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.RefreshSessionRequest.SerializeToString,
                 response_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Session.FromString,
                 _registered_method=True)
+        self.SignOut = channel.unary_unary(
+                '/rideshare.drivers.v1.DriverService/SignOut',
+                request_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.SignOutRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/rideshare.drivers.v1.DriverService/ChangePassword',
+                request_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Session.FromString,
+                _registered_method=True)
         self.GetDriver = channel.unary_unary(
                 '/rideshare.drivers.v1.DriverService/GetDriver',
                 request_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.GetDriverRequest.SerializeToString,
@@ -136,8 +146,10 @@ class DriverServiceServicer:
         access token to send to the gateway as "Authorization: Bearer <access_token>", and
         a refresh token for RefreshSession. A wrong email or a wrong password fails the same
         way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS). After 5 failures for one
-        email within 15 minutes, further attempts for it fail with RESOURCE_EXHAUSTED
-        (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes are over.
+        email from one client address within 15 minutes, further attempts for it from that
+        address fail with RESOURCE_EXHAUSTED (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15
+        minutes are over; so do attempts for any email from an address with 30 failures.
+        Other addresses are not held up.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +160,27 @@ class DriverServiceServicer:
         expired or unknown one fails with UNAUTHENTICATED (reason REFRESH_TOKEN_INVALID),
         and presenting a used one again also ends every session descended from the same
         sign-in: sign in again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignOut(self, request, context):
+        """Ends a session: its refresh token, and every one refreshed from the same sign-in,
+        stop working. The access tokens already handed out still work until they expire (15
+        minutes by default; they cannot be revoked): the client forgets its own. A refresh
+        token that is unknown, used or expired is no error, since there is nothing left to
+        end (OAuth token revocation, RFC 7009), so a repeat is safe.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePassword(self, request, context):
+        """Changes a driver's password, given the current one, and returns a new session:
+        every other session of the driver ends (their refresh tokens stop working). A wrong
+        current password fails exactly like a wrong password at SignIn (UNAUTHENTICATED,
+        reason INVALID_CREDENTIALS) and counts towards the same throttle.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -254,6 +287,16 @@ def add_DriverServiceServicer_to_server(servicer, server):
             'RefreshSession': grpc.unary_unary_rpc_method_handler(
                     servicer.RefreshSession,
                     request_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.RefreshSessionRequest.FromString,
+                    response_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Session.SerializeToString,
+            ),
+            'SignOut': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignOut,
+                    request_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.SignOutRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.ChangePasswordRequest.FromString,
                     response_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Session.SerializeToString,
             ),
             'GetDriver': grpc.unary_unary_rpc_method_handler(
@@ -396,6 +439,60 @@ class DriverService:
             target,
             '/rideshare.drivers.v1.DriverService/RefreshSession',
             rideshare_dot_drivers_dot_v1_dot_drivers__pb2.RefreshSessionRequest.SerializeToString,
+            rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignOut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.drivers.v1.DriverService/SignOut',
+            rideshare_dot_drivers_dot_v1_dot_drivers__pb2.SignOutRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.drivers.v1.DriverService/ChangePassword',
+            rideshare_dot_drivers_dot_v1_dot_drivers__pb2.ChangePasswordRequest.SerializeToString,
             rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Session.FromString,
             options,
             channel_credentials,

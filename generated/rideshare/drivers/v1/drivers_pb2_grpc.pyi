@@ -35,14 +35,29 @@ class DriverServiceStub:
     access token to send to the gateway as "Authorization: Bearer <access_token>", and
     a refresh token for RefreshSession. A wrong email or a wrong password fails the same
     way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS). After 5 failures for one
-    email within 15 minutes, further attempts for it fail with RESOURCE_EXHAUSTED
-    (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes are over.
+    email from one client address within 15 minutes, further attempts for it from that
+    address fail with RESOURCE_EXHAUSTED (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15
+    minutes are over; so do attempts for any email from an address with 30 failures.
+    Other addresses are not held up.
     """
     RefreshSession: _aio.UnaryUnaryMultiCallable[_drivers_pb2.RefreshSessionRequest, _drivers_pb2.Session]
     """Exchanges a refresh token for a new session. Each refresh token works once: a used,
     expired or unknown one fails with UNAUTHENTICATED (reason REFRESH_TOKEN_INVALID),
     and presenting a used one again also ends every session descended from the same
     sign-in: sign in again.
+    """
+    SignOut: _aio.UnaryUnaryMultiCallable[_drivers_pb2.SignOutRequest, _empty_pb2.Empty]
+    """Ends a session: its refresh token, and every one refreshed from the same sign-in,
+    stop working. The access tokens already handed out still work until they expire (15
+    minutes by default; they cannot be revoked): the client forgets its own. A refresh
+    token that is unknown, used or expired is no error, since there is nothing left to
+    end (OAuth token revocation, RFC 7009), so a repeat is safe.
+    """
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_drivers_pb2.ChangePasswordRequest, _drivers_pb2.Session]
+    """Changes a driver's password, given the current one, and returns a new session:
+    every other session of the driver ends (their refresh tokens stop working). A wrong
+    current password fails exactly like a wrong password at SignIn (UNAUTHENTICATED,
+    reason INVALID_CREDENTIALS) and counts towards the same throttle.
     """
     GetDriver: _aio.UnaryUnaryMultiCallable[_drivers_pb2.GetDriverRequest, _drivers_pb2.Driver]
     """Returns one driver by resource name."""
@@ -120,8 +135,10 @@ class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
         access token to send to the gateway as "Authorization: Bearer <access_token>", and
         a refresh token for RefreshSession. A wrong email or a wrong password fails the same
         way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS). After 5 failures for one
-        email within 15 minutes, further attempts for it fail with RESOURCE_EXHAUSTED
-        (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes are over.
+        email from one client address within 15 minutes, further attempts for it from that
+        address fail with RESOURCE_EXHAUSTED (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15
+        minutes are over; so do attempts for any email from an address with 30 failures.
+        Other addresses are not held up.
         """
 
     @_abc_1.abstractmethod
@@ -134,6 +151,31 @@ class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
         expired or unknown one fails with UNAUTHENTICATED (reason REFRESH_TOKEN_INVALID),
         and presenting a used one again also ends every session descended from the same
         sign-in: sign in again.
+        """
+
+    @_abc_1.abstractmethod
+    def SignOut(
+        self,
+        request: _drivers_pb2.SignOutRequest,
+        context: _aio.ServicerContext[_drivers_pb2.SignOutRequest, _abc.Awaitable[_empty_pb2.Empty]],
+    ) -> _abc.Awaitable[_empty_pb2.Empty]:
+        """Ends a session: its refresh token, and every one refreshed from the same sign-in,
+        stop working. The access tokens already handed out still work until they expire (15
+        minutes by default; they cannot be revoked): the client forgets its own. A refresh
+        token that is unknown, used or expired is no error, since there is nothing left to
+        end (OAuth token revocation, RFC 7009), so a repeat is safe.
+        """
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _drivers_pb2.ChangePasswordRequest,
+        context: _aio.ServicerContext[_drivers_pb2.ChangePasswordRequest, _abc.Awaitable[_drivers_pb2.Session]],
+    ) -> _abc.Awaitable[_drivers_pb2.Session]:
+        """Changes a driver's password, given the current one, and returns a new session:
+        every other session of the driver ends (their refresh tokens stop working). A wrong
+        current password fails exactly like a wrong password at SignIn (UNAUTHENTICATED,
+        reason INVALID_CREDENTIALS) and counts towards the same throttle.
         """
 
     @_abc_1.abstractmethod

@@ -51,6 +51,16 @@ class PassengerServiceStub:
                 request_serializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.RefreshSessionRequest.SerializeToString,
                 response_deserializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.Session.FromString,
                 _registered_method=True)
+        self.SignOut = channel.unary_unary(
+                '/rideshare.passengers.v1.PassengerService/SignOut',
+                request_serializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.SignOutRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/rideshare.passengers.v1.PassengerService/ChangePassword',
+                request_serializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.Session.FromString,
+                _registered_method=True)
         self.GetPassenger = channel.unary_unary(
                 '/rideshare.passengers.v1.PassengerService/GetPassenger',
                 request_serializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.GetPassengerRequest.SerializeToString,
@@ -90,9 +100,10 @@ class PassengerServiceServicer:
         new session: an access token to send to the gateway as "Authorization: Bearer
         <access_token>", and a refresh token for RefreshSession. A wrong email or a wrong
         password fails the same way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS).
-        After 5 failures for one email within 15 minutes, further attempts for it fail
-        with RESOURCE_EXHAUSTED (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes
-        are over.
+        After 5 failures for one email from one client address within 15 minutes, further
+        attempts for it from that address fail with RESOURCE_EXHAUSTED (reason
+        TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes are over; so do attempts for any
+        email from an address with 30 failures. Other addresses are not held up.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +115,27 @@ class PassengerServiceServicer:
         UNAUTHENTICATED (reason REFRESH_TOKEN_INVALID), and presenting a used one again
         also ends every session descended from the same sign-in (it was stolen, or the
         client lost an answer): sign in again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignOut(self, request, context):
+        """Ends a session: its refresh token, and every one refreshed from the same sign-in,
+        stop working. The access tokens already handed out still work until they expire (15
+        minutes by default; they cannot be revoked): the client forgets its own. A refresh
+        token that is unknown, used or expired is no error, since there is nothing left to
+        end (OAuth token revocation, RFC 7009), so a repeat is safe.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePassword(self, request, context):
+        """Changes a passenger's password, given the current one, and returns a new session:
+        every other session of the passenger ends (their refresh tokens stop working). A wrong
+        current password fails exactly like a wrong password at SignIn (UNAUTHENTICATED,
+        reason INVALID_CREDENTIALS) and counts towards the same throttle.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +185,16 @@ def add_PassengerServiceServicer_to_server(servicer, server):
             'RefreshSession': grpc.unary_unary_rpc_method_handler(
                     servicer.RefreshSession,
                     request_deserializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.RefreshSessionRequest.FromString,
+                    response_serializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.Session.SerializeToString,
+            ),
+            'SignOut': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignOut,
+                    request_deserializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.SignOutRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.ChangePasswordRequest.FromString,
                     response_serializer=rideshare_dot_passengers_dot_v1_dot_passengers__pb2.Session.SerializeToString,
             ),
             'GetPassenger': grpc.unary_unary_rpc_method_handler(
@@ -257,6 +299,60 @@ class PassengerService:
             target,
             '/rideshare.passengers.v1.PassengerService/RefreshSession',
             rideshare_dot_passengers_dot_v1_dot_passengers__pb2.RefreshSessionRequest.SerializeToString,
+            rideshare_dot_passengers_dot_v1_dot_passengers__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignOut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.passengers.v1.PassengerService/SignOut',
+            rideshare_dot_passengers_dot_v1_dot_passengers__pb2.SignOutRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.passengers.v1.PassengerService/ChangePassword',
+            rideshare_dot_passengers_dot_v1_dot_passengers__pb2.ChangePasswordRequest.SerializeToString,
             rideshare_dot_passengers_dot_v1_dot_passengers__pb2.Session.FromString,
             options,
             channel_credentials,

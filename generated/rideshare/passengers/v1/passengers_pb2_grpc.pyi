@@ -26,9 +26,10 @@ class PassengerServiceStub:
     new session: an access token to send to the gateway as "Authorization: Bearer
     <access_token>", and a refresh token for RefreshSession. A wrong email or a wrong
     password fails the same way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS).
-    After 5 failures for one email within 15 minutes, further attempts for it fail
-    with RESOURCE_EXHAUSTED (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes
-    are over.
+    After 5 failures for one email from one client address within 15 minutes, further
+    attempts for it from that address fail with RESOURCE_EXHAUSTED (reason
+    TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes are over; so do attempts for any
+    email from an address with 30 failures. Other addresses are not held up.
     """
     RefreshSession: _aio.UnaryUnaryMultiCallable[_passengers_pb2.RefreshSessionRequest, _passengers_pb2.Session]
     """Exchanges a refresh token for a new session, before the access token or after it
@@ -36,6 +37,19 @@ class PassengerServiceStub:
     UNAUTHENTICATED (reason REFRESH_TOKEN_INVALID), and presenting a used one again
     also ends every session descended from the same sign-in (it was stolen, or the
     client lost an answer): sign in again.
+    """
+    SignOut: _aio.UnaryUnaryMultiCallable[_passengers_pb2.SignOutRequest, _empty_pb2.Empty]
+    """Ends a session: its refresh token, and every one refreshed from the same sign-in,
+    stop working. The access tokens already handed out still work until they expire (15
+    minutes by default; they cannot be revoked): the client forgets its own. A refresh
+    token that is unknown, used or expired is no error, since there is nothing left to
+    end (OAuth token revocation, RFC 7009), so a repeat is safe.
+    """
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_passengers_pb2.ChangePasswordRequest, _passengers_pb2.Session]
+    """Changes a passenger's password, given the current one, and returns a new session:
+    every other session of the passenger ends (their refresh tokens stop working). A wrong
+    current password fails exactly like a wrong password at SignIn (UNAUTHENTICATED,
+    reason INVALID_CREDENTIALS) and counts towards the same throttle.
     """
     GetPassenger: _aio.UnaryUnaryMultiCallable[_passengers_pb2.GetPassengerRequest, _passengers_pb2.Passenger]
     """Returns one passenger by resource name."""
@@ -69,9 +83,10 @@ class PassengerServiceServicer(metaclass=_abc_1.ABCMeta):
         new session: an access token to send to the gateway as "Authorization: Bearer
         <access_token>", and a refresh token for RefreshSession. A wrong email or a wrong
         password fails the same way, with UNAUTHENTICATED (reason INVALID_CREDENTIALS).
-        After 5 failures for one email within 15 minutes, further attempts for it fail
-        with RESOURCE_EXHAUSTED (reason TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes
-        are over.
+        After 5 failures for one email from one client address within 15 minutes, further
+        attempts for it from that address fail with RESOURCE_EXHAUSTED (reason
+        TOO_MANY_SIGN_IN_ATTEMPTS) until the 15 minutes are over; so do attempts for any
+        email from an address with 30 failures. Other addresses are not held up.
         """
 
     @_abc_1.abstractmethod
@@ -85,6 +100,31 @@ class PassengerServiceServicer(metaclass=_abc_1.ABCMeta):
         UNAUTHENTICATED (reason REFRESH_TOKEN_INVALID), and presenting a used one again
         also ends every session descended from the same sign-in (it was stolen, or the
         client lost an answer): sign in again.
+        """
+
+    @_abc_1.abstractmethod
+    def SignOut(
+        self,
+        request: _passengers_pb2.SignOutRequest,
+        context: _aio.ServicerContext[_passengers_pb2.SignOutRequest, _abc.Awaitable[_empty_pb2.Empty]],
+    ) -> _abc.Awaitable[_empty_pb2.Empty]:
+        """Ends a session: its refresh token, and every one refreshed from the same sign-in,
+        stop working. The access tokens already handed out still work until they expire (15
+        minutes by default; they cannot be revoked): the client forgets its own. A refresh
+        token that is unknown, used or expired is no error, since there is nothing left to
+        end (OAuth token revocation, RFC 7009), so a repeat is safe.
+        """
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _passengers_pb2.ChangePasswordRequest,
+        context: _aio.ServicerContext[_passengers_pb2.ChangePasswordRequest, _abc.Awaitable[_passengers_pb2.Session]],
+    ) -> _abc.Awaitable[_passengers_pb2.Session]:
+        """Changes a passenger's password, given the current one, and returns a new session:
+        every other session of the passenger ends (their refresh tokens stop working). A wrong
+        current password fails exactly like a wrong password at SignIn (UNAUTHENTICATED,
+        reason INVALID_CREDENTIALS) and counts towards the same throttle.
         """
 
     @_abc_1.abstractmethod
