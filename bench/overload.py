@@ -83,7 +83,11 @@ wrk.headers["Content-Type"] = "application/json"
 """
 VARIANTS: dict[str, dict[str, str]] = {
     "shedding": {},
-    "unbounded": {"MESH_GATEWAY__MAX_IN_FLIGHT": "1000000", "MESH_GATEWAY__MAX_QUEUE_WAIT": "1h", "MESH_GATEWAY__MAX_LAG": "0s"},
+    "unbounded": {
+        "MESH_GATEWAY__MAX_IN_FLIGHT": "1000000",
+        "MESH_GATEWAY__MAX_QUEUE_WAIT": "1h",
+        "MESH_GATEWAY__MAX_LAG": "0s",
+    },
 }
 _WRK_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
 _CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
