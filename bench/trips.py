@@ -48,13 +48,14 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -65,6 +66,8 @@ from rideshare.drivers.v1 import drivers_pb2 as dpb
 from rideshare.drivers.v1 import drivers_pb2_grpc
 from rideshare.passengers.v1 import passengers_pb2 as ppb
 from rideshare.passengers.v1 import passengers_pb2_grpc
+from rideshare.trips.v1 import trips_pb2 as tpb
+from rideshare.trips.v1 import trips_pb2_grpc
 
 from bench.overload import Pool
 from bench.rest import baseline_env, baseline_tree
@@ -81,6 +84,10 @@ DRAIN = 15.0
 START_TIMEOUT = 60.0
 IN_FLIGHT = 32
 """Setup calls in flight at once."""
+CANCEL_ATTEMPTS = 3
+"""A refused CancelTrip (503, 429) is sent again after RETRY_AFTER, as an app would: a trip left
+assigned holds its driver for good."""
+RETRY_AFTER = 1.0
 PASSWORD = "bench password"
 _TICKS = os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")
@@ -219,7 +226,7 @@ def around(rng: random.Random, center: tuple[float, float], meters: float) -> La
     return LatLng(latitude=latitude, longitude=longitude)
 
 
-async def _bounded(calls: list[Callable[[], Awaitable[T]]], limit: int = IN_FLIGHT) -> list[T]:
+async def _bounded(calls: Sequence[Callable[[], Awaitable[T]]], limit: int = IN_FLIGHT) -> list[T]:
     """Every call's result, at most `limit` in flight."""
     gate = asyncio.Semaphore(limit)
 
@@ -313,12 +320,16 @@ async def _rides(mesh: Mesh, run: Run, seed: int) -> None:
         run.requested.append(answered[0] - due)
         name = json.loads(answer)["name"]
         cancel = _http(f"/v1/{name}:cancel", {"reason": "bench"}, mesh.key, token)
-        status, answer = await pool.exchange(cancel)
-        answered[0] = loop.time()
-        if status != 200:
+        for attempt in range(CANCEL_ATTEMPTS):
+            status, answer = await pool.exchange(cancel)
+            answered[0] = loop.time()
+            if status == 200:
+                run.rides.append(answered[0] - due)
+                return
             run.errors[_kind("CancelTrip", status, answer)] += 1
-            return
-        run.rides.append(answered[0] - due)
+            if status not in (429, 503) or attempt == CANCEL_ATTEMPTS - 1:
+                return
+            await asyncio.sleep(RETRY_AFTER)  # what the refusal's Retry-After says
 
     async def counted(number: int, due: float) -> None:
         try:
@@ -357,7 +368,33 @@ def measure(mesh: Mesh, drivers: int, rate: float, seconds: float, seed: int) ->
     after = mesh.cpu()
     run.cpu = {name: after[name] - before[name] for name in after}
     run.cpu["load"] = cpu_seconds(os.getpid()) - load_before
+    held = asyncio.run(_free_drivers(mesh))
+    if held:
+        run.errors["drivers left ON_TRIP (freed after the run)"] = held
     return run
+
+
+async def _free_drivers(mesh: Mesh) -> int:
+    """Cancel the trips still holding a driver (a RequestTrip answered too late for the client, a
+    CancelTrip refused every time), over gRPC: each run starts with every driver AVAILABLE."""
+    held = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.ports['drivers']}") as channel:
+        stub = drivers_pb2_grpc.DriverServiceStub(channel)
+        token = ""
+        while True:
+            page = await stub.ListDrivers(dpb.ListDriversRequest(page_size=1000, page_token=token))
+            held += [d.current_trip for d in page.drivers if d.status == dpb.DRIVER_STATUS_ON_TRIP]
+            token = page.next_page_token
+            if not token:
+                break
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.ports['trips']}") as channel:
+        trips = trips_pb2_grpc.TripServiceStub(channel)
+        cancels = [
+            functools.partial(trips.CancelTrip, tpb.CancelTripRequest(name=name, reason="bench cleanup"))
+            for name in held
+        ]
+        await _bounded(cancels)
+    return len(held)
 
 
 def settle(up: list[Mesh], limit: float = 60.0) -> float:
@@ -464,6 +501,7 @@ def main(argv: list[str] | None = None) -> None:
         "--baseline-ref", metavar="REF", help="also run the mesh of this git revision, side by side"
     )
     parser.add_argument("--plot", type=Path, metavar="PNG", help="draw p99 against the offered rate here")
+    parser.add_argument("--logs", type=Path, metavar="DIR", help="keep each mesh's `mesh up` output here")
     args = parser.parse_args(argv)
     counts = [int(x) for x in (args.drivers or ("100,1000" if args.quick else "100,1000,10000")).split(",")]
     rates = [float(x) for x in (args.rates or ("20,40" if args.quick else "20,40,80,150")).split(",")]
@@ -506,6 +544,11 @@ def main(argv: list[str] | None = None) -> None:
                         f" (idle after {waited:.0f} s, load average {os.getloadavg()[0]:.1f})",
                         flush=True,
                     )
+        if args.logs:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for mesh in up:
+                mesh.stop()
+                shutil.copy(mesh.log, args.logs / f"{mesh.variant.replace('/', '_')}-mesh-up.log")
     print()
     print(report(runs))
     if args.plot:
