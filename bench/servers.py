@@ -186,7 +186,8 @@ async def serve_aio(config: MeshConfig, runtime: bool, max_seconds: float) -> No
             await asyncio.wait_for(stopped.wait(), max_seconds)
         await mesh.stop(0)
         return
-    service = passengers_app.create(_runtime(config))  # the same servicer, without the runtime around it
+    bare = _runtime(config)
+    service = passengers_app.create(bare)  # the same servicer, without the runtime around it
     server = grpc.aio.server(options=SERVER_OPTIONS)
     service.register(service.servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -195,8 +196,8 @@ async def serve_aio(config: MeshConfig, runtime: bool, max_seconds: float) -> No
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stopped.wait(), max_seconds)
     await server.stop(0)
-    if service.on_stop is not None:
-        await service.on_stop()
+    for backend in bare.backends:
+        await backend.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,7 @@ from rideshare.passengers.v1 import passengers_pb2_grpc
 
 from services.runtime.config import MeshConfig, load_config
 from services.runtime.server import MeshServer, Runtime, Service, create_server
+from tests import postgres
 
 T = TypeVar("T")
 
@@ -160,6 +161,37 @@ class Loop:
             return self.call(poll())
         except TimeoutError:
             raise AssertionError(f"gave up waiting for {what}") from None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Every case skipped for want of PostgreSQL under one summary line, not one per test."""
+    report = yield
+    reason = report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple) else ""
+    if postgres.UNREACHABLE in reason:
+        report.longrepr = (postgres.__file__, None, reason)
+    return report
+
+
+@pytest.fixture(scope="module")
+def postgres_databases() -> Iterator[postgres.Databases]:
+    """The PostgreSQL databases of one test module (skips, or fails under MESH_REQUIRE_POSTGRES=1,
+    without a server); dropped when the module is done."""
+    postgres.require()
+    databases = postgres.Databases()
+    yield databases
+    databases.close()
+
+
+@pytest.fixture(params=postgres.ENGINES)
+def backends(
+    request: pytest.FixtureRequest, tmp_path: Path, runner: asyncio.Runner
+) -> Iterator[postgres.Backends]:
+    """The test once per storage engine: `backends.open(migrations)` is a migrated, empty database."""
+    databases = request.getfixturevalue("postgres_databases") if request.param == "postgres" else None
+    opened = postgres.Backends(request.param, tmp_path, runner, databases)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture

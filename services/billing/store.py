@@ -10,6 +10,7 @@ which invoice won, or how it differs.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
@@ -24,31 +25,8 @@ from services.runtime.resources import Resource, Row, Store, Tx
 
 from . import domain
 
-MIGRATIONS = [
-    """
-    CREATE TABLE invoices (
-        seq              INTEGER PRIMARY KEY AUTOINCREMENT,
-        id               TEXT NOT NULL UNIQUE,
-        trip             TEXT NOT NULL UNIQUE,
-        passenger        TEXT NOT NULL,
-        currency_code    TEXT NOT NULL,
-        amount_units     INTEGER NOT NULL,
-        amount_nanos     INTEGER NOT NULL,
-        distance_meters  DOUBLE PRECISION NOT NULL,
-        duration_seconds INTEGER,
-        duration_nanos   INTEGER,
-        create_time      INTEGER NOT NULL
-    );
-    CREATE INDEX invoices_by_passenger ON invoices (passenger, seq)
-    """,
-    # Billing prices invoices itself from where the trip went; earlier invoices have no places.
-    """
-    ALTER TABLE invoices ADD COLUMN pickup_latitude DOUBLE PRECISION;
-    ALTER TABLE invoices ADD COLUMN pickup_longitude DOUBLE PRECISION;
-    ALTER TABLE invoices ADD COLUMN dropoff_latitude DOUBLE PRECISION;
-    ALTER TABLE invoices ADD COLUMN dropoff_longitude DOUBLE PRECISION
-    """,
-]
+MIGRATIONS = Path(__file__).with_name("migrations")
+"""The schema: numbered SQL files, a PostgreSQL variant where the engines differ (runtime/migrations.py)."""
 
 
 def _invoice(row: Row) -> Invoice:

@@ -4,8 +4,8 @@ Status changes go through the kit's `update`: it reads the row, applies a rule
 from `domain`, and writes the result inside one transaction (SQLite takes the
 write lock before the read, `BEGIN IMMEDIATE`, and no `await` happens in
 between), so two trips racing for one driver are serialized and the second
-sees ON_TRIP. A PostgreSQL backend would read with `SELECT ... FOR UPDATE` to
-the same effect.
+sees ON_TRIP. On PostgreSQL the kit reads the row `FOR UPDATE` to the same
+effect.
 
 Search looks in widening windows of grid cells around the point (geo.py),
 one query each on the index `(status, cell)`: the database orders the rows
@@ -20,6 +20,7 @@ LIMIT) and runs unchanged on PostgreSQL.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from google.type.latlng_pb2 import LatLng
@@ -29,48 +30,10 @@ from services.domain import geo
 from services.runtime.aip import timestamp_from_ns
 from services.runtime.errors import AlreadyExists
 from services.runtime.resources import Backend, Resource, Row, Store
-from services.runtime.sessions import SCHEMA as SESSIONS_SCHEMA
-from services.runtime.sessions import SCHEMA_BY_CLIENT
 
-MIGRATIONS = [
-    """
-    CREATE TABLE drivers (
-        seq                  INTEGER PRIMARY KEY AUTOINCREMENT,
-        id                   TEXT NOT NULL UNIQUE,
-        display_name         TEXT NOT NULL,
-        vehicle_make         TEXT NOT NULL,
-        vehicle_model        TEXT NOT NULL,
-        license_plate        TEXT NOT NULL,
-        status               INTEGER NOT NULL,
-        latitude             REAL,
-        longitude            REAL,
-        current_trip         TEXT NOT NULL DEFAULT '',
-        location_update_time INTEGER,
-        create_time          INTEGER NOT NULL,
-        update_time          INTEGER NOT NULL
-    );
-    CREATE INDEX drivers_by_status_position ON drivers (status, latitude, longitude)
-    """,
-    # Sign-in: an email (optional, unique when given) and the password's argon2id hash ('' for none).
-    """
-    ALTER TABLE drivers ADD COLUMN email TEXT NOT NULL DEFAULT '';
-    ALTER TABLE drivers ADD COLUMN password_hash TEXT NOT NULL DEFAULT '';
-    CREATE UNIQUE INDEX drivers_by_email ON drivers (email COLLATE NOCASE) WHERE email != '';
-    """
-    + SESSIONS_SCHEMA,
-    # Failed sign-ins per email and client address: one address no longer locks an email out.
-    SCHEMA_BY_CLIENT,
-    # Search by grid cell: geo.cell_of in SQL (1/500 degree cells, 180001 columns per band).
-    """
-    ALTER TABLE drivers ADD COLUMN cell INTEGER;
-    UPDATE drivers
-        SET cell = CAST((latitude + 90.0) * 500 AS INTEGER) * 180001
-                 + CAST((longitude + 180.0) * 500 AS INTEGER)
-        WHERE latitude IS NOT NULL;
-    DROP INDEX drivers_by_status_position;
-    CREATE INDEX drivers_by_status_cell ON drivers (status, cell);
-    """,
-]
+MIGRATIONS = Path(__file__).with_name("migrations")
+"""The schema: numbered SQL files, a PostgreSQL variant where the engines differ (runtime/migrations.py)."""
+
 
 Nearby = list[tuple[Driver, float]]
 """Drivers with their distance in meters from a searched point, nearest first."""

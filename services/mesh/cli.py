@@ -3,6 +3,7 @@
     mesh up [--only NAME,...] [--raw-logs]   start every service, stream logs, restart crashes; Ctrl-C stops
     mesh status [--json]                     health and restarts of every service; exit 0 only if all SERVING
     mesh serve NAME [--replica K] [--port N] run one service (one replica of it) in this process
+    mesh migrate [--check] [NAME]            apply pending schema migrations (creating PostgreSQL databases)
     mesh generate [--check]                  regenerate generated/ from protos/ (or check it)
     mesh lint-protos --plugin PATH           buf lint (STANDARD) over protos/
     mesh certs [--dir DIR] [--force]         the mesh CA and a certificate per member (for [tls])
@@ -27,7 +28,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from services.runtime.config import MeshConfig, load_config
+from services.runtime.config import MeshConfig, ServiceConfig, load_config
 from services.runtime.errors import ConfigError
 
 
@@ -48,6 +49,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if config.tls.enabled:
         _ensure_certs(config)
     _ensure_signing_key(config)
+    _ensure_databases(config, services)
     notes = _gateway_notes(config) if gateway else []
     if gateway and args.dev_key:
         from services.gateway.keys import development_key
@@ -85,6 +87,22 @@ def _ensure_signing_key(config: MeshConfig) -> None:
         print(f"mesh: signing key {made} for access tokens in {keys_dir(config)}", flush=True)
 
 
+def _ensure_databases(config: MeshConfig, services: list[ServiceConfig]) -> None:
+    """Services on PostgreSQL migrate their database when they start; `mesh up` first creates it."""
+    if not any(s.storage.backend == "postgres" for s in services):
+        return
+    import psycopg
+
+    from . import migrate
+
+    try:
+        made = migrate.ensure_databases(config, services)
+    except psycopg.OperationalError as error:
+        raise SystemExit(f"mesh up: PostgreSQL: {str(error).strip().splitlines()[0]}") from None
+    if made:
+        print(f"mesh: created database {', '.join(made)}", flush=True)
+
+
 def cmd_signing_keys(args: argparse.Namespace) -> int:
     from . import signing
 
@@ -118,6 +136,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.runtime.server import serve
 
     return serve(args.name, args.config, args.port, args.replica)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from . import migrate
+
+    config = _config(args)
+    services = [config.service(args.name)] if args.name else list(config.services.values())
+    text, code = migrate.report([migrate.migrate(config, s, check=args.check) for s in services], args.check)
+    print(text)
+    return code
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -249,6 +277,15 @@ def parser() -> argparse.ArgumentParser:
         help="which of the service's replicas to run (default 0): port + K * replica_port_step",
     )
     serve.set_defaults(run=cmd_serve)
+
+    migrate = commands.add_parser(
+        "migrate",
+        parents=[common],
+        help="apply every service's pending schema migrations (creating missing PostgreSQL databases)",
+    )
+    migrate.add_argument("name", nargs="?", help="only this service (default: all)")
+    migrate.add_argument("--check", action="store_true", help="only list what is pending; exit 1 if any")
+    migrate.set_defaults(run=cmd_migrate)
 
     generate = commands.add_parser("generate", parents=[common], help="regenerate generated/ from protos/")
     generate.add_argument("--check", action="store_true", help="fail if generated/ is stale instead")

@@ -12,7 +12,6 @@ from rideshare.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 
 from services.runtime import Runtime, Service
 from services.runtime.errors import ConfigError
-from services.runtime.storage import SqliteBackend
 
 from .broker import DEFAULT_QUEUE_SIZE, Broker
 from .feed import DEFAULT_POLL_INTERVAL, Feed
@@ -35,12 +34,11 @@ def create(runtime: Runtime) -> Service:
             f"services.{runtime.service.name}.settings.stream_poll_interval",
             f"expected seconds between 0 and 60, got {poll_interval}",
         )
-    store = NotificationStore(SqliteBackend(runtime.data_path("notifications.db"), MIGRATIONS))
+    store = NotificationStore(runtime.backend(MIGRATIONS))
     feed = Feed(Broker(queue_size), store, poll_interval)
     return Service(
         descriptor=notifications_pb2.DESCRIPTOR.services_by_name["NotificationService"],
         servicer=NotificationServicer(store, feed),
         register=notifications_pb2_grpc.add_NotificationServiceServicer_to_server,
         on_stopping=feed.close,
-        on_stop=store.close,
     )

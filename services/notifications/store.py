@@ -6,6 +6,7 @@ what the feed (feed.py) follows and what List pages by.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rideshare.notifications.v1.notifications_pb2 import Notification, SendNotificationRequest
@@ -13,20 +14,8 @@ from rideshare.notifications.v1.notifications_pb2 import Notification, SendNotif
 from services.runtime.aip import timestamp_from_ns
 from services.runtime.resources import Backend, Resource, Row, Store, Tx
 
-MIGRATIONS = [
-    """
-    CREATE TABLE notifications (
-        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-        id          TEXT NOT NULL UNIQUE,
-        recipient   TEXT NOT NULL,
-        title       TEXT NOT NULL,
-        body        TEXT NOT NULL,
-        trip        TEXT NOT NULL,
-        create_time INTEGER NOT NULL
-    );
-    CREATE INDEX notifications_by_recipient ON notifications (recipient, seq)
-    """,
-]
+MIGRATIONS = Path(__file__).with_name("migrations")
+"""The schema: numbered SQL files, a PostgreSQL variant where the engines differ (runtime/migrations.py)."""
 
 
 def _notification(row: Row) -> Notification:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rideshare.passengers.v1.passengers_pb2 import Passenger
@@ -9,26 +10,9 @@ from rideshare.passengers.v1.passengers_pb2 import Passenger
 from services.runtime.aip import timestamp_from_ns
 from services.runtime.errors import AlreadyExists
 from services.runtime.resources import Resource, Row
-from services.runtime.sessions import SCHEMA as SESSIONS_SCHEMA
-from services.runtime.sessions import SCHEMA_BY_CLIENT
 
-MIGRATIONS = [
-    """
-    CREATE TABLE passengers (
-        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-        id           TEXT NOT NULL UNIQUE,
-        display_name TEXT NOT NULL,
-        email        TEXT NOT NULL UNIQUE COLLATE NOCASE,
-        phone        TEXT NOT NULL,
-        create_time  INTEGER NOT NULL,
-        update_time  INTEGER NOT NULL
-    )
-    """,
-    # Sign-in: the password's argon2id hash ('' for none: no sign-in), sessions, failed attempts.
-    "ALTER TABLE passengers ADD COLUMN password_hash TEXT NOT NULL DEFAULT '';\n" + SESSIONS_SCHEMA,
-    # Failed sign-ins per email and client address: one address no longer locks an email out.
-    SCHEMA_BY_CLIENT,
-]
+MIGRATIONS = Path(__file__).with_name("migrations")
+"""The schema: numbered SQL files, a PostgreSQL variant where the engines differ (runtime/migrations.py)."""
 
 
 def _passenger(row: Row) -> Passenger:

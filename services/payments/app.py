@@ -5,7 +5,6 @@ from __future__ import annotations
 from rideshare.payments.v1 import payments_pb2, payments_pb2_grpc
 
 from services.runtime import Runtime, Service
-from services.runtime.storage import SqliteBackend
 
 from .clients import Billing
 from .processor import SimulatedProcessor
@@ -14,11 +13,10 @@ from .store import MIGRATIONS, PaymentStore
 
 
 def create(runtime: Runtime) -> Service:
-    db = SqliteBackend(runtime.data_path("payments.db"), MIGRATIONS)
+    db = runtime.backend(MIGRATIONS)
     store = PaymentStore(db, SimulatedProcessor(db))
     return Service(
         descriptor=payments_pb2.DESCRIPTOR.services_by_name["PaymentService"],
         servicer=PaymentServicer(store, Billing(runtime.clients)),
         register=payments_pb2_grpc.add_PaymentServiceServicer_to_server,
-        on_stop=store.close,
     )

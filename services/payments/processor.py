@@ -3,7 +3,8 @@
 The simulation decides by payment method token, like a PSP's test cards:
 "pm_card_visa" succeeds, "pm_card_declined" is declined ("card_declined"), any
 other token is declined ("unsupported_payment_method"). Its ledger of charges
-lives in the payment service's own database and is written inside the
+(`processor_charges`, created by the payment migrations) lives in the payment
+service's own database and is written inside the
 transaction that records the payment and its request-log entry, so a charge
 exists exactly when its payment does: a crash before the commit leaves
 neither, and the retry charges once. The ledger also makes the number of
@@ -43,23 +44,6 @@ CARD_DECLINED = "pm_card_declined"
 
 CARD_DECLINED_REASON = "card_declined"
 UNSUPPORTED_REASON = "unsupported_payment_method"
-
-#: The simulated processor's ledger, created by the payment store's migrations.
-LEDGER_SCHEMA = """
-CREATE TABLE processor_charges (
-    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
-    id              TEXT NOT NULL UNIQUE,
-    idempotency_key TEXT NOT NULL UNIQUE,
-    payment_method  TEXT NOT NULL,
-    currency_code   TEXT NOT NULL,
-    amount_units    INTEGER NOT NULL,
-    amount_nanos    INTEGER NOT NULL,
-    succeeded       INTEGER NOT NULL,
-    decline_reason  TEXT NOT NULL,
-    refunded        INTEGER NOT NULL,
-    create_time     INTEGER NOT NULL
-)
-"""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ invoice to one SUCCEEDED payment even if that check were bypassed.
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from google.type.money_pb2 import Money
@@ -26,32 +27,12 @@ from services.runtime.aip import timestamp_from_ns
 from services.runtime.resources import Backend, Resource, Row, Store, Tx
 
 from . import domain
-from .processor import LEDGER_SCHEMA, Processor
+from .processor import Processor
 
 _SUCCEEDED = PaymentState.Name(PaymentState.PAYMENT_STATE_SUCCEEDED)
 
-MIGRATIONS = [
-    f"""
-    CREATE TABLE payments (
-        seq            INTEGER PRIMARY KEY AUTOINCREMENT,
-        id             TEXT NOT NULL UNIQUE,
-        invoice        TEXT NOT NULL,
-        currency_code  TEXT NOT NULL,
-        amount_units   INTEGER NOT NULL,
-        amount_nanos   INTEGER NOT NULL,
-        payment_method TEXT NOT NULL,
-        state          TEXT NOT NULL,
-        decline_reason TEXT NOT NULL,
-        charge_id      TEXT NOT NULL,
-        create_time    INTEGER NOT NULL,
-        update_time    INTEGER NOT NULL
-    );
-    CREATE INDEX payments_by_invoice ON payments (invoice, seq);
-    CREATE UNIQUE INDEX payments_one_success_per_invoice ON payments (invoice)
-        WHERE state = '{_SUCCEEDED}';
-    {LEDGER_SCHEMA}
-    """,
-]
+MIGRATIONS = Path(__file__).with_name("migrations")
+"""The schema: numbered SQL files, a PostgreSQL variant where the engines differ (runtime/migrations.py)."""
 
 
 def _payment(row: Row) -> Payment:

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Annotated, Any, get_args
 
 import grpc
-from pydantic import BeforeValidator, Field, PlainValidator, TypeAdapter, ValidationError
+from pydantic import BeforeValidator, Field, PlainValidator, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import ErrorDetails
 
 from .errors import ConfigError
 
-RESERVED_ENV = frozenset({"MESH_CONFIG", "MESH_SUPERVISED"})  # the `mesh` tool's own, not config keys
+RESERVED_ENV = frozenset({"MESH_CONFIG", "MESH_SUPERVISED", "MESH_REQUIRE_POSTGRES"})  # not config keys
 TOOL_IDENTITIES = ("gateway", "mesh")  # not services: the REST bridge, and the `mesh` tool's health checks
 _STATUS_CODES = tuple(code.name for code in grpc.StatusCode if code is not grpc.StatusCode.OK)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
@@ -261,6 +261,27 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True, config={"extra": "forbid"})
+class StorageConfig:  # SQLite files by default; PostgreSQL, a database per service with `{service}`
+    backend: Annotated[str, _one_of(("sqlite", "postgres"))] = "sqlite"
+    dsn: Annotated[str, _matching(r"^postgres(ql)?://", "a postgresql:// URL")] = (
+        "postgresql://postgres@127.0.0.1:5432/{service}"
+    )
+    pool_min: Annotated[Int, Field(ge=0, le=1000)] = 1
+    pool_max: Annotated[Int, Field(ge=1, le=1000)] = 10
+    statement_timeout: Seconds = 5.0
+    connect_timeout: Seconds = 5.0  # also how long a call waits for a pooled connection
+
+    @model_validator(mode="after")
+    def _pool(self) -> StorageConfig:
+        if self.pool_min > self.pool_max:
+            raise ValueError(f"pool_min ({self.pool_min}) is more than pool_max ({self.pool_max})")
+        return self
+
+    def dsn_for(self, service: str) -> str:
+        return self.dsn.replace("{service}", service)
+
+
+@dataclass(frozen=True, config={"extra": "forbid"})
 class ServiceConfig:
     name: str
     host: Text
@@ -275,6 +296,7 @@ class ServiceConfig:
     replica_port_step: Step = 10  # the top-level key's value, unless the table sets its own
     discovery: Annotated[str, _matching(_TARGET, _TARGET_IS)] | None = None
     faults: Faults = field(default_factory=dict)
+    storage: StorageConfig = field(default_factory=StorageConfig)  # [storage], then its own table's keys
 
     @property
     def address(self) -> str:
@@ -319,6 +341,8 @@ class MeshConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """Every service's, unless its own table says otherwise (checked first, so errors name it here)."""
     services: Mapping[ServiceName, ServiceConfig] = field(default_factory=dict)
 
     def service(self, name: str) -> ServiceConfig:
@@ -359,8 +383,12 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         if isinstance(table, dict) and (given := [[*at, key] for key in _FILLED_IN if key in table]):
             raise ConfigError(_origin(origins, given[0], str(source)), _key(given[0]), "unknown key")
     host, step = raw.get("host", MeshConfig.host), raw.get("replica_port_step", MeshConfig.replica_port_step)
+    storage = raw.get("storage", {})
     for name, table in tables:
         defaults = {"module": f"services.{name}.app", "package": f"rideshare.{name}.v1", "settings": {}}
+        if isinstance(storage, dict) and isinstance(own := table.get("storage", {}), dict):
+            defaults["storage"] = {**storage, **own}  # the service's keys over the shared ones
+            table = {k: v for k, v in table.items() if k != "storage"}
         filled = {"host": host, "replica_port_step": step, **defaults, **table}
         services[name] = {**filled, "name": name, "source": str(source)}
     if isinstance(telemetry := raw.get("telemetry"), dict) and "otlp_endpoint" in telemetry:

@@ -22,11 +22,12 @@ A store says only what is special about its resource: its own queries and
 steps, built from the same pieces (`idempotent`, `read`, `insert`, `save`).
 
 The kit reaches the database only through `Backend`: a transaction, reads,
-closing, and the one thing engines word differently, which unique column a
-failed write hit. SQLite is the backend today (`storage.SqliteBackend`); a
-PostgreSQL one (psycopg's async pool) implements the same few methods. The
-SQL written here is portable: `?` placeholders (a `%s` driver rewrites
-them), `INSERT ... RETURNING`, no engine functions. Tables follow one
+opening and closing, and the two things engines word differently: which
+unique column a failed write hit, and how a read locks the row it will change.
+`storage.SqliteBackend` (the default) and `postgres.PostgresBackend` (psycopg's
+async pool) implement them. The SQL written here is portable: `?`
+placeholders (the PostgreSQL backend rewrites them), `INSERT ... RETURNING`,
+no engine functions. Tables follow one
 convention: an integer `seq` assigned in insertion order (the keyset) and a
 unique text `id`, the last segment of the resource name.
 """
@@ -75,6 +76,14 @@ class Tx(Protocol):
 class Backend(ABC):
     """The seam between the kit and a database engine; the request log is written on top of it."""
 
+    row_lock: str = ""
+    """Appended to a read inside a transaction that changes the row: PostgreSQL's ` FOR UPDATE`.
+    SQLite needs none: `BEGIN IMMEDIATE` holds the whole database."""
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations, before the service serves (SQLite did both when built)."""
+        return None
+
     @abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[Tx]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
@@ -110,20 +119,30 @@ class Backend(ABC):
         """Run `write` once per `request.request_id`; repeats get the stored answer."""
         request_id: str = getattr(request, "request_id", "")
         digest = fingerprint(request) if request_id else ""  # before the transaction: it holds a lock
-        async with self.transaction() as tx:
-            if not request_id:
-                return await write(tx)
-            row = await tx.query_one(_LOGGED, (method, request_id))
-            stored = _stored(row, method, request_id, digest, response_type)
-            if stored is not None:
-                return stored
-            response = await write(tx)
-            await tx.execute(
-                "INSERT INTO request_log (method, request_id, fingerprint, response, create_time) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (method, request_id, digest, response.SerializeToString(), time.time_ns()),
-            )
-            return response
+        try:
+            async with self.transaction() as tx:
+                if not request_id:
+                    return await write(tx)
+                row = await tx.query_one(_LOGGED, (method, request_id))
+                stored = _stored(row, method, request_id, digest, response_type)
+                if stored is not None:
+                    return stored
+                response = await write(tx)
+                await tx.execute(
+                    "INSERT INTO request_log (method, request_id, fingerprint, response, create_time) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (method, request_id, digest, response.SerializeToString(), time.time_ns()),
+                )
+                return response
+        except Exception as error:
+            # The same request_id, written meanwhile on another connection (PostgreSQL runs
+            # transactions side by side): ours rolled back; the first answer is the answer.
+            if not request_id or self.unique_violation(error) != "request_id":
+                raise
+        replayed = await self.replay(method, request, response_type)
+        if replayed is None:  # pragma: no cover - the violation means the other one committed
+            raise RuntimeError(f"request_log lost {method} {request_id!r}")
+        return replayed
 
 
 _LOGGED = "SELECT fingerprint, response FROM request_log WHERE method = ? AND request_id = ?"
@@ -298,8 +317,8 @@ class Store(Generic[M]):
         return await self.db.replay(method_of(request), request, self.resource.message)
 
     async def fetch(self, tx: Tx, resource_id: str) -> Row:
-        """The row of a visible resource, or its NOT_FOUND."""
-        row = await tx.query_one(self._by_id, (resource_id,))
+        """The row of a visible resource, locked until the transaction ends, or its NOT_FOUND."""
+        row = await tx.query_one(self._by_id + self.db.row_lock, (resource_id,))
         if row is None:
             raise self.not_found(resource_id)
         return row

@@ -29,13 +29,14 @@ from google.protobuf import descriptor as d
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from . import authz, drain, faults, identity, log, principal
+from . import authz, drain, faults, identity, log, principal, storage
 from .calls import CallWrapper
 from .client import Clients
 from .config import MeshConfig, ServiceConfig, load_config
 from .descriptors import SourceReflectionServicer
-from .errors import ConfigError
+from .errors import ConfigError, Unavailable
 from .replicas import check_replica
+from .resources import Backend
 from .telemetry import Telemetry, admin_port, serve_admin
 from .validation import RequestValidator, ResourceRegistry
 
@@ -55,8 +56,10 @@ class Service:
     servicer: object
     register: Callable[[Any, Any], None]
     """The generated `add_XServiceServicer_to_server`."""
+    on_start: Callable[[], Awaitable[None] | None] | None = None
+    """Called once the databases are open, before the first call: start background work."""
     on_stop: Callable[[], Awaitable[None] | None] | None = None
-    """Called after the server stopped: close databases."""
+    """Called after the server stopped, before the runtime closes the databases: stop background work."""
     on_stopping: Callable[[], Awaitable[None] | None] | None = None
     """Called when stopping begins, before the grace period: end open streams so they don't hold it."""
 
@@ -72,6 +75,8 @@ class Runtime:
     clients: Clients = field(init=False)
     telemetry: Telemetry = field(init=False)
     """Metrics and spans of the calls this process serves and makes."""
+    backends: list[Backend] = field(init=False, default_factory=list)
+    """The databases `backend` made: opened before the server serves, closed after it stopped."""
 
     def __post_init__(self) -> None:
         self.telemetry = Telemetry(self.config, self.service.name)
@@ -80,6 +85,13 @@ class Runtime:
     def data_path(self, filename: str) -> Path:
         """Where this service keeps a file of its own (`var/<service>/<filename>`)."""
         return self.config.data_dir / self.service.name / filename
+
+    def backend(self, migrations: Path) -> Backend:
+        """The service's database behind the kit's seam, as `[storage]` chooses it, with `migrations`
+        (a directory of numbered SQL files): its SQLite file, or its PostgreSQL database."""
+        made = storage.backend(self.config, self.service, migrations)
+        self.backends.append(made)
+        return made
 
     @property
     def log(self) -> Any:
@@ -168,6 +180,9 @@ class MeshServer:
         if self.port == 0:
             raise PortInUse(f"cannot listen on {self._address}: address in use or unavailable")
         self.runtime.telemetry.start(f"{self.runtime.service.host}:{self.port}")
+        for backend in self.runtime.backends:
+            await backend.open()  # connected and migrated before the first call
+        await _run_hooks(s.on_start for s in self.services)
         await self.server.start()
         for service in self.services:
             await self.health.set(service.descriptor.full_name, health_pb2.HealthCheckResponse.SERVING)
@@ -181,6 +196,8 @@ class MeshServer:
         await _run_hooks(s.on_stopping for s in self.services)
         await self.server.stop(self.runtime.config.grace_period if grace is None else grace)
         await _run_hooks(s.on_stop for s in self.services)
+        for backend in self.runtime.backends:
+            await backend.close()
         await self.runtime.clients.close()
         self.runtime.telemetry.close()
 
@@ -230,6 +247,10 @@ async def _serve(config: MeshConfig, name: str, port: int | None, replica: int =
         port = server.runtime.service.replica_port(replica)
     try:
         bound = await server.start()
+    except Unavailable as exc:  # its database: the supervisor starts it again after a backoff
+        _log.error(str(exc), extra={"fields": {"event": "storage_unavailable", **exc.metadata}})
+        await server.stop(0)
+        return 4
     except PortInUse:
         wanted = port if port is not None else server.runtime.service.port
         _log.error(

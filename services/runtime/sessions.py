@@ -1,8 +1,9 @@
 """Signing in to the services that own accounts (passengers, drivers): passwords, sessions, throttling.
 
 Written once for both: a service keeps its accounts in its own table, with an
-`email` and a `password_hash` column, and adds `SCHEMA` to its migrations;
-`Accounts` over that table does the rest.
+`email` and a `password_hash` column, and includes the session tables in its
+migrations (`\\ir ../../runtime/migrations/sessions.sql`, and its PostgreSQL
+variant); `Accounts` over that table does the rest.
 
 - **Passwords** are hashed with argon2id, argon2-cffi's default parameters
   (RFC 9106's second recommendation: 64 MiB, 3 passes, 4 lanes; ~0.1 s of CPU
@@ -47,42 +48,6 @@ from .config import MeshConfig
 from .errors import FieldViolation, InvalidArgument, ResourceExhausted, Unauthenticated, Unavailable
 from .resources import Backend, Row, Store, Tx
 from .tokens import Issued, Issuer, NoSigningKey
-
-SCHEMA = """
-CREATE TABLE refresh_tokens (
-    hash        TEXT PRIMARY KEY,
-    account     TEXT NOT NULL,
-    family      TEXT NOT NULL,
-    create_time INTEGER NOT NULL,
-    expire_time INTEGER NOT NULL,
-    used_time   INTEGER
-);
-CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family);
-CREATE INDEX refresh_tokens_by_account ON refresh_tokens (account);
-CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expire_time);
-CREATE TABLE sign_in_failures (
-    email      TEXT PRIMARY KEY,
-    failures   INTEGER NOT NULL,
-    first_time INTEGER NOT NULL
-);
-CREATE INDEX sign_in_failures_by_time ON sign_in_failures (first_time);
-"""
-"""The tables of sessions and failed sign-ins, for a service's migrations (the script is released:
-never edit it, add another)."""
-
-SCHEMA_BY_CLIENT = """
-DROP TABLE sign_in_failures;
-CREATE TABLE sign_in_failures (
-    email      TEXT NOT NULL,
-    client     TEXT NOT NULL,
-    failures   INTEGER NOT NULL,
-    first_time INTEGER NOT NULL,
-    PRIMARY KEY (email, client)
-);
-CREATE INDEX sign_in_failures_by_client ON sign_in_failures (client, first_time);
-CREATE INDEX sign_in_failures_by_time ON sign_in_failures (first_time);
-"""
-"""Failed sign-ins counted per email and client address (the counts of the last 15 minutes are lost)."""
 
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
@@ -325,7 +290,7 @@ class Accounts:
             await tx.execute("DELETE FROM sign_in_failures WHERE first_time <= ?", (window_start,))
             await tx.execute(
                 "INSERT INTO sign_in_failures (email, client, failures, first_time) VALUES (?, ?, 1, ?) "
-                "ON CONFLICT (email, client) DO UPDATE SET failures = failures + 1",
+                "ON CONFLICT (email, client) DO UPDATE SET failures = sign_in_failures.failures + 1",
                 (email, client, now),
             )
 

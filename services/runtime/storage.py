@@ -2,7 +2,7 @@
 
 Each service owns one database file (WAL mode, `var/<service>/<service>.db`);
 nothing else opens it. `Database` is the file itself, synchronous: opening,
-WAL, migrations by `PRAGMA user_version`, transactions (the gateway's key
+WAL, migrations (migrations.py, under `BEGIN IMMEDIATE`), transactions (the gateway's key
 store uses it as it is). `SqliteBackend` is the same file behind the resource
 kit's async `Backend` seam (resources.py), which is what services use.
 
@@ -11,13 +11,13 @@ Its calls run on the event loop's thread: they are short, indexed transactions
 see docs/architecture.md. One lock per connection keeps transactions and reads
 from interleaving should a transaction ever await something real.
 
-What is SQLite's own, and would differ in a PostgreSQL backend: the migrations
-(DDL: `INTEGER PRIMARY KEY AUTOINCREMENT` is an identity column there,
-`COLLATE NOCASE` a unique index on `lower(email)`), how a unique violation is
-reported (`UNIQUE constraint failed: table.column` here, the constraint name
-`<table>_<column>_key` there), and `?` placeholders (psycopg wants `%s`).
-Upserts are written `INSERT ... ON CONFLICT (key) DO UPDATE`, which both
-engines accept as they are.
+What is SQLite's own (postgres.py has the other engine): the DDL
+(`migrations/*.sql`, with `.postgres.sql` variants where the engines differ),
+how a unique violation is reported (`UNIQUE constraint failed: table.column`
+here, the constraint named `<table>_<column>_key` there), `?` placeholders
+(psycopg wants `%s`), and locking: one writer at a time here, so a read
+inside a transaction needs no row lock. `backend()` builds whichever engine
+a service's `[storage]` chooses.
 """
 
 from __future__ import annotations
@@ -30,19 +30,9 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+from .config import MeshConfig, ServiceConfig
+from .migrations import Migration, Source, load, migrate, pending
 from .resources import Backend, Row
-
-_REQUEST_LOG = """
-CREATE TABLE IF NOT EXISTS request_log (
-    method      TEXT NOT NULL,
-    request_id  TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    response    BLOB NOT NULL,
-    create_time INTEGER NOT NULL,
-    PRIMARY KEY (method, request_id)
-)
-"""
-
 
 WAL_WAIT = 10.0
 """How long opening a database waits for another process switching it to WAL."""
@@ -51,8 +41,9 @@ WAL_WAIT = 10.0
 class Database:
     """A service's own SQLite database with versioned migrations."""
 
-    def __init__(self, path: Path | str, migrations: Sequence[str]) -> None:
-        """`migrations[i]` takes the schema from version i to i+1; never edit a released one."""
+    def __init__(self, path: Path | str, migrations: Source, *, apply: bool = True) -> None:
+        """`migrations`: a directory of numbered files, or scripts numbered 1, 2, ... (migrations.py);
+        applied now unless not `apply` (a check: `pending()`)."""
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,8 +54,10 @@ class Database:
         # only a power loss can drop the last transactions.
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
+        self.migrations = load(migrations, "sqlite")
         try:
-            self._migrate([_REQUEST_LOG, *migrations])
+            self.applied = migrate(self, self.migrations) if apply else []
+            """The migrations this opening applied."""
         except BaseException:
             self._conn.close()
             raise
@@ -88,18 +81,6 @@ class Database:
                     raise
                 time.sleep(0.02)
 
-    def _migrate(self, migrations: Sequence[str]) -> None:
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(migrations[version:], start=version + 1):
-            with self.transaction() as tx:
-                # Replicas of a service open its file at the same moment: read the version
-                # again under the write lock, so only the first one applies each migration.
-                if tx.execute("PRAGMA user_version").fetchone()[0] >= number:
-                    continue
-                for statement in _statements(script):
-                    tx.execute(statement)
-                tx.execute(f"PRAGMA user_version={number}")
-
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: all or nothing."""
@@ -118,6 +99,17 @@ class Database:
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
         return row
+
+    def pending(self) -> list[Migration]:
+        """The migrations not applied yet, writing nothing."""
+        return pending(self, self.migrations)
+
+    def script(self, sql: str) -> None:
+        for statement in _statements(sql):
+            self._conn.execute(statement)
+
+    def legacy_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -143,8 +135,7 @@ def _statements(script: str) -> Iterator[str]:
 class SqliteBackend(Backend):
     """A service's SQLite file as the kit's backend: async calls that run at once on the loop's thread."""
 
-    def __init__(self, path: Path | str, migrations: Sequence[str]) -> None:
-        """`migrations[i]` takes the schema from version i to i+1; never edit a released one."""
+    def __init__(self, path: Path | str, migrations: Source) -> None:
         self.file = Database(path, migrations)
         self._lock = asyncio.Lock()
         self._holder: asyncio.Task[Any] | None = None
@@ -202,3 +193,26 @@ class _SqliteTx:
     async def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
         return row
+
+
+def sqlite_path(config: MeshConfig, service: ServiceConfig) -> Path:
+    """A service's SQLite file: `<data_dir>/<name>/<name>.db`."""
+    return config.data_dir / service.name / f"{service.name}.db"
+
+
+def backend(config: MeshConfig, service: ServiceConfig, migrations: Source) -> Backend:
+    """The service's database as `[storage]` (or `[services.<name>.storage]`) chooses it; a PostgreSQL
+    one still has to be opened (`await backend.open()`: connected, migrated)."""
+    chosen = service.storage
+    if chosen.backend == "sqlite":
+        return SqliteBackend(sqlite_path(config, service), migrations)
+    from .postgres import PostgresBackend  # psycopg is imported only by services that use it
+
+    return PostgresBackend(
+        chosen.dsn_for(service.name),
+        migrations,
+        pool_min=chosen.pool_min,
+        pool_max=chosen.pool_max,
+        statement_timeout=chosen.statement_timeout,
+        connect_timeout=chosen.connect_timeout,
+    )

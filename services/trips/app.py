@@ -8,7 +8,6 @@ from rideshare.trips.v1 import trips_pb2, trips_pb2_grpc
 
 from services.runtime import Runtime, Service, log
 from services.runtime.errors import ConfigError, MeshError
-from services.runtime.storage import SqliteBackend
 
 from .background import Background
 from .clients import Downstream
@@ -40,7 +39,7 @@ def create(runtime: Runtime) -> Service:
     matching_timeout = _positive(runtime, "matching_timeout_seconds", 60.0)
     outbox_max_backoff = _positive(runtime, "outbox_max_backoff_seconds", 5.0)
 
-    store = TripStore(SqliteBackend(runtime.data_path("trips.db"), MIGRATIONS))
+    store = TripStore(runtime.backend(MIGRATIONS))
     downstream = Downstream(runtime.clients)
     outbox = Outbox(store, downstream.send_notification, max_backoff=outbox_max_backoff)
     workflow = TripWorkflow(store, downstream, outbox, search_radius)
@@ -56,17 +55,19 @@ def create(runtime: Runtime) -> Service:
                 )
 
     janitor = Background("trips-janitor", sweep_forever)
-    outbox.task.try_start()
-    janitor.try_start()
+
+    def start() -> None:
+        outbox.task.start()
+        janitor.start()
 
     async def stop() -> None:
         await outbox.stop()
         await janitor.stop()
-        await store.close()
 
     return Service(
         descriptor=trips_pb2.DESCRIPTOR.services_by_name["TripService"],
         servicer=TripServicer(store, workflow),
         register=trips_pb2_grpc.add_TripServiceServicer_to_server,
+        on_start=start,
         on_stop=stop,
     )

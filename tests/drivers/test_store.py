@@ -1,10 +1,12 @@
-"""The SQLite driver store: nearby search by grid cell, checked against every driver measured exactly."""
+"""The driver store on both engines: nearby search by grid cell, checked against every driver measured
+exactly; the migration that gives existing drivers their cell."""
 
 from __future__ import annotations
 
 import math
 import random
 import uuid
+from pathlib import Path
 
 import pytest
 from google.type.latlng_pb2 import LatLng
@@ -12,7 +14,8 @@ from rideshare.drivers.v1 import drivers_pb2 as pb
 
 from services.domain import geo
 from services.drivers.store import MIGRATIONS, DriverStore, search_query
-from services.runtime.storage import Database, SqliteBackend
+from services.runtime.storage import Database
+from tests.postgres import Backends
 
 from .test_search import METERS_PER_DEGREE
 
@@ -34,35 +37,42 @@ def test_each_range_of_cells_is_one_search_of_the_cell_index(center):
     assert all("USING INDEX drivers_by_status_cell (status=? AND cell>? AND cell<?)" in s for s in searches)
 
 
-def test_the_migration_puts_existing_drivers_in_the_cells_new_ones_get(tmp_path):
-    path = tmp_path / "drivers.db"
-    places = [(51.5, -0.1), (-33.86, 151.21), (0.0, 180.0), (0.0, -180.0), (90.0, 0.0), (-90.0, 12.5)]
-    old = Database(path, MIGRATIONS[:-1])
-    with old.transaction() as tx:
-        for number, (latitude, longitude) in enumerate(places):
-            tx.execute(
-                "INSERT INTO drivers (id, display_name, vehicle_make, vehicle_model, license_plate, "
-                "status, latitude, longitude, create_time, update_time) "
-                "VALUES (?, 'D', 'M', 'M', 'P', 2, ?, ?, 0, 0)",
-                (f"d{number}", latitude, longitude),
-            )
-        tx.execute(
-            "INSERT INTO drivers (id, display_name, vehicle_make, vehicle_model, license_plate, status, "
-            "create_time, update_time) VALUES ('never-online', 'D', 'M', 'M', 'P', 1, 0, 0)"
-        )
-    old.close()
+def _before_cells(directory: Path) -> Path:
+    """The drivers' migrations before cells, as a directory (each file includes the real one)."""
+    directory.mkdir()
+    for file in MIGRATIONS.glob("*.sql"):
+        if int(file.name[:4]) < 4:
+            (directory / file.name).write_text(f"\\ir {file.resolve()}\n", encoding="utf-8")
+    return directory
 
-    db = Database(path, MIGRATIONS)
-    try:
-        rows = db.query("SELECT latitude, longitude, cell FROM drivers ORDER BY seq")
-    finally:
-        db.close()
+
+def test_the_migration_puts_existing_drivers_in_the_cells_new_ones_get(backends: Backends, runner, tmp_path):
+    places = [(51.5, -0.1), (-33.86, 151.21), (0.0, 180.0), (0.0, -180.0), (90.0, 0.0), (-90.0, 12.5)]
+    old = backends.open(_before_cells(tmp_path / "old"), name="drivers")
+
+    async def register() -> None:
+        async with old.transaction() as tx:
+            for number, (latitude, longitude) in enumerate(places):
+                await tx.execute(
+                    "INSERT INTO drivers (id, display_name, vehicle_make, vehicle_model, license_plate, "
+                    "status, latitude, longitude, create_time, update_time) "
+                    "VALUES (?, 'D', 'M', 'M', 'P', 2, ?, ?, 0, 0)",
+                    (f"d{number}", latitude, longitude),
+                )
+            await tx.execute(
+                "INSERT INTO drivers (id, display_name, vehicle_make, vehicle_model, license_plate, "
+                "status, create_time, update_time) VALUES ('never-online', 'D', 'M', 'M', 'P', 1, 0, 0)"
+            )
+
+    runner.run(register())
+    db = backends.open(MIGRATIONS, name="drivers")
+    rows = runner.run(db.query("SELECT cell FROM drivers ORDER BY seq"))
 
     assert [row["cell"] for row in rows] == [*(geo.cell_of(*place) for place in places), None]
 
 
-def _store(runner) -> DriverStore:
-    return DriverStore(SqliteBackend(":memory:", MIGRATIONS))
+def _store(backends: Backends) -> DriverStore:
+    return DriverStore(backends.open(MIGRATIONS))
 
 
 def _add(runner, store: DriverStore, places, status=pb.DRIVER_STATUS_AVAILABLE) -> list[str]:
@@ -112,9 +122,9 @@ def _around(rng: random.Random, latitude: float, longitude: float, meters: float
         (-89.99, 0.0, 3000),  # at the South Pole
     ],
 )
-def test_search_answers_what_measuring_every_driver_answers(runner, latitude, longitude, spread):
+def test_search_answers_what_measuring_every_driver_answers(backends, runner, latitude, longitude, spread):
     rng = random.Random(f"{latitude},{longitude},{spread}")
-    store = _store(runner)
+    store = _store(backends)
     places = [_around(rng, latitude, longitude, spread) for _ in range(400)]
     by_name = dict(zip(_add(runner, store, places), places, strict=True))
     _add(runner, store, places[:50], status=pb.DRIVER_STATUS_ON_TRIP)
@@ -130,11 +140,10 @@ def test_search_answers_what_measuring_every_driver_answers(runner, latitude, lo
         assert [driver.name for driver, _ in found] == _exact(by_name, center, radius, limit)
         for driver, meters in found:
             assert meters == pytest.approx(geo.distance_meters(center, driver.location), abs=1e-6)
-    runner.run(store.close())
 
 
-def test_ties_are_broken_by_registration_order_even_past_the_limit(runner):
-    store = _store(runner)
+def test_ties_are_broken_by_registration_order_even_past_the_limit(backends, runner):
+    store = _store(backends)
     center = LatLng(latitude=48.85, longitude=2.35)
     tied = _add(runner, store, [(48.85 + 300 / METERS_PER_DEGREE, 2.35)] * 15)
     nearer = _add(runner, store, [(48.85 + 100 / METERS_PER_DEGREE, 2.35)] * 3)
@@ -142,12 +151,13 @@ def test_ties_are_broken_by_registration_order_even_past_the_limit(runner):
     found = runner.run(store.search(center, 1000, 10))
 
     assert [driver.name for driver, _ in found] == nearer + tied[:7]
-    runner.run(store.close())
 
 
 @pytest.mark.parametrize("crowd", [200, 4000])
-def test_a_search_fetches_about_as_many_rows_as_it_returns_however_many_drivers_are_around(runner, crowd):
-    store = _store(runner)
+def test_a_search_fetches_about_as_many_rows_as_it_returns_however_many_drivers_are_around(
+    backends, runner, crowd
+):
+    store = _store(backends)
     rng = random.Random(crowd)
     _add(runner, store, [_around(rng, 52.52, 13.405, 2000) for _ in range(crowd)])
     read = []
@@ -163,4 +173,3 @@ def test_a_search_fetches_about_as_many_rows_as_it_returns_however_many_drivers_
 
     assert len(found) == 10
     assert sum(read) <= 6 * 10, read
-    runner.run(store.close())

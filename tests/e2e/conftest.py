@@ -42,6 +42,7 @@ import tomli_w
 
 from services.mesh import stats
 from services.runtime.config import load_config
+from tests import postgres
 from tests.ports import free_port, held_by
 
 BIN = Path(sys.executable).parent
@@ -480,15 +481,26 @@ def repo_client() -> dict[str, Any]:
     return client
 
 
-@pytest.fixture(scope="session")
-def rideshare_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    """The whole mesh as `make run` runs it (every service, the repository's settings), on free ports.
+@pytest.fixture(scope="session", params=postgres.ENGINES)
+def rideshare_mesh(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Mesh]:
+    """The whole mesh as `make run` runs it (every service, the repository's settings), on free ports,
+    once per storage engine: SQLite files, then a PostgreSQL database per service (`mesh up` makes
+    them; they are dropped afterwards).
 
     Shared by every test of the session that only adds its own records; a test
     that stops or kills services makes its own with `mesh_factory(repo_services(), ...)`.
     """
-    with MeshFactory(tmp_path_factory) as factory:
-        yield factory(repo_services(), client=repo_client()).start()
+    extra: dict[str, Any] = {"client": repo_client()}
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgres":
+            postgres.require()
+            databases = postgres.Databases()
+            stack.callback(databases.close)  # after the mesh stopped (the stack unwinds in reverse)
+            extra["storage"] = {"backend": "postgres", "dsn": databases.per_service()}
+        factory = stack.enter_context(MeshFactory(tmp_path_factory))
+        yield factory(repo_services(), **extra).start()
 
 
 # -- background processes ------------------------------------------------------------------------------

@@ -275,6 +275,30 @@ BAD_INPUT = [
         id="no-port",
     ),
     pytest.param(
+        MINIMAL,
+        {"MESH_STORAGE__BACKEND": "postgress"},
+        "MESH_STORAGE__BACKEND",
+        "storage.backend",
+        "expected one of sqlite, postgres, got 'postgress' (did you mean 'postgres'?)",
+        id="storage-backend",
+    ),
+    pytest.param(
+        MINIMAL + "[services.passengers.storage]\ndsn = 'mysql://db'\n",
+        {},
+        "file",
+        "services.passengers.storage.dsn",
+        "expected a postgresql:// URL",
+        id="storage-dsn",
+    ),
+    pytest.param(
+        "[storage]\npool_min = 20\n" + MINIMAL,
+        {},
+        "file",
+        "storage",
+        "pool_min (20) is more than pool_max (10)",
+        id="storage-pool",
+    ),
+    pytest.param(
         "[services.passengers]\nport = 6000\nsettings = 3\n",
         {},
         "file",
@@ -392,3 +416,25 @@ def test_setting_from_the_environment_of_the_wrong_type_names_the_variable(tmp_p
     assert caught.value.source == "environment MESH_SERVICES__PASSENGERS__SETTINGS__LIMIT"
     assert caught.value.key == "services.passengers.settings.limit"
     assert caught.value.problem == "expected int, got 'lots'"
+
+
+def test_storage_is_sqlite_unless_chosen_and_a_service_overrides_the_shared_table_key_by_key(tmp_path):
+    assert load(tmp_path, TWO).service("drivers").storage.backend == "sqlite"
+
+    config = load(
+        tmp_path,
+        "[storage]\nbackend = 'postgres'\npool_max = 4\n"
+        + TWO
+        + "[services.drivers.storage]\ndsn = 'postgresql://app@db.internal/fleet'\n",
+        env={"MESH_SERVICES__PASSENGERS__STORAGE__STATEMENT_TIMEOUT": "250ms"},
+    )
+
+    passengers, drivers = config.service("passengers").storage, config.service("drivers").storage
+    assert (passengers.backend, passengers.pool_max, passengers.statement_timeout) == ("postgres", 4, 0.25)
+    assert passengers.dsn_for("passengers") == "postgresql://postgres@127.0.0.1:5432/passengers"
+    assert (drivers.backend, drivers.pool_max) == ("postgres", 4)
+    assert drivers.dsn_for("drivers") == "postgresql://app@db.internal/fleet"
+
+
+def test_the_variable_that_requires_postgres_in_tests_is_no_config_key(tmp_path):
+    assert load(tmp_path, MINIMAL, env={"MESH_REQUIRE_POSTGRES": "1"}).storage.backend == "sqlite"

@@ -1,9 +1,8 @@
-"""The resource kit: the standard methods every service's store gets, on a real SQLite file."""
+"""The resource kit: the standard methods every service's store gets, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +12,22 @@ from rideshare.passengers.v1 import passengers_pb2 as pb
 from services.runtime import aip
 from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.resources import Resource, Row, Store, method_of
-from services.runtime.storage import SqliteBackend
+from tests.postgres import Backends, write_migrations
 
-MIGRATIONS = [
-    """
+PEOPLE_TABLE = """
     CREATE TABLE people (
-        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq          {seq},
         id           TEXT NOT NULL UNIQUE,
         display_name TEXT NOT NULL,
         email        TEXT NOT NULL UNIQUE,
         phone        TEXT NOT NULL
     )
-    """,
-]
+"""
+MIGRATIONS = {
+    "0001_people.sql": PEOPLE_TABLE.format(seq="INTEGER PRIMARY KEY AUTOINCREMENT"),
+    "0001_people.postgres.sql": PEOPLE_TABLE.format(seq="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+    "0002_note.sql": "ALTER TABLE people ADD COLUMN note TEXT",
+}
 
 
 def _person(row: Row) -> pb.Passenger:
@@ -61,10 +63,8 @@ PEOPLE = Resource(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store[pb.Passenger]]:
-    opened = Store(SqliteBackend(tmp_path / "people.db", MIGRATIONS), PEOPLE)
-    yield opened
-    asyncio.run(opened.close())
+def store(backends: Backends, tmp_path: Path) -> Store[pb.Passenger]:
+    return Store(backends.open(write_migrations(tmp_path / "migrations", MIGRATIONS)), PEOPLE)
 
 
 def person(
@@ -101,7 +101,7 @@ def test_the_logged_method_is_the_request_type_without_request():
     assert method_of(pb.UpdatePassengerRequest()) == "UpdatePassenger"
 
 
-def test_get_returns_what_create_stored_and_not_found_names_the_resource(store):
+def test_get_returns_what_create_stored_and_not_found_names_the_resource(store, runner):
     async def scenario() -> None:
         created = await create(store, 1)
         assert await store.get("passengers/p1") == created
@@ -118,10 +118,10 @@ def test_get_returns_what_create_stored_and_not_found_names_the_resource(store):
             await store.get("drivers/p1", field="passenger.name")
         assert [v.field for v in shape.value.violations] == ["passenger.name"]
 
-    asyncio.run(scenario())
+    runner.run(scenario())
 
 
-def test_a_taken_unique_column_is_the_resources_already_exists_naming_the_holder(store):
+def test_a_taken_unique_column_is_the_resources_already_exists_naming_the_holder(store, runner):
     async def scenario() -> None:
         first = await create(store, 1, email="same@example.com")
         with pytest.raises(AlreadyExists) as taken:
@@ -136,10 +136,10 @@ def test_a_taken_unique_column_is_the_resources_already_exists_naming_the_holder
             )
         assert (await store.get(second.name)).email == second.email
 
-    asyncio.run(scenario())
+    runner.run(scenario())
 
 
-def test_create_replays_by_request_id_and_refuses_a_reused_one(store):
+def test_create_replays_by_request_id_and_refuses_a_reused_one(store, runner):
     async def scenario() -> None:
         first = await create(store, 1, request_id="k")
         assert await create(store, 1, request_id="k") == first
@@ -148,10 +148,10 @@ def test_create_replays_by_request_id_and_refuses_a_reused_one(store):
         assert reused.value.reason == "REQUEST_ID_REUSED"
         assert len((await store.list(pb.ListPassengersRequest())).items) == 1
 
-    asyncio.run(scenario())
+    runner.run(scenario())
 
 
-def test_list_pages_in_creation_order_with_tokens_bound_to_the_query(store):
+def test_list_pages_in_creation_order_with_tokens_bound_to_the_query(store, runner):
     async def pages(size: int, **query: str) -> list[list[str]]:
         found, token = [], ""
         while True:
@@ -181,10 +181,10 @@ def test_list_pages_in_creation_order_with_tokens_bound_to_the_query(store):
         with pytest.raises(InvalidArgument):
             await store.list(pb.ListPassengersRequest(page_token=token + "x"), parent="+1")
 
-    asyncio.run(scenario())
+    runner.run(scenario())
 
 
-def test_tokens_are_the_ones_issued_before_the_kit(store):
+def test_tokens_are_the_ones_issued_before_the_kit(store, runner):
     async def scenario() -> None:
         for number in range(3):
             await create(store, number)
@@ -193,10 +193,10 @@ def test_tokens_are_the_ones_issued_before_the_kit(store):
         rest = await store.list(pb.ListPassengersRequest(page_token=aip.encode_page_token(2)))
         assert [p.name for p in rest.items] == ["passengers/p2"]
 
-    asyncio.run(scenario())
+    runner.run(scenario())
 
 
-def test_update_writes_the_change_once_and_an_unchanged_resource_is_returned_as_it_was(store):
+def test_update_writes_the_change_once_and_an_unchanged_resource_is_returned_as_it_was(store, runner):
     async def scenario() -> None:
         created = await create(store, 1)
         request = pb.UpdatePassengerRequest(passenger=pb.Passenger(name=created.name), request_id="u")
@@ -219,10 +219,10 @@ def test_update_writes_the_change_once_and_an_unchanged_resource_is_returned_as_
         with pytest.raises(NotFound):
             await store.update("passengers/nobody", rename, pb.UpdatePassengerRequest())
 
-    asyncio.run(scenario())
+    runner.run(scenario())
 
 
-def test_delete_checks_first_and_a_hidden_row_does_not_exist(store):
+def test_delete_checks_first_and_a_hidden_row_does_not_exist(store, runner):
     async def scenario() -> None:
         kept = await create(store, 1)
         hidden = await create(store, 2, display_name="hidden")
@@ -242,21 +242,34 @@ def test_delete_checks_first_and_a_hidden_row_does_not_exist(store):
         with pytest.raises(NotFound):
             await store.delete(hidden.name, pb.DeletePassengerRequest(name=hidden.name))
 
-    asyncio.run(scenario())
+    runner.run(scenario())
 
 
-def test_insert_takes_extra_columns_and_answers_the_seq(tmp_path):
+def test_insert_takes_extra_columns_and_answers_the_seq(store, runner):
     async def scenario() -> None:
-        backend = SqliteBackend(tmp_path / "x.db", [MIGRATIONS[0], "ALTER TABLE people ADD COLUMN note TEXT"])
-        store = Store(backend, PEOPLE)
-        try:
-            async with backend.transaction() as tx:
-                first = await store.insert(tx, person(1)[0], note="kept")
-                second = await store.insert(tx, person(2)[0])
-            assert (first, second) == (1, 2)
-            row = await backend.query_one("SELECT note FROM people WHERE id = 'p1'")
-            assert row["note"] == "kept"
-        finally:
-            await store.close()
+        async with store.db.transaction() as tx:
+            first = await store.insert(tx, person(1)[0], note="kept")
+            second = await store.insert(tx, person(2)[0])
+        assert (first, second) == (1, 2)
+        row = await store.db.query_one("SELECT note FROM people WHERE id = 'p1'")
+        assert row["note"] == "kept"
 
-    asyncio.run(scenario())
+    runner.run(scenario())
+
+
+def test_concurrent_updates_of_one_resource_take_turns_and_none_is_lost(store, runner):
+    # PostgreSQL runs the transactions side by side on pooled connections: without the row lock,
+    # two would read the same name and one append would be lost.
+    def append(current: pb.Passenger) -> pb.Passenger:
+        changed = pb.Passenger()
+        changed.CopyFrom(current)
+        changed.display_name += "x"
+        return changed
+
+    async def scenario() -> None:
+        created = await create(store, 1, display_name="")
+        updates = [store.update(created.name, append, pb.UpdatePassengerRequest()) for _ in range(8)]
+        await asyncio.gather(*updates)
+        assert (await store.get(created.name)).display_name == "x" * 8
+
+    runner.run(scenario())

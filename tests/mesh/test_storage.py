@@ -1,273 +1,189 @@
-"""The embedded store: versioned migrations, atomic transactions, AIP-155 replays over the async backend."""
+"""Storage under the kit: migrations, atomic transactions, AIP-155 replays, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from rideshare.passengers.v1 import passengers_pb2 as pb
 
-from services.runtime.errors import InvalidArgument
+from services.runtime import migrations
+from services.runtime.errors import InvalidArgument, Unavailable
+from services.runtime.migrations import Migration, MigrationError
+from services.runtime.postgres import PostgresBackend, pyformat
 from services.runtime.resources import Tx, fingerprint
 from services.runtime.storage import Database, SqliteBackend
+from tests.ports import free_port
+from tests.postgres import Backends, write_migrations
 
-MIGRATIONS = [
-    "CREATE TABLE things (id INTEGER PRIMARY KEY, label TEXT NOT NULL)",
-    "ALTER TABLE things ADD COLUMN colour TEXT NOT NULL DEFAULT 'red';"
+THINGS = """
+CREATE TABLE things (
+    id    {id},
+    label TEXT NOT NULL
+)
+"""
+FILES = {
+    "0001_things.sql": THINGS.format(id="INTEGER PRIMARY KEY AUTOINCREMENT"),
+    "0001_things.postgres.sql": THINGS.format(id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+    "0002_colour.sql": "ALTER TABLE things ADD COLUMN colour TEXT NOT NULL DEFAULT 'red';\n"
     "CREATE INDEX things_label ON things (label)",
-]
+}
 
 
 @pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "svc" / "svc.db"
+def migrations_dir(tmp_path: Path) -> Path:
+    return write_migrations(tmp_path / "migrations", FILES)
 
 
 @pytest.fixture
-def db(path: Path) -> Iterator[Database]:
-    database = Database(path, MIGRATIONS)
-    yield database
-    database.close()
+def backend(backends: Backends, migrations_dir: Path):
+    return backends.open(migrations_dir)
 
 
-def test_database_file_is_created_with_its_directory_in_wal_mode(db, path):
-    assert path.exists()
-    assert db.query_one("PRAGMA journal_mode")[0] == "wal"
-    assert db.query_one("PRAGMA foreign_keys")[0] == 1
+def applied(backends: Backends, backend) -> list[tuple[int, str]]:
+    rows = backends.runner.run(backend.query("SELECT version, name FROM schema_migrations ORDER BY version"))
+    return [(row["version"], row["name"]) for row in rows]
 
 
-def test_migrations_run_in_order_and_record_the_version(db):
-    # request_log is migration 1, then the service's own
-    assert db.query_one("PRAGMA user_version")[0] == 1 + len(MIGRATIONS)
-    with db.transaction() as tx:
-        tx.execute("INSERT INTO things (label) VALUES ('a')")
-    assert dict(db.query_one("SELECT label, colour FROM things")) == {"label": "a", "colour": "red"}
+# -- migrations ----------------------------------------------------------------------------------------
 
 
-def test_reopening_does_not_rerun_migrations(path):
-    first = Database(path, MIGRATIONS)
-    with first.transaction() as tx:
-        tx.execute("INSERT INTO things (label) VALUES ('kept')")
-    first.close()
+def test_migrations_run_in_order_and_are_recorded_with_their_names(backends, backend):
+    # version 0 is the runtime's own (the request log), then the service's files
+    assert applied(backends, backend) == [(0, "runtime"), (1, "things"), (2, "colour")]
+
+    async def insert() -> dict:
+        async with backend.transaction() as tx:
+            await tx.execute("INSERT INTO things (label) VALUES ('a')")
+        return dict(await backend.query_one("SELECT label, colour FROM things"))
+
+    assert backends.runner.run(insert()) == {"label": "a", "colour": "red"}
+
+
+def test_reopening_applies_nothing_again(backends, migrations_dir):
+    first = backends.open(migrations_dir)
+    backends.runner.run(first.query("INSERT INTO things (label) VALUES ('kept')"))
 
     # ALTER TABLE ADD COLUMN would fail if it ran twice
-    second = Database(path, MIGRATIONS)
-    try:
-        assert [r["label"] for r in second.query("SELECT label FROM things")] == ["kept"]
-        assert second.query_one("PRAGMA user_version")[0] == 3
-    finally:
-        second.close()
+    second = backends.open(migrations_dir)
+    assert [r["label"] for r in backends.runner.run(second.query("SELECT label FROM things"))] == ["kept"]
+    assert len(applied(backends, second)) == 3
 
 
-def test_a_new_migration_runs_on_an_existing_database(path):
-    Database(path, MIGRATIONS[:1]).close()
+def test_a_new_migration_runs_on_an_existing_database(backends, tmp_path):
+    old = write_migrations(tmp_path / "old", {k: v for k, v in FILES.items() if k.startswith("0001")})
+    backends.open(old)
 
-    upgraded = Database(path, MIGRATIONS)
-    try:
-        assert upgraded.query_one("PRAGMA user_version")[0] == 3
-        assert "colour" in [r["name"] for r in upgraded.query("PRAGMA table_info(things)")]
-    finally:
-        upgraded.close()
-
-
-def test_a_failing_migration_leaves_the_previous_version(path):
-    broken = [*MIGRATIONS, "CREATE TABLE extra (x INTEGER); INSERT INTO nowhere VALUES (1)"]
-
-    with pytest.raises(sqlite3.OperationalError):
-        Database(path, broken)
-
-    reopened = Database(path, MIGRATIONS)
-    try:
-        assert reopened.query_one("PRAGMA user_version")[0] == 3
-        assert reopened.query_one("SELECT name FROM sqlite_master WHERE name = 'extra'") is None
-    finally:
-        reopened.close()
+    upgraded = backends.open(write_migrations(tmp_path / "new", FILES))
+    assert [version for version, _ in applied(backends, upgraded)] == [0, 1, 2]
+    row = backends.runner.run(upgraded.query_one("SELECT colour FROM things WHERE 1 = 0"))
+    assert row is None  # the column exists (a missing one would fail the query)
 
 
-def test_a_failed_transaction_writes_nothing(db):
-    def half_done() -> None:
-        with db.transaction() as tx:
-            tx.execute("INSERT INTO things (label) VALUES ('half')")
-            raise RuntimeError("midway")
-
-    with pytest.raises(RuntimeError):
-        half_done()
-
-    assert db.query("SELECT * FROM things") == []
-    with db.transaction() as tx:
-        tx.execute("INSERT INTO things (label) VALUES ('next')")
-    assert [r["label"] for r in db.query("SELECT label FROM things")] == ["next"]
-
-
-def create_request(request_id: str = "", email: str = "ada@example.com") -> pb.CreatePassengerRequest:
-    return pb.CreatePassengerRequest(
-        passenger=pb.Passenger(display_name="Ada", email=email), request_id=request_id
+def test_a_failing_migration_leaves_the_schema_as_it_was(backends, migrations_dir):
+    backends.open(migrations_dir)
+    # DDL first, then the failure: the created table must go with it (transactional DDL)
+    (migrations_dir / "0003_broken.sql").write_text(
+        "CREATE TABLE extra (x INTEGER); INSERT INTO nowhere VALUES (1)", encoding="utf-8"
     )
 
+    with pytest.raises((sqlite3.OperationalError, psycopg.errors.UndefinedTable)):
+        backends.open(migrations_dir)
 
-@pytest.fixture
-def backend(path: Path) -> Iterator[SqliteBackend]:
-    opened = SqliteBackend(path, MIGRATIONS)
-    yield opened
-    asyncio.run(opened.close())
-
-
-class Writer:
-    """A write that inserts a row and answers with a passenger numbered by the row."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self, tx: Tx) -> pb.Passenger:
-        self.calls += 1
-        rows = await tx.query("INSERT INTO things (label) VALUES ('w') RETURNING id")
-        return pb.Passenger(name=f"passengers/{rows[0]['id']}")
+    (migrations_dir / "0003_broken.sql").unlink()
+    reopened = backends.open(migrations_dir)
+    assert [version for version, _ in applied(backends, reopened)] == [0, 1, 2]
+    with pytest.raises((sqlite3.OperationalError, psycopg.errors.UndefinedTable)):
+        backends.runner.run(reopened.query("SELECT * FROM extra"))
 
 
-def idempotent(backend: SqliteBackend, method: str, request, write) -> pb.Passenger:
-    return asyncio.run(backend.idempotent(method, request, pb.Passenger, write))
+def test_a_check_lists_what_is_pending_and_writes_nothing(backends, migrations_dir, tmp_path):
+    if backends.engine == "sqlite":
+        checked = Database(tmp_path / "fresh.db", migrations_dir, apply=False).pending()
+        opened = Database(tmp_path / "fresh.db", [], apply=False)
+        assert opened.query("SELECT name FROM sqlite_master") == []
+        opened.close()
+    else:
+        fresh = PostgresBackend(backends.dsn("fresh"), migrations_dir)
+        checked = backends.runner.run(fresh.pending())
+        backends.runner.run(fresh.close())
+        with psycopg.connect(backends.dsn("fresh")) as conn:
+            assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,)
+    assert [m.label for m in checked] == ["0000_runtime", "0001_things", "0002_colour"]
 
 
-def things(backend: SqliteBackend) -> list:
-    return asyncio.run(backend.query("SELECT * FROM things"))
+def test_a_file_versioned_by_user_version_is_adopted_not_migrated_again(tmp_path, migrations_dir):
+    # What the runtime wrote before schema_migrations: the request log as version 1, then the
+    # service's scripts, and PRAGMA user_version = how many.
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(
+        (migrations.RUNTIME_MIGRATIONS / "0000_runtime.sql").read_text()
+        + ";"
+        + FILES["0001_things.sql"]
+        + "; INSERT INTO things (label) VALUES ('old'); PRAGMA user_version = 2;"
+    )
+    conn.close()
 
-
-def test_idempotent_replays_the_first_answer_without_writing_again(backend):
-    write = Writer()
-
-    first = idempotent(backend, "Create", create_request("r-1"), write)
-    again = idempotent(backend, "Create", create_request("r-1"), write)
-
-    assert first == again == pb.Passenger(name="passengers/1")
-    assert write.calls == 1
-    assert len(things(backend)) == 1
-
-
-def test_idempotent_answer_survives_reopening_the_file(path):
-    first_db = SqliteBackend(path, MIGRATIONS)
-    first = idempotent(first_db, "Create", create_request("r-1"), Writer())
-    asyncio.run(first_db.close())
-
-    reopened = SqliteBackend(path, MIGRATIONS)
+    adopted = Database(path, migrations_dir)
     try:
-        write = Writer()
-        again = idempotent(reopened, "Create", create_request("r-1"), write)
-        assert again == first
-        assert write.calls == 0
+        rows = adopted.query("SELECT version, name FROM schema_migrations ORDER BY version")
+        assert [(r["version"], r["name"]) for r in rows] == [
+            (0, "adopted from user_version"),
+            (1, "adopted from user_version"),
+            (2, "colour"),
+        ]
+        assert [dict(r) for r in adopted.query("SELECT label, colour FROM things")] == [
+            {"label": "old", "colour": "red"}
+        ]
     finally:
-        asyncio.run(reopened.close())
+        adopted.close()
 
 
-def test_same_request_id_with_a_different_payload_is_refused(backend):
-    idempotent(backend, "Create", create_request("r-1"), Writer())
-
-    with pytest.raises(InvalidArgument) as caught:
-        idempotent(backend, "Create", create_request("r-1", email="eve@example.com"), Writer())
-
-    assert caught.value.reason == "REQUEST_ID_REUSED"
-    assert [v.field for v in caught.value.violations] == ["request_id"]
-    assert len(things(backend)) == 1
+def test_scripts_given_as_a_list_are_numbered_from_one(tmp_path):
+    db = Database(tmp_path / "t.db", ["CREATE TABLE a (x INTEGER)", "CREATE TABLE b (y INTEGER)"])
+    try:
+        assert [r["version"] for r in db.query("SELECT version FROM schema_migrations")] == [0, 1, 2]
+    finally:
+        db.close()
 
 
-def test_request_ids_are_scoped_to_the_method(backend):
-    idempotent(backend, "Create", create_request("r-1"), Writer())
-    other = idempotent(backend, "Update", create_request("r-1"), Writer())
-
-    assert other == pb.Passenger(name="passengers/2")
-
-
-def test_without_request_id_every_call_writes(backend):
-    write = Writer()
-
-    answers = [idempotent(backend, "Create", create_request(), write) for _ in range(2)]
-
-    assert [a.name for a in answers] == ["passengers/1", "passengers/2"]
-    assert asyncio.run(backend.query("SELECT * FROM request_log")) == []
-
-
-def test_a_failed_write_is_not_remembered_so_a_retry_can_succeed(backend):
-    async def fail(tx: Tx) -> pb.Passenger:
-        await tx.execute("INSERT INTO things (label) VALUES ('lost')")
-        raise InvalidArgument.field("passenger.email", "taken")
-
-    with pytest.raises(InvalidArgument):
-        idempotent(backend, "Create", create_request("r-1"), fail)
-
-    assert things(backend) == []
-    assert idempotent(backend, "Create", create_request("r-1"), Writer()).name == "passengers/1"
-
-
-def test_a_migration_may_hold_semicolons_in_strings_and_trigger_bodies(tmp_path):
-    db = Database(
-        tmp_path / "t.db",
-        [
-            "CREATE TABLE a (x TEXT DEFAULT ';'); CREATE TABLE b (n INTEGER);"
-            "CREATE TRIGGER count_a AFTER INSERT ON a BEGIN INSERT INTO b VALUES (1); END;"
-        ],
+def test_a_directory_gives_each_engine_its_own_text_and_includes_files(tmp_path):
+    write_migrations(tmp_path / "shared", {"part.sql": "CREATE TABLE part (x INTEGER)"})
+    directory = write_migrations(
+        tmp_path / "svc",
+        {
+            "0001_init.sql": "CREATE TABLE t (seq INTEGER PRIMARY KEY AUTOINCREMENT)",
+            "0001_init.postgres.sql": "CREATE TABLE t (seq BIGINT GENERATED ALWAYS AS IDENTITY)",
+            "0002_more.sql": "SELECT 1;\n\\ir ../shared/part.sql\n",
+            "README.md": "not a migration",
+        },
     )
-    with db.transaction() as tx:
-        tx.execute("INSERT INTO a DEFAULT VALUES")
-    assert db.query_one("SELECT x FROM a")["x"] == ";"
-    assert db.query_one("SELECT count(*) AS n FROM b")["n"] == 1
-    db.close()
+    assert migrations.read(directory, "sqlite") == [
+        Migration(1, "init", "CREATE TABLE t (seq INTEGER PRIMARY KEY AUTOINCREMENT)"),
+        Migration(2, "more", "SELECT 1;\nCREATE TABLE part (x INTEGER)\n"),
+    ]
+    assert migrations.read(directory, "postgres")[0].sql.endswith("GENERATED ALWAYS AS IDENTITY)")
+    assert [m.version for m in migrations.load(directory, "postgres")] == [0, 1, 2]
 
 
-def test_replay_finds_the_stored_answer_without_writing(tmp_path):
-    async def scenario() -> None:
-        db = SqliteBackend(tmp_path / "t.db", [])
-        first = pb.CreatePassengerRequest(passenger=pb.Passenger(display_name="A"), request_id="k")
-        assert await db.replay("CreatePassenger", first, pb.Passenger) is None
-
-        async def write(tx: Tx) -> pb.Passenger:
-            return pb.Passenger(name="passengers/1")
-
-        await db.idempotent("CreatePassenger", first, pb.Passenger, write)
-
-        assert (await db.replay("CreatePassenger", first, pb.Passenger)).name == "passengers/1"
-        assert await db.replay("CreatePassenger", pb.CreatePassengerRequest(), pb.Passenger) is None
-        other = pb.CreatePassengerRequest(passenger=pb.Passenger(display_name="B"), request_id="k")
-        with pytest.raises(InvalidArgument) as caught:
-            await db.replay("CreatePassenger", other, pb.Passenger)
-        assert caught.value.reason == "REQUEST_ID_REUSED"
-        await db.close()
-
-    asyncio.run(scenario())
-
-
-def test_the_fingerprint_ignores_only_the_request_id():
-    assert fingerprint(pb.DeletePassengerRequest(name="passengers/a", request_id="x")) == fingerprint(
-        pb.DeletePassengerRequest(name="passengers/a", request_id="y")
-    )
-    assert fingerprint(pb.DeletePassengerRequest(name="passengers/a")) != fingerprint(
-        pb.DeletePassengerRequest(name="passengers/b")
-    )
-
-
-def test_a_unique_violation_names_its_column(backend):
-    async def twice() -> None:
-        for _ in range(2):
-            async with backend.transaction() as tx:
-                await tx.execute("INSERT INTO things (id, label) VALUES (1, 'x')")
-
-    with pytest.raises(sqlite3.IntegrityError) as caught:
-        asyncio.run(twice())
-
-    assert backend.unique_violation(caught.value) == "id"
-    assert backend.unique_violation(RuntimeError("UNIQUE constraint failed: things.id")) is None
-
-
-def test_using_the_backend_inside_its_own_transaction_fails_instead_of_waiting_for_ever(backend):
-    async def misuse() -> None:
-        async with backend.transaction():
-            await backend.query("SELECT * FROM things")
-
-    with pytest.raises(RuntimeError, match="through its Tx"):
-        asyncio.run(misuse())
+@pytest.mark.parametrize(
+    ("files", "problem"),
+    [
+        ({"0001_a.sql": "", "0003_c.sql": ""}, "version 0002 is missing"),
+        ({"0001_a.sql": "", "0001_b.postgres.sql": ""}, "several names"),
+        ({"0001_a.postgres.sql": ""}, "no text for sqlite"),
+    ],
+)
+def test_a_directory_that_is_not_one_sequence_is_refused(tmp_path, files, problem):
+    with pytest.raises(MigrationError, match=problem):
+        migrations.read(write_migrations(tmp_path / "m", files), "sqlite")
 
 
 def _open_at(path: str, start: float) -> str:
@@ -294,3 +210,303 @@ def test_replicas_opening_a_fresh_file_at_the_same_moment_all_succeed(tmp_path):
             db = Database(path, ["CREATE TABLE t (x INTEGER)"])
             assert db.query_one("PRAGMA journal_mode")[0] == "wal"
             db.close()
+
+
+@pytest.mark.parametrize("backends", ["postgres"], indirect=True)
+def test_replicas_migrating_one_postgres_database_together_apply_each_migration_once(
+    backends, migrations_dir
+):
+    dsn = backends.dsn("together")
+    start = threading.Barrier(4)
+    outcomes: list[object] = []
+
+    def replica() -> None:
+        backend = PostgresBackend(dsn, migrations_dir)
+        start.wait()
+        try:
+            outcomes.append(backend.run_migrations())
+        except Exception as error:
+            outcomes.append(error)
+
+    threads = [threading.Thread(target=replica) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert not [o for o in outcomes if isinstance(o, Exception)], outcomes
+    assert sorted(m.version for done in outcomes for m in done) == [0, 1, 2]  # each applied by one
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (3,)
+
+
+# -- the SQLite file -----------------------------------------------------------------------------------
+
+
+def test_database_file_is_created_with_its_directory_in_wal_mode(tmp_path):
+    path = tmp_path / "svc" / "svc.db"
+    db = Database(path, [])
+    try:
+        assert path.exists()
+        assert db.query_one("PRAGMA journal_mode")[0] == "wal"
+        assert db.query_one("PRAGMA foreign_keys")[0] == 1
+    finally:
+        db.close()
+
+
+def test_a_migration_may_hold_semicolons_in_strings_and_trigger_bodies(tmp_path):
+    db = Database(
+        tmp_path / "t.db",
+        [
+            "CREATE TABLE a (x TEXT DEFAULT ';'); CREATE TABLE b (n INTEGER);"
+            "CREATE TRIGGER count_a AFTER INSERT ON a BEGIN INSERT INTO b VALUES (1); END;"
+        ],
+    )
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO a DEFAULT VALUES")
+    assert db.query_one("SELECT x FROM a")["x"] == ";"
+    assert db.query_one("SELECT count(*) AS n FROM b")["n"] == 1
+    db.close()
+
+
+def test_using_the_sqlite_backend_inside_its_own_transaction_fails_instead_of_waiting_for_ever(tmp_path):
+    backend = SqliteBackend(tmp_path / "t.db", [])
+
+    async def misuse() -> None:
+        async with backend.transaction():
+            await backend.query("SELECT * FROM request_log")
+
+    with pytest.raises(RuntimeError, match="through its Tx"):
+        asyncio.run(misuse())
+    asyncio.run(backend.close())
+
+
+# -- transactions and replays, on both engines ---------------------------------------------------------
+
+
+def create_request(request_id: str = "", email: str = "ada@example.com") -> pb.CreatePassengerRequest:
+    return pb.CreatePassengerRequest(
+        passenger=pb.Passenger(display_name="Ada", email=email), request_id=request_id
+    )
+
+
+class Writer:
+    """A write that inserts a row and answers with a passenger numbered by the row."""
+
+    def __init__(self, gate: asyncio.Event | None = None) -> None:
+        self.calls = 0
+        self.gate = gate
+
+    async def __call__(self, tx: Tx) -> pb.Passenger:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        rows = await tx.query("INSERT INTO things (label) VALUES ('w') RETURNING id")
+        return pb.Passenger(name=f"passengers/{rows[0]['id']}")
+
+
+def idempotent(backends: Backends, backend, method: str, request, write) -> pb.Passenger:
+    return backends.runner.run(backend.idempotent(method, request, pb.Passenger, write))
+
+
+def things(backends: Backends, backend) -> list:
+    return backends.runner.run(backend.query("SELECT * FROM things"))
+
+
+def test_a_failed_transaction_writes_nothing(backends, backend):
+    async def half_done() -> None:
+        async with backend.transaction() as tx:
+            await tx.execute("INSERT INTO things (label) VALUES ('half')")
+            raise RuntimeError("midway")
+
+    with pytest.raises(RuntimeError):
+        backends.runner.run(half_done())
+    assert things(backends, backend) == []
+
+
+def test_idempotent_replays_the_first_answer_without_writing_again(backends, backend):
+    write = Writer()
+
+    first = idempotent(backends, backend, "Create", create_request("r-1"), write)
+    again = idempotent(backends, backend, "Create", create_request("r-1"), write)
+
+    assert first == again == pb.Passenger(name="passengers/1")
+    assert write.calls == 1
+    assert len(things(backends, backend)) == 1
+
+
+def test_idempotent_answer_survives_reopening_the_database(backends, migrations_dir):
+    first_db = backends.open(migrations_dir)
+    first = idempotent(backends, first_db, "Create", create_request("r-1"), Writer())
+    backends.runner.run(first_db.close())
+
+    reopened = backends.open(migrations_dir)
+    write = Writer()
+    assert idempotent(backends, reopened, "Create", create_request("r-1"), write) == first
+    assert write.calls == 0
+
+
+def test_same_request_id_with_a_different_payload_is_refused(backends, backend):
+    idempotent(backends, backend, "Create", create_request("r-1"), Writer())
+
+    with pytest.raises(InvalidArgument) as caught:
+        idempotent(backends, backend, "Create", create_request("r-1", email="eve@example.com"), Writer())
+
+    assert caught.value.reason == "REQUEST_ID_REUSED"
+    assert [v.field for v in caught.value.violations] == ["request_id"]
+    assert len(things(backends, backend)) == 1
+
+
+def test_request_ids_are_scoped_to_the_method(backends, backend):
+    idempotent(backends, backend, "Create", create_request("r-1"), Writer())
+    other = idempotent(backends, backend, "Update", create_request("r-1"), Writer())
+
+    assert other == pb.Passenger(name="passengers/2")
+
+
+def test_without_request_id_every_call_writes(backends, backend):
+    write = Writer()
+
+    answers = [idempotent(backends, backend, "Create", create_request(), write) for _ in range(2)]
+
+    assert [a.name for a in answers] == ["passengers/1", "passengers/2"]
+    assert backends.runner.run(backend.query("SELECT * FROM request_log")) == []
+
+
+def test_a_failed_write_is_not_remembered_so_a_retry_can_succeed(backends, backend):
+    async def fail(tx: Tx) -> pb.Passenger:
+        await tx.execute("INSERT INTO things (label) VALUES ('lost')")
+        raise InvalidArgument.field("passenger.email", "taken")
+
+    with pytest.raises(InvalidArgument):
+        idempotent(backends, backend, "Create", create_request("r-1"), fail)
+
+    assert things(backends, backend) == []
+    assert idempotent(backends, backend, "Create", create_request("r-1"), Writer()).name.startswith(
+        "passengers/"
+    )
+
+
+def test_replay_finds_the_stored_answer_without_writing(backends, backend):
+    async def scenario() -> None:
+        first = pb.CreatePassengerRequest(passenger=pb.Passenger(display_name="A"), request_id="k")
+        assert await backend.replay("CreatePassenger", first, pb.Passenger) is None
+
+        async def write(tx: Tx) -> pb.Passenger:
+            return pb.Passenger(name="passengers/1")
+
+        await backend.idempotent("CreatePassenger", first, pb.Passenger, write)
+
+        assert (await backend.replay("CreatePassenger", first, pb.Passenger)).name == "passengers/1"
+        assert await backend.replay("CreatePassenger", pb.CreatePassengerRequest(), pb.Passenger) is None
+        other = pb.CreatePassengerRequest(passenger=pb.Passenger(display_name="B"), request_id="k")
+        with pytest.raises(InvalidArgument) as caught:
+            await backend.replay("CreatePassenger", other, pb.Passenger)
+        assert caught.value.reason == "REQUEST_ID_REUSED"
+
+    backends.runner.run(scenario())
+
+
+def test_the_fingerprint_ignores_only_the_request_id():
+    assert fingerprint(pb.DeletePassengerRequest(name="passengers/a", request_id="x")) == fingerprint(
+        pb.DeletePassengerRequest(name="passengers/a", request_id="y")
+    )
+    assert fingerprint(pb.DeletePassengerRequest(name="passengers/a")) != fingerprint(
+        pb.DeletePassengerRequest(name="passengers/b")
+    )
+
+
+def test_a_unique_violation_names_its_column(backends, backend):
+    async def twice() -> None:
+        for _ in range(2):
+            async with backend.transaction() as tx:
+                await tx.execute("INSERT INTO request_log VALUES ('M', 'k', '', ?, 0)", (b"",))
+
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.UniqueViolation)) as caught:
+        backends.runner.run(twice())
+
+    # SQLite names both columns of the key (so: no one column); PostgreSQL the key's name
+    assert backend.unique_violation(caught.value) == (None if backends.engine == "sqlite" else "request_id")
+    assert backend.unique_violation(RuntimeError("UNIQUE constraint failed: things.id")) is None
+
+
+@pytest.mark.parametrize("backends", ["postgres"], indirect=True)
+def test_the_same_request_id_racing_on_two_connections_is_one_write_and_one_replay(backends, migrations_dir):
+    one, two = backends.open(migrations_dir, "race"), backends.open(migrations_dir, "race")
+
+    async def scenario() -> tuple[pb.Passenger, pb.Passenger]:
+        gate = asyncio.Event()
+        # The first has looked in the request log and found nothing; the second then writes and
+        # commits; the first's own log entry collides, its write rolls back, the second's answer stands.
+        slow = asyncio.create_task(one.idempotent("Create", create_request("r"), pb.Passenger, Writer(gate)))
+        await asyncio.sleep(0)
+        while not gate.is_set() and not slow.done():
+            fast = await two.idempotent("Create", create_request("r"), pb.Passenger, Writer())
+            gate.set()
+        return await slow, fast
+
+    slow, fast = backends.runner.run(scenario())
+    assert slow == fast
+    assert len(things(backends, one)) == 1
+
+
+# -- PostgreSQL's own ----------------------------------------------------------------------------------
+
+
+def test_placeholders_are_rewritten_once_outside_string_literals():
+    assert pyformat("SELECT * FROM t WHERE a = ? AND b LIKE '50%' AND c = 'it''s'") == (
+        "SELECT * FROM t WHERE a = %s AND b LIKE '50%%' AND c = 'it''s'"
+    )
+    assert pyformat("SELECT ?") is pyformat("SELECT ?")  # cached
+    with pytest.raises(ValueError, match="inside a string literal"):
+        pyformat("SELECT * FROM t WHERE a = '?'")
+
+
+TRICKY = "100% sure? '; DROP TABLE things; --"
+
+
+@pytest.mark.parametrize("backends", ["postgres"], indirect=True)
+def test_a_string_with_percent_signs_and_question_marks_travels_as_a_bound_parameter(backends, backend):
+    async def scenario() -> str:
+        async with backend.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO things (label) VALUES (?)", ("100% sure? '; DROP TABLE things; --",)
+            )
+        row = await backend.query_one("SELECT label FROM things WHERE label LIKE '100%'")
+        return str(row["label"])
+
+    assert backends.runner.run(scenario()) == TRICKY
+
+
+def test_an_unreachable_database_is_unavailable_naming_it(runner):
+    port = free_port()
+    backend = PostgresBackend(f"postgresql://postgres@127.0.0.1:{port}/trips", [], connect_timeout=1.0)
+
+    with pytest.raises(Unavailable) as opening:
+        runner.run(backend.open())
+    assert opening.value.reason == "DATABASE_UNAVAILABLE"
+    assert opening.value.metadata == {"database": f"127.0.0.1:{port}/trips"}
+    assert f"database 127.0.0.1:{port}/trips is unavailable" in str(opening.value)
+    runner.run(backend.close())
+
+
+@pytest.mark.parametrize("backends", ["postgres"], indirect=True)
+def test_a_database_that_goes_away_is_unavailable_and_the_pool_recovers(backends, backend):
+    async def terminate_and_query() -> Exception | None:
+        async with backend.pool.connection() as conn:
+            pids = [
+                row["pid"] for row in await (await conn.execute("SELECT pg_backend_pid() AS pid")).fetchall()
+            ]
+        with psycopg.connect(backends.dsn(), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+        try:
+            await backend.query("SELECT 1")
+        except Unavailable as error:
+            return error
+        return None
+
+    failed = backends.runner.run(terminate_and_query())
+    assert failed is not None
+    assert failed.reason == "DATABASE_UNAVAILABLE"
+    # the broken connection left the pool; the next call gets a working one
+    assert things(backends, backend) == []

@@ -1,9 +1,8 @@
-"""The feed: two replicas (two stores and feeds on one SQLite file) as one service to their streams."""
+"""The feed: two replicas (two stores and feeds on one database, both engines) as one service to streams."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from rideshare.notifications.v1 import notifications_pb2 as pb
 
@@ -12,7 +11,7 @@ from services.notifications.broker import Broker
 from services.notifications.feed import Feed
 from services.notifications.store import MIGRATIONS, NotificationStore
 from services.runtime.errors import Unavailable
-from services.runtime.storage import SqliteBackend
+from tests.postgres import Backends
 
 WAIT = 10.0
 
@@ -20,8 +19,8 @@ WAIT = 10.0
 class Replica:
     """What one process of the service holds: its store (own connection), broker and feed."""
 
-    def __init__(self, path: Path) -> None:
-        self.store = NotificationStore(SqliteBackend(path, MIGRATIONS))
+    def __init__(self, backends: Backends) -> None:
+        self.store = NotificationStore(backends.open(MIGRATIONS))
         self.feed = Feed(Broker(queue_size=64), self.store, poll_interval=0.05)
 
     async def send(self, recipient: str, title: str, request_id: str = "") -> pb.Notification:
@@ -49,9 +48,10 @@ async def titles(subscription, count: int) -> list[str]:
     return got
 
 
-def test_a_stream_on_one_replica_gets_what_every_replica_commits_in_commit_order(tmp_path):
+def test_a_stream_on_one_replica_gets_what_every_replica_commits_in_commit_order(backends, runner):
+    a, b = Replica(backends), Replica(backends)
+
     async def scenario():
-        a, b = Replica(tmp_path / "n.db"), Replica(tmp_path / "n.db")
         try:
             await a.send("passengers/p", "before the stream")  # not the stream's: it was not open yet
             with await a.feed.subscribe("passengers/p") as stream:
@@ -64,12 +64,13 @@ def test_a_stream_on_one_replica_gets_what_every_replica_commits_in_commit_order
             await a.close()
             await b.close()
 
-    assert asyncio.run(scenario()) == ["1 from b", "2 from a", "3 from b"]
+    assert runner.run(scenario()) == ["1 from b", "2 from a", "3 from b"]
 
 
-def test_each_notification_reaches_each_stream_once_however_it_was_seen(tmp_path):
+def test_each_notification_reaches_each_stream_once_however_it_was_seen(backends, runner):
+    a, b = Replica(backends), Replica(backends)
+
     async def scenario():
-        a, b = Replica(tmp_path / "n.db"), Replica(tmp_path / "n.db")
         try:
             with (
                 await a.feed.subscribe("passengers/p") as on_a,
@@ -87,12 +88,13 @@ def test_each_notification_reaches_each_stream_once_however_it_was_seen(tmp_path
             await b.close()
 
     expected = [str(n) for n in range(21)] + ["last"]
-    assert asyncio.run(scenario()) == (expected, expected)
+    assert runner.run(scenario()) == (expected, expected)
 
 
-def test_the_feed_stops_following_when_the_last_stream_goes_and_starts_again(tmp_path):
+def test_the_feed_stops_following_when_the_last_stream_goes_and_starts_again(backends, runner):
+    a, b = Replica(backends), Replica(backends)
+
     async def scenario():
-        a, b = Replica(tmp_path / "n.db"), Replica(tmp_path / "n.db")
         try:
             with await a.feed.subscribe("passengers/p"):
                 assert a.feed.position is not None
@@ -107,12 +109,13 @@ def test_the_feed_stops_following_when_the_last_stream_goes_and_starts_again(tmp
             await a.close()
             await b.close()
 
-    assert asyncio.run(scenario()) == ["after"]
+    assert runner.run(scenario()) == ["after"]
 
 
-def test_closing_ends_the_streams_with_unavailable(tmp_path):
+def test_closing_ends_the_streams_with_unavailable(backends, runner):
+    a = Replica(backends)
+
     async def scenario():
-        a = Replica(tmp_path / "n.db")
         try:
             with await a.feed.subscribe("passengers/p") as stream:
                 a.feed.close()
@@ -124,4 +127,4 @@ def test_closing_ends_the_streams_with_unavailable(tmp_path):
         finally:
             await a.store.close()
 
-    assert asyncio.run(scenario()) == "unavailable"
+    assert runner.run(scenario()) == "unavailable"

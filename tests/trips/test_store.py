@@ -1,8 +1,6 @@
-"""The trip store on a real SQLite file: hidden MATCHING trips, transitions, replays, the outbox."""
+"""The trip store on SQLite and PostgreSQL: hidden MATCHING trips, transitions, replays, the outbox."""
 
 from __future__ import annotations
-
-import asyncio
 
 import grpc
 import pytest
@@ -11,12 +9,20 @@ from rideshare.trips.v1.trips_pb2 import AcceptTripRequest, ListTripsRequest, Re
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.resources import fingerprint
 from services.trips import domain
+from services.trips.store import MIGRATIONS, TripStore
+from tests.postgres import Backends
 
-from .conftest import assigned, notice, open_store
+from .conftest import assigned, notice
 from .test_domain import quote, request
 
 
-def test_a_matching_trip_is_invisible_until_a_driver_is_assigned(store):
+@pytest.fixture
+def store(backends: Backends) -> TripStore:
+    """The trip store, once per engine (the other trip tests use the SQLite one of conftest.py)."""
+    return TripStore(backends.open(MIGRATIONS))
+
+
+def test_a_matching_trip_is_invisible_until_a_driver_is_assigned(store, runner):
     async def scenario() -> None:
         rpc = request(request_id="r1")
         trip = domain.new_trip(rpc, quote())
@@ -43,10 +49,10 @@ def test_a_matching_trip_is_invisible_until_a_driver_is_assigned(store):
         assert await store.replayed(rpc) == done
         assert [e.notice for e in await store.pending_notices(10)] == notice(done)
 
-    asyncio.run(scenario())
+    runner.run(scenario())
 
 
-def test_a_dropped_match_leaves_nothing(store):
+def test_a_dropped_match_leaves_nothing(store, runner):
     async def scenario() -> None:
         rpc = request(request_id="r1")
         matching = await store.add_matching(domain.new_trip(rpc, quote()), "r1", fingerprint(rpc))
@@ -56,10 +62,10 @@ def test_a_dropped_match_leaves_nothing(store):
         assert await store.matching_by_key("r1") is None
         assert await store.stale_matching(2**62, 10) == []
 
-    asyncio.run(scenario())
+    runner.run(scenario())
 
 
-def test_stale_matching_lists_only_old_untouched_attempts(store):
+def test_stale_matching_lists_only_old_untouched_attempts(store, runner):
     async def scenario() -> None:
         rpc = request()
         matching = await store.add_matching(domain.new_trip(rpc, quote()), "", fingerprint(rpc))
@@ -67,10 +73,10 @@ def test_stale_matching_lists_only_old_untouched_attempts(store):
         assert await store.stale_matching(matching.update_ns, 10) == []
         assert [m.id for m in await store.stale_matching(matching.update_ns + 1, 10)] == [matching.id]
 
-    asyncio.run(scenario())
+    runner.run(scenario())
 
 
-def test_a_transition_is_atomic_with_its_notifications_and_replayed(store):
+def test_a_transition_is_atomic_with_its_notifications_and_replayed(store, runner):
     async def scenario() -> None:
         trip = await assigned(store)
         for entry in await store.pending_notices(10):
@@ -98,10 +104,10 @@ def test_a_transition_is_atomic_with_its_notifications_and_replayed(store):
         assert len(await store.pending_notices(10)) == 1, "a refused step queues nothing"
         assert (await store.get(trip.name)).state == domain.ACCEPTED
 
-    asyncio.run(scenario())
+    runner.run(scenario())
 
 
-def test_the_dropoff_time_is_fixed_by_the_first_attempt(store):
+def test_the_dropoff_time_is_fixed_by_the_first_attempt(store, runner):
     async def scenario() -> None:
         trip = await assigned(store)
         trip_id = trip.name.removeprefix("trips/")
@@ -119,14 +125,14 @@ def test_the_dropoff_time_is_fixed_by_the_first_attempt(store):
         assert paid.state == domain.IN_PROGRESS
         assert not paid.HasField("end_time"), "the drop-off time shows only once the trip is completed"
 
-    asyncio.run(scenario())
+    runner.run(scenario())
 
 
 def _started(trip: Trip) -> Trip:
     return domain.start(domain.accept(trip))
 
 
-def test_list_filters_by_passenger_and_driver_in_pages(store):
+def test_list_filters_by_passenger_and_driver_in_pages(store, runner):
     async def names(passenger: str, driver: str, size: int) -> list[list[str]]:
         pages, token = [], ""
         while True:
@@ -150,10 +156,10 @@ def test_list_filters_by_passenger_and_driver_in_pages(store):
         assert await names("passengers/p1", "drivers/d0", 10) == [[made[3]]]
         assert await names("passengers/none", "", 10) == [[]]
 
-    asyncio.run(scenario())
+    runner.run(scenario())
 
 
-def test_outbox_rows_stay_in_order_until_delivered_and_dead_ones_are_kept_aside(store):
+def test_outbox_rows_stay_in_order_until_delivered_and_dead_ones_are_kept_aside(store, runner):
     async def scenario() -> None:
         for index in range(3):
             await assigned(store, driver=f"drivers/d{index}")
@@ -168,27 +174,21 @@ def test_outbox_rows_stay_in_order_until_delivered_and_dead_ones_are_kept_aside(
         left = await store.pending_notices(10)
         assert [(e.id, e.attempts) for e in left] == [(entries[0].id, 1)]
 
-    asyncio.run(scenario())
+    runner.run(scenario())
 
 
-def test_everything_survives_a_restart(tmp_path):
-    async def scenario() -> None:
-        first = open_store(tmp_path)
-        trip = await assigned(first, request_id="r1")
-        await first.close()
+def test_everything_survives_a_restart(backends, runner):
+    first = TripStore(backends.open(MIGRATIONS))
+    trip = runner.run(assigned(first, request_id="r1"))
+    runner.run(first.close())
 
-        second = open_store(tmp_path)
-        try:
-            assert await second.get(trip.name) == trip
-            assert await second.replayed(request(request_id="r1")) == trip
-            assert len(await second.pending_notices(10)) == 1
-        finally:
-            await second.close()
-
-    asyncio.run(scenario())
+    second = TripStore(backends.open(MIGRATIONS))
+    assert runner.run(second.get(trip.name)) == trip
+    assert runner.run(second.replayed(request(request_id="r1"))) == trip
+    assert len(runner.run(second.pending_notices(10))) == 1
 
 
-def test_replayed_refuses_a_reused_request_id(store):
+def test_replayed_refuses_a_reused_request_id(store, runner):
     async def scenario() -> None:
         await assigned(store, request_id="r1")
 
@@ -198,4 +198,4 @@ def test_replayed_refuses_a_reused_request_id(store):
         assert error.value.code is grpc.StatusCode.INVALID_ARGUMENT
         assert await store.replayed(RequestTripRequest()) is None
 
-    asyncio.run(scenario())
+    runner.run(scenario())

@@ -1,0 +1,240 @@
+"""PostgreSQL behind the kit's `Backend` seam: psycopg 3's async pool, one database per service.
+
+Nothing blocks the event loop: every call awaits a pooled connection
+(psycopg_pool's `AsyncConnectionPool`, `pool_min` .. `pool_max` of them).
+Connections are in autocommit mode, so a read outside a transaction is one
+statement and never leaves a transaction open, and each has the configured
+`statement_timeout`. Rows come back as dicts.
+
+- **Placeholders.** The kit and the stores write `?`; `pyformat` rewrites an
+  SQL text once (cached) to psycopg's `%s`, and a literal `%` to `%%`.
+  Parameters are always bound by the server, never formatted into the text.
+- **Row locks.** A row read inside a transaction to be changed is read `FOR
+  UPDATE` (`row_lock`), so two transactions changing one row take turns, as
+  SQLite's single writer makes them.
+- **Unique violations** name their constraint; every unique constraint and
+  index is named `<table>_<column>_key` (PostgreSQL's own default for a
+  column's UNIQUE), from which the column follows.
+- **An unreachable database** (refused, terminated, no pooled connection in
+  time, a statement past its timeout) is UNAVAILABLE `DATABASE_UNAVAILABLE`
+  naming the database, never a traceback; a broken connection leaves the
+  pool and is replaced.
+- **Migrations** (migrations.py) run when the backend opens, on a connection
+  of their own, each in a transaction holding `pg_advisory_xact_lock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from .errors import Unavailable
+from .migrations import Migration, Source, load, migrate, pending
+from .resources import Backend, Row
+
+MIGRATION_LOCK = 0x6D657368_6D696772
+"""The advisory lock migrators of one database take turns on ("meshmigr"; each database has its own)."""
+MAINTENANCE_DB = "postgres"
+
+
+@functools.lru_cache(maxsize=4096)
+def pyformat(sql: str) -> str:
+    """The kit's `?` placeholders as psycopg's `%s`, and a literal `%` as `%%`; once per SQL text."""
+    parts = sql.split("'")  # even parts are outside string literals ('' inside one keeps the parity)
+    if any("?" in literal for literal in parts[1::2]):
+        raise ValueError(f"a '?' inside a string literal cannot be told from a placeholder: {sql!r}")
+    return "'".join(
+        part.replace("%", "%%").replace("?", "%s") if i % 2 == 0 else part.replace("%", "%%")
+        for i, part in enumerate(parts)
+    )
+
+
+def describe(dsn: str) -> str:
+    """`host:port/database`: how errors and `mesh status` name a database (never its password)."""
+    params = conninfo_to_dict(dsn)
+    host = str(params.get("host") or "localhost")
+    return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or params.get('user') or ''}"
+
+
+class PostgresBackend(Backend):
+    """A service's PostgreSQL database as the kit's backend."""
+
+    row_lock = " FOR UPDATE"
+
+    def __init__(
+        self,
+        dsn: str,
+        migrations: Source,
+        *,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        statement_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.dsn = dsn
+        self.database = describe(dsn)
+        self.migrations = load(migrations, "postgres")
+        self.applied: list[Migration] = []
+        """The migrations `open` applied."""
+        self.connect_timeout = connect_timeout
+        self._options = {
+            "autocommit": True,
+            "connect_timeout": max(1, round(connect_timeout)),
+            # Options the DSN carries (a search_path, say) are kept; the timeout is added to them.
+            "options": f"{conninfo_to_dict(dsn).get('options') or ''} "
+            f"-c statement_timeout={round(statement_timeout * 1000)}".strip(),
+        }
+        self.pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
+            dsn,
+            min_size=pool_min,
+            max_size=pool_max,
+            kwargs={**self._options, "row_factory": dict_row},
+            open=False,
+            timeout=connect_timeout,
+            name=self.database,
+        )
+
+    async def open(self) -> None:
+        """Apply pending migrations (`applied` says which), then fill the pool."""
+        with self._unavailable():
+            self.applied = await asyncio.to_thread(self.run_migrations)
+            await self.pool.open(wait=True, timeout=self.connect_timeout)
+
+    def run_migrations(self, check: bool = False) -> list[Migration]:
+        """Apply the pending migrations (or with `check`, list them); blocking, for a thread or a tool."""
+        with psycopg.connect(self.dsn, row_factory=dict_row, **self._options) as conn:  # type: ignore[arg-type]
+            session = _Migrator(conn)
+            return pending(session, self.migrations) if check else migrate(session, self.migrations)
+
+    async def pending(self) -> list[Migration]:
+        """The migrations not applied yet (`mesh migrate --check`), writing nothing."""
+        with self._unavailable():
+            return await asyncio.to_thread(self.run_migrations, True)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_PostgresTx]:
+        with self._unavailable():
+            async with self.pool.connection() as conn, conn.transaction():
+                yield _PostgresTx(conn)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self._unavailable():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(pyformat(sql), params)
+                return list(await cursor.fetchall()) if cursor.description else []
+
+    async def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        with self._unavailable():
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(pyformat(sql), params)
+                return await cursor.fetchone() if cursor.description else None
+
+    def unique_violation(self, error: BaseException) -> str | None:
+        if not isinstance(error, psycopg.errors.UniqueViolation):
+            return None
+        constraint, table = error.diag.constraint_name or "", error.diag.table_name or ""
+        if not (constraint.startswith(f"{table}_") and constraint.endswith("_key")):
+            return None
+        return constraint[len(table) + 1 : -len("_key")] or None
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """The database out of reach, as the caller should see it: UNAVAILABLE, naming it."""
+        try:
+            yield
+        except psycopg.OperationalError as error:
+            raise unavailable(self.database, error) from error
+
+
+def unavailable(database: str, error: BaseException) -> Unavailable:
+    cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return Unavailable(
+        f"database {database} is unavailable: {cause}",
+        reason="DATABASE_UNAVAILABLE",
+        metadata={"database": database},
+    )
+
+
+class _PostgresTx:
+    """An open transaction on one pooled connection."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[DictRow]) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cursor = await self._conn.execute(pyformat(sql), params)
+        return cursor.rowcount
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        cursor = await self._conn.execute(pyformat(sql), params)
+        return list(await cursor.fetchall()) if cursor.description else []
+
+    async def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        cursor = await self._conn.execute(pyformat(sql), params)
+        return await cursor.fetchone() if cursor.description else None
+
+
+class _Migrator:
+    """The migration runner's session on a plain (sync) connection; a transaction holds the lock."""
+
+    def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
+        self._conn = conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._conn.transaction():
+            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            yield
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        cursor = self._conn.execute(pyformat(sql), params)
+        return list(cursor.fetchall()) if cursor.description else []
+
+    def script(self, sql: str) -> None:
+        self._conn.execute(sql)  # no parameters: several statements in one go, `%` as written
+
+    def legacy_version(self) -> int:
+        return 0
+
+
+def database_exists(dsn: str, timeout: float = 5.0) -> bool:
+    """Whether the database `dsn` names exists (asked of the `postgres` maintenance database)."""
+    with _maintenance(dsn, timeout) as conn:
+        return _exists(conn, dsn)
+
+
+def ensure_database(dsn: str, timeout: float = 5.0) -> bool:
+    """Create the database `dsn` names unless it exists (through the `postgres` maintenance
+    database, with the same credentials); whether it was created. Operators' tools call it
+    (`mesh migrate`, `mesh up`), not services: creating databases is not a service's right."""
+    name = str(conninfo_to_dict(dsn).get("dbname") or "")
+    with _maintenance(dsn, timeout) as conn:
+        if _exists(conn, dsn):
+            return False
+        try:
+            conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+        except psycopg.errors.DuplicateDatabase:
+            return False  # another migrator made it at the same moment
+    return True
+
+
+def _maintenance(dsn: str, timeout: float) -> psycopg.Connection[tuple[Any, ...]]:
+    admin = psycopg.conninfo.make_conninfo(dsn, dbname=MAINTENANCE_DB)
+    return psycopg.connect(admin, autocommit=True, connect_timeout=max(1, round(timeout)))
+
+
+def _exists(conn: psycopg.Connection[tuple[Any, ...]], dsn: str) -> bool:
+    name = str(conninfo_to_dict(dsn).get("dbname") or "")
+    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
