@@ -5,7 +5,7 @@ around the pickup (issue 12)? Each count gets its own SQLite file in memory
 with that many AVAILABLE drivers spread evenly within 5 km of a center;
 then the same 300 pickups (within 1 km of it) are searched, radius 5 km,
 the nearest 10, as the trip service asks. `--baseline-ref REF` also runs the
-store module of another git revision (`git show REF:services/drivers/store.py`,
+store module of another git revision (checked out in a temporary worktree,
 imported beside this tree's runtime) on the same data. One process, no gRPC:
 the figure is the store's own time per search.
 """
@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import random
-import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -26,20 +25,16 @@ from types import ModuleType
 from google.type.latlng_pb2 import LatLng
 from rideshare.drivers.v1 import drivers_pb2 as pb
 
+from bench.rest import baseline_tree
 from bench.trips import CENTER, around
-from bench.unary import REPO
 from services.drivers import store as current
 from services.runtime.storage import SqliteBackend
 
 
-def store_of(ref: str, folder: Path) -> ModuleType:
-    source = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{ref}:services/drivers/store.py"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    path = folder / "baseline_store.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("baseline_store", path)
+def store_of(tree: Path) -> ModuleType:
+    """services/drivers/store.py of another tree, imported beside this tree's runtime (its migrations
+    directory is the tree's own)."""
+    spec = importlib.util.spec_from_file_location("baseline_store", tree / "services/drivers/store.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -77,10 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline-ref", metavar="REF", help="also time the store module of this revision")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.drivers.split(",")]
-    with tempfile.TemporaryDirectory(prefix="rideshare-bench-search-") as folder:
+    with contextlib.ExitStack() as stack:
         variants = {"current": current}
         if args.baseline_ref:
-            variants[args.baseline_ref] = store_of(args.baseline_ref, Path(folder))
+            variants[args.baseline_ref] = store_of(stack.enter_context(baseline_tree(args.baseline_ref)))
         print("| drivers within 5 km | " + " | ".join(f"{v} us/search" for v in variants) + " |")
         print("| ---: | " + " | ".join("---:" for _ in variants) + " |")
         for count in counts:
