@@ -110,13 +110,13 @@ class Result:
 # -- the open-loop client ---------------------------------------------------------------------------------
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection, one request at a time."""
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, one request at a time (bodies need a content-length)."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.answer: asyncio.Future[tuple[int, bool]] | None = None
+        self.answer: asyncio.Future[tuple[int, bool, bytes]] | None = None
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -132,28 +132,42 @@ class _Connection(asyncio.Protocol):
         size = end + 4 + (int(length.group(1)) if length else 0)
         if len(self.buffer) < size:
             return
+        body = bytes(self.buffer[end + 4 : size])
         del self.buffer[:size]
         answer, self.answer = self.answer, None
         if not answer.done():  # given up on (past the drain): only its answer came late
-            answer.set_result((int(head[9:12]), b"connection: close" in head.lower()))
+            answer.set_result((int(head[9:12]), b"connection: close" in head.lower(), body))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.answer is not None and not self.answer.done():
-            self.answer.set_result((0, True))
+            self.answer.set_result((0, True, b""))
 
 
-class _Pool:
+class Pool:
     """Idle connections, new ones up to MAX_CONNECTIONS, then a wait for one to come back."""
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.idle: list[_Connection] = []
+        self.idle: list[Connection] = []
         self.open = 0
-        self.waiting: list[asyncio.Future[_Connection]] = []
+        self.waiting: list[asyncio.Future[Connection]] = []
         self.opening: set[asyncio.Task[None]] = set()
 
-    async def get(self) -> _Connection:
+    async def exchange(self, request: bytes) -> tuple[int, bytes]:
+        """Send one request on a free connection: the answer's status (0: none came) and body."""
+        try:
+            connection = await self.get()
+        except OSError:
+            return 0, b""
+        answer = connection.answer = asyncio.get_running_loop().create_future()
+        assert connection.transport is not None
+        connection.transport.write(request)
+        status, close, body = await answer
+        self.put(connection, reusable=status != 0 and not close)
+        return status, body
+
+    async def get(self) -> Connection:
         while self.idle:
             connection = self.idle.pop()
             if not connection.closed:
@@ -163,17 +177,17 @@ class _Pool:
             self.open += 1
             try:
                 _, connection = await asyncio.get_running_loop().create_connection(
-                    _Connection, "127.0.0.1", self.port
+                    Connection, "127.0.0.1", self.port
                 )
             except OSError:
                 self.open -= 1
                 raise
             return connection
-        waiter: asyncio.Future[_Connection] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
         self.waiting.append(waiter)
         return await waiter
 
-    def put(self, connection: _Connection, reusable: bool) -> None:
+    def put(self, connection: Connection, reusable: bool) -> None:
         if not reusable or connection.closed:
             if connection.transport is not None:
                 connection.transport.close()
@@ -188,7 +202,7 @@ class _Pool:
         else:
             self.idle.append(connection)
 
-    async def _hand_over(self, waiter: asyncio.Future[_Connection]) -> None:
+    async def _hand_over(self, waiter: asyncio.Future[Connection]) -> None:
         try:
             waiter.set_result(await self.get())
         except OSError as exc:
@@ -202,24 +216,15 @@ class _Pool:
 
 async def _open_loop(port: int, rate: float, seconds: float) -> tuple[dict[int, list[float]], int, float]:
     loop = asyncio.get_running_loop()
-    pool = _Pool(port)
+    pool = Pool(port)
     latencies: dict[int, list[float]] = {}
     pending: set[asyncio.Task[None]] = set()
     answered = [0.0]
 
     async def one(due: float) -> None:
-        try:
-            connection = await pool.get()
-        except OSError:
-            latencies.setdefault(0, []).append(loop.time() - due)
-            return
-        answer = connection.answer = loop.create_future()
-        assert connection.transport is not None
-        connection.transport.write(REQUEST)
-        status, close = await answer
+        status, _ = await pool.exchange(REQUEST)
         answered[0] = loop.time()
         latencies.setdefault(status, []).append(answered[0] - due)
-        pool.put(connection, reusable=status != 0 and not close)
 
     count = int(rate * seconds)
     start = loop.time() + 0.1

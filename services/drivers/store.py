@@ -7,13 +7,19 @@ between), so two trips racing for one driver are serialized and the second
 sees ON_TRIP. On PostgreSQL the kit reads the row `FOR UPDATE` to the same
 effect.
 
-Search prefilters with a latitude/longitude box on the index
-`(status, latitude, longitude)`; exact great-circle distances are computed
-only for the rows inside the box.
+Search looks in widening windows of grid cells around the point (geo.py),
+one query each on the index `(status, cell)`: the database orders the rows
+of the window by a flat distance estimate and returns only the first few, and
+exact great-circle distances are computed for those alone. It stops once the
+window or the estimate proves that no driver left out is nearer than the ones
+kept, so its cost follows the drivers near the point that it returns, not all
+those around it. The SQL is plain (ranges, arithmetic, CASE, ORDER BY ...
+LIMIT) and runs unchanged on PostgreSQL.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +68,7 @@ def _columns(driver: Driver) -> dict[str, Any]:
         "status": int(driver.status),
         "latitude": driver.location.latitude if located else None,
         "longitude": driver.location.longitude if located else None,
+        "cell": geo.cell_of(driver.location.latitude, driver.location.longitude) if located else None,
         "current_trip": driver.current_trip,
         "email": driver.email,
         "location_update_time": driver.location_update_time.ToNanoseconds() if located else None,
@@ -82,18 +89,50 @@ def _email_taken(driver: Driver, holder: Driver | None) -> AlreadyExists:
 DRIVERS = Resource(Driver, _driver, _columns, unique={"email": _email_taken})
 
 
-def search_query(box: geo.BoundingBox) -> tuple[str, tuple[float, ...]]:
-    """The AVAILABLE drivers inside `box`: a range scan of `drivers_by_status_position`."""
-    longitudes = " OR ".join("longitude BETWEEN ? AND ?" for _ in box.longitude_ranges)
+#: The first window's reach: a few cells each way, which holds the nearest drivers in a busy area.
+FIRST_REACH = 250.0
+
+#: The drivers of some cells by flat squared distance in degrees (`gap`) from a point: the latitude
+#: offset squared plus the longitude offset the shorter way round (`east`), squared and scaled by
+#: cos^2 of the point's latitude.
+_NEAREST = """
+SELECT * FROM (
+    SELECT *, dlat * dlat + ? * east * east AS gap FROM (
+        SELECT *, CASE WHEN dlng > 180 THEN dlng - 360 WHEN dlng < -180 THEN dlng + 360 ELSE dlng END AS east
+        FROM (
+            SELECT *, latitude - ? AS dlat, longitude - ? AS dlng FROM drivers WHERE {cells}
+        ) AS offsets
+    ) AS wrapped
+) AS gaps
+WHERE gap <= ? ORDER BY gap, seq LIMIT ?
+"""
+
+
+def search_query(
+    center: LatLng, window: geo.CellWindow, radius_meters: float, limit: int
+) -> tuple[str, tuple[float, ...]]:
+    """The `limit` AVAILABLE drivers in the window's cells nearest `center` by flat distance (`gap`),
+    leaving out those the flat distance already puts beyond the radius."""
+    # Each range with its status, so that SQLite searches the index once per range (PostgreSQL ORs
+    # bitmap index scans either way); `status = ? AND (ranges)` made SQLite scan every AVAILABLE driver.
+    cells = " OR ".join("(status = ? AND cell BETWEEN ? AND ?)" for _ in window.ranges)
+    available = int(DRIVER_STATUS_AVAILABLE)
+    widest = radius_meters * window.stretch / geo.METERS_PER_DEGREE
     return (
-        f"SELECT * FROM drivers WHERE status = ? AND latitude BETWEEN ? AND ? AND ({longitudes})",
+        _NEAREST.format(cells=cells),
         (
-            int(DRIVER_STATUS_AVAILABLE),
-            box.min_latitude,
-            box.max_latitude,
-            *(bound for pair in box.longitude_ranges for bound in pair),
+            math.cos(math.radians(center.latitude)) ** 2,
+            center.latitude,
+            center.longitude,
+            *(value for low, high in window.ranges for value in (available, low, high)),
+            min(widest * widest, _ANYWHERE),
+            limit,
         ),
     )
+
+
+#: Larger than any gap on Earth (180^2 + 180^2), for a window whose stretch is unbounded (a pole).
+_ANYWHERE = 1e6
 
 
 class DriverStore(Store[Driver]):
@@ -103,14 +142,41 @@ class DriverStore(Store[Driver]):
         super().__init__(db, DRIVERS)
 
     async def search(self, center: LatLng, radius_meters: float, limit: int) -> Nearby:
-        """The AVAILABLE drivers within the radius, nearest first (ties by registration order)."""
-        rows = await self.db.query(*search_query(geo.bounding_box(center, radius_meters)))
-        found = []
-        for row in rows:
-            distance = geo.haversine_meters(
-                center.latitude, center.longitude, row["latitude"], row["longitude"]
-            )
-            if distance <= radius_meters:
-                found.append((distance, row["seq"], row))
-        found.sort(key=lambda item: (item[0], item[1]))
-        return [(_driver(row), distance) for distance, _, row in found[:limit]]
+        """The AVAILABLE drivers within the radius, nearest first (ties by registration order).
+
+        Each round asks for the `fetch` nearest by flat distance in a window and
+        measures them exactly. A driver not returned is at least `horizon` away:
+        outside the window it is beyond the window's reach; inside, beyond the last
+        flat distance returned (divided by the window's stretch). The drivers closer
+        than that are certain; once there are `limit` of them, or the window covers
+        the radius and nothing in it was left out, the answer is exact. Otherwise
+        the round that was short of proof grows: `fetch` when the estimate stopped
+        it, the window (by the density it saw) when the window did.
+        """
+        reach, fetch = min(FIRST_REACH, radius_meters), 2 * limit
+        while True:
+            window = geo.cell_window(center, reach)
+            rows = await self.db.query(*search_query(center, window, radius_meters, fetch))
+            found = _measured(center, rows, radius_meters)
+            complete = len(rows) < fetch
+            estimated = math.inf if complete else geo.flat_meters(rows[-1]["gap"]) / window.stretch
+            horizon = min(reach, estimated)
+            certain = [item for item in found if item[0] < horizon]
+            if len(certain) >= limit or (reach >= radius_meters and estimated > radius_meters):
+                return [(_driver(row), distance) for distance, _, row in found[:limit]]
+            if reach >= radius_meters or estimated < reach:
+                fetch *= 2
+            else:
+                grow = 4.0 if not rows else min(4.0, max(1.5, 1.25 * math.sqrt(limit / len(rows))))
+                reach = min(radius_meters, reach * grow)
+
+
+def _measured(center: LatLng, rows: list[Row], radius_meters: float) -> list[tuple[float, int, Row]]:
+    """(great-circle meters, seq, row) of the rows within the radius, nearest first (then by seq)."""
+    found = []
+    for row in rows:
+        meters = geo.haversine_meters(center.latitude, center.longitude, row["latitude"], row["longitude"])
+        if meters <= radius_meters:
+            found.append((meters, row["seq"], row))
+    found.sort(key=lambda item: (item[0], item[1]))
+    return found

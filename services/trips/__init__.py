@@ -17,11 +17,13 @@ state MATCHING (never returned by GetTrip or ListTrips), its name fixed and
 its RequestTrip request_id recorded. Before a driver is asked (AssignTrip,
 request_id `<trip>:assign:<driver>`) it is written down as the candidate. A
 driver who lost a race (DRIVER_NOT_AVAILABLE) is crossed off and the next one
-asked; if none is left the trip is deleted and the answer is
-NO_DRIVER_AVAILABLE with no trip. When a driver says yes, one transaction
-makes the trip DRIVER_ASSIGNED, queues its notifications and stores the
-answer for AIP-155 replays. If anything fails in between (drivers down, a
-crash), the MATCHING trip stays: a repeat with the same request_id finds it,
+asked; when every driver a search found was taken, a new search finds the
+ones still free. Only when a search finds no AVAILABLE driver within the
+radius is the trip deleted and the answer NO_DRIVER_AVAILABLE with no trip.
+When a driver says yes, one transaction makes the trip DRIVER_ASSIGNED,
+queues its notifications and stores the answer for AIP-155 replays. If
+anything fails in between (drivers down, a crash), the MATCHING trip stays:
+a repeat with the same request_id finds it,
 asks the recorded candidate again with the same key (which returns "yes" if
 the first attempt won it) and carries on, so it never assigns a second
 driver. A repeat that never comes is handled by the janitor

@@ -53,6 +53,10 @@ class Leases(Protocol):
 LEASE_SECONDS = 10.0
 """How long a lease lasts unrenewed: a replica that dies holding one blocks that trip this long."""
 
+MAX_SEARCHES = 20
+"""Searches for drivers one RequestTrip makes at most, each after losing a race for every driver the
+previous one found (so 200 races lost): a bound on a runaway loop, far past any real contention."""
+
 
 class KeyedLocks:
     """One lock per key, across the replicas: an asyncio lock for this process's own tasks,
@@ -187,31 +191,42 @@ class TripWorkflow:
     async def _assign(
         self, request: RequestTripRequest, matching: Matching, candidates: list[str] | None
     ) -> Trip:
+        """Ask the nearest AVAILABLE drivers one by one until one says yes.
+
+        A driver says no only when another trip took it since the search. When every
+        driver of a search has been taken, the next search finds those still free
+        (the taken ones are no longer AVAILABLE): matching gives up only when a search
+        finds nobody within the radius, or after MAX_SEARCHES lost rounds.
+        """
         trip = matching.trip
-        asked: set[str] = set()
         if trip.driver:
             # An earlier attempt asked this driver and may have won it: asking again with the same
             # request_id returns that answer, so a driver is never left ON_TRIP for a trip we dropped.
-            asked.add(trip.driver)
             driver = await self.downstream.assign_trip(
                 trip.driver, trip.name, domain.assign_request_id(trip.name, trip.driver)
             )
             if driver is not None:
                 return await self._assigned(request, matching, driver)
             await self.store.set_candidate(matching.id, "")
-        if candidates is None:
-            candidates = await self._candidates(trip.pickup)
-        for name in candidates:
-            if name in asked:
-                continue
-            asked.add(name)
-            await self.store.set_candidate(matching.id, name)
-            driver = await self.downstream.assign_trip(
-                name, trip.name, domain.assign_request_id(trip.name, name)
+        for _ in range(MAX_SEARCHES):
+            if candidates is None:
+                candidates = await self._candidates(trip.pickup)
+            if not candidates:
+                break
+            for name in candidates:
+                await self.store.set_candidate(matching.id, name)
+                driver = await self.downstream.assign_trip(
+                    name, trip.name, domain.assign_request_id(trip.name, name)
+                )
+                if driver is not None:
+                    return await self._assigned(request, matching, driver)
+                await self.store.set_candidate(matching.id, "")
+            candidates = None
+        else:
+            _log.warning(
+                f"gave up matching after losing every driver of {MAX_SEARCHES} searches",
+                extra={"fields": {"event": "matching_lost_races", "trip": trip.name}},
             )
-            if driver is not None:
-                return await self._assigned(request, matching, driver)
-            await self.store.set_candidate(matching.id, "")
         await self.store.drop_matching(matching.id)
         raise no_driver_available(trip)
 

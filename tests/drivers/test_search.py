@@ -144,3 +144,24 @@ def test_a_negative_page_size_is_refused(drivers):
     request = pb.SearchDriversRequest(location=CENTER, radius_meters=10, page_size=-1)
 
     assert drivers.fail(drivers.stub.SearchDrivers(request)).fields == ["page_size"]
+
+
+def test_drivers_at_the_same_distance_come_in_the_order_they_registered(drivers):
+    tied = [drivers.online(*north_of(700)).name for _ in range(4)]
+    nearer = drivers.online(*north_of(300)).name
+
+    results = drivers.search(CENTER.latitude, CENTER.longitude, 5000, 3)
+
+    assert [r.driver.name for r in results] == [nearer, *tied[:2]]
+
+
+def test_many_drivers_in_one_cell_are_found_nearest_first(drivers):
+    # Within a few meters of each other: one grid cell (geo.CELLS_PER_DEGREE) holds them all.
+    places = [north_of(40 + 0.5 * i) for i in range(30)]
+    names = [drivers.online(*place).name for place in reversed(places)][::-1]
+
+    results = drivers.search(CENTER.latitude, CENTER.longitude, 1000, 12)
+
+    assert len({geo.cell_of(*place) for place in places}) == 1
+    assert [r.driver.name for r in results] == names[:12]
+    assert [round(r.distance_meters, 3) for r in results] == [40 + 0.5 * i for i in range(12)]

@@ -128,3 +128,73 @@ def test_a_box_around_a_pole_spans_every_longitude():
 
     assert box.longitude_ranges == ((-180.0, 180.0),)
     assert box.max_latitude == 90.0
+
+
+CENTERS = [
+    point(51.5, -0.12),
+    point(0, 0),
+    point(0, 179.99),
+    point(10, -179.995),
+    point(89.99, 5),
+    point(-89.9, 0),
+]
+
+
+def _in_window(window: geo.CellWindow, where: latlng_pb2.LatLng) -> bool:
+    cell = geo.cell_of(where.latitude, where.longitude)
+    return any(low <= cell <= high for low, high in window.ranges)
+
+
+def _flat_meters(center: latlng_pb2.LatLng, where: latlng_pb2.LatLng) -> float:
+    """The flat distance the drivers' search query computes in SQL."""
+    east = (where.longitude - center.longitude + 540) % 360 - 180
+    dlat = where.latitude - center.latitude
+    return geo.flat_meters(dlat * dlat + math.cos(math.radians(center.latitude)) ** 2 * east * east)
+
+
+@pytest.mark.parametrize("center", CENTERS)
+@pytest.mark.parametrize("reach", [1.0, 250.0, 5000.0, 50_000.0])
+def test_a_cell_window_holds_every_point_within_its_reach(center, reach):
+    window = geo.cell_window(center, reach)
+    rng = random.Random(f"{center.latitude},{center.longitude},{reach}")
+
+    for _ in range(300):
+        inside = destination(center, rng.uniform(0, 2 * math.pi), reach * math.sqrt(rng.random()))
+        assert _in_window(window, inside), inside
+    for step in range(64):
+        assert _in_window(window, destination(center, 2 * math.pi * step / 64, reach))
+    assert window.ranges == tuple(sorted(window.ranges))
+
+
+@pytest.mark.parametrize("center", CENTERS)
+@pytest.mark.parametrize("reach", [250.0, 5000.0, 50_000.0])
+def test_the_flat_distance_overstates_a_great_circle_distance_at_most_by_the_stretch(center, reach):
+    window = geo.cell_window(center, reach)
+    rng = random.Random(f"stretch {center.latitude},{center.longitude},{reach}")
+
+    for _ in range(300):
+        # As far as the window's cells go: up to a cell beyond the reach.
+        where = destination(center, rng.uniform(0, 2 * math.pi), (reach + 300) * math.sqrt(rng.random()))
+        if _in_window(window, where) and where != center:
+            assert _flat_meters(center, where) <= window.stretch * geo.distance_meters(center, where)
+
+
+def test_the_stretch_is_small_in_a_city_and_unbounded_at_a_pole():
+    assert 1 < geo.cell_window(point(51.5, -0.12), 5000).stretch < 1.001
+    assert geo.cell_window(point(89.99, 5), 5000).stretch == math.inf
+
+
+def test_whole_bands_around_a_pole_are_one_range_and_across_the_antimeridian_bands_join():
+    assert len(geo.cell_window(point(89.99, 5), 5000).ranges) == 1
+    across = geo.cell_window(point(0, 179.99), 2000)
+    bands = {cell // geo.CELL_COLUMNS for cells in across.ranges for cell in cells}
+    # One range from each band's east end to the next band's west end, and the two ends.
+    assert len(across.ranges) == len(bands) + 1
+
+
+@pytest.mark.parametrize(
+    ("latitude", "longitude", "cell"),
+    [(-90, -180, 0), (-90, 180, 180_000), (90, -180, 90_000 * 180_001), (0, 0, 45_000 * 180_001 + 90_000)],
+)
+def test_cells_are_counted_from_the_south_pole_and_the_antimeridian(latitude, longitude, cell):
+    assert geo.cell_of(latitude, longitude) == cell

@@ -327,3 +327,18 @@ def test_two_requests_racing_for_the_same_drivers_each_get_one(mesh):
     assert {t.driver for t in trips} == drivers
     for trip in trips:
         assert get_driver(mesh, trip.driver).current_trip == trip.name
+
+
+def test_more_riders_racing_than_one_search_finds_drivers_for_all_get_one(mesh):
+    # Each RequestTrip finds the nearest 10 drivers; 14 riders at once take them from each other.
+    riders = [passenger(mesh, f"rider{n}@example.com") for n in range(14)]
+    drivers = {driver(mesh, NEAR, f"Driver {n}") for n in range(14)}
+
+    async def all_at_once() -> list[pb.Trip]:
+        return list(await asyncio.gather(*(mesh.trips.RequestTrip(request_trip(r)) for r in riders)))
+
+    trips = mesh.call(all_at_once())
+
+    assert {t.driver for t in trips} == drivers
+    failure = mesh.fail(mesh.trips.RequestTrip(request_trip(riders[0])))
+    assert failure.info.reason == "NO_DRIVER_AVAILABLE"

@@ -28,6 +28,7 @@ from rideshare.trips.v1.trips_pb2 import (
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.trips import domain
+from services.trips.clients import CANDIDATES
 from services.trips.outbox import Outbox
 from services.trips.workflow import KeyedLocks, TripWorkflow
 
@@ -189,18 +190,55 @@ def test_no_driver_means_no_trip(store):
 def test_every_candidate_lost_means_no_trip_and_no_driver_held(store):
     mesh = Neighbours()
 
+    original = mesh.search_drivers
+
     async def all_taken(location: LatLng, radius: float) -> list[DriverSearchResult]:
-        mesh.drivers = {"drivers/near": "trips/a", "drivers/far": "trips/b"}
-        return [DriverSearchResult(driver=Driver(name=n)) for n in mesh.drivers]
+        found = await original(location, radius)
+        mesh.drivers = {"drivers/near": "trips/a", "drivers/far": "trips/b"}  # taken after the search
+        return found
 
     mesh.search_drivers = all_taken  # type: ignore[method-assign]
 
     async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
         with pytest.raises(FailedPrecondition):
             await workflow.request(request())
+        # Both asked; then a second search found nobody AVAILABLE.
+        assert [method for method, _ in mesh.calls].count("AssignTrip") == 2
+        assert [method for method, _ in mesh.calls].count("SearchDrivers") == 2
 
     run(store, scenario, mesh)
     assert asyncio.run(store.stale_matching(2**62, 10)) == []
+
+
+def test_riders_racing_for_the_same_nearest_drivers_all_get_one_while_any_is_free(store):
+    """30 requests at once, 30 drivers: each search finds the same nearest 10 (as SearchDrivers does
+    for one pickup) and most of them are taken by the time they are asked. Matching searches again
+    until it wins one, so nobody hears NO_DRIVER_AVAILABLE while a driver is free; the 31st does."""
+    mesh = Neighbours()
+    mesh.drivers = {f"drivers/d{n:02}": "" for n in range(30)}
+    search, assign = mesh.search_drivers, mesh.assign_trip
+
+    async def nearest_ten(location: LatLng, radius: float) -> list[DriverSearchResult]:
+        await asyncio.sleep(0)  # the other requests run between the search and the asking
+        return (await search(location, radius))[:CANDIDATES]
+
+    async def slow_assign(driver: str, trip: str, request_id: str) -> Driver | None:
+        await asyncio.sleep(0)
+        return await assign(driver, trip, request_id)
+
+    mesh.search_drivers = nearest_ten  # type: ignore[method-assign]
+    mesh.assign_trip = slow_assign  # type: ignore[method-assign]
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        trips = await asyncio.gather(*(workflow.request(request()) for _ in range(30)))
+        assert sorted(trip.driver for trip in trips) == sorted(mesh.drivers)
+        assert all(mesh.drivers[trip.driver] == trip.name for trip in trips)
+        with pytest.raises(FailedPrecondition) as error:
+            await workflow.request(request())
+        assert error.value.reason == "NO_DRIVER_AVAILABLE"
+
+    run(store, scenario, mesh)
+    assert len(visible(store)) == 30
 
 
 def test_an_unknown_passenger_is_not_found_and_nothing_is_asked(store):

@@ -1,0 +1,560 @@
+"""The trip path at city scale: rides through the whole mesh with 100 to 10,000 drivers online: `make bench`.
+
+What it answers (issue 12): how many rides a second the mesh serves on this
+machine and at what latency, where the CPU of a ride goes, and whether that
+changes as the drivers around the pickup grow from 100 to 10,000.
+
+What runs: the whole mesh as `make run` runs it, started by `mesh up` (the
+supervisor, not a twin of it) on the repository's mesh.toml with free ports,
+its own data dir and access tokens that outlive the run (environment
+overrides). With `--baseline-ref REF` the mesh of another git revision runs
+too (a temporary worktree, as bench/rest.py does), and each measurement is
+taken on both, alternating which goes first. Nothing is pinned: the mesh and
+this load generator share the two cores, as with `make run`.
+
+Setup, over gRPC straight to the services (no gateway, so it is quick): an
+API key (`mesh keys create`, 10,000 requests/s, so the key's rate limit never
+refuses), `--passengers` passengers who sign in, and drivers who go online at
+random places within `--area` meters of the center (Berlin), 32 calls in
+flight. Drivers are added as the count grows (100, then 900 more, ...), so
+one mesh serves every count.
+
+A ride is what a passenger app does, over REST through the gateway with the
+passenger's bearer token: `POST /v1/trips` (RequestTrip, pickup within 1 km
+of the center, dropoff 3 km east), then `POST /v1/{trip}:cancel`. The load is
+open-loop: ride i is due at start + i / rate whether or not earlier ones were
+answered, and its latencies count from when it was due (HTTP/1.1 keep-alive
+connections, bench/overload.py's client). Bounded in count (rate x seconds)
+and time (answers wait at most DRAIN seconds after the last ride was due).
+A short run at the lowest rate warms each mesh up (channels connect, the
+gateway caches the tokens), and before each run the mesh is left to go idle
+(at most 30 s).
+
+Reported per variant, driver count and offered rate: rides per second that
+completed (cancelled) over the time from the first due to the last answer,
+RequestTrip and whole-ride p50/p90/p99 of the completed ones, errors by
+step, HTTP status and reason, and each process's CPU time (/proc/<pid>/stat,
+before and after the run) divided by the completed rides. No assertion: the
+figures go to docs/benchmarks.md with the command, machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from google.type.latlng_pb2 import LatLng
+from rideshare.drivers.v1 import drivers_pb2 as dpb
+from rideshare.drivers.v1 import drivers_pb2_grpc
+from rideshare.passengers.v1 import passengers_pb2 as ppb
+from rideshare.passengers.v1 import passengers_pb2_grpc
+from rideshare.trips.v1 import trips_pb2 as tpb
+from rideshare.trips.v1 import trips_pb2_grpc
+
+from bench.overload import Pool
+from bench.rest import baseline_env, baseline_tree
+from bench.unary import REPO
+from tests.ports import free_ports
+
+SERVICES = ("passengers", "drivers", "trips", "billing", "payments", "notifications")
+CENTER = (52.52, 13.405)
+METERS_PER_DEGREE = 111_195.0
+PICKUP_SPREAD = 1000.0
+"""Pickups fall within this many meters of the center."""
+DRAIN = 15.0
+"""Seconds answers may take after the last ride was due."""
+START_TIMEOUT = 60.0
+IN_FLIGHT = 32
+"""Setup calls in flight at once."""
+CANCEL_ATTEMPTS = 3
+"""A refused CancelTrip (503, 429) is sent again after RETRY_AFTER, as an app would: a trip left
+assigned holds its driver for good."""
+RETRY_AFTER = 1.0
+PASSWORD = "bench password"
+_TICKS = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
+
+
+@dataclass
+class Run:
+    variant: str
+    drivers: int
+    offered: float
+    seconds: float
+    """From the first ride due to the last answer: longer than the load when answers lag."""
+    requested: list[float] = field(default_factory=list)
+    """Seconds from due to RequestTrip's answer, for the trips created."""
+    rides: list[float] = field(default_factory=list)
+    """Seconds from due to CancelTrip's answer, for the rides completed."""
+    errors: Counter[str] = field(default_factory=Counter)
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds of each process over the run."""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+# -- the mesh ----------------------------------------------------------------------------------------------
+
+
+class Mesh:
+    """`mesh up` of one source tree on free ports, and who is in it once setup is done."""
+
+    def __init__(self, variant: str, tree: Path, workdir: Path, baseline: bool) -> None:
+        self.variant = variant
+        self.data_dir = workdir / variant.replace("/", "_") / "data"
+        self.data_dir.mkdir(parents=True)
+        ports = free_ports(len(SERVICES) + 1)
+        self.ports = dict(zip(SERVICES, ports, strict=False))
+        self.gateway_port = ports[-1]
+        self.config = tree / "mesh.toml"
+        env = {k: v for k, v in (baseline_env(tree) if baseline else os.environ).items()}
+        env = {k: v for k, v in env.items() if not k.startswith("MESH_")}
+        env.update(
+            {f"MESH_SERVICES__{name.upper()}__PORT": str(port) for name, port in self.ports.items()},
+            MESH_DATA_DIR=str(self.data_dir),
+            MESH_GATEWAY__PORT=str(self.gateway_port),
+            MESH_SESSIONS__ACCESS_TOKEN_LIFETIME="12h",
+            PYTHONUNBUFFERED="1",
+        )
+        self.env = env
+        self.log = self.data_dir.parent / "mesh-up.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pids: dict[str, int] = {}
+        self.key = ""
+        self.tokens: list[tuple[str, str]] = []
+        """(passenger name, access token) of each passenger."""
+        self.drivers = 0
+
+    def mesh(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "services.mesh.cli", *args, "--config", str(self.config)],
+            capture_output=True, text=True, env=self.env, cwd=self.config.parent, timeout=60, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise SystemExit(f"bench: mesh {' '.join(args)} failed for {self.variant}:\n{done.stderr}")
+        return done.stdout
+
+    def start(self) -> None:
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services.mesh.cli", "up", "--config", str(self.config)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env, cwd=self.config.parent,
+            )  # fmt: skip
+        state = self.data_dir / "mesh.json"
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                found = json.loads(state.read_text())
+                if found.get("supervisor_pid") == self.process.pid:
+                    self.pids = {m["service"]: m["pid"] for m in found["members"]}
+                    self.pids["supervisor"] = self.process.pid
+                    break
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(
+                    f"bench: {self.variant}'s mesh did not start:\n{self.log.read_text()[-3000:]}"
+                )
+            time.sleep(0.2)
+        self.key = self.mesh(
+            "keys", "create", "bench", "--scopes", "rides", "--rate", "10000", "--burst", "100000"
+        ).strip()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)  # Ctrl-C: the supervisor stops its children
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def cpu(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+
+@contextlib.contextmanager
+def meshes(workdir: Path, baseline_ref: str | None) -> Iterator[list[Mesh]]:
+    started: list[Mesh] = []
+    with contextlib.ExitStack() as stack:
+        trees = [("current", REPO, False)]
+        if baseline_ref:
+            trees.append((baseline_ref, stack.enter_context(baseline_tree(baseline_ref)), True))
+        try:
+            for variant, tree, baseline in trees:
+                mesh = Mesh(variant, tree, workdir, baseline)
+                started.append(mesh)
+                mesh.start()
+            yield started
+        finally:
+            for mesh in started:
+                mesh.stop()
+
+
+# -- setup over gRPC ---------------------------------------------------------------------------------------
+
+
+def around(rng: random.Random, center: tuple[float, float], meters: float) -> LatLng:
+    """A uniformly random place within `meters` of `center`."""
+    distance, bearing = meters * math.sqrt(rng.random()), rng.random() * 2 * math.pi
+    latitude = center[0] + distance * math.cos(bearing) / METERS_PER_DEGREE
+    longitude = center[1] + distance * math.sin(bearing) / (
+        METERS_PER_DEGREE * math.cos(math.radians(center[0]))
+    )
+    return LatLng(latitude=latitude, longitude=longitude)
+
+
+async def _bounded(calls: Sequence[Callable[[], Awaitable[T]]], limit: int = IN_FLIGHT) -> list[T]:
+    """Every call's result, at most `limit` in flight."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Callable[[], Awaitable[T]]) -> T:
+        async with gate:
+            return await call()
+
+    return await asyncio.gather(*(one(call) for call in calls))
+
+
+async def _sign_up(mesh: Mesh, count: int) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.ports['passengers']}") as channel:
+        stub = passengers_pb2_grpc.PassengerServiceStub(channel)
+
+        async def one(number: int) -> tuple[str, str]:
+            email = f"rider{number}@bench.example"
+            draft = ppb.Passenger(display_name=f"Rider {number}", email=email, password=PASSWORD)
+            created = await stub.CreatePassenger(ppb.CreatePassengerRequest(passenger=draft))
+            session = await stub.SignIn(ppb.SignInRequest(email=email, password=PASSWORD))
+            return created.name, session.access_token
+
+        mesh.tokens = await _bounded([functools.partial(one, n) for n in range(count)], 4)
+
+
+async def _add_drivers(mesh: Mesh, target: int, area: float, seed: int) -> None:
+    rng = random.Random(seed * 1_000_003 + mesh.drivers)
+    places = [around(rng, CENTER, area) for _ in range(target - mesh.drivers)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.ports['drivers']}") as channel:
+        stub = drivers_pb2_grpc.DriverServiceStub(channel)
+
+        async def one(number: int, place: LatLng) -> None:
+            vehicle = dpb.Vehicle(make="Toyota", model="Prius", license_plate=f"B-{number}")
+            draft = dpb.Driver(display_name=f"Driver {number}", vehicle=vehicle)
+            created = await stub.CreateDriver(dpb.CreateDriverRequest(driver=draft))
+            await stub.GoOnline(dpb.GoOnlineRequest(name=created.name, location=place))
+
+        await _bounded([functools.partial(one, n, p) for n, p in enumerate(places, mesh.drivers)])
+    mesh.drivers = target
+
+
+# -- the rides ---------------------------------------------------------------------------------------------
+
+
+def _http(path: str, body: Mapping[str, object], key: str, token: str) -> bytes:
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\nx-api-key: {key}\r\n"
+        f"authorization: Bearer {token}\r\ncontent-length: {len(data)}\r\n\r\n"
+    )
+    return head.encode() + data
+
+
+def _kind(step: str, status: int, body: bytes) -> str:
+    """`RequestTrip 400 NO_DRIVER_AVAILABLE`: the step, the HTTP status, the ErrorInfo reason (or the
+    gRPC code when there is none)."""
+    if status == 0:
+        return f"{step} no answer"
+    try:
+        error = json.loads(body)
+        reasons = [d["reason"] for d in error.get("details", []) if "reason" in d]
+        said = reasons[0] if reasons else _CODES.get(error.get("code"), "")
+    except (ValueError, TypeError, AttributeError, KeyError):
+        said = "not JSON"
+    return f"{step} {status} {said}".rstrip()
+
+
+_CODES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+async def _rides(mesh: Mesh, run: Run, seed: int) -> None:
+    loop = asyncio.get_running_loop()
+    pool = Pool(mesh.gateway_port)
+    rng = random.Random(seed)
+    pending: set[asyncio.Task[None]] = set()
+    answered = [0.0]
+
+    async def ride(number: int, due: float) -> None:
+        passenger, token = mesh.tokens[number % len(mesh.tokens)]
+        pickup = around(rng, CENTER, PICKUP_SPREAD)
+        body = {
+            "passenger": passenger,
+            "pickup": {"latitude": pickup.latitude, "longitude": pickup.longitude},
+            "dropoff": {"latitude": pickup.latitude, "longitude": pickup.longitude + 0.044},
+            "paymentMethod": "pm_card_visa",
+        }
+        status, answer = await pool.exchange(_http("/v1/trips", body, mesh.key, token))
+        answered[0] = loop.time()
+        if status != 200:
+            run.errors[_kind("RequestTrip", status, answer)] += 1
+            return
+        run.requested.append(answered[0] - due)
+        name = json.loads(answer)["name"]
+        cancel = _http(f"/v1/{name}:cancel", {"reason": "bench"}, mesh.key, token)
+        for attempt in range(CANCEL_ATTEMPTS):
+            status, answer = await pool.exchange(cancel)
+            answered[0] = loop.time()
+            if status == 200:
+                run.rides.append(answered[0] - due)
+                return
+            run.errors[_kind("CancelTrip", status, answer)] += 1
+            if status not in (429, 503) or attempt == CANCEL_ATTEMPTS - 1:
+                return
+            await asyncio.sleep(RETRY_AFTER)  # what the refusal's Retry-After says
+
+    async def counted(number: int, due: float) -> None:
+        try:
+            await ride(number, due)
+        except Exception as error:  # a bug here must show in the report, not vanish with the task
+            run.errors[f"bench error {type(error).__name__}"] += 1
+
+    count = max(1, int(run.offered * run.seconds))
+    start = loop.time() + 0.1
+    for number in range(count):
+        due = start + number / run.offered
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.ensure_future(counted(number, due))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.wait(pending, timeout=DRAIN)
+    if pending:
+        run.errors["unanswered"] += len(pending)
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending)
+    pool.close()
+    run.seconds = max(answered[0] - start, run.seconds)
+
+
+def measure(mesh: Mesh, drivers: int, rate: float, seconds: float, seed: int) -> Run:
+    import uvloop
+
+    run = Run(mesh.variant, drivers, rate, seconds)
+    before, load_before = mesh.cpu(), cpu_seconds(os.getpid())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_rides(mesh, run, seed))
+    after = mesh.cpu()
+    run.cpu = {name: after[name] - before[name] for name in after}
+    run.cpu["load"] = cpu_seconds(os.getpid()) - load_before
+    held = asyncio.run(_free_drivers(mesh))
+    if held:
+        run.errors["drivers left ON_TRIP (freed after the run)"] = held
+    return run
+
+
+async def _free_drivers(mesh: Mesh) -> int:
+    """Cancel the trips still holding a driver (a RequestTrip answered too late for the client, a
+    CancelTrip refused every time), over gRPC: each run starts with every driver AVAILABLE."""
+    held = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.ports['drivers']}") as channel:
+        stub = drivers_pb2_grpc.DriverServiceStub(channel)
+        token = ""
+        while True:
+            page = await stub.ListDrivers(dpb.ListDriversRequest(page_size=1000, page_token=token))
+            held += [d.current_trip for d in page.drivers if d.status == dpb.DRIVER_STATUS_ON_TRIP]
+            token = page.next_page_token
+            if not token:
+                break
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.ports['trips']}") as channel:
+        trips = trips_pb2_grpc.TripServiceStub(channel)
+        cancels = [
+            functools.partial(trips.CancelTrip, tpb.CancelTripRequest(name=name, reason="bench cleanup"))
+            for name in held
+        ]
+        await _bounded(cancels)
+    return len(held)
+
+
+def settle(up: list[Mesh], limit: float = 60.0) -> float:
+    """Wait (at most `limit` s) until every mesh is idle: past capacity one works through a backlog
+    after its load stops, on the cores the next run needs. The seconds waited (`limit`: not idle)."""
+    began = time.monotonic()
+    while time.monotonic() - began < limit:
+        before = sum(sum(mesh.cpu().values()) for mesh in up)
+        time.sleep(0.5)
+        if sum(sum(mesh.cpu().values()) for mesh in up) - before < 0.05 * len(up):
+            return time.monotonic() - began
+    return limit
+
+
+# -- the report ----------------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return " / ".join(f"{percentile(values, q) * 1000:,.0f}" for q in (0.5, 0.9, 0.99))
+
+
+def report(runs: list[Run]) -> str:
+    processes = [*SERVICES, "gateway", "supervisor", "load"]
+    lines = [
+        "| variant | drivers | offered rides/s | completed/s | RequestTrip p50 / p90 / p99 ms "
+        "| ride p50 / p90 / p99 ms | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in runs:
+        errors = ", ".join(f"{k}: {v}" for k, v in r.errors.most_common()) or "-"
+        lines.append(
+            f"| {r.variant} | {r.drivers:,} | {r.offered:g} | {len(r.rides) / r.seconds:,.1f} "
+            f"| {_ms(r.requested)} | {_ms(r.rides)} | {errors} |"
+        )
+    lines += [
+        "",
+        "CPU ms per completed ride, by process:",
+        "",
+        f"| variant | drivers | offered | {' | '.join(processes)} | all but load |",
+        f"| --- | ---: | ---: | {' | '.join('---:' for _ in processes)} | ---: |",
+    ]
+    for r in runs:
+        done = max(1, len(r.rides))
+        cells = [f"{r.cpu.get(p, 0.0) / done * 1000:.1f}" for p in processes]
+        mesh = sum(v for k, v in r.cpu.items() if k != "load") / done * 1000
+        lines.append(f"| {r.variant} | {r.drivers:,} | {r.offered:g} | {' | '.join(cells)} | {mesh:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    """p99 of whole rides against the offered rate, a line per variant and driver count (a PNG)."""
+    try:
+        import matplotlib
+        import matplotlib.ticker
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        print(f"bench: no plot: matplotlib is missing (pip install -e '.[bench]'); not writing {path}")
+        return
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    lines = sorted({(r.variant, r.drivers) for r in runs}, key=lambda line: (line[0] != "current", line[1]))
+    colours = {drivers: f"C{n}" for n, drivers in enumerate(sorted({r.drivers for r in runs}))}
+    for variant, drivers in lines:
+        mine = sorted(
+            (r for r in runs if (r.variant, r.drivers) == (variant, drivers)), key=lambda r: r.offered
+        )
+        p99 = [percentile(r.rides, 0.99) * 1000 if r.rides else math.nan for r in mine]
+        style = "-" if variant == "current" else "--"
+        axes.plot(
+            [r.offered for r in mine], p99, style, color=colours[drivers], marker="o",
+            label=f"{variant}, {drivers:,} drivers",
+        )  # fmt: skip
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes.set_xlabel("offered rides per second (RequestTrip + CancelTrip over REST)")
+    axes.set_ylabel("p99 of a ride, ms (log)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"plot written to {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Rides (RequestTrip, CancelTrip) through the whole mesh.")
+    parser.add_argument("--quick", action="store_true", help="100 and 1,000 drivers, 20 and 40 rides/s, 3 s")
+    parser.add_argument("--drivers", help="driver counts, ascending (default 100,1000,10000; quick 100,1000)")
+    parser.add_argument("--rates", help="offered rides per second (default 20,40,80,150; quick 20,40)")
+    parser.add_argument("--seconds", type=float, help="seconds of load per run (default 10, quick 3)")
+    parser.add_argument("--passengers", type=int, default=20, help="passengers taking turns (default 20)")
+    parser.add_argument(
+        "--area", type=float, default=5000.0, help="drivers within this many meters of the center"
+    )
+    parser.add_argument("--seed", type=int, default=12, help="where drivers and pickups fall")
+    parser.add_argument(
+        "--baseline-ref", metavar="REF", help="also run the mesh of this git revision, side by side"
+    )
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="draw p99 against the offered rate here")
+    parser.add_argument("--logs", type=Path, metavar="DIR", help="keep each mesh's `mesh up` output here")
+    args = parser.parse_args(argv)
+    counts = [int(x) for x in (args.drivers or ("100,1000" if args.quick else "100,1000,10000")).split(",")]
+    rates = [float(x) for x in (args.rates or ("20,40" if args.quick else "20,40,80,150")).split(",")]
+    seconds = args.seconds or (3.0 if args.quick else 10.0)
+    if counts != sorted(counts) or not all(0 < c <= 100_000 for c in counts):
+        parser.error("--drivers: ascending counts from 1 to 100,000")
+    if not all(0 < r <= 1000 for r in rates) or not 0 < seconds <= 120 or args.passengers < 1:
+        parser.error("--rates from 0 to 1000, --seconds up to 120, --passengers at least 1")
+    print(
+        f"rides (RequestTrip + CancelTrip over REST) at {rates} per s for {seconds:g} s each, with "
+        f"{counts} drivers within {args.area:g} m; load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    started = time.monotonic()
+    runs: list[Run] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="rideshare-bench-trips-") as folder,
+        meshes(Path(folder), args.baseline_ref) as up,
+    ):
+        for mesh in up:
+            asyncio.run(_sign_up(mesh, args.passengers))
+            asyncio.run(_add_drivers(mesh, counts[0], args.area, args.seed))
+            measure(mesh, counts[0], min(rates), 2.0, -1)  # warm-up: channels, token cache, SQLite pages
+        for number, count in enumerate(counts):
+            for mesh in up:
+                began = time.monotonic()
+                asyncio.run(_add_drivers(mesh, count, args.area, args.seed))
+                print(
+                    f"{mesh.variant}: {count:,} drivers online ({time.monotonic() - began:.0f} s)", flush=True
+                )
+            for step, rate in enumerate(rates):
+                order = up if (number + step) % 2 == 0 else list(reversed(up))
+                for mesh in order:
+                    waited = settle(up)
+                    run = measure(mesh, count, rate, seconds, args.seed + step)
+                    runs.append(run)
+                    print(
+                        f"{mesh.variant} {count:,} drivers, {rate:g}/s: {len(run.rides) / run.seconds:.1f} "
+                        f"rides/s, ride p50/p90/p99 {_ms(run.rides)} ms, {sum(run.errors.values())} errors"
+                        f" (idle after {waited:.0f} s, load average {os.getloadavg()[0]:.1f})",
+                        flush=True,
+                    )
+        if args.logs:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for mesh in up:
+                mesh.stop()
+                shutil.copy(mesh.log, args.logs / f"{mesh.variant.replace('/', '_')}-mesh-up.log")
+    print()
+    print(report(runs))
+    if args.plot:
+        plot(runs, args.plot)
+    print(f"\n{time.monotonic() - started:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
