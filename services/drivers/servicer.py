@@ -9,7 +9,6 @@ from google.protobuf.empty_pb2 import Empty
 from rideshare.drivers.v1 import drivers_pb2_grpc
 from rideshare.drivers.v1.drivers_pb2 import (
     AssignTripRequest,
-    ChangePasswordRequest,
     CreateDriverRequest,
     DeleteDriverRequest,
     Driver,
@@ -19,20 +18,15 @@ from rideshare.drivers.v1.drivers_pb2 import (
     GoOnlineRequest,
     ListDriversRequest,
     ListDriversResponse,
-    RefreshSessionRequest,
     ReleaseTripRequest,
     SearchDriversRequest,
     SearchDriversResponse,
     Session,
-    SignInRequest,
-    SignOutRequest,
     UpdateDriverLocationRequest,
     UpdateDriverRequest,
 )
 
-from services.runtime.aip import timestamp_from_ns
-from services.runtime.principal import caller, require_owner
-from services.runtime.sessions import Accounts, Grant, hash_password
+from services.runtime.sessions import AccountMethods, Accounts, hash_password
 
 from . import domain
 from .store import DriverStore
@@ -40,8 +34,12 @@ from .store import DriverStore
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class DriverServicer(drivers_pb2_grpc.DriverServiceServicer):
+class DriverServicer(AccountMethods[Driver], drivers_pb2_grpc.DriverServiceServicer):
     """Drivers: profiles, going on and offline, positions, search, and trip assignment; sign-in."""
+
+    session = Session
+    account_field = "driver"
+    store: DriverStore
 
     def __init__(self, store: DriverStore, accounts: Accounts) -> None:
         self.store = store
@@ -52,25 +50,6 @@ class DriverServicer(drivers_pb2_grpc.DriverServiceServicer):
         password = request.driver.password
         hashed = await hash_password(password) if password else ""
         return await self.store.create(driver, domain.without_password(request), password_hash=hashed)
-
-    async def SignIn(self, request: SignInRequest, context: Context) -> Session:
-        grant = await self.accounts.sign_in(request.email, request.password, caller().client)
-        return await self._session(grant)
-
-    async def RefreshSession(self, request: RefreshSessionRequest, context: Context) -> Session:
-        return await self._session(await self.accounts.refresh(request.refresh_token))
-
-    async def SignOut(self, request: SignOutRequest, context: Context) -> Empty:
-        await self.accounts.sign_out(request.refresh_token)
-        return Empty()
-
-    async def ChangePassword(self, request: ChangePasswordRequest, context: Context) -> Session:
-        self._mine(request.name)
-        await self.store.get(request.name)  # NOT_FOUND for an operator naming no one
-        grant = await self.accounts.change_password(
-            self.store.id_of(request.name), request.current_password, request.new_password, caller().client
-        )
-        return await self._session(grant)
 
     async def GetDriver(self, request: GetDriverRequest, context: Context) -> Driver:
         self._mine(request.name)
@@ -128,17 +107,4 @@ class DriverServicer(drivers_pb2_grpc.DriverServiceServicer):
     async def ReleaseTrip(self, request: ReleaseTripRequest, context: Context) -> Driver:
         return await self.store.update(
             request.name, lambda current: domain.release_trip(current, request.trip), request
-        )
-
-    def _mine(self, name: str, field: str = "name") -> None:
-        """Only its driver (or an operator) acts on a driver; to anyone else it does not exist."""
-        require_owner([name], lambda: self.store.not_found(self.store.id_of(name, field)))
-
-    async def _session(self, grant: Grant) -> Session:
-        return Session(
-            access_token=grant.access.token,
-            expire_time=timestamp_from_ns(int(grant.access.expire_time * 1e9)),
-            refresh_token=grant.refresh_token,
-            refresh_expire_time=timestamp_from_ns(int(grant.refresh_expire_time * 1e9)),
-            driver=await self.store.get(grant.account),
         )

@@ -39,13 +39,16 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 import argon2
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.message import Message
 
-from .aip import new_id
+from .aip import new_id, timestamp_from_ns
 from .config import MeshConfig
 from .errors import FieldViolation, InvalidArgument, ResourceExhausted, Unauthenticated, Unavailable
+from .principal import caller, require_owner
 from .resources import Backend, Row, Store, Tx
 from .tokens import Issued, Issuer, NoSigningKey
 
@@ -313,3 +316,53 @@ async def _decoy_hash() -> str:
     if not _decoy:
         _decoy.append(await hash_password(secrets.token_urlsafe(16)))
     return _decoy[0]
+
+
+A = TypeVar("A", bound=Message)
+
+
+class AccountMethods(Generic[A]):
+    """The methods every service whose resource signs in (passengers, drivers) serves alike: SignIn,
+    RefreshSession, SignOut and ChangePassword, and the owner check. A servicer lists this class
+    before its generated base, and says which `Session` message it answers and in which field
+    that message carries the account."""
+
+    session: ClassVar[type[Any]]
+    """The service's `Session` message."""
+    account_field: ClassVar[str]
+    """The field of `session` that holds the signed-in resource (`passenger`, `driver`)."""
+    store: Store[A]
+    accounts: Accounts
+
+    async def SignIn(self, request: Any, context: Any) -> Any:
+        grant = await self.accounts.sign_in(request.email, request.password, caller().client)
+        return await self._session(grant)
+
+    async def RefreshSession(self, request: Any, context: Any) -> Any:
+        return await self._session(await self.accounts.refresh(request.refresh_token))
+
+    async def SignOut(self, request: Any, context: Any) -> Any:
+        await self.accounts.sign_out(request.refresh_token)
+        return Empty()
+
+    async def ChangePassword(self, request: Any, context: Any) -> Any:
+        self._mine(request.name)
+        await self.store.get(request.name)  # NOT_FOUND for an operator naming no one
+        account = self.store.id_of(request.name)
+        grant = await self.accounts.change_password(
+            account, request.current_password, request.new_password, caller().client
+        )
+        return await self._session(grant)
+
+    def _mine(self, name: str, field: str = "name") -> None:
+        """Only the account itself (or an operator) acts on it; to anyone else it does not exist."""
+        require_owner([name], lambda: self.store.not_found(self.store.id_of(name, field)))
+
+    async def _session(self, grant: Grant) -> Any:
+        return self.session(
+            access_token=grant.access.token,
+            expire_time=timestamp_from_ns(int(grant.access.expire_time * 1e9)),
+            refresh_token=grant.refresh_token,
+            refresh_expire_time=timestamp_from_ns(int(grant.refresh_expire_time * 1e9)),
+            **{self.account_field: await self.store.get(grant.account)},
+        )
