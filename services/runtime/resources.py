@@ -38,7 +38,7 @@ import hashlib
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -72,6 +72,16 @@ class Tx(Protocol):
 
     async def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
 
+    async def lock(self, key: str) -> None:
+        """Hold `key` until this transaction ends, against every transaction taking it
+        (PostgreSQL's advisory lock; SQLite's transaction holds the whole database already)."""
+        ...
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """Hand `payload` to the listeners of `channel` (`Backend.listen`) once this transaction
+        commits, in commit order; nothing if it rolls back (SQLite has no listeners: replicas poll)."""
+        ...
+
 
 class Backend(ABC):
     """The seam between the kit and a database engine; the request log is written on top of it."""
@@ -79,6 +89,22 @@ class Backend(ABC):
     row_lock: str = ""
     """Appended to a read inside a transaction that changes the row: PostgreSQL's ` FOR UPDATE`.
     SQLite needs none: `BEGIN IMMEDIATE` holds the whole database."""
+
+    skip_locked: str = ""
+    """Appended to a read that claims rows for its transaction, passing over rows another
+    transaction holds: PostgreSQL's ` FOR UPDATE SKIP LOCKED`. SQLite needs none (one writer)."""
+
+    def lock(self, key: str) -> AbstractAsyncContextManager[None] | None:
+        """Hold `key` for the length of a block that runs transactions of its own, against every
+        holder of it in any process on this database; None where the engine has no such lock
+        (SQLite: nothing outlives a transaction, and a transaction holds the whole file)."""
+        return None
+
+    def listen(self, channel: str) -> AsyncIterator[str | None] | None:
+        """What transactions `notify` on `channel`, as they commit, in commit order; None first and
+        after every reconnection, when something may have been missed (read the table then). None
+        where the engine has no notifications (SQLite: replicas on one host poll the file)."""
+        return None
 
     async def open(self) -> None:
         """Connect and apply pending migrations, before the service serves (SQLite did both when built)."""

@@ -7,6 +7,7 @@ import asyncio
 import grpc
 import pytest
 
+from services.trips.background import Background
 from services.trips.outbox import Outbox
 
 from .conftest import assigned
@@ -162,3 +163,29 @@ def test_a_stop_that_is_cancelled_itself_gives_up(store):
         return "swallowed"
 
     assert asyncio.run(scenario()) == "cancelled"
+
+
+@pytest.mark.timeout(30)
+def test_stop_ends_a_task_that_dropped_its_cancel():
+    # psycopg_pool waits for a connection with asyncio.wait_for, which on Python 3.11 drops a cancel
+    # arriving with the connection: the task runs on as if it had never been cancelled.
+    async def scenario() -> int:
+        dropped = 0
+
+        async def run() -> None:
+            nonlocal dropped
+            while True:
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    if dropped:
+                        raise
+                    dropped += 1  # swallowed, as wait_for does
+
+        task = Background("dropping", run)
+        task.start()
+        await asyncio.sleep(0)  # running, and waiting
+        await task.stop()
+        return dropped
+
+    assert asyncio.run(scenario()) == 1
