@@ -65,7 +65,10 @@ which has no lock that outlives a transaction, a lease row (`step_leases`,
 renewed while the step runs, taken over 10 s after a holder died). The
 local steps (Accept, Start) take the same lock, so none slips between
 CancelTrip freeing the driver and recording the cancellation. The outbox
-loop and the janitor run in every replica: two replicas may send the same
-outbox row, but with the same request_id, so the notification service
-stores and delivers it once; the janitor's sweep holds each trip it sweeps.
+loop and the janitor run in every replica: each loop sends only the rows it
+claimed (`FOR UPDATE SKIP LOCKED` on PostgreSQL, for 30 s, given back when it
+stops or fails; a dead replica's are taken over when they expire), and a
+recipient's rows go out in order; a row sent twice anyway (a send outliving
+its claim) carries the same request_id, so the notification service stores
+and delivers it once. The janitor's sweep holds each trip it sweeps.
 """

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import os
+import socket
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -18,6 +21,12 @@ from services.runtime import log
 _log = log.get_logger("rideshare.trips.background")
 STOP_PATIENCE = 0.5
 """How long `stop` waits for a cancelled task before cancelling it again."""
+
+
+def owner_name() -> str:
+    """A name for what this process holds or claims in the shared database: host, pid, and a
+    random part (two in one process, as in tests, are two owners)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class Background:

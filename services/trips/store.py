@@ -135,6 +135,11 @@ def _matching(row: Row) -> Matching:
     return Matching(_trip(row), row["request_key"] or "", row["fingerprint"], row["update_time"])
 
 
+def _entry(row: Row) -> OutboxEntry:
+    notice = Notice(row["recipient"], row["title"], row["body"], row["trip"])
+    return OutboxEntry(row["id"], notice, row["attempts"], row["traceparent"])
+
+
 async def _enqueue(tx: Tx, notices: Sequence[Notice]) -> None:
     stamp = time.time_ns()
     trace = current_traceparent()
@@ -254,26 +259,54 @@ class TripStore(Store[Trip]):
     # --- outbox -----------------------------------------------------------------
 
     async def pending_notices(self, limit: int) -> list[OutboxEntry]:
+        """What waits to be sent, oldest first, whoever has claimed it (operators and tests look)."""
         rows = await self.db.query("SELECT * FROM outbox WHERE dead = 0 ORDER BY seq LIMIT ?", (limit,))
-        return [
-            OutboxEntry(
-                r["id"],
-                Notice(r["recipient"], r["title"], r["body"], r["trip"]),
-                r["attempts"],
-                r["traceparent"],
+        return [_entry(r) for r in rows]
+
+    async def claim_notices(self, owner: str, limit: int, ttl: float) -> list[OutboxEntry]:
+        """Up to `limit` waiting rows, oldest first, now `owner`'s to send for `ttl` seconds.
+
+        Rows another replica claimed are passed over (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite
+        has one writer at a time) until their claim expires, which is how a crashed replica's rows
+        are taken over. A recipient's notifications go out in order: a claimed row is given back
+        at once if an earlier row of its recipient is waiting and not ours, read after our claim,
+        so it sees (as unclaimed, or claimed by another) whatever another replica has in hand.
+        """
+        stamp = time.time_ns()
+        async with self.db.transaction() as tx:
+            claimed = await tx.query(
+                "UPDATE outbox SET claimed_by = ?, claim_expires = ? WHERE seq IN ("
+                "SELECT seq FROM outbox WHERE dead = 0 AND claim_expires < ? "
+                f"ORDER BY seq LIMIT ?{self.db.skip_locked}) RETURNING *",
+                (owner, stamp + int(ttl * 1e9), stamp, limit),
             )
-            for r in rows
-        ]
+            returned = await tx.query(
+                "UPDATE outbox SET claimed_by = '', claim_expires = 0 WHERE claimed_by = ? AND EXISTS ("
+                "SELECT 1 FROM outbox AS earlier WHERE earlier.recipient = outbox.recipient AND"
+                " earlier.seq < outbox.seq AND earlier.dead = 0 AND earlier.claimed_by <> ?) RETURNING seq",
+                (owner, owner),
+            )
+        given_back = {r["seq"] for r in returned}
+        return [_entry(r) for r in sorted(claimed, key=lambda r: r["seq"]) if r["seq"] not in given_back]
+
+    async def release_notices(self, owner: str) -> None:
+        """Give back every row `owner` claimed and has not sent, for any replica to send now."""
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "UPDATE outbox SET claimed_by = '', claim_expires = 0 WHERE claimed_by = ?", (owner,)
+            )
 
     async def notice_delivered(self, entry_id: str) -> None:
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
 
     async def notice_failed(self, entry_id: str, error: str, *, dead: bool) -> None:
-        """Count a failed attempt; a dead entry (refused for good) is kept for an operator, never retried."""
+        """Count a failed attempt and give the row back; a dead entry (refused for good) is kept for
+        an operator, never retried."""
         async with self.db.transaction() as tx:
             await tx.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, dead = ? WHERE id = ?",
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, dead = ?,"
+                " claimed_by = '', claim_expires = 0 WHERE id = ?",
                 (error[:1000], 1 if dead else 0, entry_id),
             )
 

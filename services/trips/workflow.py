@@ -11,10 +11,7 @@ slip between CancelTrip freeing the driver and recording the cancellation.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
@@ -36,6 +33,7 @@ from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.resources import fingerprint
 
 from . import domain, notices
+from .background import owner_name
 from .clients import Downstream
 from .outbox import Outbox
 from .store import Matching, TripStore
@@ -62,7 +60,7 @@ class KeyedLocks:
     def __init__(self, store: Holds | None = None) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._store = store
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = owner_name()
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
