@@ -42,7 +42,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -196,7 +196,7 @@ class PostgresBackend(Backend):
                     with contextlib.suppress(psycopg.Error):
                         await conn.execute("ROLLBACK")
 
-    async def listen(self, channel: str) -> AsyncIterator[str | None]:
+    async def listen(self, channel: str) -> AsyncGenerator[str | None, None]:
         pause = RECONNECT_PAUSE[0]
         while True:
             try:

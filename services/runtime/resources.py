@@ -38,7 +38,7 @@ import hashlib
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -100,7 +100,7 @@ class Backend(ABC):
         (SQLite: nothing outlives a transaction, and a transaction holds the whole file)."""
         return None
 
-    def listen(self, channel: str) -> AsyncIterator[str | None] | None:
+    def listen(self, channel: str) -> AsyncGenerator[str | None, None] | None:
         """What transactions `notify` on `channel`, as they commit, in commit order; None first and
         after every reconnection, when something may have been missed (read the table then). None
         where the engine has no notifications (SQLite: replicas on one host poll the file)."""
