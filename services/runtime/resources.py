@@ -22,8 +22,10 @@ A store says only what is special about its resource: its own queries and
 steps, built from the same pieces (`idempotent`, `read`, `insert`, `save`).
 
 The kit reaches the database only through `Backend`: a transaction, reads,
-opening and closing, and the two things engines word differently: which
-unique column a failed write hit, and how a read locks the row it will change.
+opening and closing, and what engines do differently: which unique column a
+failed write hit, how a read locks the row it will change or passes over
+rows others hold, named locks (for a transaction, or across a block's
+transactions) and notifications on commit (for replicas on several hosts).
 `storage.SqliteBackend` (the default) and `postgres.PostgresBackend` (psycopg's
 async pool) implement them. The SQL written here is portable: `?`
 placeholders (the PostgreSQL backend rewrites them), `INSERT ... RETURNING`,
