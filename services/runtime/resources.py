@@ -164,13 +164,15 @@ class Backend(ABC):
                 return response
         except Exception as error:
             # The same request_id, written meanwhile on another connection (PostgreSQL runs
-            # transactions side by side): ours rolled back; the first answer is the answer.
-            if not request_id or self.unique_violation(error) != "request_id":
+            # transactions side by side): ours rolled back, on the request log's key, or on a
+            # unique column (an email) the other's write took first; its answer is the answer.
+            taken = isinstance(error, _Taken) or self.unique_violation(error) is not None
+            if not request_id or not taken:
                 raise
-        replayed = await self.replay(method, request, response_type)
-        if replayed is None:  # pragma: no cover - the violation means the other one committed
-            raise RuntimeError(f"request_log lost {method} {request_id!r}")
-        return replayed
+            replayed = await self.replay(method, request, response_type)
+            if replayed is None:  # another request holds the value: the conflict is real
+                raise
+            return replayed
 
 
 _LOGGED = "SELECT fingerprint, response FROM request_log WHERE method = ? AND request_id = ?"
