@@ -3,7 +3,8 @@
 Settings, `[services.notifications.settings]`: `stream_queue_size` (default
 256), how many notifications an open stream may fall behind before it is
 ended with RESOURCE_EXHAUSTED; `stream_poll_interval` (seconds, default 0.1),
-how soon a stream sees what another replica committed (feed.py).
+how soon a stream sees what another replica committed (feed.py; SQLite only:
+on PostgreSQL replicas tell each other with NOTIFY).
 """
 
 from __future__ import annotations

@@ -129,10 +129,14 @@ class Broker:
     def close(self) -> None:
         """End every stream with UNAVAILABLE (after what it has queued) and refuse new ones."""
         self._closed = True
+        self.end_all(_shutting_down())
+
+    def end_all(self, error: MeshError) -> None:
+        """End every open stream with `error` (after what it has queued); new ones are welcome."""
         subscriptions = [s for group in self._subscriptions.values() for s in group]
         self._subscriptions.clear()
         for subscription in subscriptions:
-            subscription.end(_shutting_down())
+            subscription.end(error)
 
 
 def _shutting_down() -> Unavailable:

@@ -3,16 +3,23 @@
 Replicas of the service share one database, and each has its own broker
 (broker.py) for its own streams. The feed is what makes them one service:
 while this process has a subscriber it follows the notifications table by
-its sequence number (`seq`, assigned in commit order: SQLite has one writer
-at a time) and hands each row to the broker exactly once, in order.
+its sequence number (`seq`, assigned in commit order: store.py) and hands
+each row to the broker exactly once, in order. One design for both engines;
+what differs is how it learns that another replica stored something:
 
 - A notification this process just committed is published at once when it
   is the next in sequence (always so with one replica): no read, no added
   latency.
 - Otherwise (another replica committed in between) the feed reads what it
-  has not seen, in order, right away; rows other replicas commit are read
-  within `poll_interval` (default 0.1 s: a read of the primary key index,
-  only while someone is subscribed).
+  has not seen, in order, right away.
+- PostgreSQL: each stored notification NOTIFYs its `seq` on commit, and the
+  feed LISTENs on a connection of its own (`Backend.listen`) while anyone is
+  subscribed; a `seq` past its position wakes it to read. When that
+  connection drops it reconnects and reads everything after its position,
+  so nothing committed meanwhile is lost; one it has already is skipped.
+- SQLite (replicas on one host): rows other replicas commit are read within
+  `poll_interval` (default 0.1 s: a read of the primary key index, only
+  while someone is subscribed).
 - The position starts at the newest row when the first stream subscribes,
   so a stream gets what is committed after it opened, as before.
 """
@@ -21,15 +28,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncGenerator
 
 from rideshare.notifications.v1.notifications_pb2 import Notification
 
 from services.runtime import log
+from services.runtime.errors import MeshError, Unavailable
 
 from .broker import Broker, Subscription
-from .store import NotificationStore
+from .store import CHANNEL, NotificationStore
 
 DEFAULT_POLL_INTERVAL = 0.1
+IDLE_CHECK = 1.0
+"""With notifications (PostgreSQL), how often the feed looks whether anyone is still subscribed."""
 _BATCH = 256
 
 _log = log.get_logger("rideshare.notifications")
@@ -88,22 +99,44 @@ class Feed:
                 return delivered
 
     async def _follow(self) -> None:
+        changes = self.store.db.listen(CHANNEL)
+        listening = None if changes is None else asyncio.get_running_loop().create_task(self._listen(changes))
         try:
             while self.broker.subscriber_count() and not self.broker.closed:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_interval):  # wait_for may lose a cancel (3.11)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for may lose a cancel
+                    async with asyncio.timeout(self.poll_interval if listening is None else IDLE_CHECK):
                         await self._wake.wait()
-                self._wake.clear()
-                await self._catch_up()
+                if self._wake.is_set() or listening is None:
+                    self._wake.clear()
+                    await self._catch_up()
         except Exception as exc:  # a database error: end the streams rather than leave them silent
             _log.error("following the notifications table failed", exc_info=exc)
-            self.broker.close()
+            self.broker.end_all(
+                exc
+                if isinstance(exc, MeshError)
+                else Unavailable("the notification feed failed; reconnect, and list to catch up")
+            )
         finally:
             self.position = None
             self._task = None
+            if listening is not None:
+                listening.cancel()
+                await asyncio.wait({listening})
 
-    def close(self) -> None:
+    async def _listen(self, changes: AsyncGenerator[str | None, None]) -> None:
+        """Wake the follower for every `seq` past the position, and on every (re)connection."""
+        async with contextlib.aclosing(changes):
+            async for payload in changes:
+                if self.position is None:
+                    return  # following ended
+                if payload is None or not payload.isdigit() or int(payload) > self.position:
+                    self._wake.set()
+
+    async def close(self) -> None:
         """End every stream (UNAVAILABLE) and stop following."""
         self.broker.close()
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})

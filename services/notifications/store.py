@@ -1,7 +1,15 @@
 """Where notifications are kept: their table, the notification as a row, and the feed's reads.
 
-`seq` is assigned in commit order (SQLite has one writer at a time), which is
-what the feed (feed.py) follows and what List pages by.
+`seq` is assigned in commit order, which is what the feed (feed.py) follows
+and what List pages by: a reader that has seen `seq` n has seen every
+notification committed before it. SQLite has one writer at a time. On
+PostgreSQL an identity value is taken at insert, not at commit, so two
+transactions committing out of order made a stream that read the later one
+first skip the other; so the inserting transaction first takes an advisory
+lock (`SEQUENCE_LOCK`), held to its commit: notifications are stored one at
+a time across the replicas, and each takes its number in commit order. Each
+also tells the replicas' feeds its `seq` (NOTIFY on `CHANNEL`, sent on
+commit).
 """
 
 from __future__ import annotations
@@ -16,6 +24,10 @@ from services.runtime.resources import Backend, Resource, Row, Store, Tx
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 """The schema: numbered SQL files, a PostgreSQL variant where the engines differ (runtime/migrations.py)."""
+CHANNEL = "notifications"
+"""Where each stored notification's `seq` is announced to the feeds (PostgreSQL's NOTIFY)."""
+SEQUENCE_LOCK = "notifications.seq"
+"""Held by each storing transaction until it commits, so `seq` follows commit order."""
 
 
 def _notification(row: Row) -> Notification:
@@ -59,7 +71,9 @@ class NotificationStore(Store[Notification]):
 
         async def write(tx: Tx) -> Notification:
             nonlocal seq
+            await tx.lock(SEQUENCE_LOCK)
             seq = await self.insert(tx, notification)
+            await tx.notify(CHANNEL, str(seq))
             return notification
 
         stored = await self.idempotent(request, write)

@@ -11,7 +11,20 @@ statement and never leaves a transaction open, and each has the configured
   Parameters are always bound by the server, never formatted into the text.
 - **Row locks.** A row read inside a transaction to be changed is read `FOR
   UPDATE` (`row_lock`), so two transactions changing one row take turns, as
-  SQLite's single writer makes them.
+  SQLite's single writer makes them; rows claimed for work are read `FOR
+  UPDATE SKIP LOCKED` (`skip_locked`), so replicas claim different ones.
+- **Advisory locks.** `Tx.lock(key)` holds `pg_advisory_xact_lock(hashtext(key))`
+  until the transaction ends; `lock(key)` holds the same lock across the
+  transactions of a block (a step that calls other services in between), in a
+  transaction of its own on a connection of a second pool (`lock_pool`, at most
+  `pool_max` at once), so holders never starve the block's own queries of
+  connections. A nested `lock` of the same task shares its connection.
+  Lock connections have no statement timeout: a wait ends when the holder is
+  done or the waiting call is cancelled (its deadline).
+- **Notifications.** `Tx.notify` is `pg_notify`, sent when the transaction
+  commits, in commit order; `listen(channel)` follows a channel on a
+  connection of its own, and reconnects (logging it) after a drop, saying
+  None each time so the listener reads what it may have missed from the table.
 - **Unique violations** name their constraint; every unique constraint and
   index is named `<table>_<column>_key` (PostgreSQL's own default for a
   column's UNIQUE), from which the column follows.
@@ -31,8 +44,10 @@ statement and never leaves a transaction open, and each has the configured
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -42,6 +57,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from . import log
 from .errors import Unavailable
 from .migrations import Migration, Source, load, migrate, pending
 from .resources import Backend, Row
@@ -49,6 +65,10 @@ from .resources import Backend, Row
 MIGRATION_LOCK = 0x6D657368_6D696772
 """The advisory lock migrators of one database take turns on ("meshmigr"; each database has its own)."""
 MAINTENANCE_DB = "postgres"
+RECONNECT_PAUSE = (0.1, 5.0)
+"""How long `listen` waits before connecting again after a failure: doubling from the first to the second."""
+
+_log = log.get_logger("rideshare.runtime.postgres")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -74,6 +94,7 @@ class PostgresBackend(Backend):
     """A service's PostgreSQL database as the kit's backend."""
 
     row_lock = " FOR UPDATE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(
         self,
@@ -91,13 +112,7 @@ class PostgresBackend(Backend):
         self.applied: list[Migration] = []
         """The migrations `open` applied."""
         self.connect_timeout = connect_timeout
-        self._options = {
-            "autocommit": True,
-            "connect_timeout": max(1, round(connect_timeout)),
-            # Options the DSN carries (a search_path, say) are kept; the timeout is added to them.
-            "options": f"{conninfo_to_dict(dsn).get('options') or ''} "
-            f"-c statement_timeout={round(statement_timeout * 1000)}".strip(),
-        }
+        self._options = _connection(dsn, connect_timeout, statement_timeout)
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
             dsn,
             min_size=pool_min,
@@ -110,16 +125,30 @@ class PostgresBackend(Backend):
         )
         self.trouble: asyncio.Event = asyncio.Event()
         self._probe: psycopg.AsyncConnection[Any] | None = None
+        self.lock_pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
+            dsn,
+            min_size=0,
+            max_size=pool_max,
+            kwargs=_connection(dsn, connect_timeout, 0),  # a wait for a lock is bounded by its caller
+            open=False,
+            timeout=connect_timeout,
+            reconnect_timeout=connect_timeout,
+            name=f"{self.database} locks",
+        )
+        self._held: contextvars.ContextVar[psycopg.AsyncConnection[tuple[Any, ...]] | None] = (
+            contextvars.ContextVar(f"locks held on {self.database}", default=None)
+        )
 
     async def open(self) -> None:
         """Apply pending migrations (`applied` says which), then fill the pool."""
         with self._unavailable():
             self.applied = await asyncio.to_thread(self.run_migrations)
             await self.pool.open(wait=True, timeout=self.connect_timeout)
+            await self.lock_pool.open()
 
     def run_migrations(self, check: bool = False) -> list[Migration]:
         """Apply the pending migrations (or with `check`, list them); blocking, for a thread or a tool."""
-        with psycopg.connect(self.dsn, row_factory=dict_row, **self._options) as conn:  # type: ignore[arg-type]
+        with psycopg.connect(self.dsn, row_factory=dict_row, **self._options) as conn:
             session = _Migrator(conn)
             return pending(session, self.migrations) if check else migrate(session, self.migrations)
 
@@ -165,7 +194,7 @@ class PostgresBackend(Backend):
                         return
                     except psycopg.Error:
                         await self._close_probe()
-                self._probe = await psycopg.AsyncConnection.connect(self.dsn, **self._options)  # type: ignore[arg-type]
+                self._probe = await psycopg.AsyncConnection.connect(self.dsn, **self._options)
                 await self._probe.execute("SELECT 1")
         except (psycopg.Error, TimeoutError) as error:  # whatever went wrong, it did not answer
             await self._close_probe()
@@ -176,8 +205,52 @@ class PostgresBackend(Backend):
         if probe is not None:
             await probe.close()
 
+    @asynccontextmanager
+    async def lock(self, key: str) -> AsyncIterator[None]:
+        held = self._held.get()
+        if held is not None:  # nested in this task: the outer lock's transaction holds this key too
+            with self._unavailable():
+                await held.execute(_ADVISORY_LOCK, (key,))
+            yield
+            return
+        with self._unavailable():
+            async with self.lock_pool.connection() as conn:
+                token = self._held.set(conn)
+                try:
+                    await conn.execute("BEGIN")
+                    await conn.execute(_ADVISORY_LOCK, (key,))
+                    yield
+                finally:
+                    self._held.reset(token)
+                    # Releases the lock; a lost connection released it already, and the block's
+                    # own work is committed, so its outcome stands either way.
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.execute("ROLLBACK")
+
+    async def listen(self, channel: str) -> AsyncGenerator[str | None, None]:
+        pause = RECONNECT_PAUSE[0]
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.dsn, **self._options)
+                async with conn:
+                    await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
+                    pause = RECONNECT_PAUSE[0]
+                    yield None
+                    async for notification in conn.notifies():
+                        yield notification.payload
+            except psycopg.OperationalError as error:
+                _log.warning(
+                    f"listening on {self.database} failed; connecting again in {pause:g} s",
+                    extra={
+                        "fields": {"event": "listen_lost", "database": self.database, "error": f"{error}"}
+                    },
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RECONNECT_PAUSE[1])
+
     async def close(self) -> None:
         await self._close_probe()
+        await self.lock_pool.close()
         await self.pool.close()
 
     @contextmanager
@@ -188,6 +261,16 @@ class PostgresBackend(Backend):
         except psycopg.OperationalError as error:
             self.trouble.set()
             raise unavailable(self.database, error) from error
+
+
+def _connection(dsn: str, connect_timeout: float, statement_timeout: float) -> dict[str, Any]:
+    """Connection settings: autocommit, the timeouts, and the options the DSN carries (a search_path, say)."""
+    return {
+        "autocommit": True,
+        "connect_timeout": max(1, round(connect_timeout)),
+        "options": f"{conninfo_to_dict(dsn).get('options') or ''} "
+        f"-c statement_timeout={round(statement_timeout * 1000)}".strip(),
+    }
 
 
 def unavailable(database: str, error: BaseException) -> Unavailable:
@@ -218,6 +301,16 @@ class _PostgresTx:
     async def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         cursor = await self._conn.execute(pyformat(sql), params)
         return await cursor.fetchone() if cursor.description else None
+
+    async def lock(self, key: str) -> None:
+        await self._conn.execute(_ADVISORY_LOCK, (key,))
+
+    async def notify(self, channel: str, payload: str) -> None:
+        await self._conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+_ADVISORY_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s))"
+"""A key's lock until the transaction ends; `hashtext` is 32-bit, so MIGRATION_LOCK never meets one."""
 
 
 class _Migrator:

@@ -22,8 +22,10 @@ A store says only what is special about its resource: its own queries and
 steps, built from the same pieces (`idempotent`, `read`, `insert`, `save`).
 
 The kit reaches the database only through `Backend`: a transaction, reads,
-opening and closing, and the two things engines word differently: which
-unique column a failed write hit, and how a read locks the row it will change.
+opening and closing, and what engines do differently: which unique column a
+failed write hit, how a read locks the row it will change or passes over
+rows others hold, named locks (for a transaction, or across a block's
+transactions) and notifications on commit (for replicas on several hosts).
 `storage.SqliteBackend` (the default) and `postgres.PostgresBackend` (psycopg's
 async pool) implement them. The SQL written here is portable: `?`
 placeholders (the PostgreSQL backend rewrites them), `INSERT ... RETURNING`,
@@ -39,7 +41,7 @@ import hashlib
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -73,6 +75,16 @@ class Tx(Protocol):
 
     async def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
 
+    async def lock(self, key: str) -> None:
+        """Hold `key` until this transaction ends, against every transaction taking it
+        (PostgreSQL's advisory lock; SQLite's transaction holds the whole database already)."""
+        ...
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """Hand `payload` to the listeners of `channel` (`Backend.listen`) once this transaction
+        commits, in commit order; nothing if it rolls back (SQLite has no listeners: replicas poll)."""
+        ...
+
 
 class Backend(ABC):
     """The seam between the kit and a database engine; the request log is written on top of it."""
@@ -84,6 +96,22 @@ class Backend(ABC):
     trouble: asyncio.Event | None = None
     """Set when a call found the database out of reach (readiness.py then asks at once); None for
     an engine that is never out of reach (a file)."""
+
+    skip_locked: str = ""
+    """Appended to a read that claims rows for its transaction, passing over rows another
+    transaction holds: PostgreSQL's ` FOR UPDATE SKIP LOCKED`. SQLite needs none (one writer)."""
+
+    def lock(self, key: str) -> AbstractAsyncContextManager[None] | None:
+        """Hold `key` for the length of a block that runs transactions of its own, against every
+        holder of it in any process on this database; None where the engine has no such lock
+        (SQLite: nothing outlives a transaction, and a transaction holds the whole file)."""
+        return None
+
+    def listen(self, channel: str) -> AsyncGenerator[str | None, None] | None:
+        """What transactions `notify` on `channel`, as they commit, in commit order; None first and
+        after every reconnection, when something may have been missed (read the table then). None
+        where the engine has no notifications (SQLite: replicas on one host poll the file)."""
+        return None
 
     async def open(self) -> None:
         """Connect and apply pending migrations, before the service serves (SQLite did both when built)."""
@@ -145,13 +173,15 @@ class Backend(ABC):
                 return response
         except Exception as error:
             # The same request_id, written meanwhile on another connection (PostgreSQL runs
-            # transactions side by side): ours rolled back; the first answer is the answer.
-            if not request_id or self.unique_violation(error) != "request_id":
+            # transactions side by side): ours rolled back, on the request log's key, or on a
+            # unique column (an email) the other's write took first; its answer is the answer.
+            taken = isinstance(error, _Taken) or self.unique_violation(error) is not None
+            if not request_id or not taken:
                 raise
-        replayed = await self.replay(method, request, response_type)
-        if replayed is None:  # pragma: no cover - the violation means the other one committed
-            raise RuntimeError(f"request_log lost {method} {request_id!r}")
-        return replayed
+            replayed = await self.replay(method, request, response_type)
+            if replayed is None:  # another request holds the value: the conflict is real
+                raise
+            return replayed
 
 
 _LOGGED = "SELECT fingerprint, response FROM request_log WHERE method = ? AND request_id = ?"

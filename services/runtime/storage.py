@@ -16,7 +16,10 @@ What is SQLite's own (postgres.py has the other engine): the DDL
 how a unique violation is reported (`UNIQUE constraint failed: table.column`
 here, the constraint named `<table>_<column>_key` there), `?` placeholders
 (psycopg wants `%s`), and locking: one writer at a time here, so a read
-inside a transaction needs no row lock. `backend()` builds whichever engine
+inside a transaction needs no row lock, a transaction no advisory lock, and
+a claim no `SKIP LOCKED`; nothing outlives a transaction across processes
+(`Backend.lock` is None), and there is no LISTEN (`Backend.listen` is None):
+replicas sharing the file poll it. `backend()` builds whichever engine
 a service's `[storage]` chooses.
 """
 
@@ -193,6 +196,12 @@ class _SqliteTx:
     async def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
         return row
+
+    async def lock(self, key: str) -> None:
+        return None  # `BEGIN IMMEDIATE` already holds the whole database until the transaction ends
+
+    async def notify(self, channel: str, payload: str) -> None:
+        return None  # no listeners: replicas sharing the file poll it
 
 
 def sqlite_path(config: MeshConfig, service: ServiceConfig) -> Path:

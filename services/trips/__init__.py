@@ -2,7 +2,7 @@
 
 Modules: `servicer` (the gRPC surface), `workflow` (the steps that call other
 services), `domain` (the state machine and downstream keys), `notices` (what
-people are told), `store` (trips + outbox in SQLite), `clients` (every call
+people are told), `store` (trips + outbox, on either engine), `clients` (every call
 to another service), `outbox` and `background` (delivery in the background).
 
 Nothing is ever half-done in a way a retry cannot finish. Two tools make that
@@ -59,9 +59,18 @@ once, even across restarts.
 
 Concurrency. Steps on one trip run one at a time (a lock per trip, and one
 per RequestTrip request_id), across the replicas sharing the database: an
-asyncio lock within a process, then a lease row (`step_leases`, renewed while
-the step runs, taken over 10 s after a holder died). The outbox loop and the
-janitor run in every replica: two replicas may send the same outbox row, but
-with the same request_id, so the notification service stores and delivers it
-once; the janitor's sweep takes each trip's lease.
+asyncio lock within a process, then the store's `hold`: on PostgreSQL an
+advisory lock (`pg_advisory_xact_lock(hashtext(key))`) in a transaction of
+its own, held while the step calls other services and commits its progress
+on other connections, and let go at once if the replica dies; on SQLite,
+which has no lock that outlives a transaction, a lease row (`step_leases`,
+renewed while the step runs, taken over 10 s after a holder died). The
+local steps (Accept, Start) take the same lock, so none slips between
+CancelTrip freeing the driver and recording the cancellation. The outbox
+loop and the janitor run in every replica: each loop sends only the rows it
+claimed (`FOR UPDATE SKIP LOCKED` on PostgreSQL, for 30 s, given back when it
+stops or fails; a dead replica's are taken over when they expire), and a
+recipient's rows go out in order; a row sent twice anyway (a send outliving
+its claim) carries the same request_id, so the notification service stores
+and delivers it once. The janitor's sweep holds each trip it sweeps.
 """

@@ -10,12 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import os
+import socket
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from services.runtime import log
 
 _log = log.get_logger("rideshare.trips.background")
+STOP_PATIENCE = 0.5
+"""How long `stop` waits for a cancelled task before cancelling it again."""
+
+
+def owner_name() -> str:
+    """A name for what this process holds or claims in the shared database: host, pid, and a
+    random part (two in one process, as in tests, are two owners)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class Background:
@@ -56,7 +67,10 @@ class Background:
         task, self._task = self._task, None
         if task is None or task.done():
             return
-        task.cancel()
         # asyncio.wait, not `await task` under suppress(CancelledError): that also swallowed
-        # a cancel of the caller itself, so a bounded stop could never give up.
-        await asyncio.wait({task})
+        # a cancel of the caller itself, so a bounded stop could never give up. Cancelled again
+        # until it ends: on Python 3.11 asyncio.wait_for, which psycopg_pool awaits while a task
+        # waits for a connection, drops a cancel that arrives with the connection (fixed in 3.12).
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=STOP_PATIENCE)

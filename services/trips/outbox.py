@@ -1,4 +1,5 @@
-"""Delivering the notification outbox: at least once, in order, however long the notification service is away.
+"""Delivering the notification outbox: at least once, in order per recipient, however long the notification
+service is away, from every replica at once.
 
 A trip step writes its notifications to the `outbox` table in the same
 transaction as the step (`store.transition`), so a step never fails, and no
@@ -8,15 +9,24 @@ id>`: a row re-sent after a lost answer or a crash is stored once by the
 notification service (AIP-155), which makes "at least once" exactly once for
 the recipient.
 
+- Each replica's loop claims a batch of rows (`store.claim_notices`: on
+  PostgreSQL `FOR UPDATE SKIP LOCKED`, so replicas claim different rows)
+  for `CLAIM_SECONDS`, and sends only what it claimed, so no row is sent by
+  two replicas; a crashed replica's claims are taken over when they expire,
+  and a stopping one gives its claims back. A recipient's rows go out in
+  order: while one replica has an earlier row of a recipient in hand, the
+  others leave that recipient's later rows alone.
 - Delivered rows are deleted.
 - A failure that may pass (UNAVAILABLE, DEADLINE_EXCEEDED, ...) stops the
-  pass, so later rows wait behind earlier ones, and the loop backs off
-  exponentially (`initial_backoff` doubling up to `max_backoff`).
+  pass and gives the claimed rows back, so later rows wait behind earlier
+  ones, and the loop backs off exponentially (`initial_backoff` doubling up
+  to `max_backoff`).
 - A refusal that will never pass (INVALID_ARGUMENT, ...) marks the row dead:
   kept with its error for an operator, logged, never retried.
-- A step wakes the loop at once (`wake()`); it also polls every
-  `idle_poll` seconds, so rows left by a previous process are sent after a
-  restart.
+- A step wakes the loop at once (`wake()`); after a pass that sent
+  something it looks again at once (rows another replica held back may be
+  free now); it also polls every `idle_poll` seconds, so rows left by
+  another replica or a previous process are sent.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import grpc
 from services.runtime import log
 from services.runtime.tracing import continued
 
-from .background import Background
+from .background import Background, owner_name
 from .notices import Notice
 from .store import OutboxEntry
 
@@ -52,10 +62,15 @@ PERMANENT = frozenset(
 )
 
 Send = Callable[[Notice, str], Awaitable[object]]
+CLAIM_SECONDS = 30.0
+"""How long claimed rows are a replica's to send: a crashed replica's rows wait this long; a pass
+sending for longer than this may see its last rows sent by another replica too (then the same
+request_id makes it one notification)."""
 
 
 class OutboxStore(Protocol):
-    async def pending_notices(self, limit: int) -> list[OutboxEntry]: ...
+    async def claim_notices(self, owner: str, limit: int, ttl: float) -> list[OutboxEntry]: ...
+    async def release_notices(self, owner: str) -> None: ...
     async def notice_delivered(self, entry_id: str) -> None: ...
     async def notice_failed(self, entry_id: str, error: str, *, dead: bool) -> None: ...
 
@@ -72,8 +87,11 @@ class Outbox:
         max_backoff: float = 5.0,
         idle_poll: float = 5.0,
         batch: int = 100,
+        owner: str = "",
     ) -> None:
         self.store = store
+        self.owner = owner or owner_name()
+        """This loop's name on the rows it claims."""
         self.send = send
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
@@ -90,7 +108,7 @@ class Outbox:
     async def deliver_pending(self) -> tuple[int, bool]:
         """One pass: (how many were delivered, whether it stopped on a failure that may pass)."""
         delivered = 0
-        for entry in await self.store.pending_notices(self.batch):
+        for entry in await self.store.claim_notices(self.owner, self.batch, CLAIM_SECONDS):
             try:
                 with continued(entry.traceparent):  # the delivery joins the trace of the step
                     await self.send(entry.notice, entry.id)
@@ -108,6 +126,7 @@ class Outbox:
                     "notification service unreachable; will retry",
                     extra={"fields": {"outbox_id": entry.id, "error": text, "attempts": entry.attempts + 1}},
                 )
+                await self.store.release_notices(self.owner)
                 return delivered, True
             await self.store.notice_delivered(entry.id)
             delivered += 1
@@ -123,7 +142,7 @@ class Outbox:
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
             backoff = self.initial_backoff
-            if delivered >= self.batch:
+            if delivered:
                 continue
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns normally when a
             # cancel and a wake-up arrive together, and stop() then waited for ever.
@@ -135,4 +154,9 @@ class Outbox:
         self.task.start()
 
     async def stop(self) -> None:
+        """Stop the loop and give back what it claimed, for another replica to send at once."""
         await self.task.stop()
+        try:
+            await self.store.release_notices(self.owner)
+        except Exception as error:  # the database away: the claims expire instead
+            _log.warning("could not give back claimed notifications", extra={"fields": {"error": str(error)}})

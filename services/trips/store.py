@@ -1,4 +1,4 @@
-"""Where trips and their unsent notifications are kept: the kit's trips, plus matching, outbox and leases.
+"""Where trips and their unsent notifications are kept: the kit's trips, plus matching, outbox and locks.
 
 One database holds the `trips` table (MATCHING trips included, hidden from the
 kit's reads) and the `outbox` of notifications; a step and its notifications
@@ -6,14 +6,16 @@ are written in one transaction. Get, List, replays (AIP-155) and reading and
 writing a trip in a step are the kit's; what is the trip service's own is
 here: the MATCHING life of a trip (its request key and fingerprint, the
 candidate driver), the drop-off time fixed by the first CompleteTrip attempt,
-the outbox, and the leases that order steps across replicas.
+the outbox, and holding a trip across replicas while a step runs (`hold`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +26,7 @@ from google.type.latlng_pb2 import LatLng
 from google.type.money_pb2 import Money
 from rideshare.trips.v1.trips_pb2 import RequestTripRequest, Trip
 
+from services.runtime import log
 from services.runtime.aip import now, timestamp_from_ns
 from services.runtime.resources import Backend, Resource, Row, Store, Tx
 from services.runtime.tracing import current_traceparent
@@ -33,6 +36,10 @@ from .notices import Notice
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 """The schema: numbered SQL files, a PostgreSQL variant where the engines differ (runtime/migrations.py)."""
+LEASE_SECONDS = 10.0
+"""How long a lease (SQLite) lasts unrenewed: a replica that dies holding one blocks that trip this long."""
+
+_log = log.get_logger("rideshare.trips.store")
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,11 @@ TRIPS = Resource(Trip, _trip, _columns, visible=f"state <> {MATCHING}")
 
 def _matching(row: Row) -> Matching:
     return Matching(_trip(row), row["request_key"] or "", row["fingerprint"], row["update_time"])
+
+
+def _entry(row: Row) -> OutboxEntry:
+    notice = Notice(row["recipient"], row["title"], row["body"], row["trip"])
+    return OutboxEntry(row["id"], notice, row["attempts"], row["traceparent"])
 
 
 async def _enqueue(tx: Tx, notices: Sequence[Notice]) -> None:
@@ -247,30 +259,91 @@ class TripStore(Store[Trip]):
     # --- outbox -----------------------------------------------------------------
 
     async def pending_notices(self, limit: int) -> list[OutboxEntry]:
+        """What waits to be sent, oldest first, whoever has claimed it (operators and tests look)."""
         rows = await self.db.query("SELECT * FROM outbox WHERE dead = 0 ORDER BY seq LIMIT ?", (limit,))
-        return [
-            OutboxEntry(
-                r["id"],
-                Notice(r["recipient"], r["title"], r["body"], r["trip"]),
-                r["attempts"],
-                r["traceparent"],
+        return [_entry(r) for r in rows]
+
+    async def claim_notices(self, owner: str, limit: int, ttl: float) -> list[OutboxEntry]:
+        """Up to `limit` waiting rows, oldest first, now `owner`'s to send for `ttl` seconds.
+
+        Rows another replica claimed are passed over (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite
+        has one writer at a time) until their claim expires, which is how a crashed replica's rows
+        are taken over. A recipient's notifications go out in order: a claimed row is given back
+        at once if an earlier row of its recipient is waiting and not ours, read after our claim,
+        so it sees (as unclaimed, or claimed by another) whatever another replica has in hand.
+        """
+        stamp = time.time_ns()
+        async with self.db.transaction() as tx:
+            claimed = await tx.query(
+                "UPDATE outbox SET claimed_by = ?, claim_expires = ? WHERE seq IN ("
+                "SELECT seq FROM outbox WHERE dead = 0 AND claim_expires < ? "
+                f"ORDER BY seq LIMIT ?{self.db.skip_locked}) RETURNING *",
+                (owner, stamp + int(ttl * 1e9), stamp, limit),
             )
-            for r in rows
-        ]
+            returned = await tx.query(
+                "UPDATE outbox SET claimed_by = '', claim_expires = 0 WHERE claimed_by = ? AND EXISTS ("
+                "SELECT 1 FROM outbox AS earlier WHERE earlier.recipient = outbox.recipient AND"
+                " earlier.seq < outbox.seq AND earlier.dead = 0 AND earlier.claimed_by <> ?) RETURNING seq",
+                (owner, owner),
+            )
+        given_back = {r["seq"] for r in returned}
+        return [_entry(r) for r in sorted(claimed, key=lambda r: r["seq"]) if r["seq"] not in given_back]
+
+    async def release_notices(self, owner: str) -> None:
+        """Give back every row `owner` claimed and has not sent, for any replica to send now."""
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "UPDATE outbox SET claimed_by = '', claim_expires = 0 WHERE claimed_by = ?", (owner,)
+            )
 
     async def notice_delivered(self, entry_id: str) -> None:
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
 
     async def notice_failed(self, entry_id: str, error: str, *, dead: bool) -> None:
-        """Count a failed attempt; a dead entry (refused for good) is kept for an operator, never retried."""
+        """Count a failed attempt and give the row back; a dead entry (refused for good) is kept for
+        an operator, never retried."""
         async with self.db.transaction() as tx:
             await tx.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, dead = ? WHERE id = ?",
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, dead = ?,"
+                " claimed_by = '', claim_expires = 0 WHERE id = ?",
                 (error[:1000], 1 if dead else 0, entry_id),
             )
 
-    # --- leases -----------------------------------------------------------------
+    # --- holding a trip (or a request key) across the replicas ------------------
+
+    def hold(self, key: str, owner: str) -> AbstractAsyncContextManager[None]:
+        """`key` held against every other replica for the block, which runs transactions of its own
+        and calls other services in between: the database's lock (PostgreSQL's advisory lock, let go
+        at once if the holder dies), or a lease row on SQLite, which has no lock that outlives a
+        transaction (`owner` names this process's leases)."""
+        locked = self.db.lock(key)
+        return locked if locked is not None else self._leased(key, owner)
+
+    @asynccontextmanager
+    async def _leased(self, key: str, owner: str) -> AsyncIterator[None]:
+        """A lease row, renewed every third of `LEASE_SECONDS` while the block runs, so a long step
+        keeps it and a dead holder loses it soon; a waiter polls, 5 ms growing to 200 ms."""
+        pause = 0.005
+        while not await self.take_lease(key, owner, LEASE_SECONDS):
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
+        renewing = asyncio.ensure_future(self._renew(key, owner))
+        try:
+            yield
+        finally:
+            renewing.cancel()
+            await self.release_lease(key, owner)
+
+    async def _renew(self, key: str, owner: str) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            if not await self.take_lease(key, owner, LEASE_SECONDS):
+                _log.warning(
+                    f"lost the lease on {key} to another replica",
+                    extra={"fields": {"event": "lease_lost", "key": key}},
+                )
+                return
 
     async def take_lease(self, key: str, owner: str, ttl: float) -> bool:
         """Hold `key` for `ttl` seconds unless another owner holds it unexpired; renews our own."""

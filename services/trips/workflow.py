@@ -3,20 +3,17 @@
 Each step is written so that repeating it, with the same request_id, after
 any failure finishes it exactly once; see the package docstring for the
 recovery design. Steps on one trip run one at a time, across every replica
-sharing the database (`KeyedLocks`: an asyncio lock, then a lease row), so
-e.g. a StartTrip cannot slip between CancelTrip freeing the driver and
-recording the cancellation.
+sharing the database (`KeyedLocks`: an asyncio lock, then the store's hold:
+PostgreSQL's advisory lock or SQLite's lease row), so e.g. a StartTrip cannot
+slip between CancelTrip freeing the driver and recording the cancellation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 from google.type.latlng_pb2 import LatLng
@@ -36,6 +33,7 @@ from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.resources import fingerprint
 
 from . import domain, notices
+from .background import owner_name
 from .clients import Downstream
 from .outbox import Outbox
 from .store import Matching, TripStore
@@ -43,15 +41,11 @@ from .store import Matching, TripStore
 _log = log.get_logger("rideshare.trips.workflow")
 
 
-class Leases(Protocol):
-    """Named leases shared by every replica (the trips store's `step_leases` table)."""
+class Holds(Protocol):
+    """Holding a key against the other replicas sharing the database (the trips store's `hold`)."""
 
-    async def take_lease(self, key: str, owner: str, ttl: float) -> bool: ...
-    async def release_lease(self, key: str, owner: str) -> None: ...
+    def hold(self, key: str, owner: str) -> AbstractAsyncContextManager[None]: ...
 
-
-LEASE_SECONDS = 10.0
-"""How long a lease lasts unrenewed: a replica that dies holding one blocks that trip this long."""
 
 MAX_SEARCHES = 20
 """Searches for drivers one RequestTrip makes at most, each after losing a race for every driver the
@@ -60,19 +54,18 @@ previous one found (so 200 races lost): a bound on a runaway loop, far past any 
 
 class KeyedLocks:
     """One lock per key, across the replicas: an asyncio lock for this process's own tasks,
-    then a lease row in the shared database for the other processes.
+    then the store's hold on the key for the other processes (PostgreSQL's advisory lock,
+    SQLite's lease row).
 
-    The lease is renewed every third of `LEASE_SECONDS` while the step runs, so a
-    long step keeps it and a dead holder loses it soon. A step that finds the key
-    leased waits with a growing pause (5 ms to 200 ms); the caller's deadline bounds
-    the wait (the call is cancelled then). The asyncio locks are dropped when nobody
-    holds or waits for them.
+    The asyncio lock comes first, so a process waits on the database for a key
+    with one task at most. A wait is bounded by the caller's deadline (the call is
+    cancelled then). The asyncio locks are dropped when nobody holds or waits for them.
     """
 
-    def __init__(self, leases: Leases | None = None) -> None:
+    def __init__(self, store: Holds | None = None) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._leases = leases
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._store = store
+        self.owner = owner_name()
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
@@ -80,10 +73,10 @@ class KeyedLocks:
         self._locks[key] = (lock, users + 1)
         try:
             async with lock:
-                if self._leases is None:
+                if self._store is None:
                     yield
                 else:
-                    async with self._leased(self._leases, key):
+                    async with self._store.hold(key, self.owner):
                         yield
         finally:
             lock, users = self._locks[key]
@@ -91,29 +84,6 @@ class KeyedLocks:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
-
-    @asynccontextmanager
-    async def _leased(self, leases: Leases, key: str) -> AsyncIterator[None]:
-        pause = 0.005
-        while not await leases.take_lease(key, self.owner, LEASE_SECONDS):
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.2)
-        renewing = asyncio.ensure_future(self._renew(leases, key))
-        try:
-            yield
-        finally:
-            renewing.cancel()
-            await leases.release_lease(key, self.owner)
-
-    async def _renew(self, leases: Leases, key: str) -> None:
-        while True:
-            await asyncio.sleep(LEASE_SECONDS / 3)
-            if not await leases.take_lease(key, self.owner, LEASE_SECONDS):
-                _log.warning(
-                    f"lost the lease on {key} to another replica",
-                    extra={"fields": {"event": "lease_lost", "key": key}},
-                )
-                return
 
     def __len__(self) -> int:
         return len(self._locks)

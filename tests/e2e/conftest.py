@@ -455,6 +455,25 @@ def mesh_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshFacto
         yield factory
 
 
+@pytest.fixture(params=postgres.ENGINES)
+def storage(request: pytest.FixtureRequest, mesh_factory: MeshFactory) -> Iterator[dict[str, Any]]:
+    """The test once per storage engine: extra mesh keys for `mesh_factory(..., **storage)`, none for
+    SQLite files, or a `[storage]` table naming a PostgreSQL database per service (`mesh up` makes
+    them; dropped after the test, once its meshes stopped)."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    postgres.require()
+    databases = postgres.Databases()
+    try:
+        yield {"storage": {"backend": "postgres", "dsn": databases.per_service()}}
+    finally:
+        try:
+            mesh_factory.close()
+        finally:
+            databases.close()
+
+
 @pytest.fixture(scope="module")
 def passengers_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """One running passengers mesh shared by the read-mostly tests of a module."""

@@ -1,6 +1,9 @@
-"""Two notification replicas under `mesh up` are one service: a stream on either sees every notification."""
+"""Two notification replicas under `mesh up` are one service: a stream on either sees every notification,
+on one SQLite file (polled) or one PostgreSQL database (LISTEN/NOTIFY)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import grpc
 from rideshare.notifications.v1 import notifications_pb2 as pb
@@ -11,8 +14,10 @@ from .conftest import MeshFactory
 SERVICE = "rideshare.notifications.v1.NotificationService"
 
 
-def test_a_stream_on_one_replica_gets_what_the_other_one_stores_in_order(mesh_factory: MeshFactory, grpcurl):
-    mesh = mesh_factory({"notifications": {"replicas": 2}}).start()
+def test_a_stream_on_one_replica_gets_what_the_other_one_stores_in_order(
+    mesh_factory: MeshFactory, storage: dict[str, Any], grpcurl
+):
+    mesh = mesh_factory({"notifications": {"replicas": 2}}, **storage).start()
     _, members = mesh.status()
     first, second = sorted(
         (m for m in members if m["service"] == "notifications"), key=lambda m: int(m["replica"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import sqlite3
 import threading
@@ -546,3 +547,37 @@ def test_once_an_outage_outlasted_the_pools_retries_the_first_call_after_it_gets
         assert loop.call(backend.query("SELECT 1 AS one")) == [{"one": 1}]
     finally:
         loop.call(backend.close())
+
+
+@pytest.mark.parametrize("backends", ["postgres"], indirect=True)
+def test_listen_hears_what_commits_and_says_when_it_connected_again(backends, backend, caplog):
+    channel = "things"
+
+    async def notify(payload: str, commit: bool = True) -> None:
+        with contextlib.suppress(RuntimeError):
+            async with backend.transaction() as tx:
+                await tx.notify(channel, payload)
+                if not commit:
+                    raise RuntimeError("rolled back")
+
+    async def scenario() -> list[str | None]:
+        heard: list[str | None] = []
+        changes = backend.listen(channel)
+        async with asyncio.timeout(10), contextlib.aclosing(changes):
+            heard.append(await anext(changes))  # listening now
+            await notify("1")
+            await notify("lost", commit=False)
+            await notify("2")
+            heard += [await anext(changes), await anext(changes)]
+            with psycopg.connect(backends.dsn(), autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = %s",
+                    (f'LISTEN "{channel}"',),
+                )
+            heard.append(await anext(changes))  # connected again: whatever was sent meanwhile is missed
+            await notify("3")
+            heard.append(await anext(changes))
+        return heard
+
+    assert backends.runner.run(scenario()) == [None, "1", "2", None, "3"]
+    assert [getattr(r, "fields", {}).get("event") for r in caplog.records] == ["listen_lost"]

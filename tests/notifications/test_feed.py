@@ -1,15 +1,18 @@
-"""The feed: two replicas (two stores and feeds on one database, both engines) as one service to streams."""
+"""The feed: two replicas (two stores and feeds on one database, both engines) as one service to streams;
+on PostgreSQL told by NOTIFY, and made whole again from the table after a lost connection."""
 
 from __future__ import annotations
 
 import asyncio
 
+import psycopg
+import pytest
 from rideshare.notifications.v1 import notifications_pb2 as pb
 
 from services.notifications import domain
 from services.notifications.broker import Broker
 from services.notifications.feed import Feed
-from services.notifications.store import MIGRATIONS, NotificationStore
+from services.notifications.store import CHANNEL, MIGRATIONS, SEQUENCE_LOCK, NotificationStore
 from services.runtime.errors import Unavailable
 from tests.postgres import Backends
 
@@ -34,7 +37,7 @@ class Replica:
         return notification
 
     async def close(self) -> None:
-        self.feed.close()
+        await self.feed.close()
         await self.store.close()
 
 
@@ -118,7 +121,7 @@ def test_closing_ends_the_streams_with_unavailable(backends, runner):
     async def scenario():
         try:
             with await a.feed.subscribe("passengers/p") as stream:
-                a.feed.close()
+                await a.feed.close()
                 try:
                     await titles(stream, 1)
                 except Unavailable:
@@ -128,3 +131,104 @@ def test_closing_ends_the_streams_with_unavailable(backends, runner):
             await a.store.close()
 
     assert runner.run(scenario()) == "unavailable"
+
+
+class Listening:
+    """Stands in for `Backend.listen`: the test says when the feed hears something, or reconnects."""
+
+    def __init__(self) -> None:
+        self.heard: asyncio.Queue[str | None] = asyncio.Queue()
+        self.heard.put_nowait(None)  # connected
+
+    async def listen(self, channel: str):
+        while True:
+            yield await self.heard.get()
+
+
+def test_after_a_lost_connection_the_feed_reads_what_it_missed_and_skips_what_it_had(backends, runner):
+    a, b = Replica(backends), Replica(backends)
+    told = Listening()
+    a.store.db.listen = told.listen  # type: ignore[method-assign]
+
+    async def scenario() -> list[str]:
+        try:
+            with await a.feed.subscribe("passengers/p") as stream:
+                await a.send("passengers/p", "1 from a")  # its own: published at once
+                await b.send("passengers/p", "2 from b")  # its NOTIFY lost with the connection
+                await b.send("passengers/p", "3 from b")
+                told.heard.put_nowait(None)  # connected again
+                return await titles(stream, 3)
+        finally:
+            await a.close()
+            await b.close()
+
+    assert runner.run(scenario()) == ["1 from a", "2 from b", "3 from b"]
+
+
+@pytest.mark.parametrize("backends", ["postgres"], indirect=True)
+def test_a_notification_stored_while_another_is_uncommitted_is_numbered_after_it(backends, runner):
+    """An identity value is taken at insert, not at commit: without the lock the second would commit
+    first with the higher `seq`, and a feed that read it would never read the first."""
+    a, b, watcher = Replica(backends), Replica(backends), Replica(backends)
+    first = domain.new_notification(pb.Notification(recipient="passengers/p", title="first", body="b"))
+
+    async def scenario() -> list[str]:
+        try:
+            with await watcher.feed.subscribe("passengers/p") as stream:
+                async with a.store.db.transaction() as tx:
+                    await tx.lock(SEQUENCE_LOCK)
+                    await a.store.insert(tx, first)
+                    await tx.notify(CHANNEL, "0")
+                    second = asyncio.ensure_future(b.send("passengers/p", "second"))
+                    await waiting_for_a_lock(backends)
+                    assert not second.done()
+                await second
+                return await titles(stream, 2)
+        finally:
+            for replica in (a, b, watcher):
+                await replica.close()
+
+    assert runner.run(scenario()) == ["first", "second"]
+
+
+WAITING = (
+    "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+async def waiting_for_a_lock(backends) -> None:
+    """Until some transaction of the test's database waits for an advisory lock (no event says so)."""
+    admin = await psycopg.AsyncConnection.connect(backends.dsn(), autocommit=True)
+    async with asyncio.timeout(WAIT), admin:
+        while not await (await admin.execute(WAITING)).fetchone():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+def test_a_feed_that_cannot_read_ends_its_streams_and_a_new_one_follows_again(backends, runner):
+    a, b = Replica(backends), Replica(backends)
+    since = a.store.since
+
+    async def unreachable(seq: int, limit: int):
+        raise Unavailable("database is unavailable", reason="DATABASE_UNAVAILABLE")
+
+    async def scenario() -> tuple[str, list[str]]:
+        try:
+            with await a.feed.subscribe("passengers/p") as stream:
+                a.store.since = unreachable  # type: ignore[method-assign]
+                await b.send("passengers/p", "while the database was away")
+                a.feed.committed(10**9, pb.Notification())  # wake it: it reads now
+                try:
+                    await titles(stream, 1)
+                    ended = "not ended"
+                except Unavailable as error:
+                    ended = error.reason
+            a.store.since = since  # type: ignore[method-assign]
+            with await a.feed.subscribe("passengers/p") as again:
+                await b.send("passengers/p", "back")
+                return ended, await titles(again, 1)
+        finally:
+            await a.close()
+            await b.close()
+
+    assert runner.run(scenario()) == ("DATABASE_UNAVAILABLE", ["back"])
