@@ -30,7 +30,7 @@ from rideshare.drivers.v1.drivers_pb2 import (
     UpdateDriverRequest,
 )
 
-from services.runtime.aip import timestamp_from_ns
+from services.runtime.aip import read_mask_paths, timestamp_from_ns
 from services.runtime.principal import caller, require_owner
 from services.runtime.sessions import Accounts, Grant, hash_password
 
@@ -115,7 +115,8 @@ class DriverServicer(drivers_pb2_grpc.DriverServiceServicer):
 
     async def SearchDrivers(self, request: SearchDriversRequest, context: Context) -> SearchDriversResponse:
         limit = domain.search_limits(request.location, request.radius_meters, request.page_size)
-        found = await self.store.search(request.location, request.radius_meters, limit)
+        fields = read_mask_paths(request.read_mask, Driver)
+        found = await self.store.search(request.location, request.radius_meters, limit, fields)
         return SearchDriversResponse(
             results=[DriverSearchResult(driver=driver, distance_meters=meters) for driver, meters in found]
         )
