@@ -150,14 +150,12 @@ class TripWorkflow:
     # --- RequestTrip --------------------------------------------------------------
 
     async def request(self, request: RequestTripRequest) -> Trip:
-        replay = await self.store.replayed(request)
-        if replay is not None:
-            return replay
         domain.check_request(request)
         if not request.request_id:
             return await self._match(request, None)
         async with self.locks.hold(f"request:{request.request_id}"):
-            # A concurrent call with the same key may have finished while we waited.
+            # Looked up once, under the lock: a repeat answered meanwhile (or long ago) is found
+            # here, and a first request, the common case, reads the request log once.
             replay = await self.store.replayed(request)
             if replay is not None:
                 return replay

@@ -337,6 +337,17 @@ def test_concurrent_repeats_of_one_request_make_one_trip(store):
     assert len(visible(store)) == 1
 
 
+def test_a_repeat_after_the_answer_gets_the_same_trip_and_calls_no_other_service(store):
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        first = await workflow.request(request(request_id="r1"))
+        calls = list(mesh.calls)
+        assert await workflow.request(request(request_id="r1")) == first
+        assert mesh.calls == calls
+
+    run(store, scenario)
+    assert len(visible(store)) == 1
+
+
 def test_the_janitor_frees_the_driver_of_an_abandoned_request(store):
     mesh = Neighbours()
 
