@@ -33,8 +33,11 @@ gateway caches the tokens), and before each run the mesh is left to go idle
 Reported per variant, driver count and offered rate: rides per second that
 completed (cancelled) over the time from the first due to the last answer,
 RequestTrip and whole-ride p50/p90/p99 of the completed ones, errors by
-step, HTTP status and reason, and each process's CPU time (/proc/<pid>/stat,
-before and after the run) divided by the completed rides. No assertion: the
+step, HTTP status and reason, each process's CPU time (/proc/<pid>/stat,
+before the run and once the mesh is idle after it, so the notifications the
+outbox sends after the answers count) and the gRPC calls each process made
+(its /metrics, by caller, service and method), both divided by the completed
+rides. No assertion: the
 figures go to docs/benchmarks.md with the command, machine and date.
 """
 
@@ -381,6 +384,7 @@ def measure(mesh: Mesh, drivers: int, rate: float, seconds: float, seed: int) ->
     before, load_before, calls_before = mesh.cpu(), cpu_seconds(os.getpid()), mesh.calls()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_rides(mesh, run, seed))
+    settle([mesh])  # the outbox sends the rides' notifications after their answers: count those too
     after = mesh.cpu()
     run.cpu = {name: after[name] - before[name] for name in after}
     run.calls = mesh.calls() - calls_before
@@ -468,7 +472,7 @@ def report(runs: list[Run]) -> str:
     edges = sorted({edge for r in runs for edge in r.calls})
     lines += [
         "",
-        "gRPC calls per completed ride, by caller -> service.method (the outbox's sends may lag the run):",
+        "gRPC calls per completed ride, by caller -> service.method:",
         "",
         f"| variant | drivers | offered | {' | '.join(edges)} | all |",
         f"| --- | ---: | ---: | {' | '.join('---:' for _ in edges)} | ---: |",
