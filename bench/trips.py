@@ -33,8 +33,11 @@ gateway caches the tokens), and before each run the mesh is left to go idle
 Reported per variant, driver count and offered rate: rides per second that
 completed (cancelled) over the time from the first due to the last answer,
 RequestTrip and whole-ride p50/p90/p99 of the completed ones, errors by
-step, HTTP status and reason, and each process's CPU time (/proc/<pid>/stat,
-before and after the run) divided by the completed rides. No assertion: the
+step, HTTP status and reason, each process's CPU time (/proc/<pid>/stat,
+before the run and once the mesh is idle after it, so the notifications the
+outbox sends after the answers count) and the gRPC calls each process made
+(its /metrics, by caller, service and method), both divided by the completed
+rides. No assertion: the
 figures go to docs/benchmarks.md with the command, machine and date.
 """
 
@@ -72,6 +75,7 @@ from rideshare.trips.v1 import trips_pb2_grpc
 from bench.overload import Pool
 from bench.rest import baseline_env, baseline_tree
 from bench.unary import REPO
+from services.mesh import stats
 from tests.ports import free_ports
 
 SERVICES = ("passengers", "drivers", "trips", "billing", "payments", "notifications")
@@ -82,6 +86,7 @@ PICKUP_SPREAD = 1000.0
 DRAIN = 15.0
 """Seconds answers may take after the last ride was due."""
 START_TIMEOUT = 60.0
+ADMIN_OFFSET = 1000
 IN_FLIGHT = 32
 """Setup calls in flight at once."""
 CANCEL_ATTEMPTS = 3
@@ -107,6 +112,8 @@ class Run:
     errors: Counter[str] = field(default_factory=Counter)
     cpu: dict[str, float] = field(default_factory=dict)
     """CPU seconds of each process over the run."""
+    calls: Counter[str] = field(default_factory=Counter)
+    """gRPC calls made over the run, by `caller -> service.Method` (the processes' /metrics)."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -193,6 +200,18 @@ class Mesh:
 
     def cpu(self) -> dict[str, float]:
         return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def calls(self) -> Counter[str]:
+        """Every gRPC call the mesh's processes made so far, by edge and method, from their /metrics
+        (the admin port is the port + mesh.toml's default offset of 1000)."""
+        made: Counter[str] = Counter()
+        for name, port in [*self.ports.items(), ("gateway", self.gateway_port)]:
+            scraped = stats.scrape(stats.Target(name, "", f"http://127.0.0.1:{port + ADMIN_OFFSET}/metrics"))
+            for (metric, labels), value in (scraped.series or {}).items():
+                if metric == "mesh_client_calls_total":
+                    label = dict(labels)
+                    made[f"{label['caller']} -> {label['service']}.{label['grpc_method']}"] += int(value)
+        return made
 
 
 @contextlib.contextmanager
@@ -362,11 +381,13 @@ def measure(mesh: Mesh, drivers: int, rate: float, seconds: float, seed: int) ->
     import uvloop
 
     run = Run(mesh.variant, drivers, rate, seconds)
-    before, load_before = mesh.cpu(), cpu_seconds(os.getpid())
+    before, load_before, calls_before = mesh.cpu(), cpu_seconds(os.getpid()), mesh.calls()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_rides(mesh, run, seed))
+    settle([mesh])  # the outbox sends the rides' notifications after their answers: count those too
     after = mesh.cpu()
     run.cpu = {name: after[name] - before[name] for name in after}
+    run.calls = mesh.calls() - calls_before
     run.cpu["load"] = cpu_seconds(os.getpid()) - load_before
     held = asyncio.run(_free_drivers(mesh))
     if held:
@@ -448,6 +469,19 @@ def report(runs: list[Run]) -> str:
         cells = [f"{r.cpu.get(p, 0.0) / done * 1000:.1f}" for p in processes]
         mesh = sum(v for k, v in r.cpu.items() if k != "load") / done * 1000
         lines.append(f"| {r.variant} | {r.drivers:,} | {r.offered:g} | {' | '.join(cells)} | {mesh:.1f} |")
+    edges = sorted({edge for r in runs for edge in r.calls})
+    lines += [
+        "",
+        "gRPC calls per completed ride, by caller -> service.method:",
+        "",
+        f"| variant | drivers | offered | {' | '.join(edges)} | all |",
+        f"| --- | ---: | ---: | {' | '.join('---:' for _ in edges)} | ---: |",
+    ]
+    for r in runs:
+        done = max(1, len(r.rides))
+        cells = [f"{r.calls[edge] / done:.2f}" for edge in edges]
+        total = sum(r.calls.values()) / done
+        lines.append(f"| {r.variant} | {r.drivers:,} | {r.offered:g} | {' | '.join(cells)} | {total:.2f} |")
     return "\n".join(lines)
 
 

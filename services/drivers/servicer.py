@@ -26,6 +26,7 @@ from rideshare.drivers.v1.drivers_pb2 import (
     UpdateDriverRequest,
 )
 
+from services.runtime.aip import read_mask_paths
 from services.runtime.sessions import AccountMethods, Accounts, hash_password
 
 from . import domain
@@ -94,7 +95,8 @@ class DriverServicer(AccountMethods[Driver], drivers_pb2_grpc.DriverServiceServi
 
     async def SearchDrivers(self, request: SearchDriversRequest, context: Context) -> SearchDriversResponse:
         limit = domain.search_limits(request.location, request.radius_meters, request.page_size)
-        found = await self.store.search(request.location, request.radius_meters, limit)
+        fields = read_mask_paths(request.read_mask, Driver)
+        found = await self.store.search(request.location, request.radius_meters, limit, fields)
         return SearchDriversResponse(
             results=[DriverSearchResult(driver=driver, distance_meters=meters) for driver, meters in found]
         )

@@ -20,6 +20,7 @@ LIMIT) and runs unchanged on PostgreSQL.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from google.type.latlng_pb2 import LatLng
 from rideshare.drivers.v1.drivers_pb2 import DRIVER_STATUS_AVAILABLE, Driver, Vehicle
 
 from services.domain import geo
-from services.runtime.aip import timestamp_from_ns
+from services.runtime.aip import apply_read_mask, timestamp_from_ns
 from services.runtime.errors import AlreadyExists
 from services.runtime.resources import Backend, Resource, Row, Store
 
@@ -141,8 +142,11 @@ class DriverStore(Store[Driver]):
     def __init__(self, db: Backend) -> None:
         super().__init__(db, DRIVERS)
 
-    async def search(self, center: LatLng, radius_meters: float, limit: int) -> Nearby:
-        """The AVAILABLE drivers within the radius, nearest first (ties by registration order).
+    async def search(
+        self, center: LatLng, radius_meters: float, limit: int, fields: frozenset[str] = frozenset()
+    ) -> Nearby:
+        """The AVAILABLE drivers within the radius, nearest first (ties by registration order),
+        with only the `fields` named (aip.read_mask_paths; empty: every field).
 
         Each round asks for the `fetch` nearest by flat distance in a window and
         measures them exactly. A driver not returned is at least `horizon` away:
@@ -163,12 +167,27 @@ class DriverStore(Store[Driver]):
             horizon = min(reach, estimated)
             certain = [item for item in found if item[0] < horizon]
             if len(certain) >= limit or (reach >= radius_meters and estimated > radius_meters):
-                return [(_driver(row), distance) for distance, _, row in found[:limit]]
+                build = _masked(fields)
+                return [(build(row), distance) for distance, _, row in found[:limit]]
             if reach >= radius_meters or estimated < reach:
                 fetch *= 2
             else:
                 grow = 4.0 if not rows else min(4.0, max(1.5, 1.25 * math.sqrt(limit / len(rows))))
                 reach = min(radius_meters, reach * grow)
+
+
+def _named(row: Row) -> Driver:
+    return Driver(name=f"drivers/{row['id']}")
+
+
+def _masked(fields: frozenset[str]) -> Callable[[Row], Driver]:
+    """How to make a driver of a row with only `fields`: the name alone (what matching asks for)
+    straight from the row, others by trimming the whole driver."""
+    if not fields:
+        return _driver
+    if fields == {"name"}:
+        return _named
+    return lambda row: apply_read_mask(_driver(row), fields)
 
 
 def _measured(center: LatLng, rows: list[Row], radius_meters: float) -> list[tuple[float, int, Row]]:

@@ -1,7 +1,7 @@
 """Helpers for the API Improvement Proposals every service follows.
 
 Resource ids and names (AIP-122), page tokens (AIP-158), update masks
-(AIP-134), output-only fields (AIP-203) and timestamps, so each service
+(AIP-134), read masks (AIP-157), output-only fields (AIP-203) and timestamps, so each service
 writes only its own rules.
 """
 
@@ -12,10 +12,11 @@ import binascii
 import json
 import uuid
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from google.api import field_behavior_pb2
 from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from .errors import InvalidArgument
@@ -126,6 +127,32 @@ def apply_update_mask(
         else:
             setattr(target, path, getattr(patch, path))
     return paths
+
+
+def read_mask_paths(mask: field_mask_pb2.FieldMask, resource: type[Message]) -> frozenset[str]:
+    """The paths of a request's `read_mask` (AIP-157), each checked to name a field of the
+    resource (INVALID_ARGUMENT on `read_mask` otherwise); empty, or `*`, means every field."""
+    paths = frozenset(mask.paths)
+    if "*" in paths:
+        return frozenset()
+    descriptor = cast(Descriptor, resource.DESCRIPTOR)  # the stubs add upb's twin of the type
+    unknown = sorted(
+        p for p in paths if not field_mask_pb2.FieldMask(paths=[p]).IsValidForDescriptor(descriptor)
+    )
+    if unknown:
+        raise InvalidArgument.field(
+            "read_mask", f"{', '.join(unknown)}: not a field of {resource.DESCRIPTOR.name}"
+        )
+    return paths
+
+
+def apply_read_mask(message: M, paths: frozenset[str]) -> M:
+    """The message with only the fields `paths` names (`read_mask_paths`; empty: all of it)."""
+    if not paths:
+        return message
+    masked = type(message)()
+    field_mask_pb2.FieldMask(paths=sorted(paths)).MergeMessage(message, masked)
+    return masked
 
 
 def without_output_only(message: M) -> M:

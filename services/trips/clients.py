@@ -17,6 +17,7 @@ and nowhere else:
 from __future__ import annotations
 
 import grpc
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.type.latlng_pb2 import LatLng
 from rideshare.billing.v1 import billing_pb2_grpc
 from rideshare.billing.v1.billing_pb2 import (
@@ -52,6 +53,8 @@ _log = log.get_logger("rideshare.trips.clients")
 
 #: How many drivers to ask for: the nearest few are the ones worth trying.
 CANDIDATES = 10
+#: A search's read mask: a driver's name, not its whole profile (AIP-157).
+_NAMES_ONLY = FieldMask(paths=["name"])
 #: Billing's reasons for "the trip already has another invoice" (metadata "invoice" names it).
 _OTHER_INVOICE = ("INVOICE_AMOUNT_MISMATCH", "INVOICE_PASSENGER_MISMATCH")
 
@@ -76,9 +79,12 @@ class Downstream:
         return passenger
 
     async def search_drivers(self, location: LatLng, radius_meters: float) -> list[DriverSearchResult]:
-        """The AVAILABLE drivers within the radius, nearest first."""
+        """The AVAILABLE drivers within the radius, nearest first: their names only, which is all
+        matching needs (AssignTrip answers with the whole driver it won)."""
         stub = self.clients.stub(drivers_pb2_grpc.DriverServiceStub)
-        request = SearchDriversRequest(location=location, radius_meters=radius_meters, page_size=CANDIDATES)
+        request = SearchDriversRequest(
+            location=location, radius_meters=radius_meters, page_size=CANDIDATES, read_mask=_NAMES_ONLY
+        )
         with reaching("drivers"):
             response = await stub.SearchDrivers(request)
         return list(response.results)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
@@ -116,18 +117,18 @@ class TripWorkflow:
         self.outbox = outbox
         self.search_radius = search_radius
         self.locks = KeyedLocks(store)
+        self._asking: Counter[str] = Counter()
+        """Drivers this process is asking to take a trip now, and by how many requests."""
 
     # --- RequestTrip --------------------------------------------------------------
 
     async def request(self, request: RequestTripRequest) -> Trip:
-        replay = await self.store.replayed(request)
-        if replay is not None:
-            return replay
         domain.check_request(request)
         if not request.request_id:
             return await self._match(request, None)
         async with self.locks.hold(f"request:{request.request_id}"):
-            # A concurrent call with the same key may have finished while we waited.
+            # Looked up once, under the lock: a repeat answered meanwhile (or long ago) is found
+            # here, and a first request, the common case, reads the request log once.
             replay = await self.store.replayed(request)
             if replay is not None:
                 return replay
@@ -183,11 +184,14 @@ class TripWorkflow:
                 candidates = await self._candidates(trip.pickup)
             if not candidates:
                 break
-            for name in candidates:
+            remaining = list(candidates)
+            while remaining:
+                # A driver another request here is asking now is asked last: that request
+                # most likely wins it, and each race lost costs a call and two writes.
+                name = next((n for n in remaining if n not in self._asking), remaining[0])
+                remaining.remove(name)
                 await self.store.set_candidate(matching.id, name)
-                driver = await self.downstream.assign_trip(
-                    name, trip.name, domain.assign_request_id(trip.name, name)
-                )
+                driver = await self._ask(name, trip.name)
                 if driver is not None:
                     return await self._assigned(request, matching, driver)
                 await self.store.set_candidate(matching.id, "")
@@ -199,6 +203,15 @@ class TripWorkflow:
             )
         await self.store.drop_matching(matching.id)
         raise no_driver_available(trip)
+
+    async def _ask(self, driver: str, trip: str) -> Driver | None:
+        self._asking[driver] += 1
+        try:
+            return await self.downstream.assign_trip(driver, trip, domain.assign_request_id(trip, driver))
+        finally:
+            self._asking[driver] -= 1
+            if not self._asking[driver]:
+                del self._asking[driver]
 
     async def _assigned(self, request: RequestTripRequest, matching: Matching, driver: Driver) -> Trip:
         trip = await self.store.finish_matching(

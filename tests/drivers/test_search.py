@@ -6,6 +6,7 @@ import math
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 from google.type import latlng_pb2
 from rideshare.drivers.v1 import drivers_pb2 as pb
 
@@ -105,6 +106,47 @@ def test_page_size_limits_results_to_the_nearest_with_a_default_of_ten(drivers):
     assert [r.driver.name for r in drivers.search(CENTER.latitude, CENTER.longitude, 5000)] == names[:10]
     assert [r.driver.name for r in drivers.search(CENTER.latitude, CENTER.longitude, 5000, 3)] == names[:3]
     assert len(drivers.search(CENTER.latitude, CENTER.longitude, 5000, 1000)) == 12
+
+
+def masked_search(drivers, *paths: str):
+    request = pb.SearchDriversRequest(
+        location=CENTER, radius_meters=5000, read_mask=field_mask_pb2.FieldMask(paths=paths)
+    )
+    return drivers.call(drivers.stub.SearchDrivers(request)).results
+
+
+def test_a_read_mask_of_name_returns_only_the_names_and_the_distances(drivers):
+    near = drivers.online(*north_of(500))
+    far = drivers.online(*north_of(1500))
+
+    results = masked_search(drivers, "name")
+
+    assert [r.driver for r in results] == [pb.Driver(name=near.name), pb.Driver(name=far.name)]
+    assert [round(r.distance_meters) for r in results] == [500, 1500]
+
+
+def test_a_read_mask_returns_the_fields_it_names_and_star_returns_all(drivers):
+    near = drivers.online(*north_of(500))
+
+    (masked,) = masked_search(drivers, "display_name", "vehicle.make", "location")
+    (whole,) = masked_search(drivers, "*")
+
+    assert masked.driver == pb.Driver(
+        display_name=near.display_name, vehicle=pb.Vehicle(make=near.vehicle.make), location=near.location
+    )
+    assert whole.driver == near
+
+
+def test_a_read_mask_naming_no_field_of_driver_names_read_mask(drivers):
+    request = pb.SearchDriversRequest(
+        location=CENTER, radius_meters=5000, read_mask=field_mask_pb2.FieldMask(paths=["name", "fare"])
+    )
+
+    failure = drivers.fail(drivers.stub.SearchDrivers(request))
+
+    assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.fields == ["read_mask"]
+    assert "fare" in failure.message
 
 
 def test_an_empty_area_returns_no_results(drivers):

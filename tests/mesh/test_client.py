@@ -97,6 +97,24 @@ def test_stub_reaches_the_running_service_by_name(passengers, mesh_config):
         passengers.call(clients.close())
 
 
+def test_a_stub_asked_for_after_close_is_on_a_fresh_channel(passengers, mesh_config):
+    # Stubs are kept with their channel; one kept past close() would fail every call.
+    clients = Clients(with_port(mesh_config, "passengers", passengers.port), caller="test")
+    try:
+        first = clients.stub(passengers_pb2_grpc.PassengerServiceStub)
+        passengers.call(clients.close())
+        stub = clients.stub(passengers_pb2_grpc.PassengerServiceStub)
+        assert stub is not first
+        created = passengers.call(
+            stub.CreatePassenger(
+                pb.CreatePassengerRequest(passenger=pb.Passenger(display_name="Bo", email="bo@example.com"))
+            )
+        )
+        assert created.display_name == "Bo"
+    finally:
+        passengers.call(clients.close())
+
+
 def test_a_contract_no_service_serves_is_a_config_error(mesh_config):
     clients = Clients(mesh_config, caller="test")
 

@@ -346,6 +346,41 @@ def test_concurrent_repeats_of_one_request_make_one_trip(runner, store):
     assert len(visible(runner, store)) == 1
 
 
+def test_a_repeat_after_the_answer_gets_the_same_trip_and_calls_no_other_service(runner, store):
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        first = await workflow.request(request(request_id="r1"))
+        calls = list(mesh.calls)
+        assert await workflow.request(request(request_id="r1")) == first
+        assert mesh.calls == calls
+
+    run(runner, store, scenario)
+    assert len(visible(runner, store)) == 1
+
+
+def test_a_driver_another_request_is_asking_is_asked_last(runner, store):
+    # Both riders' searches put drivers/near first; the second asks drivers/far at once
+    # instead of losing a race for drivers/near (a call and two writes saved).
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        original, asking, answer = mesh.assign_trip, asyncio.Event(), asyncio.Event()
+
+        async def slow_once(driver: str, trip: str, request_id: str) -> Driver | None:
+            if not asking.is_set():
+                asking.set()
+                await answer.wait()
+            return await original(driver, trip, request_id)
+
+        mesh.assign_trip = slow_once  # type: ignore[method-assign]
+        first = asyncio.ensure_future(workflow.request(request(request_id="r1")))
+        await asking.wait()
+        second = await workflow.request(request(request_id="r2"))
+        answer.set()
+
+        assert (second.driver, (await first).driver) == ("drivers/far", "drivers/near")
+        assert [method for method, _ in mesh.calls].count("AssignTrip") == 2
+
+    run(runner, store, scenario)
+
+
 def test_the_janitor_frees_the_driver_of_an_abandoned_request(runner, store):
     mesh = Neighbours()
 

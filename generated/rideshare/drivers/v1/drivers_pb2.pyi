@@ -573,6 +573,7 @@ class SearchDriversRequest(_message.Message):
     LOCATION_FIELD_NUMBER: _builtins.int
     RADIUS_METERS_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    READ_MASK_FIELD_NUMBER: _builtins.int
     radius_meters: _builtins.float
     """How far from the location to look, in meters; greater than 0 and at most 50000."""
     page_size: _builtins.int
@@ -585,16 +586,24 @@ class SearchDriversRequest(_message.Message):
         longitude in [-180, 180] degrees.
         """
 
+    @_builtins.property
+    def read_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields of each driver to return, as paths of `Driver` (AIP-157 partial
+        responses); empty means every field. `name` alone is what matching needs: the
+        answer is then a fraction of the size and the cost.
+        """
+
     def __init__(
         self,
         *,
         location: _latlng_pb2.LatLng | None = ...,
         radius_meters: _builtins.float = ...,
         page_size: _builtins.int = ...,
+        read_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "read_mask", b"read_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "page_size", b"page_size", "radius_meters", b"radius_meters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "page_size", b"page_size", "radius_meters", b"radius_meters", "read_mask", b"read_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
