@@ -219,7 +219,19 @@ class Mesh:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
 
     def cpu(self) -> dict[str, float]:
-        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        """CPU seconds of each process so far; on PostgreSQL also of each server process serving
+        this mesh's databases (`postgres:<pid>`: a connection's backend, for as long as it lives)."""
+        used = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        if self.database_prefix:
+            with psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=5) as conn:
+                rows = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname LIKE %s",
+                    (self.database_prefix.replace("_", r"\_") + r"\_%",),
+                ).fetchall()
+            for (pid,) in rows:
+                with contextlib.suppress(OSError):
+                    used[f"postgres:{pid}"] = cpu_seconds(pid)
+        return used
 
 
 @contextlib.contextmanager
@@ -398,7 +410,9 @@ def measure(mesh: Mesh, drivers: int, rate: float, seconds: float, seed: int) ->
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_rides(mesh, run, seed))
     after = mesh.cpu()
-    run.cpu = {name: after[name] - before[name] for name in after}
+    run.cpu = Counter()
+    for name, seconds in after.items():  # a server process that ended meanwhile is left out
+        run.cpu[name.split(":")[0]] += seconds - before.get(name, 0.0)
     run.cpu["load"] = cpu_seconds(os.getpid()) - load_before
     held = asyncio.run(_free_drivers(mesh))
     if held:
@@ -456,7 +470,7 @@ def _ms(values: list[float]) -> str:
 
 
 def report(runs: list[Run]) -> str:
-    processes = [*SERVICES, "gateway", "supervisor", "load"]
+    processes = [*SERVICES, "gateway", "supervisor", "postgres", "load"]
     lines = [
         "| variant | drivers | offered rides/s | completed/s | RequestTrip p50 / p90 / p99 ms "
         "| ride p50 / p90 / p99 ms | errors |",
@@ -470,7 +484,8 @@ def report(runs: list[Run]) -> str:
         )
     lines += [
         "",
-        "CPU ms per completed ride, by process:",
+        "CPU ms per completed ride, by process (postgres: the server's processes for the mesh's "
+        "connections, not its WAL writer or checkpointer):",
         "",
         f"| variant | drivers | offered | {' | '.join(processes)} | all but load |",
         f"| --- | ---: | ---: | {' | '.join('---:' for _ in processes)} | ---: |",
