@@ -55,7 +55,7 @@ lint: $(VENV)/.dev node_modules/.bin/protoc-gen-buf-lint ## ruff, mypy and buf l
 	$(BIN)/mypy services
 	$(BIN)/mesh lint-protos --plugin node_modules/.bin/protoc-gen-buf-lint
 
-bench: $(VENV)/.run ## gRPC calls/s by server model, REST req/s vs grpc-gateway, feature costs, shedding, storage engines, rides (BENCH_ARGS=--quick)
+bench: $(VENV)/.run ## gRPC calls/s by server model, REST req/s vs grpc-gateway, feature costs, shedding, storage engines, rides on SQLite and PostgreSQL (BENCH_ARGS=--quick)
 	@command -v h2load >/dev/null || { echo "make bench: installing h2load (nghttp2-client)"; \
 		apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 	@command -v taskset >/dev/null || { echo "make bench: installing taskset (util-linux)"; \

@@ -2,7 +2,9 @@
 
 What it answers (issue 12): how many rides a second the mesh serves on this
 machine and at what latency, where the CPU of a ride goes, and whether that
-changes as the drivers around the pickup grow from 100 to 10,000.
+changes as the drivers around the pickup grow from 100 to 10,000, and what
+each storage engine gives (issue 13): `--storage sqlite,postgres`, both by
+default, a mesh per engine side by side.
 
 What runs: the whole mesh as `make run` runs it, started by `mesh up` (the
 supervisor, not a twin of it) on the repository's mesh.toml with free ports,
@@ -10,7 +12,10 @@ its own data dir and access tokens that outlive the run (environment
 overrides). With `--baseline-ref REF` the mesh of another git revision runs
 too (a temporary worktree, as bench/rest.py does), and each measurement is
 taken on both, alternating which goes first. Nothing is pinned: the mesh and
-this load generator share the two cores, as with `make run`.
+this load generator share the two cores, as with `make run`. On PostgreSQL
+(127.0.0.1:5432, user `postgres`, as on every machine of the project) each
+mesh gets a database per service named `bench_<random>_<service>`, made by
+`mesh up` and dropped when the run ends.
 
 Setup, over gRPC straight to the services (no gateway, so it is quick): an
 API key (`mesh keys create`, 10,000 requests/s, so the key's rate limit never
@@ -64,7 +69,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import psycopg
 from google.type.latlng_pb2 import LatLng
+from psycopg import sql
 from rideshare.drivers.v1 import drivers_pb2 as dpb
 from rideshare.drivers.v1 import drivers_pb2_grpc
 from rideshare.passengers.v1 import passengers_pb2 as ppb
@@ -77,6 +84,10 @@ from bench.rest import baseline_env, baseline_tree
 from bench.unary import REPO
 from services.mesh import stats
 from tests.ports import free_ports
+
+SERVER = "postgresql://postgres@127.0.0.1:5432"
+"""The PostgreSQL server of every machine of the project (trust authentication)."""
+STORAGES = ("sqlite", "postgres")
 
 SERVICES = ("passengers", "drivers", "trips", "billing", "payments", "notifications")
 CENTER = (52.52, 13.405)
@@ -127,9 +138,11 @@ def cpu_seconds(pid: int) -> float:
 class Mesh:
     """`mesh up` of one source tree on free ports, and who is in it once setup is done."""
 
-    def __init__(self, variant: str, tree: Path, workdir: Path, baseline: bool) -> None:
-        self.variant = variant
-        self.data_dir = workdir / variant.replace("/", "_") / "data"
+    def __init__(self, variant: str, tree: Path, workdir: Path, baseline: bool, storage: str) -> None:
+        self.variant = f"{variant}/{storage}"
+        self.storage = storage
+        self.database_prefix = f"bench_{os.urandom(4).hex()}" if storage == "postgres" else ""
+        self.data_dir = workdir / self.variant.replace("/", "_") / "data"
         self.data_dir.mkdir(parents=True)
         ports = free_ports(len(SERVICES) + 1)
         self.ports = dict(zip(SERVICES, ports, strict=False))
@@ -144,6 +157,11 @@ class Mesh:
             MESH_SESSIONS__ACCESS_TOKEN_LIFETIME="12h",
             PYTHONUNBUFFERED="1",
         )
+        if storage == "postgres":  # `mesh up` creates the databases that do not exist yet
+            env.update(
+                MESH_STORAGE__BACKEND="postgres",
+                MESH_STORAGE__DSN=f"{SERVER}/{self.database_prefix}_{{service}}",
+            )
         self.env = env
         self.log = self.data_dir.parent / "mesh-up.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -198,8 +216,29 @@ class Mesh:
             self.process.kill()
             self.process.wait()
 
+    def drop_databases(self) -> None:
+        """Drop this mesh's PostgreSQL databases (after `stop`; WITH FORCE ends what is left)."""
+        if not self.database_prefix:
+            return
+        with psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=5) as conn:
+            for service in SERVICES:
+                name = sql.Identifier(f"{self.database_prefix}_{service}")
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+
     def cpu(self) -> dict[str, float]:
-        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        """CPU seconds of each process so far; on PostgreSQL also of each server process serving
+        this mesh's databases (`postgres:<pid>`: a connection's backend, for as long as it lives)."""
+        used = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        if self.database_prefix:
+            with psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=5) as conn:
+                rows = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname LIKE %s",
+                    (self.database_prefix.replace("_", r"\_") + r"\_%",),
+                ).fetchall()
+            for (pid,) in rows:
+                with contextlib.suppress(OSError):
+                    used[f"postgres:{pid}"] = cpu_seconds(pid)
+        return used
 
     def calls(self) -> Counter[str]:
         """Every gRPC call the mesh's processes made so far, by edge and method, from their /metrics
@@ -215,7 +254,9 @@ class Mesh:
 
 
 @contextlib.contextmanager
-def meshes(workdir: Path, baseline_ref: str | None) -> Iterator[list[Mesh]]:
+def meshes(workdir: Path, baseline_ref: str | None, storages: Sequence[str]) -> Iterator[list[Mesh]]:
+    """A mesh per source tree and storage engine, all running side by side; stopped (and their
+    databases dropped) at the end."""
     started: list[Mesh] = []
     with contextlib.ExitStack() as stack:
         trees = [("current", REPO, False)]
@@ -223,13 +264,16 @@ def meshes(workdir: Path, baseline_ref: str | None) -> Iterator[list[Mesh]]:
             trees.append((baseline_ref, stack.enter_context(baseline_tree(baseline_ref)), True))
         try:
             for variant, tree, baseline in trees:
-                mesh = Mesh(variant, tree, workdir, baseline)
-                started.append(mesh)
-                mesh.start()
+                for storage in storages:
+                    mesh = Mesh(variant, tree, workdir, baseline, storage)
+                    started.append(mesh)
+                    mesh.start()
             yield started
         finally:
             for mesh in started:
                 mesh.stop()
+            for mesh in started:
+                mesh.drop_databases()
 
 
 # -- setup over gRPC ---------------------------------------------------------------------------------------
@@ -386,7 +430,9 @@ def measure(mesh: Mesh, drivers: int, rate: float, seconds: float, seed: int) ->
         runner.run(_rides(mesh, run, seed))
     settle([mesh])  # the outbox sends the rides' notifications after their answers: count those too
     after = mesh.cpu()
-    run.cpu = {name: after[name] - before[name] for name in after}
+    run.cpu = Counter()
+    for name, seconds in after.items():  # a server process that ended meanwhile is left out
+        run.cpu[name.split(":")[0]] += seconds - before.get(name, 0.0)
     run.calls = mesh.calls() - calls_before
     run.cpu["load"] = cpu_seconds(os.getpid()) - load_before
     held = asyncio.run(_free_drivers(mesh))
@@ -445,7 +491,7 @@ def _ms(values: list[float]) -> str:
 
 
 def report(runs: list[Run]) -> str:
-    processes = [*SERVICES, "gateway", "supervisor", "load"]
+    processes = [*SERVICES, "gateway", "supervisor", "postgres", "load"]
     lines = [
         "| variant | drivers | offered rides/s | completed/s | RequestTrip p50 / p90 / p99 ms "
         "| ride p50 / p90 / p99 ms | errors |",
@@ -459,7 +505,8 @@ def report(runs: list[Run]) -> str:
         )
     lines += [
         "",
-        "CPU ms per completed ride, by process:",
+        "CPU ms per completed ride, by process (postgres: the server's processes for the mesh's "
+        "connections, not its WAL writer or checkpointer):",
         "",
         f"| variant | drivers | offered | {' | '.join(processes)} | all but load |",
         f"| --- | ---: | ---: | {' | '.join('---:' for _ in processes)} | ---: |",
@@ -497,14 +544,16 @@ def plot(runs: list[Run], path: Path) -> None:
         print(f"bench: no plot: matplotlib is missing (pip install -e '.[bench]'); not writing {path}")
         return
     figure, axes = pyplot.subplots(figsize=(7, 4.5))
-    lines = sorted({(r.variant, r.drivers) for r in runs}, key=lambda line: (line[0] != "current", line[1]))
+    lines = sorted({(r.variant, r.drivers) for r in runs}, key=lambda line: (line[0], line[1]))
+    variants = sorted({r.variant for r in runs})
+    styles = {variant: ("-", "--", ":", "-.")[n % 4] for n, variant in enumerate(variants)}
     colours = {drivers: f"C{n}" for n, drivers in enumerate(sorted({r.drivers for r in runs}))}
     for variant, drivers in lines:
         mine = sorted(
             (r for r in runs if (r.variant, r.drivers) == (variant, drivers)), key=lambda r: r.offered
         )
         p99 = [percentile(r.rides, 0.99) * 1000 if r.rides else math.nan for r in mine]
-        style = "-" if variant == "current" else "--"
+        style = styles[variant]
         axes.plot(
             [r.offered for r in mine], p99, style, color=colours[drivers], marker="o",
             label=f"{variant}, {drivers:,} drivers",
@@ -534,6 +583,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--baseline-ref", metavar="REF", help="also run the mesh of this git revision, side by side"
     )
+    parser.add_argument(
+        "--storage", default=",".join(STORAGES), help="storage engines, a mesh each (default sqlite,postgres)"
+    )
     parser.add_argument("--plot", type=Path, metavar="PNG", help="draw p99 against the offered rate here")
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep each mesh's `mesh up` output here")
     args = parser.parse_args(argv)
@@ -542,18 +594,22 @@ def main(argv: list[str] | None = None) -> None:
     seconds = args.seconds or (3.0 if args.quick else 10.0)
     if counts != sorted(counts) or not all(0 < c <= 100_000 for c in counts):
         parser.error("--drivers: ascending counts from 1 to 100,000")
+    storages = args.storage.split(",")
+    if not storages or not set(storages) <= set(STORAGES) or len(set(storages)) != len(storages):
+        parser.error(f"--storage: some of {','.join(STORAGES)}")
     if not all(0 < r <= 1000 for r in rates) or not 0 < seconds <= 120 or args.passengers < 1:
         parser.error("--rates from 0 to 1000, --seconds up to 120, --passengers at least 1")
     print(
         f"rides (RequestTrip + CancelTrip over REST) at {rates} per s for {seconds:g} s each, with "
-        f"{counts} drivers within {args.area:g} m; load average {os.getloadavg()[0]:.2f}",
+        f"{counts} drivers within {args.area:g} m, on {' and '.join(storages)}; "
+        f"load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
     started = time.monotonic()
     runs: list[Run] = []
     with (
         tempfile.TemporaryDirectory(prefix="rideshare-bench-trips-") as folder,
-        meshes(Path(folder), args.baseline_ref) as up,
+        meshes(Path(folder), args.baseline_ref, storages) as up,
     ):
         for mesh in up:
             asyncio.run(_sign_up(mesh, args.passengers))

@@ -37,6 +37,11 @@ statement and never leaves a transaction open, and each has the configured
   database back after a 20 s outage was used 9-10 s later, now at once.
 - **Readiness** (readiness.py) asks `ping`, a `SELECT 1` on a connection of
   its own: a pool busy with calls is not a database out of reach.
+- **psycopg_pool's own lines** about connections it lost or could not open
+  (a warning per attempt, several a second per pool during an outage) are
+  debug lines here (`quiet_pool_log`): the outage is told once, by readiness
+  (`storage_unreachable`) and by the calls that fail. Its other warnings
+  (a connection returned mid-transaction: a bug) stay warnings.
 - **Migrations** (migrations.py) run when the backend opens, on a connection
   of their own, each in a transaction holding `pg_advisory_xact_lock`.
 """
@@ -47,6 +52,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -69,6 +75,31 @@ RECONNECT_PAUSE = (0.1, 5.0)
 """How long `listen` waits before connecting again after a failure: doubling from the first to the second."""
 
 _log = log.get_logger("rideshare.runtime.postgres")
+
+POOL_LOGGER = "psycopg.pool"
+CONNECTION_TROUBLE = (
+    "error connecting in",
+    "reconnection attempt in pool",
+    "discarding broken connection",
+    "discarding closed connection",
+)
+"""How psycopg_pool's warnings about a lost or refused connection begin (psycopg_pool 3.2-3.3)."""
+
+
+class _ConnectionTroubleAsDebug(logging.Filter):
+    """psycopg_pool's warnings of CONNECTION_TROUBLE as debug records: kept when debug is on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith(CONNECTION_TROUBLE):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(POOL_LOGGER).isEnabledFor(logging.DEBUG)
+        return True
+
+
+@functools.cache
+def quiet_pool_log() -> None:
+    """Lower psycopg_pool's per-attempt connection warnings to debug (once per process)."""
+    logging.getLogger(POOL_LOGGER).addFilter(_ConnectionTroubleAsDebug())
 
 
 @functools.lru_cache(maxsize=4096)
@@ -106,6 +137,7 @@ class PostgresBackend(Backend):
         statement_timeout: float = 5.0,
         connect_timeout: float = 5.0,
     ) -> None:
+        quiet_pool_log()
         self.dsn = dsn
         self.database = describe(dsn)
         self.migrations = load(migrations, "postgres")

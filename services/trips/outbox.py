@@ -27,6 +27,11 @@ the recipient.
   something it looks again at once (rows another replica held back may be
   free now); it also polls every `idle_poll` seconds, so rows left by
   another replica or a previous process are sent.
+- Its own database out of reach (UNAVAILABLE `DATABASE_UNAVAILABLE`) is an
+  outage, not a bug: the loop backs off the same way, says so in one
+  warning line without a traceback and then at most one per 10 s
+  (`log.Outage`), and in one line when the database is back; the rows it
+  had claimed before are given back then, not left to expire.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Protocol
 import grpc
 
 from services.runtime import log
+from services.runtime.errors import Unavailable
 from services.runtime.tracing import continued
 
 from .background import Background, owner_name
@@ -99,6 +105,7 @@ class Outbox:
         self.batch = batch
         self._wake = asyncio.Event()
         self.task = Background("trips-outbox", self._run)
+        self.outage = log.Outage(_log, "trips-outbox: its database")
 
     def wake(self) -> None:
         """New rows were committed: deliver them now (starting the loop if it is not running)."""
@@ -136,7 +143,17 @@ class Outbox:
         backoff = self.initial_backoff
         while True:
             self._wake.clear()
-            delivered, failed = await self.deliver_pending()
+            try:
+                if self.outage.failures:  # what we claimed before the outage: ours to send again now
+                    await self.store.release_notices(self.owner)
+                delivered, failed = await self.deliver_pending()
+            except Unavailable as error:
+                if error.reason != "DATABASE_UNAVAILABLE":
+                    raise
+                self.outage.failed(error)
+                delivered, failed = 0, True
+            else:
+                self.outage.ended()
             if failed:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)

@@ -2,6 +2,8 @@
 
 Crashes are real (SIGKILL to the pid `mesh status --json` reports); every wait
 is bounded and waits for a state (a new pid, a line of output), not a time.
+The test where a restarted service reads what it stored runs on both storage
+engines (`storage`); the rest are the supervisor's own and run on SQLite.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Grpcurl, Mesh, process_alive, wait_until
+from .conftest import Grpcurl, Mesh, MeshFactory, process_alive, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -53,8 +55,10 @@ def bound(sock: socket.socket, port: int) -> bool:
     return True
 
 
-def test_a_killed_service_is_restarted_on_its_port_and_answers_again(mesh_factory, grpcurl: Grpcurl):
-    mesh = mesh_factory(["passengers"]).start()
+def test_a_killed_service_is_restarted_on_its_port_and_answers_again(
+    mesh_factory: MeshFactory, storage: dict[str, Any], grpcurl: Grpcurl
+):
+    mesh = mesh_factory(["passengers"], **storage).start()
     created = grpcurl.json(
         mesh.address(),
         f"{SERVICE}/CreatePassenger",

@@ -1,7 +1,8 @@
 """When things go wrong: restarts, a dead billing service, repeated and refused requests.
 
-Tests that stop or kill services start a mesh of their own; the rest share
-`rideshare_mesh`, each with people and places of its own.
+Tests that stop or kill services start a mesh of their own, on each storage
+engine (`storage`); the rest share `rideshare_mesh` (also on both), each with
+people and places of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -48,18 +50,21 @@ def rides(rideshare_mesh: Mesh, grpcurl: Grpcurl) -> Rides:
     return Rides(rideshare_mesh, grpcurl)
 
 
-def whole_mesh(mesh_factory) -> Mesh:
-    """A mesh of every service with the repository's settings, for a test that breaks it."""
+def whole_mesh(mesh_factory, storage: dict[str, Any]) -> Mesh:
+    """A mesh of every service with the repository's settings on `storage`'s engine, for a test that
+    breaks it."""
     # Members are stopped and started by hand here (the supervisor's restarts: test_mesh_restarts.py).
-    mesh: Mesh = mesh_factory(repo_services(), client=repo_client(), supervisor={"restart": "no"}).start()
+    mesh: Mesh = mesh_factory(
+        repo_services(), client=repo_client(), supervisor={"restart": "no"}, **storage
+    ).start()
     return mesh
 
 
 # --- restart -------------------------------------------------------------------------------------
 
 
-def test_a_restarted_mesh_finds_every_record(mesh_factory, grpcurl):
-    mesh = whole_mesh(mesh_factory)
+def test_a_restarted_mesh_finds_every_record(mesh_factory, storage, grpcurl):
+    mesh = whole_mesh(mesh_factory, storage)
     rides = Rides(mesh, grpcurl)
     create = {
         "passenger": {"display_name": "Still Here", "email": f"{unique('still')}@example.com"},
@@ -139,9 +144,9 @@ def complete_when_billing_answers(rides: Rides, request: Json, timeout: float = 
 
 
 def test_completing_while_billing_is_down_fails_cleanly_then_completes_exactly_once(
-    mesh_factory, background, grpcurl
+    mesh_factory, storage, background, grpcurl
 ):
-    mesh = whole_mesh(mesh_factory)
+    mesh = whole_mesh(mesh_factory, storage)
     rides = Rides(mesh, grpcurl)
     passenger, driver, trip = rides.to_in_progress()
     billing = pid_of(mesh, "billing")

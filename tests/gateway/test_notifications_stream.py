@@ -1,4 +1,5 @@
-"""StreamNotifications over REST: the real notification service behind the gateway, NDJSON and SSE."""
+"""StreamNotifications over REST: the real notification service behind the gateway, NDJSON and SSE,
+on each storage engine (the feed polls a SQLite file, or LISTENs on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from rideshare.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 from services.gateway.server import Options
 from services.runtime.config import load_config
 from services.runtime.server import MeshServer
+from tests import postgres
 
 from ..conftest import with_port
 from . import harness
@@ -46,9 +48,18 @@ class Stack:
         self.background.run(poll())
 
 
-@pytest.fixture(scope="module")
-def stack(background: harness.BackgroundLoop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    config = load_config(harness.write_gateway_mesh(tmp_path_factory.mktemp("mesh"), SERVICES), env={})
+@pytest.fixture(scope="module", params=postgres.ENGINES)
+def stack(
+    request: pytest.FixtureRequest,
+    background: harness.BackgroundLoop,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    services = SERVICES
+    if request.param == "postgres":
+        databases: postgres.Databases = request.getfixturevalue("postgres_databases")
+        databases.create("notifications")  # what `mesh migrate` does; a service never creates its own
+        services += f'\n[storage]\nbackend = "postgres"\ndsn = "{databases.per_service()}"\n'
+    config = load_config(harness.write_gateway_mesh(tmp_path_factory.mktemp("mesh"), services), env={})
     from services.runtime.server import create_server
 
     backend = background.run(create_server(config, "notifications", port=0))

@@ -17,6 +17,7 @@ or doubled.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -32,7 +33,7 @@ from rideshare.passengers.v1 import passengers_pb2
 from rideshare.payments.v1 import payments_pb2
 from rideshare.trips.v1 import trips_pb2
 
-from services.runtime.postgres import describe
+from services.runtime.postgres import CONNECTION_TROUBLE, describe
 from tests import postgres
 from tests.conftest import Failure, failure_of
 from tests.whole_mesh import SERVICES, Mesh
@@ -203,8 +204,9 @@ async def one_read_each(mesh: Mesh, ride: Ride) -> dict[str, Failure | None]:
 
 
 def test_database_faults_under_traffic_fail_calls_unavailable_and_leave_every_record_whole(
-    mesh, postgres_databases
+    mesh, postgres_databases, caplog
 ):
+    caplog.set_level(logging.INFO)
     dsns = {name: postgres_databases.per_service().replace("{service}", name) for name in SERVICES}
     seen: dict[str, object] = {}
 
@@ -248,6 +250,11 @@ def test_database_faults_under_traffic_fail_calls_unavailable_and_leave_every_re
         assert failure.info.metadata["database"] == describe(dsns[service])
         assert failure.message.startswith(f"database {failure.info.metadata['database']} is unavailable")
     assert seen["up"] == dict.fromkeys(SERVICES, SERVING)
+    # An outage is no bug in the logs: no traceback from the services (the trips outbox logged one
+    # a second), no warning per connection attempt from psycopg_pool.
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("rideshare") and r.exc_info]
+    pool = [r.getMessage() for r in caplog.records if r.name == "psycopg.pool" and r.levelno > logging.INFO]
+    assert not [m for m in pool if m.startswith(CONNECTION_TROUBLE)], pool
     # The pools reconnected by themselves: every ride finished.
     assert len(traffic.rides) == RIDERS * RIDES_EACH
     check_every_record(mesh, traffic, dsns)

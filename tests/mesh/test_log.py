@@ -98,3 +98,43 @@ def test_configure_sends_json_to_stderr_at_the_level(capsys):
     assert [json.loads(line)["msg"] for line in lines] == ["shown"]
     assert json.loads(lines[0])["service"] == "drivers"
     assert json.loads(lines[0])["logger"] == "rideshare.x"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_outage_is_one_warning_then_one_per_interval_and_a_line_when_it_ends(caplog):
+    clock = Clock()
+    outage = log.Outage(logging.getLogger("rideshare.test"), "the database", interval=10.0, clock=clock)
+    caplog.set_level(logging.INFO, "rideshare.test")
+
+    for _ in range(5):  # a loop failing every second or faster
+        outage.failed("refused")
+    clock.now += 10.0
+    outage.failed("refused")
+    outage.failed("refused")
+    outage.ended()
+    outage.ended()  # nothing to say: it was over already
+
+    lines = [(r.levelname, r.getMessage(), r.fields["failures"], r.exc_info) for r in caplog.records]
+    assert lines == [
+        ("WARNING", "the database unavailable: refused", 1, None),
+        ("WARNING", "the database still unavailable: refused", 5, None),
+        ("INFO", "the database available again after 7 failures", 7, None),
+    ]
+
+
+def test_a_new_outage_warns_at_once_however_soon_after_the_last(caplog):
+    outage = log.Outage(logging.getLogger("rideshare.test"), "the database", interval=10.0, clock=Clock())
+    caplog.set_level(logging.INFO, "rideshare.test")
+
+    outage.failed("down")
+    outage.ended()
+    outage.failed("down again")
+
+    assert [r.getMessage() for r in caplog.records][-1] == "the database unavailable: down again"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import sqlite3
 import threading
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import psycopg_pool
 import pytest
 from rideshare.passengers.v1 import passengers_pb2 as pb
 
@@ -490,6 +492,25 @@ def test_an_unreachable_database_is_unavailable_naming_it(runner):
     assert opening.value.metadata == {"database": f"127.0.0.1:{port}/trips"}
     assert f"database 127.0.0.1:{port}/trips is unavailable" in str(opening.value)
     runner.run(backend.close())
+
+
+def test_the_pools_warning_per_failed_connection_attempt_is_a_debug_line(runner, caplog):
+    port = free_port()
+    backend = PostgresBackend(f"postgresql://postgres@127.0.0.1:{port}/trips", [], connect_timeout=1.0)
+    caplog.set_level(logging.DEBUG, "psycopg.pool")
+
+    with pytest.raises(psycopg_pool.PoolTimeout):  # its attempts were refused meanwhile
+        runner.run(backend.pool.open(wait=True, timeout=1.0))
+    runner.run(backend.close())
+
+    attempts = [r for r in caplog.records if r.getMessage().startswith("error connecting in")]
+    assert attempts, "psycopg_pool no longer says 'error connecting in': update postgres.CONNECTION_TROUBLE"
+    assert {r.levelname for r in attempts} == {"DEBUG"}
+    caplog.clear()
+    caplog.set_level(logging.INFO, "psycopg.pool")
+    logging.getLogger("psycopg.pool").warning("error connecting in %r: %s", "pool-1", "refused")
+    logging.getLogger("psycopg.pool").warning("rolling back returned connection: %s", "<conn>")
+    assert [r.getMessage() for r in caplog.records] == ["rolling back returned connection: <conn>"]
 
 
 @pytest.mark.parametrize("backends", ["postgres"], indirect=True)

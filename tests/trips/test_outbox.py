@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import grpc
 import pytest
 
+from services.runtime.errors import Unavailable
 from services.trips.background import Background
 from services.trips.outbox import Outbox
 from services.trips.store import MIGRATIONS, TripStore
@@ -120,6 +122,59 @@ class Watched:
     async def notice_delivered(self, entry_id: str) -> None:
         await self.store.notice_delivered(entry_id)
         self.delivered.set()
+
+
+class Outage(Watched):
+    """The store whose database goes away: the first delivery's record fails, then `claims` claims."""
+
+    def __init__(self, store: TripStore, claims: int) -> None:
+        super().__init__(store)
+        self.failures = [self.notice_delivered, *[self.claim_notices] * claims]
+
+    def unavailable(self, method) -> None:
+        if self.failures and self.failures[0] == method:
+            self.failures.pop(0)
+            raise Unavailable(
+                "database 127.0.0.1:5432/trips is unavailable: connection refused",
+                reason="DATABASE_UNAVAILABLE",
+                metadata={"database": "127.0.0.1:5432/trips"},
+            )
+
+    async def claim_notices(self, owner: str, limit: int, ttl: float):
+        self.unavailable(self.claim_notices)
+        return await self.store.claim_notices(owner, limit, ttl)
+
+    async def notice_delivered(self, entry_id: str) -> None:
+        self.unavailable(self.notice_delivered)
+        await super().notice_delivered(entry_id)
+
+
+def test_its_database_away_is_one_warning_without_traceback_and_a_line_when_it_is_back(runner, store, caplog):
+    caplog.set_level(logging.INFO, "rideshare.trips")
+    runner.run(assigned(store))
+    recipient = Recipient()
+
+    async def scenario() -> None:
+        watched = Outage(store, claims=3)
+        outbox = Outbox(watched, recipient.send, initial_backoff=0.01, max_backoff=0.02, idle_poll=60)  # type: ignore[arg-type]
+        outbox.start()
+        try:
+            # Sent, then its record failed: the row stays claimed (for 30 s) until the database is back.
+            await asyncio.wait_for(watched.delivered.wait(), WAIT)
+        finally:
+            await outbox.stop()
+
+    runner.run(scenario())
+
+    assert pending(runner, store) == []
+    assert [request_id for _, request_id in recipient.sent] == [recipient.sent[0][1]] * 2  # one row, resent
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "rideshare.trips.outbox"]
+    assert lines == [
+        ("WARNING", "trips-outbox: its database unavailable: "
+                    "database 127.0.0.1:5432/trips is unavailable: connection refused"),
+        ("INFO", "trips-outbox: its database available again after 4 failures"),
+    ]  # fmt: skip
+    assert not [r for r in caplog.records if r.exc_info], "an outage is not a bug: no traceback"
 
 
 @pytest.mark.timeout(30)
