@@ -348,7 +348,10 @@ def test_every_rpc_kind_validates_its_request_before_the_handler_sees_it(kinds, 
 def test_a_client_stream_is_validated_message_by_message(kinds, kind):
     served = kinds()
 
-    failure = served.fail(kind, SOME_NAME, "nope", SOME_NAME)
+    # The bad message is the client's last: a write after the server has refused the call makes
+    # grpc.aio's client report INTERNAL "Internal error from Core" in place of the server's status
+    # when the failed write is seen after the status (grpc/grpc#36066; seen here once in CI).
+    failure = served.fail(kind, SOME_NAME, "nope")
 
     assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
     assert failure.fields == ["name"]
