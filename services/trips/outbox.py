@@ -143,9 +143,7 @@ class Outbox:
                 await self.store.notice_failed(entry.id, text, dead=False)
             _log.warning(
                 "notification service unreachable; will retry",
-                extra={
-                    "fields": {"outbox_ids": len(entries), "error": text, "attempts": entries[0].attempts + 1}
-                },
+                extra={"fields": {"rows": len(entries), "error": text, "attempts": entries[0].attempts + 1}},
             )
             await self.store.release_notices(self.owner)
             return 0, True
