@@ -21,6 +21,10 @@ def _violation(value: str, field: str, limit: int, allowed: frozenset[str]) -> F
     return None
 
 
+MAX_BATCH = 100
+"""The most notifications one BatchSendNotifications stores."""
+
+
 def check_content(notification: Notification, prefix: str) -> None:
     """Every violation of the title and body, at once (the recipient's shape is checked by the contract)."""
     found = [
@@ -32,9 +36,9 @@ def check_content(notification: Notification, prefix: str) -> None:
         raise InvalidArgument(violations)
 
 
-def new_notification(draft: Notification) -> Notification:
+def new_notification(draft: Notification, prefix: str = "notification") -> Notification:
     """A notification from the client's draft, named under its recipient; output fields ignored."""
-    check_content(draft, "notification")
+    check_content(draft, prefix)
     return Notification(
         name=f"{draft.recipient}/notifications/{new_id()}",
         recipient=draft.recipient,
@@ -43,3 +47,21 @@ def new_notification(draft: Notification) -> Notification:
         trip=draft.trip,
         create_time=now(),
     )
+
+
+def new_batch(drafts: list[Notification]) -> list[Notification]:
+    """Each draft as `new_notification` makes it; every bad entry's violations at once, named by index."""
+    if not drafts:
+        raise InvalidArgument.field("requests", "is required")
+    if len(drafts) > MAX_BATCH:
+        raise InvalidArgument.field("requests", f"must hold at most {MAX_BATCH} requests, not {len(drafts)}")
+    made: list[Notification] = []
+    violations: list[FieldViolation] = []
+    for index, draft in enumerate(drafts):
+        try:
+            made.append(new_notification(draft, f"requests[{index}].notification"))
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+    if violations:
+        raise InvalidArgument(violations)
+    return made

@@ -13,6 +13,8 @@ from typing import Any
 import grpc
 from rideshare.notifications.v1 import notifications_pb2_grpc
 from rideshare.notifications.v1.notifications_pb2 import (
+    BatchSendNotificationsRequest,
+    BatchSendNotificationsResponse,
     ListNotificationsRequest,
     ListNotificationsResponse,
     Notification,
@@ -44,6 +46,16 @@ class NotificationServicer(notifications_pb2_grpc.NotificationServiceServicer):
             # Committed by now, and nothing awaited since: streams see notifications in commit order.
             self.feed.committed(seq, notification)
         return notification
+
+    async def BatchSendNotifications(
+        self, request: BatchSendNotificationsRequest, context: Context
+    ) -> BatchSendNotificationsResponse:
+        requests = list(request.requests)
+        drafts = domain.new_batch([entry.notification for entry in requests])
+        answers, stored = await self.store.send_batch(drafts, requests)
+        for seq, notification in stored:  # committed, nothing awaited since: commit order, as one by one
+            self.feed.committed(seq, notification)
+        return BatchSendNotificationsResponse(notifications=answers)
 
     async def ListNotifications(
         self, request: ListNotificationsRequest, context: Context

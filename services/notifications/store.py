@@ -20,7 +20,18 @@ from typing import Any
 from rideshare.notifications.v1.notifications_pb2 import Notification, SendNotificationRequest
 
 from services.runtime.aip import timestamp_from_ns
-from services.runtime.resources import Backend, Resource, Row, Store, Tx
+from services.runtime.errors import InvalidArgument
+from services.runtime.resources import (
+    Backend,
+    Resource,
+    Row,
+    Store,
+    Tx,
+    fingerprint,
+    log_answer,
+    logged,
+    method_of,
+)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 """The schema: numbered SQL files, a PostgreSQL variant where the engines differ (runtime/migrations.py)."""
@@ -78,6 +89,43 @@ class NotificationStore(Store[Notification]):
 
         stored = await self.idempotent(request, write)
         return stored, seq
+
+    async def send_batch(
+        self, notifications: list[Notification], requests: list[SendNotificationRequest]
+    ) -> tuple[list[Notification], list[tuple[int, Notification]]]:
+        """Store each notification once per its request's request_id, all in one transaction (AIP-233).
+
+        Returns the answers, in order, and the (seq, notification) of each one this call stored: an
+        entry answered before (alone or in an earlier batch) gets its first answer and is not stored
+        again. The sequence lock is taken before the request log is read, so no concurrent send of
+        the same request_id can slip between the read and the write.
+        """
+        method = method_of(SendNotificationRequest())  # an entry and a lone send replay each other
+        digests = [fingerprint(request) if request.request_id else "" for request in requests]
+        answers: list[Notification] = []
+        stored: list[tuple[int, Notification]] = []
+        async with self.db.transaction() as tx:
+            await tx.lock(SEQUENCE_LOCK)
+            for index, (notification, request, digest) in enumerate(
+                zip(notifications, requests, digests, strict=True)
+            ):
+                if request.request_id:
+                    try:
+                        first = await logged(tx, method, request.request_id, digest, Notification)
+                    except InvalidArgument as error:
+                        why = error.violations[0].description
+                        field = f"requests[{index}].request_id"
+                        raise InvalidArgument.field(field, why, reason=error.reason) from None
+                    if first is not None:
+                        answers.append(first)
+                        continue
+                seq = await self.insert(tx, notification)
+                await tx.notify(CHANNEL, str(seq))
+                if request.request_id:
+                    await log_answer(tx, method, request.request_id, digest, notification)
+                answers.append(notification)
+                stored.append((seq, notification))
+        return answers, stored
 
     async def since(self, seq: int, limit: int) -> list[tuple[int, Notification]]:
         """Every recipient's notifications after position `seq`, in commit order (the feed's read)."""

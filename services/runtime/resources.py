@@ -160,16 +160,11 @@ class Backend(ABC):
             async with self.transaction() as tx:
                 if not request_id:
                     return await write(tx)
-                row = await tx.query_one(_LOGGED, (method, request_id))
-                stored = _stored(row, method, request_id, digest, response_type)
+                stored = await logged(tx, method, request_id, digest, response_type)
                 if stored is not None:
                     return stored
                 response = await write(tx)
-                await tx.execute(
-                    "INSERT INTO request_log (method, request_id, fingerprint, response, create_time) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (method, request_id, digest, response.SerializeToString(), time.time_ns()),
-                )
+                await log_answer(tx, method, request_id, digest, response)
                 return response
         except Exception as error:
             # The same request_id, written meanwhile on another connection (PostgreSQL runs
@@ -185,6 +180,25 @@ class Backend(ABC):
 
 
 _LOGGED = "SELECT fingerprint, response FROM request_log WHERE method = ? AND request_id = ?"
+
+
+async def logged(tx: Tx, method: str, request_id: str, digest: str, response_type: type[R]) -> R | None:
+    """Inside a transaction: the stored answer to `request_id`, or None if it is new.
+
+    For a write of several requests in one transaction (an AIP-233 batch), with
+    `log_answer`; `Backend.idempotent` is the same for one request.
+    """
+    row = await tx.query_one(_LOGGED, (method, request_id))
+    return _stored(row, method, request_id, digest, response_type)
+
+
+async def log_answer(tx: Tx, method: str, request_id: str, digest: str, response: Message) -> None:
+    """Inside the transaction that wrote it: `response` is the answer to `request_id` from now on."""
+    await tx.execute(
+        "INSERT INTO request_log (method, request_id, fingerprint, response, create_time) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (method, request_id, digest, response.SerializeToString(), time.time_ns()),
+    )
 
 
 def _stored(row: Row | None, method: str, request_id: str, digest: str, response_type: type[R]) -> R | None:

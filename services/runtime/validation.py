@@ -3,6 +3,7 @@
 The proto annotations already say what a valid request is, so no handler
 repeats it:
 - `(google.api.field_behavior) = REQUIRED` fields must be set (recursively,
+  into each entry of a repeated message too, named `requests[3].notification`;
   except inside the resource of a request carrying an `update_mask`, where
   only the masked fields are sent);
 - a string with `(google.api.resource_reference)` must match a pattern of the
@@ -145,7 +146,7 @@ class RequestValidator:
                     yield _matches(field, path, matcher, patterns)
             if top and field.name == "page_size" and field.type == d.FieldDescriptor.TYPE_INT32:
                 yield _not_negative(field, path)
-            if top and field.name == "request_id" and field.type == d.FieldDescriptor.TYPE_STRING:
+            if field.name == "request_id" and field.type == d.FieldDescriptor.TYPE_STRING:
                 yield _max_length(field, path, MAX_REQUEST_ID)
             if field.message_type is not None and not field.is_repeated and not _is_map(field):
                 nested = list(
@@ -159,6 +160,13 @@ class RequestValidator:
                 )
                 if nested:
                     yield _within(field, nested)
+            elif field.message_type is not None and field.is_repeated and not _is_map(field):
+                # A batch's entries (AIP-233): each checked like a request of its own, named by index.
+                each = list(
+                    self._compile(field.message_type, "", partial=partial, depth=depth + 1, top=False)
+                )
+                if each:
+                    yield _each(field, path, each)
 
 
 def _is_map(field: d.FieldDescriptor) -> bool:
@@ -215,5 +223,18 @@ def _within(field: d.FieldDescriptor, checks: list[Check]) -> Check:
             child: Any = getattr(message, name)
             for inner in checks:
                 yield from inner(child)
+
+    return check
+
+
+def _each(field: d.FieldDescriptor, path: str, checks: list[Check]) -> Check:
+    name = field.name
+
+    def check(message: Message) -> Iterator[FieldViolation]:
+        for index, child in enumerate(getattr(message, name)):
+            for inner in checks:
+                for violation in inner(child):
+                    named = f"{path}[{index}].{violation.field}"
+                    yield FieldViolation(named, violation.description, violation.reason)
 
     return check

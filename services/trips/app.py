@@ -41,7 +41,12 @@ def create(runtime: Runtime) -> Service:
 
     store = TripStore(runtime.backend(MIGRATIONS))
     downstream = Downstream(runtime.clients)
-    outbox = Outbox(store, downstream.send_notification, max_backoff=outbox_max_backoff)
+    outbox = Outbox(
+        store,
+        downstream.send_notification,
+        send_batch=downstream.send_notifications,
+        max_backoff=outbox_max_backoff,
+    )
     workflow = TripWorkflow(store, downstream, outbox, search_radius)
 
     async def sweep_forever() -> None:

@@ -36,7 +36,11 @@ from rideshare.drivers.v1.drivers_pb2 import (
     SearchDriversRequest,
 )
 from rideshare.notifications.v1 import notifications_pb2_grpc
-from rideshare.notifications.v1.notifications_pb2 import Notification, SendNotificationRequest
+from rideshare.notifications.v1.notifications_pb2 import (
+    BatchSendNotificationsRequest,
+    Notification,
+    SendNotificationRequest,
+)
 from rideshare.passengers.v1 import passengers_pb2_grpc
 from rideshare.passengers.v1.passengers_pb2 import GetPassengerRequest, Passenger
 from rideshare.payments.v1 import payments_pb2_grpc
@@ -176,10 +180,19 @@ class Downstream:
     async def send_notification(self, notice: Notice, request_id: str) -> Notification:
         """Raw: the outbox decides what a failure means, so errors propagate as they are."""
         stub = self.clients.stub(notifications_pb2_grpc.NotificationServiceStub)
-        notification = Notification(
-            recipient=notice.recipient, title=notice.title, body=notice.body, trip=notice.trip
-        )
-        sent: Notification = await stub.SendNotification(
-            SendNotificationRequest(notification=notification, request_id=request_id)
-        )
+        sent: Notification = await stub.SendNotification(_send_request(notice, request_id))
         return sent
+
+    async def send_notifications(self, notices: list[tuple[Notice, str]]) -> list[Notification]:
+        """Several at once, all or none (BatchSendNotifications); raw, like `send_notification`."""
+        stub = self.clients.stub(notifications_pb2_grpc.NotificationServiceStub)
+        request = BatchSendNotificationsRequest(requests=[_send_request(n, rid) for n, rid in notices])
+        sent = await stub.BatchSendNotifications(request)
+        return list(sent.notifications)
+
+
+def _send_request(notice: Notice, request_id: str) -> SendNotificationRequest:
+    notification = Notification(
+        recipient=notice.recipient, title=notice.title, body=notice.body, trip=notice.trip
+    )
+    return SendNotificationRequest(notification=notification, request_id=request_id)

@@ -16,6 +16,14 @@ the recipient.
   and a stopping one gives its claims back. A recipient's rows go out in
   order: while one replica has an earlier row of a recipient in hand, the
   others leave that recipient's later rows alone.
+- A pass sends what it claimed (up to `batch`, at most 100) as one
+  BatchSendNotifications, oldest first, so a recipient's rows keep their
+  order; each entry still carries its outbox id as request_id, so a batch
+  re-sent after a lost answer, or an entry sent alone later, is stored once.
+  The batch is all or nothing on the notification service's side. A refusal
+  that will never pass, for the batch, sends the same rows one by one
+  (SendNotification), so only the refused row is marked dead (below) and the
+  others go out; a failure that may pass is handled as for one row.
 - Delivered rows are deleted.
 - A failure that may pass (UNAVAILABLE, DEADLINE_EXCEEDED, ...) stops the
   pass and gives the claimed rows back, so later rows wait behind earlier
@@ -68,6 +76,9 @@ PERMANENT = frozenset(
 )
 
 Send = Callable[[Notice, str], Awaitable[object]]
+SendBatch = Callable[[list[tuple[Notice, str]]], Awaitable[object]]
+MAX_BATCH = 100
+"""The most notifications one BatchSendNotifications takes (the contract's limit)."""
 CLAIM_SECONDS = 30.0
 """How long claimed rows are a replica's to send: a crashed replica's rows wait this long; a pass
 sending for longer than this may see its last rows sent by another replica too (then the same
@@ -78,6 +89,7 @@ class OutboxStore(Protocol):
     async def claim_notices(self, owner: str, limit: int, ttl: float) -> list[OutboxEntry]: ...
     async def release_notices(self, owner: str) -> None: ...
     async def notice_delivered(self, entry_id: str) -> None: ...
+    async def notices_delivered(self, entry_ids: list[str]) -> None: ...
     async def notice_failed(self, entry_id: str, error: str, *, dead: bool) -> None: ...
 
 
@@ -89,6 +101,7 @@ class Outbox:
         store: OutboxStore,
         send: Send,
         *,
+        send_batch: SendBatch | None = None,
         initial_backoff: float = 0.1,
         max_backoff: float = 5.0,
         idle_poll: float = 5.0,
@@ -99,10 +112,12 @@ class Outbox:
         self.owner = owner or owner_name()
         """This loop's name on the rows it claims."""
         self.send = send
+        self.send_batch = send_batch
+        """Sends a pass's rows in one call; None: one call per row."""
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
         self.idle_poll = idle_poll
-        self.batch = batch
+        self.batch = min(batch, MAX_BATCH) if send_batch is not None else batch
         self._wake = asyncio.Event()
         self.task = Background("trips-outbox", self._run)
         self.outage = log.Outage(_log, "trips-outbox: its database")
@@ -114,8 +129,31 @@ class Outbox:
 
     async def deliver_pending(self) -> tuple[int, bool]:
         """One pass: (how many were delivered, whether it stopped on a failure that may pass)."""
+        entries = await self.store.claim_notices(self.owner, self.batch, CLAIM_SECONDS)
+        if self.send_batch is None or len(entries) < 2:
+            return await self._one_by_one(entries)
+        try:
+            with continued(entries[0].traceparent):  # the batch joins the trace of its oldest step
+                await self.send_batch([(entry.notice, entry.id) for entry in entries])
+        except grpc.aio.AioRpcError as error:
+            if error.code() in PERMANENT:  # one row (at least) is bad: find it, send the others
+                return await self._one_by_one(entries)
+            text = f"{error.code().name}: {error.details()}"
+            for entry in entries:
+                await self.store.notice_failed(entry.id, text, dead=False)
+            _log.warning(
+                "notification service unreachable; will retry",
+                extra={"fields": {"rows": len(entries), "error": text, "attempts": entries[0].attempts + 1}},
+            )
+            await self.store.release_notices(self.owner)
+            return 0, True
+        await self.store.notices_delivered([entry.id for entry in entries])
+        return len(entries), False
+
+    async def _one_by_one(self, entries: list[OutboxEntry]) -> tuple[int, bool]:
+        """Send `entries` one call each, in order: a refused one is set aside, the others still go."""
         delivered = 0
-        for entry in await self.store.claim_notices(self.owner, self.batch, CLAIM_SECONDS):
+        for entry in entries:
             try:
                 with continued(entry.traceparent):  # the delivery joins the trace of the step
                     await self.send(entry.notice, entry.id)

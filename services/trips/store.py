@@ -300,6 +300,14 @@ class TripStore(Store[Trip]):
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
 
+    async def notices_delivered(self, entry_ids: list[str]) -> None:
+        """Delete a batch's rows at once (one statement, one commit)."""
+        if not entry_ids:
+            return
+        marks = ", ".join("?" for _ in entry_ids)
+        async with self.db.transaction() as tx:
+            await tx.execute(f"DELETE FROM outbox WHERE id IN ({marks})", entry_ids)
+
     async def notice_failed(self, entry_id: str, error: str, *, dead: bool) -> None:
         """Count a failed attempt and give the row back; a dead entry (refused for good) is kept for
         an operator, never retried."""

@@ -88,6 +88,75 @@ def test_a_refused_notification_is_set_aside_and_the_rest_still_go(runner, store
     assert pending(runner, store) == []
 
 
+class Batches(Recipient):
+    """Also takes batches (BatchSendNotifications): records each call's request_ids, fails while told to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+        self.batch_failures: list[grpc.StatusCode] = []
+
+    async def send_batch(self, notices) -> None:
+        if self.batch_failures:
+            raise rpc_error(self.batch_failures.pop(0))
+        self.batches.append([request_id for _, request_id in notices])
+
+
+def test_a_pass_sends_its_rows_as_one_batch_in_order(runner, store):
+    ids = runner.run(queued(store, 3))
+    recipient = Batches()
+
+    outbox = Outbox(store, recipient.send, send_batch=recipient.send_batch)
+
+    assert runner.run(outbox.deliver_pending()) == (len(ids), False)
+    assert recipient.batches == [ids]
+    assert recipient.sent == []
+    assert pending(runner, store) == []
+
+
+def test_batches_hold_at_most_a_hundred_rows(runner, store):
+    runner.run(queued(store, 102))  # one notice each
+    recipient = Batches()
+    outbox = Outbox(store, recipient.send, send_batch=recipient.send_batch, batch=500)
+
+    assert runner.run(outbox.deliver_pending()) == (100, False)
+    assert runner.run(outbox.deliver_pending()) == (2, False)
+    assert [len(batch) for batch in recipient.batches] == [100, 2]
+
+
+def test_a_batch_that_may_pass_later_keeps_every_row_in_order_for_the_next_pass(runner, store):
+    ids = runner.run(queued(store, 3))
+    recipient = Batches()
+    recipient.batch_failures = [grpc.StatusCode.UNAVAILABLE]
+    outbox = Outbox(store, recipient.send, send_batch=recipient.send_batch)
+
+    assert runner.run(outbox.deliver_pending()) == (0, True)
+    assert [(e.id, e.attempts) for e in pending(runner, store)] == [(i, 1) for i in ids]
+
+    assert runner.run(outbox.deliver_pending()) == (len(ids), False)
+    assert recipient.batches == [ids]
+
+
+def test_a_refused_batch_is_sent_row_by_row_so_only_the_bad_row_is_set_aside(runner, store):
+    ids = runner.run(queued(store, 2))
+    recipient = Batches()
+    recipient.batch_failures = [grpc.StatusCode.INVALID_ARGUMENT]  # the batch, for its second row
+    refused = ids[1]
+
+    async def send(notice, request_id: str) -> None:
+        if request_id == refused:
+            raise rpc_error(grpc.StatusCode.INVALID_ARGUMENT)
+        await recipient.send(notice, request_id)
+
+    outbox = Outbox(store, send, send_batch=recipient.send_batch)
+
+    assert runner.run(outbox.deliver_pending()) == (len(ids) - 1, False)
+    assert [request_id for _, request_id in recipient.sent] == [i for i in ids if i != refused]
+    assert pending(runner, store) == []  # the refused row is dead: kept for an operator, not retried
+    assert runner.run(outbox.deliver_pending()) == (0, False)
+    assert recipient.batches == []
+
+
 @pytest.mark.timeout(30)
 def test_the_loop_retries_with_backoff_until_the_service_is_back(runner, store):
     runner.run(assigned(store))

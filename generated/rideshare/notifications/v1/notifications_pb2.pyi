@@ -94,6 +94,54 @@ class SendNotificationRequest(_message.Message):
 Global___SendNotificationRequest: _TypeAlias = SendNotificationRequest  # noqa: Y015
 
 @_typing.final
+class BatchSendNotificationsRequest(_message.Message):
+    """The request to send several notifications at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___SendNotificationRequest]:
+        """The notifications to send, 1 to 100, each with its own request_id."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___SendNotificationRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchSendNotificationsRequest: _TypeAlias = BatchSendNotificationsRequest  # noqa: Y015
+
+@_typing.final
+class BatchSendNotificationsResponse(_message.Message):
+    """The notifications of a batch, in the order of its requests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFICATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def notifications(self) -> _containers.RepeatedCompositeFieldContainer[Global___Notification]:
+        """The notification each request stored (or first stored, for a repeated request_id)."""
+
+    def __init__(
+        self,
+        *,
+        notifications: _abc.Iterable[Global___Notification] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notifications", b"notifications"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchSendNotificationsResponse: _TypeAlias = BatchSendNotificationsResponse  # noqa: Y015
+
+@_typing.final
 class ListNotificationsRequest(_message.Message):
     """The request to list one recipient's notifications."""
 

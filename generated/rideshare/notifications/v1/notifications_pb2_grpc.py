@@ -47,6 +47,11 @@ class NotificationServiceStub:
                 request_serializer=rideshare_dot_notifications_dot_v1_dot_notifications__pb2.SendNotificationRequest.SerializeToString,
                 response_deserializer=rideshare_dot_notifications_dot_v1_dot_notifications__pb2.Notification.FromString,
                 _registered_method=True)
+        self.BatchSendNotifications = channel.unary_unary(
+                '/rideshare.notifications.v1.NotificationService/BatchSendNotifications',
+                request_serializer=rideshare_dot_notifications_dot_v1_dot_notifications__pb2.BatchSendNotificationsRequest.SerializeToString,
+                response_deserializer=rideshare_dot_notifications_dot_v1_dot_notifications__pb2.BatchSendNotificationsResponse.FromString,
+                _registered_method=True)
         self.ListNotifications = channel.unary_unary(
                 '/rideshare.notifications.v1.NotificationService/ListNotifications',
                 request_serializer=rideshare_dot_notifications_dot_v1_dot_notifications__pb2.ListNotificationsRequest.SerializeToString,
@@ -83,6 +88,18 @@ class NotificationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchSendNotifications(self, request, context):
+        """Sends up to 100 notifications at once (AIP-233), all or none: if any is refused,
+        none is stored, and the error names the entry, for example
+        "requests[3].notification.recipient". Each entry keeps its own request_id: an
+        entry already answered, alone or in an earlier batch, is not stored again and gets
+        its first answer. Every open StreamNotifications of each recipient receives what
+        was stored, in the order of the batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListNotifications(self, request, context):
         """Lists the notifications of one recipient, oldest first, one page at a time.
         """
@@ -109,6 +126,11 @@ def add_NotificationServiceServicer_to_server(servicer, server):
                     servicer.SendNotification,
                     request_deserializer=rideshare_dot_notifications_dot_v1_dot_notifications__pb2.SendNotificationRequest.FromString,
                     response_serializer=rideshare_dot_notifications_dot_v1_dot_notifications__pb2.Notification.SerializeToString,
+            ),
+            'BatchSendNotifications': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchSendNotifications,
+                    request_deserializer=rideshare_dot_notifications_dot_v1_dot_notifications__pb2.BatchSendNotificationsRequest.FromString,
+                    response_serializer=rideshare_dot_notifications_dot_v1_dot_notifications__pb2.BatchSendNotificationsResponse.SerializeToString,
             ),
             'ListNotifications': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNotifications,
@@ -156,6 +178,33 @@ class NotificationService:
             '/rideshare.notifications.v1.NotificationService/SendNotification',
             rideshare_dot_notifications_dot_v1_dot_notifications__pb2.SendNotificationRequest.SerializeToString,
             rideshare_dot_notifications_dot_v1_dot_notifications__pb2.Notification.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchSendNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.notifications.v1.NotificationService/BatchSendNotifications',
+            rideshare_dot_notifications_dot_v1_dot_notifications__pb2.BatchSendNotificationsRequest.SerializeToString,
+            rideshare_dot_notifications_dot_v1_dot_notifications__pb2.BatchSendNotificationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

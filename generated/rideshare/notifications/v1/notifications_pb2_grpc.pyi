@@ -33,6 +33,14 @@ class NotificationServiceStub:
     or POST /v1/drivers/{driver}/notifications, and the body is the notification; the
     recipient in the path wins over one in the body.
     """
+    BatchSendNotifications: _aio.UnaryUnaryMultiCallable[_notifications_pb2.BatchSendNotificationsRequest, _notifications_pb2.BatchSendNotificationsResponse]
+    """Sends up to 100 notifications at once (AIP-233), all or none: if any is refused,
+    none is stored, and the error names the entry, for example
+    "requests[3].notification.recipient". Each entry keeps its own request_id: an
+    entry already answered, alone or in an earlier batch, is not stored again and gets
+    its first answer. Every open StreamNotifications of each recipient receives what
+    was stored, in the order of the batch.
+    """
     ListNotifications: _aio.UnaryUnaryMultiCallable[_notifications_pb2.ListNotificationsRequest, _notifications_pb2.ListNotificationsResponse]
     """Lists the notifications of one recipient, oldest first, one page at a time."""
     StreamNotifications: _aio.UnaryStreamMultiCallable[_notifications_pb2.StreamNotificationsRequest, _notifications_pb2.Notification]
@@ -68,6 +76,20 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         Over HTTP the recipient is the path, POST /v1/passengers/{passenger}/notifications
         or POST /v1/drivers/{driver}/notifications, and the body is the notification; the
         recipient in the path wins over one in the body.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchSendNotifications(
+        self,
+        request: _notifications_pb2.BatchSendNotificationsRequest,
+        context: _aio.ServicerContext[_notifications_pb2.BatchSendNotificationsRequest, _abc.Awaitable[_notifications_pb2.BatchSendNotificationsResponse]],
+    ) -> _abc.Awaitable[_notifications_pb2.BatchSendNotificationsResponse]:
+        """Sends up to 100 notifications at once (AIP-233), all or none: if any is refused,
+        none is stored, and the error names the entry, for example
+        "requests[3].notification.recipient". Each entry keeps its own request_id: an
+        entry already answered, alone or in an earlier batch, is not stored again and gets
+        its first answer. Every open StreamNotifications of each recipient receives what
+        was stored, in the order of the batch.
         """
 
     @_abc_1.abstractmethod
