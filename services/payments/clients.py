@@ -29,15 +29,13 @@ class Billing:
 
     def __init__(self, clients: Clients) -> None:
         self.clients = clients
-        self._stub: billing_pb2_grpc.BillingServiceStub | None = None
 
     async def invoice(self, name: str) -> Invoice:
         """The invoice to charge, as billing keeps it."""
-        if self._stub is None:
-            self._stub = self.clients.stub(billing_pb2_grpc.BillingServiceStub)
+        stub = self.clients.stub(billing_pb2_grpc.BillingServiceStub)  # kept by Clients, per class
         with reaching("billing"):
             try:
-                invoice: Invoice = await self._stub.GetInvoice(GetInvoiceRequest(name=name))
+                invoice: Invoice = await stub.GetInvoice(GetInvoiceRequest(name=name))
             except grpc.aio.AioRpcError as error:
                 if failed_with(error, grpc.StatusCode.NOT_FOUND):
                     raise NotFound(
