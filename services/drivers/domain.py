@@ -1,14 +1,16 @@
 """The driver rules: a valid profile, the status machine, and what a search may ask for.
 
-    OFFLINE --GoOnline--> AVAILABLE --AssignTrip--> ON_TRIP --ReleaseTrip--> AVAILABLE
+    OFFLINE --GoOnline--> AVAILABLE --AssignNearestDriver--> ON_TRIP --ReleaseTrip--> AVAILABLE
     AVAILABLE --GoOffline--> OFFLINE
 
 Each transition is a pure function from the stored driver to the new one (or
 a FAILED_PRECONDITION naming the reason from the contract); the store runs it
 inside the transaction that read the row, so check and write are one step.
 A transition that changes nothing returns the driver as it was, untouched
-update_time included, which is what makes AssignTrip, ReleaseTrip and
-GoOffline safe to repeat.
+update_time included, which is what makes ReleaseTrip and GoOffline safe to
+repeat. Assignment is the store's (`DriverStore.assign_nearest`): it picks the
+driver and changes it in one conditional write, so that two replicas racing
+for one driver cannot both take it.
 """
 
 from __future__ import annotations
@@ -172,25 +174,6 @@ def update_location(driver: Driver, location: LatLng) -> Driver:
     return _moved(driver, location)
 
 
-def assign_trip(driver: Driver, trip: str) -> Driver:
-    """AVAILABLE becomes ON_TRIP for `trip`; already on `trip` is unchanged; anything else is refused."""
-    if driver.status == DRIVER_STATUS_ON_TRIP and driver.current_trip == trip:
-        return driver
-    if driver.status != DRIVER_STATUS_AVAILABLE:
-        busy = driver.status == DRIVER_STATUS_ON_TRIP
-        raise _refuse(
-            driver,
-            "DRIVER_NOT_AVAILABLE",
-            f"{driver.name} is {'on another trip' if busy else 'offline'} and cannot take {trip}",
-            trip=trip,
-        )
-    changed = _copy(driver)
-    changed.status = DRIVER_STATUS_ON_TRIP
-    changed.current_trip = trip
-    changed.update_time.CopyFrom(now())
-    return changed
-
-
 def release_trip(driver: Driver, trip: str) -> Driver:
     """ON_TRIP for `trip` becomes AVAILABLE; a driver on no trip is unchanged; another trip is refused."""
     if driver.status != DRIVER_STATUS_ON_TRIP:
@@ -224,9 +207,9 @@ def check_location(location: LatLng, field: str = "location") -> None:
     geo.check_latlng((location, field))
 
 
-def search_limits(location: Any, radius_meters: float, page_size: int) -> int:
-    """Validate a search; returns how many drivers it may return (the contract's page_size rules)."""
-    violations = geo.latlng_violations(location, "location")
+def check_area(location: Any, radius_meters: float, field: str = "location") -> None:
+    """A place to search around and how far: INVALID_ARGUMENT naming each bad field, at once."""
+    violations = geo.latlng_violations(location, field)
     if not (math.isfinite(radius_meters) and 0 < radius_meters <= MAX_RADIUS_METERS):
         violations.append(
             FieldViolation(
@@ -235,8 +218,22 @@ def search_limits(location: Any, radius_meters: float, page_size: int) -> int:
             )
         )
     if violations:
-        bad_location = any(v.field.startswith("location.") for v in violations)
+        bad_location = any(v.field.startswith(f"{field}.") for v in violations)
         raise InvalidArgument(violations, reason=geo.INVALID_LOCATION if bad_location else None)
+
+
+def search_limits(location: Any, radius_meters: float, page_size: int) -> int:
+    """Validate a search; returns how many drivers it may return (the contract's page_size rules)."""
+    check_area(location, radius_meters)
     if page_size <= 0:
         return DEFAULT_SEARCH_SIZE
     return min(page_size, MAX_SEARCH_SIZE)
+
+
+def no_driver_available(pickup: LatLng) -> FailedPrecondition:
+    """No AVAILABLE driver within the radius of `pickup` (the trip service passes it on as it is)."""
+    return FailedPrecondition(
+        "no driver is available near the pickup; try again in a moment",
+        reason="NO_DRIVER_AVAILABLE",
+        metadata={"latitude": f"{pickup.latitude:.6f}", "longitude": f"{pickup.longitude:.6f}"},
+    )

@@ -8,7 +8,7 @@ import grpc
 from google.protobuf.empty_pb2 import Empty
 from rideshare.drivers.v1 import drivers_pb2_grpc
 from rideshare.drivers.v1.drivers_pb2 import (
-    AssignTripRequest,
+    AssignNearestDriverRequest,
     CreateDriverRequest,
     DeleteDriverRequest,
     Driver,
@@ -101,10 +101,9 @@ class DriverServicer(AccountMethods[Driver], drivers_pb2_grpc.DriverServiceServi
             results=[DriverSearchResult(driver=driver, distance_meters=meters) for driver, meters in found]
         )
 
-    async def AssignTrip(self, request: AssignTripRequest, context: Context) -> Driver:
-        return await self.store.update(
-            request.name, lambda current: domain.assign_trip(current, request.trip), request
-        )
+    async def AssignNearestDriver(self, request: AssignNearestDriverRequest, context: Context) -> Driver:
+        domain.check_area(request.pickup, request.radius_meters, "pickup")
+        return await self.store.assign_nearest(request.trip, request.pickup, request.radius_meters)
 
     async def ReleaseTrip(self, request: ReleaseTripRequest, context: Context) -> Driver:
         return await self.store.update(

@@ -1,11 +1,13 @@
-"""Where drivers are kept: their table, the driver as a row of it, and the nearby search.
+"""Where drivers are kept: their table, the driver as a row of it, the nearby search, and matching.
 
 Status changes go through the kit's `update`: it reads the row, applies a rule
 from `domain`, and writes the result inside one transaction (SQLite takes the
 write lock before the read, `BEGIN IMMEDIATE`, and no `await` happens in
-between), so two trips racing for one driver are serialized and the second
-sees ON_TRIP. On PostgreSQL the kit reads the row `FOR UPDATE` to the same
-effect.
+between). On PostgreSQL the kit reads the row `FOR UPDATE` to the same effect.
+Matching (`assign_nearest`) searches and takes the nearest driver in one
+transaction: on SQLite nothing can take it in between; on PostgreSQL, where
+replicas write side by side, it takes a driver only if it is still AVAILABLE
+(a conditional UPDATE) and otherwise tries the next.
 
 Search looks in widening windows of grid cells around the point (geo.py),
 one query each on the index `(status, cell)`: the database orders the rows
@@ -20,17 +22,24 @@ LIMIT) and runs unchanged on PostgreSQL.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from google.type.latlng_pb2 import LatLng
-from rideshare.drivers.v1.drivers_pb2 import DRIVER_STATUS_AVAILABLE, Driver, Vehicle
+from rideshare.drivers.v1.drivers_pb2 import (
+    DRIVER_STATUS_AVAILABLE,
+    DRIVER_STATUS_ON_TRIP,
+    Driver,
+    Vehicle,
+)
 
 from services.domain import geo
-from services.runtime.aip import apply_read_mask, timestamp_from_ns
+from services.runtime.aip import apply_read_mask, now, timestamp_from_ns
 from services.runtime.errors import AlreadyExists
 from services.runtime.resources import Backend, Resource, Row, Store
+
+from . import domain
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 """The schema: numbered SQL files, a PostgreSQL variant where the engines differ (runtime/migrations.py)."""
@@ -90,6 +99,8 @@ def _email_taken(driver: Driver, holder: Driver | None) -> AlreadyExists:
 DRIVERS = Resource(Driver, _driver, _columns, unique={"email": _email_taken})
 
 
+AVAILABLE, ON_TRIP = int(DRIVER_STATUS_AVAILABLE), int(DRIVER_STATUS_ON_TRIP)
+
 #: The first window's reach: a few cells each way, which holds the nearest drivers in a busy area.
 FIRST_REACH = 250.0
 
@@ -117,7 +128,6 @@ def search_query(
     # Each range with its status, so that SQLite searches the index once per range (PostgreSQL ORs
     # bitmap index scans either way); `status = ? AND (ranges)` made SQLite scan every AVAILABLE driver.
     cells = " OR ".join("(status = ? AND cell BETWEEN ? AND ?)" for _ in window.ranges)
-    available = int(DRIVER_STATUS_AVAILABLE)
     widest = radius_meters * window.stretch / geo.METERS_PER_DEGREE
     return (
         _NEAREST.format(cells=cells),
@@ -125,7 +135,7 @@ def search_query(
             math.cos(math.radians(center.latitude)) ** 2,
             center.latitude,
             center.longitude,
-            *(value for low, high in window.ranges for value in (available, low, high)),
+            *(value for low, high in window.ranges for value in (AVAILABLE, low, high)),
             min(widest * widest, _ANYWHERE),
             limit,
         ),
@@ -136,8 +146,28 @@ def search_query(
 _ANYWHERE = 1e6
 
 
+Query = Callable[[str, Sequence[Any]], Awaitable[list[Row]]]
+"""A read: the backend's own (a search) or an open transaction's (a match)."""
+
+#: The drivers a round of matching tries, nearest first. On SQLite the first always wins (the
+#: transaction is the only writer); on PostgreSQL another replica may take some of them meanwhile.
+CANDIDATES = 3
+#: Rounds of search one match makes at most, each after another replica took every candidate of the
+#: previous one: a bound on a runaway loop, far past any real contention.
+MAX_ROUNDS = 10
+
+#: The driver on a trip, by the partial unique index drivers_current_trip_key (its condition spelled
+#: out, so both engines see that the index holds every row the query wants).
+_ON_TRIP_FOR = "SELECT * FROM drivers WHERE current_trip = ? AND current_trip <> ''"
+#: Takes a driver for a trip if it is still AVAILABLE: on PostgreSQL a replica that took it meanwhile
+#: holds the row, and once that one commits the condition is checked again on the new row (0 rows).
+_TAKE = (
+    "UPDATE drivers SET status = ?, current_trip = ?, update_time = ? WHERE id = ? AND status = ? RETURNING *"
+)
+
+
 class DriverStore(Store[Driver]):
-    """The kit's standard methods, plus the search for AVAILABLE drivers near a point."""
+    """The kit's standard methods, plus the search for AVAILABLE drivers near a point and matching."""
 
     def __init__(self, db: Backend) -> None:
         super().__init__(db, DRIVERS)
@@ -146,34 +176,76 @@ class DriverStore(Store[Driver]):
         self, center: LatLng, radius_meters: float, limit: int, fields: frozenset[str] = frozenset()
     ) -> Nearby:
         """The AVAILABLE drivers within the radius, nearest first (ties by registration order),
-        with only the `fields` named (aip.read_mask_paths; empty: every field).
+        with only the `fields` named (aip.read_mask_paths; empty: every field)."""
+        found = await _nearest(self.db.query, center, radius_meters, limit)
+        build = _masked(fields)
+        return [(build(row), distance) for distance, _, row in found]
 
-        Each round asks for the `fetch` nearest by flat distance in a window and
-        measures them exactly. A driver not returned is at least `horizon` away:
-        outside the window it is beyond the window's reach; inside, beyond the last
-        flat distance returned (divided by the window's stretch). The drivers closer
-        than that are certain; once there are `limit` of them, or the window covers
-        the radius and nothing in it was left out, the answer is exact. Otherwise
-        the round that was short of proof grows: `fetch` when the estimate stopped
-        it, the window (by the density it saw) when the window did.
+    async def assign_nearest(self, trip: str, pickup: LatLng, radius_meters: float) -> Driver:
+        """The driver ON_TRIP for `trip`: the one it already has, else the nearest AVAILABLE within
+        the radius, taken in the same transaction; NO_DRIVER_AVAILABLE if there is none.
+
+        Idempotent by the trip, so a repeat needs no request log: a trip has one
+        driver at most (a unique index). Should two calls for one trip overlap on
+        PostgreSQL, the second to commit hits that index and returns the first's.
         """
-        reach, fetch = min(FIRST_REACH, radius_meters), 2 * limit
-        while True:
-            window = geo.cell_window(center, reach)
-            rows = await self.db.query(*search_query(center, window, radius_meters, fetch))
-            found = _measured(center, rows, radius_meters)
-            complete = len(rows) < fetch
-            estimated = math.inf if complete else geo.flat_meters(rows[-1]["gap"]) / window.stretch
-            horizon = min(reach, estimated)
-            certain = [item for item in found if item[0] < horizon]
-            if len(certain) >= limit or (reach >= radius_meters and estimated > radius_meters):
-                build = _masked(fields)
-                return [(build(row), distance) for distance, _, row in found[:limit]]
-            if reach >= radius_meters or estimated < reach:
-                fetch *= 2
-            else:
-                grow = 4.0 if not rows else min(4.0, max(1.5, 1.25 * math.sqrt(limit / len(rows))))
-                reach = min(radius_meters, reach * grow)
+        try:
+            async with self.db.transaction() as tx:
+                held = await tx.query_one(_ON_TRIP_FOR, (trip,))
+                if held is not None:
+                    return _driver(held)
+                for _ in range(MAX_ROUNDS):
+                    found = await _nearest(tx.query, pickup, radius_meters, CANDIDATES)
+                    if not found:
+                        break
+                    for _, _, row in found:
+                        taken = await tx.query(
+                            _TAKE,
+                            (ON_TRIP, trip, now().ToNanoseconds(), row["id"], AVAILABLE),
+                        )
+                        if taken:
+                            return _driver(taken[0])
+                raise domain.no_driver_available(pickup)
+        except Exception as error:
+            if self.db.unique_violation(error) != "current_trip":
+                raise
+            held = await self.db.query_one(_ON_TRIP_FOR, (trip,))
+            if held is None:
+                raise
+            return _driver(held)
+
+
+async def _nearest(
+    query: Query, center: LatLng, radius_meters: float, limit: int
+) -> list[tuple[float, int, Row]]:
+    """(meters, seq, row) of the `limit` AVAILABLE drivers nearest `center` within the radius, nearest
+    first, then by registration order.
+
+    Each round asks for the `fetch` nearest by flat distance in a window and
+    measures them exactly. A driver not returned is at least `horizon` away:
+    outside the window it is beyond the window's reach; inside, beyond the last
+    flat distance returned (divided by the window's stretch). The drivers closer
+    than that are certain; once there are `limit` of them, or the window covers
+    the radius and nothing in it was left out, the answer is exact. Otherwise
+    the round that was short of proof grows: `fetch` when the estimate stopped
+    it, the window (by the density it saw) when the window did.
+    """
+    reach, fetch = min(FIRST_REACH, radius_meters), 2 * limit
+    while True:
+        window = geo.cell_window(center, reach)
+        rows = await query(*search_query(center, window, radius_meters, fetch))
+        found = _measured(center, rows, radius_meters)
+        complete = len(rows) < fetch
+        estimated = math.inf if complete else geo.flat_meters(rows[-1]["gap"]) / window.stretch
+        horizon = min(reach, estimated)
+        certain = [item for item in found if item[0] < horizon]
+        if len(certain) >= limit or (reach >= radius_meters and estimated > radius_meters):
+            return found[:limit]
+        if reach >= radius_meters or estimated < reach:
+            fetch *= 2
+        else:
+            grow = 4.0 if not rows else min(4.0, max(1.5, 1.25 * math.sqrt(limit / len(rows))))
+            reach = min(radius_meters, reach * grow)
 
 
 def _named(row: Row) -> Driver:
@@ -181,8 +253,8 @@ def _named(row: Row) -> Driver:
 
 
 def _masked(fields: frozenset[str]) -> Callable[[Row], Driver]:
-    """How to make a driver of a row with only `fields`: the name alone (what matching asks for)
-    straight from the row, others by trimming the whole driver."""
+    """How to make a driver of a row with only `fields`: the name alone straight from the row,
+    others by trimming the whole driver."""
     if not fields:
         return _driver
     if fields == {"name"}:

@@ -11,25 +11,24 @@ true: every downstream write carries a request_id derived from the trip
 same key and it takes effect once; and every step records its progress in
 the trips database as soon as it is known, so a repeat skips what is done.
 
-RequestTrip. The passenger is checked, the fare quoted and the nearest
-AVAILABLE drivers found first; only then is the trip stored, in the internal
-state MATCHING (never returned by GetTrip or ListTrips), its name fixed and
-its RequestTrip request_id recorded. Before a driver is asked (AssignTrip,
-request_id `<trip>:assign:<driver>`) it is written down as the candidate. A
-driver who lost a race (DRIVER_NOT_AVAILABLE) is crossed off and the next one
-asked; when every driver a search found was taken, a new search finds the
-ones still free. Only when a search finds no AVAILABLE driver within the
-radius is the trip deleted and the answer NO_DRIVER_AVAILABLE with no trip.
-When a driver says yes, one transaction makes the trip DRIVER_ASSIGNED,
-queues its notifications and stores the answer for AIP-155 replays. If
-anything fails in between (drivers down, a crash), the MATCHING trip stays:
-a repeat with the same request_id finds it,
-asks the recorded candidate again with the same key (which returns "yes" if
-the first attempt won it) and carries on, so it never assigns a second
-driver. A repeat that never comes is handled by the janitor
-(`TripWorkflow.sweep_abandoned`, setting `matching_timeout_seconds`, default
-60): it releases the candidate (`<trip>:release`) and deletes the trip, so no
-driver stays ON_TRIP for a trip nobody can see.
+RequestTrip. The passenger is checked and the fare quoted, side by side;
+then the trip is stored, in the internal state MATCHING (never returned by
+GetTrip or ListTrips), its name fixed and its RequestTrip request_id
+recorded. One call to drivers, AssignNearestDriver, then finds the nearest
+AVAILABLE driver within the radius and puts it ON_TRIP for the trip, in one
+transaction there (a driver another trip took meanwhile is passed over for
+the next, so a free driver within the radius is always found). When none is
+free, the trip is deleted and the answer is NO_DRIVER_AVAILABLE with no trip.
+When one is, one transaction makes the trip DRIVER_ASSIGNED, queues its
+notifications and stores the answer for AIP-155 replays. If anything fails
+in between (drivers down, a crash), the MATCHING trip stays: a repeat with
+the same request_id finds it and calls AssignNearestDriver again, which is
+idempotent by the trip (it returns the driver already ON_TRIP for it), and
+carries on, so it never assigns a second driver. A repeat that never comes
+is handled by the janitor (`TripWorkflow.sweep_abandoned`, setting
+`matching_timeout_seconds`, default 60): it asks drivers for the trip's
+driver the same way, releases it (`<trip>:release`) and deletes the trip, so
+no driver stays ON_TRIP for a trip nobody can see.
 
 CompleteTrip. The first attempt fixes the drop-off time (so the invoice
 request is the same on every attempt), then: CreateInvoice (`<trip>:invoice`)

@@ -16,7 +16,7 @@ from .servicer import TripServicer
 from .store import MIGRATIONS, TripStore
 from .workflow import TripWorkflow
 
-#: The largest radius DriverService.SearchDrivers accepts.
+#: The largest radius DriverService.AssignNearestDriver accepts.
 MAX_SEARCH_RADIUS = 50_000.0
 
 _log = log.get_logger("rideshare.trips")

@@ -7,8 +7,8 @@ and nowhere else:
 
 - a dependency that cannot be reached becomes UNAVAILABLE naming it, so the
   caller knows to repeat the call with the same request_id;
-- the answers a trip step expects (an unknown passenger, a driver who lost a
-  race, an invoice or payment that already exists) become return values;
+- the answers a trip step expects (an unknown passenger, no driver near the
+  pickup, an invoice or payment that already exists) become return values;
   whether an existing invoice or payment may be adopted is the workflow's
   call (it must be for exactly the fare);
 - anything else propagates and ends as INTERNAL: it is a bug here or there.
@@ -17,7 +17,6 @@ and nowhere else:
 from __future__ import annotations
 
 import grpc
-from google.protobuf.field_mask_pb2 import FieldMask
 from google.type.latlng_pb2 import LatLng
 from rideshare.billing.v1 import billing_pb2_grpc
 from rideshare.billing.v1.billing_pb2 import (
@@ -28,13 +27,7 @@ from rideshare.billing.v1.billing_pb2 import (
     QuoteFareResponse,
 )
 from rideshare.drivers.v1 import drivers_pb2_grpc
-from rideshare.drivers.v1.drivers_pb2 import (
-    AssignTripRequest,
-    Driver,
-    DriverSearchResult,
-    ReleaseTripRequest,
-    SearchDriversRequest,
-)
+from rideshare.drivers.v1.drivers_pb2 import AssignNearestDriverRequest, Driver, ReleaseTripRequest
 from rideshare.notifications.v1 import notifications_pb2_grpc
 from rideshare.notifications.v1.notifications_pb2 import (
     BatchSendNotificationsRequest,
@@ -55,10 +48,6 @@ from .notices import Notice
 
 _log = log.get_logger("rideshare.trips.clients")
 
-#: How many drivers to ask for: the nearest few are the ones worth trying.
-CANDIDATES = 10
-#: A search's read mask: a driver's name, not its whole profile (AIP-157).
-_NAMES_ONLY = FieldMask(paths=["name"])
 #: Billing's reasons for "the trip already has another invoice" (metadata "invoice" names it).
 _OTHER_INVOICE = ("INVOICE_AMOUNT_MISMATCH", "INVOICE_PASSENGER_MISMATCH")
 
@@ -82,31 +71,16 @@ class Downstream:
                 raise
         return passenger
 
-    async def search_drivers(self, location: LatLng, radius_meters: float) -> list[DriverSearchResult]:
-        """The AVAILABLE drivers within the radius, nearest first: their names only, which is all
-        matching needs (AssignTrip answers with the whole driver it won)."""
+    async def assign_nearest_driver(self, trip: str, pickup: LatLng, radius_meters: float) -> Driver | None:
+        """The driver ON_TRIP for `trip`: the one it already has, else the nearest AVAILABLE within the
+        radius, taken now; None if there is none."""
         stub = self.clients.stub(drivers_pb2_grpc.DriverServiceStub)
-        request = SearchDriversRequest(
-            location=location, radius_meters=radius_meters, page_size=CANDIDATES, read_mask=_NAMES_ONLY
-        )
-        with reaching("drivers"):
-            response = await stub.SearchDrivers(request)
-        return list(response.results)
-
-    async def assign_trip(self, driver: str, trip: str, request_id: str) -> Driver | None:
-        """The driver, now ON_TRIP for `trip`; None if it is gone or busy (it lost a race)."""
-        stub = self.clients.stub(drivers_pb2_grpc.DriverServiceStub)
+        request = AssignNearestDriverRequest(trip=trip, pickup=pickup, radius_meters=radius_meters)
         with reaching("drivers"):
             try:
-                assigned: Driver = await stub.AssignTrip(
-                    AssignTripRequest(name=driver, trip=trip, request_id=request_id)
-                )
+                assigned: Driver = await stub.AssignNearestDriver(request)
             except grpc.aio.AioRpcError as error:
-                if error.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
-                    _log.info(
-                        "driver refused the trip",
-                        extra={"fields": {"driver": driver, "trip": trip, "reason": error_reason(error)}},
-                    )
+                if failed_with(error, grpc.StatusCode.FAILED_PRECONDITION, "NO_DRIVER_AVAILABLE"):
                     return None
                 raise
         return assigned

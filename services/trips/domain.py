@@ -89,11 +89,6 @@ def new_trip(request: RequestTripRequest, quote: QuoteFareResponse) -> Trip:
 # repeats each downstream call with the same key and it takes effect once.
 
 
-def assign_request_id(trip: str, driver: str) -> str:
-    """Per driver: asking the next candidate is a different request, not a reuse."""
-    return f"{trip}:assign:{driver.removeprefix('drivers/')}"
-
-
 def release_request_id(trip: str) -> str:
     return f"{trip}:release"
 

@@ -4,8 +4,8 @@ One database holds the `trips` table (MATCHING trips included, hidden from the
 kit's reads) and the `outbox` of notifications; a step and its notifications
 are written in one transaction. Get, List, replays (AIP-155) and reading and
 writing a trip in a step are the kit's; what is the trip service's own is
-here: the MATCHING life of a trip (its request key and fingerprint, the
-candidate driver), the drop-off time fixed by the first CompleteTrip attempt,
+here: the MATCHING life of a trip (its request key and fingerprint), the
+drop-off time fixed by the first CompleteTrip attempt,
 the outbox, and holding a trip across replicas while a step runs (`hold`).
 """
 
@@ -173,14 +173,6 @@ class TripStore(Store[Trip]):
             "SELECT * FROM trips WHERE request_key = ? AND state = ?", (request_key, MATCHING)
         )
         return None if row is None else _matching(row)
-
-    async def set_candidate(self, trip_id: str, driver: str) -> None:
-        """Remember which driver is being asked before asking, so a retry or the janitor can find it."""
-        async with self.db.transaction() as tx:
-            await tx.execute(
-                "UPDATE trips SET driver = ?, update_time = ? WHERE id = ? AND state = ?",
-                (driver, time.time_ns(), trip_id, MATCHING),
-            )
 
     async def drop_matching(self, trip_id: str) -> None:
         async with self.db.transaction() as tx:

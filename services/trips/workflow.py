@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
-from google.type.latlng_pb2 import LatLng
 from rideshare.drivers.v1.drivers_pb2 import Driver
 from rideshare.trips.v1.trips_pb2 import (
     AcceptTripRequest,
@@ -46,11 +44,6 @@ class Holds(Protocol):
     """Holding a key against the other replicas sharing the database (the trips store's `hold`)."""
 
     def hold(self, key: str, owner: str) -> AbstractAsyncContextManager[None]: ...
-
-
-MAX_SEARCHES = 20
-"""Searches for drivers one RequestTrip makes at most, each after losing a race for every driver the
-previous one found (so 200 races lost): a bound on a runaway loop, far past any real contention."""
 
 
 class KeyedLocks:
@@ -117,8 +110,6 @@ class TripWorkflow:
         self.outbox = outbox
         self.search_radius = search_radius
         self.locks = KeyedLocks(store)
-        self._asking: Counter[str] = Counter()
-        """Drivers this process is asking to take a trip now, and by how many requests."""
 
     # --- RequestTrip --------------------------------------------------------------
 
@@ -138,14 +129,21 @@ class TripWorkflow:
             return await self._match(request, matching)
 
     async def _match(self, request: RequestTripRequest, matching: Matching | None) -> Trip:
-        """Find, or resume finding, the driver of a trip; the trip is kept MATCHING until one says yes."""
-        candidates: list[str] | None = None
+        """Give the trip its driver, or resume doing so; the trip is kept MATCHING until it has one.
+
+        One call to drivers (AssignNearestDriver) finds and takes the nearest
+        AVAILABLE driver; a driver taken by another trip meanwhile is drivers'
+        business (it takes the next). Only the MATCHING trip is written before
+        the call, no candidate: the call is idempotent by the trip, so a repeat
+        after any failure asks again and gets the driver the first call took, if
+        it took one, never a second.
+        """
         if matching is None:
-            await self.downstream.get_passenger(request.passenger)
-            quote = await self.downstream.quote_fare(request.pickup, request.dropoff)
-            candidates = await self._candidates(request.pickup)
-            if not candidates:
-                raise no_driver_available(request)
+            # Both are reads: side by side, a ride waits for the slower one, not for both.
+            _, quote = await asyncio.gather(
+                self.downstream.get_passenger(request.passenger),
+                self.downstream.quote_fare(request.pickup, request.dropoff),
+            )
             trip = domain.new_trip(request, quote)
             matching = await self.store.add_matching(trip, request.request_id, fingerprint(request))
         async with self.locks.hold(matching.id):
@@ -153,65 +151,16 @@ class TripWorkflow:
             if current is None:
                 # The janitor gave this attempt up (and freed its driver) while we waited: start afresh.
                 return await self._match(request, None)
-            return await self._assign(request, current, candidates)
+            trip = current.trip
+            driver = await self._driver_of(trip)
+            if driver is None:
+                await self.store.drop_matching(current.id)
+                raise no_driver_available(trip)
+            return await self._assigned(request, current, driver)
 
-    async def _candidates(self, pickup: LatLng) -> list[str]:
-        found = await self.downstream.search_drivers(pickup, self.search_radius)
-        return [result.driver.name for result in found]
-
-    async def _assign(
-        self, request: RequestTripRequest, matching: Matching, candidates: list[str] | None
-    ) -> Trip:
-        """Ask the nearest AVAILABLE drivers one by one until one says yes.
-
-        A driver says no only when another trip took it since the search. When every
-        driver of a search has been taken, the next search finds those still free
-        (the taken ones are no longer AVAILABLE): matching gives up only when a search
-        finds nobody within the radius, or after MAX_SEARCHES lost rounds.
-        """
-        trip = matching.trip
-        if trip.driver:
-            # An earlier attempt asked this driver and may have won it: asking again with the same
-            # request_id returns that answer, so a driver is never left ON_TRIP for a trip we dropped.
-            driver = await self.downstream.assign_trip(
-                trip.driver, trip.name, domain.assign_request_id(trip.name, trip.driver)
-            )
-            if driver is not None:
-                return await self._assigned(request, matching, driver)
-            await self.store.set_candidate(matching.id, "")
-        for _ in range(MAX_SEARCHES):
-            if candidates is None:
-                candidates = await self._candidates(trip.pickup)
-            if not candidates:
-                break
-            remaining = list(candidates)
-            while remaining:
-                # A driver another request here is asking now is asked last: that request
-                # most likely wins it, and each race lost costs a call and two writes.
-                name = next((n for n in remaining if n not in self._asking), remaining[0])
-                remaining.remove(name)
-                await self.store.set_candidate(matching.id, name)
-                driver = await self._ask(name, trip.name)
-                if driver is not None:
-                    return await self._assigned(request, matching, driver)
-                await self.store.set_candidate(matching.id, "")
-            candidates = None
-        else:
-            _log.warning(
-                f"gave up matching after losing every driver of {MAX_SEARCHES} searches",
-                extra={"fields": {"event": "matching_lost_races", "trip": trip.name}},
-            )
-        await self.store.drop_matching(matching.id)
-        raise no_driver_available(trip)
-
-    async def _ask(self, driver: str, trip: str) -> Driver | None:
-        self._asking[driver] += 1
-        try:
-            return await self.downstream.assign_trip(driver, trip, domain.assign_request_id(trip, driver))
-        finally:
-            self._asking[driver] -= 1
-            if not self._asking[driver]:
-                del self._asking[driver]
+    async def _driver_of(self, trip: Trip) -> Driver | None:
+        """The trip's driver: the one it has, else the nearest AVAILABLE, taken now; None if none is."""
+        return await self.downstream.assign_nearest_driver(trip.name, trip.pickup, self.search_radius)
 
     async def _assigned(self, request: RequestTripRequest, matching: Matching, driver: Driver) -> Trip:
         trip = await self.store.finish_matching(
@@ -221,13 +170,20 @@ class TripWorkflow:
         return trip
 
     async def sweep_abandoned(self, older_than: float, limit: int = 100) -> int:
-        """Give up matching attempts nobody resumed: free the driver asked, forget the trip.
+        """Give up matching attempts nobody resumed: free the driver they may hold, forget the trip.
 
         A MATCHING trip untouched for `older_than` seconds belongs to a RequestTrip
-        that failed (a dependency down, a crash) and was not repeated. Its
-        candidate driver may be ON_TRIP for it; ReleaseTrip frees it (or finds
-        it was never ours), then the invisible trip is deleted, so a late repeat
-        of the request starts afresh.
+        that failed (a dependency down, a crash) and was not repeated. Drivers may
+        have given it a driver before the failure (AssignNearestDriver committed,
+        the answer lost), and only drivers knows which: the janitor asks again,
+        with the same call (idempotent by the trip, it returns the driver the trip
+        has) and releases what it returns. Why not a ReleaseTrip by trip: that
+        would be a second way into the drivers' contract for this rare path alone;
+        the price of reusing the match is that, for a trip that never got a driver,
+        the nearest free one is taken and given back at once (two writes in
+        drivers, a moment the driver is not AVAILABLE). Then the invisible trip is
+        deleted, so a late repeat of the request starts afresh. A failure on the
+        way leaves the trip MATCHING, and the next sweep repeats it to the same end.
         """
         before = time.time_ns() - int(older_than * 1e9)
         swept = 0
@@ -236,15 +192,17 @@ class TripWorkflow:
                 current = await self.store.matching(stale.id)
                 if current is None or current.update_ns >= before:
                     continue
-                if current.trip.driver:
+                trip = current.trip
+                driver = await self._driver_of(trip)
+                if driver is not None:
                     await self.downstream.release_trip(
-                        current.trip.driver, current.trip.name, domain.release_request_id(current.trip.name)
+                        driver.name, trip.name, domain.release_request_id(trip.name)
                     )
                 await self.store.drop_matching(stale.id)
                 swept += 1
                 _log.warning(
                     "gave up an abandoned trip request",
-                    extra={"fields": {"trip": current.trip.name, "driver": current.trip.driver}},
+                    extra={"fields": {"trip": trip.name, "driver": driver.name if driver else ""}},
                 )
         return swept
 

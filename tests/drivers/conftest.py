@@ -70,10 +70,19 @@ class Drivers:
         """A new AVAILABLE driver at the given place."""
         return self.go_online(self.create(**fields).name, latitude, longitude)
 
-    def assign(self, name: str, trip: str, request_id: str = "") -> pb.Driver:
-        return self.call(
-            self.stub.AssignTrip(pb.AssignTripRequest(name=name, trip=trip, request_id=request_id))
-        )
+    def assign_nearest(
+        self, trip: str, latitude: float = CENTER.latitude, longitude: float = CENTER.longitude, radius=1000.0
+    ) -> pb.Driver:
+        pickup = latlng_pb2.LatLng(latitude=latitude, longitude=longitude)
+        request = pb.AssignNearestDriverRequest(trip=trip, pickup=pickup, radius_meters=radius)
+        return self.call(self.stub.AssignNearestDriver(request))
+
+    def assign(self, name: str, trip: str) -> pb.Driver:
+        """`name` (AVAILABLE, and the nearest to where it is) put ON_TRIP for `trip`."""
+        here = self.get(name).location
+        assigned = self.assign_nearest(trip, here.latitude, here.longitude, radius=1.0)
+        assert assigned.name == name, f"{assigned.name} was nearer {here} than {name}"
+        return assigned
 
     def release(self, name: str, trip: str, request_id: str = "") -> pb.Driver:
         return self.call(

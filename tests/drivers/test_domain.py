@@ -34,11 +34,6 @@ def driver(status: int, trip: str = "") -> pb.Driver:
         ),
         (driver(pb.DRIVER_STATUS_AVAILABLE), domain.go_offline, pb.DRIVER_STATUS_OFFLINE),
         (
-            driver(pb.DRIVER_STATUS_AVAILABLE),
-            lambda d: domain.assign_trip(d, "trips/t"),
-            pb.DRIVER_STATUS_ON_TRIP,
-        ),
-        (
             driver(pb.DRIVER_STATUS_ON_TRIP, "trips/t"),
             lambda d: domain.release_trip(d, "trips/t"),
             pb.DRIVER_STATUS_AVAILABLE,
@@ -57,7 +52,6 @@ def test_transitions_change_the_status_and_the_update_time(before, change, after
     ("before", "change"),
     [
         (driver(pb.DRIVER_STATUS_OFFLINE), domain.go_offline),
-        (driver(pb.DRIVER_STATUS_ON_TRIP, "trips/t"), lambda d: domain.assign_trip(d, "trips/t")),
         (driver(pb.DRIVER_STATUS_AVAILABLE), lambda d: domain.release_trip(d, "trips/t")),
         (driver(pb.DRIVER_STATUS_OFFLINE), lambda d: domain.release_trip(d, "trips/t")),
     ],
@@ -72,16 +66,6 @@ def test_repeats_return_the_very_same_driver(before, change):
         (driver(pb.DRIVER_STATUS_ON_TRIP, "trips/t"), domain.go_offline, "DRIVER_ON_TRIP"),
         (driver(pb.DRIVER_STATUS_ON_TRIP, "trips/t"), domain.check_deletable, "DRIVER_ON_TRIP"),
         (driver(pb.DRIVER_STATUS_OFFLINE), lambda d: domain.update_location(d, HERE), "DRIVER_OFFLINE"),
-        (
-            driver(pb.DRIVER_STATUS_OFFLINE),
-            lambda d: domain.assign_trip(d, "trips/u"),
-            "DRIVER_NOT_AVAILABLE",
-        ),
-        (
-            driver(pb.DRIVER_STATUS_ON_TRIP, "trips/t"),
-            lambda d: domain.assign_trip(d, "trips/u"),
-            "DRIVER_NOT_AVAILABLE",
-        ),
         (
             driver(pb.DRIVER_STATUS_ON_TRIP, "trips/t"),
             lambda d: domain.release_trip(d, "trips/u"),

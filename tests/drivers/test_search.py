@@ -56,11 +56,11 @@ def test_a_driver_just_inside_the_radius_is_found_and_just_outside_is_not(driver
 
 
 def test_drivers_who_are_offline_or_on_a_trip_are_never_found(drivers):
+    busy = drivers.online()
+    drivers.assign(busy.name, "trips/t1")
     available = drivers.online()
     offline = drivers.online()
     drivers.call(drivers.stub.GoOffline(pb.GoOfflineRequest(name=offline.name)))
-    busy = drivers.online()
-    drivers.assign(busy.name, "trips/t1")
     drivers.create()
 
     assert [r.driver.name for r in drivers.search(CENTER.latitude, CENTER.longitude, 1000)] == [

@@ -144,7 +144,6 @@ def test_incomplete_or_bad_profiles_are_refused(drivers, driver, fields):
         lambda stub: stub.UpdateDriverLocation(
             pb.UpdateDriverLocationRequest(name=MISSING, location={"latitude": 1})
         ),
-        lambda stub: stub.AssignTrip(pb.AssignTripRequest(name=MISSING, trip="trips/t1")),
         lambda stub: stub.ReleaseTrip(pb.ReleaseTripRequest(name=MISSING, trip="trips/t1")),
     ],
 )
@@ -161,8 +160,6 @@ def test_every_method_on_a_missing_driver_is_driver_not_found(drivers, rpc):
     ("rpc", "field"),
     [
         (lambda stub: stub.GetDriver(pb.GetDriverRequest(name="passengers/1")), "name"),
-        (lambda stub: stub.AssignTrip(pb.AssignTripRequest(name="drivers/1", trip="trip/1")), "trip"),
-        (lambda stub: stub.AssignTrip(pb.AssignTripRequest(name="drivers/1")), "trip"),
         (lambda stub: stub.ReleaseTrip(pb.ReleaseTripRequest(name="drivers/1", trip="trips/1/x")), "trip"),
         (lambda stub: stub.ListDrivers(pb.ListDriversRequest(page_token="forged")), "page_token"),
         (lambda stub: stub.ListDrivers(pb.ListDriversRequest(page_size=-1)), "page_size"),

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 
 import grpc
 import pytest
 from google.type import latlng_pb2
 from rideshare.drivers.v1 import drivers_pb2 as pb
-
-from tests.conftest import failure_of
 
 
 def test_go_online_makes_an_offline_driver_available_at_the_place(drivers):
@@ -125,56 +122,6 @@ def test_go_online_needs_a_location(drivers):
     assert failure.fields == ["location"]
 
 
-def test_assign_trip_puts_an_available_driver_on_the_trip(drivers):
-    online = drivers.online()
-
-    on_trip = drivers.assign(online.name, "trips/t1")
-
-    assert on_trip.status == pb.DRIVER_STATUS_ON_TRIP
-    assert on_trip.current_trip == "trips/t1"
-    assert on_trip.location == online.location
-    assert drivers.get(online.name) == on_trip
-
-
-def test_assigning_the_same_trip_again_returns_the_driver_unchanged(drivers):
-    on_trip = drivers.assign(drivers.online().name, "trips/t1")
-
-    assert drivers.assign(on_trip.name, "trips/t1") == on_trip
-    assert drivers.get(on_trip.name) == on_trip
-
-
-@pytest.mark.parametrize("state", ["offline", "on another trip"])
-def test_a_driver_who_is_not_available_cannot_be_assigned(drivers, state):
-    driver = drivers.create() if state == "offline" else drivers.assign(drivers.online().name, "trips/t1")
-
-    failure = drivers.fail(drivers.stub.AssignTrip(pb.AssignTripRequest(name=driver.name, trip="trips/t2")))
-
-    assert failure.code is grpc.StatusCode.FAILED_PRECONDITION
-    assert failure.info.reason == "DRIVER_NOT_AVAILABLE"
-    assert failure.info.metadata["trip"] == "trips/t2"
-    assert drivers.get(driver.name) == driver
-
-
-def test_two_trips_racing_for_one_driver_cannot_both_win(drivers):
-    online = drivers.online()
-
-    async def race():
-        calls = [
-            drivers.stub.AssignTrip(pb.AssignTripRequest(name=online.name, trip=f"trips/t{i}"))
-            for i in range(8)
-        ]
-        return await asyncio.gather(*calls, return_exceptions=True)
-
-    outcomes = drivers.call(race())
-
-    winners = [o for o in outcomes if isinstance(o, pb.Driver)]
-    losers = [failure_of(o) for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
-    assert len(winners) == 1
-    assert len(losers) == 7
-    assert {f.info.reason for f in losers} == {"DRIVER_NOT_AVAILABLE"}
-    assert drivers.get(online.name).current_trip == winners[0].current_trip
-
-
 def test_release_trip_makes_the_driver_available_again_and_repeats_harmlessly(drivers):
     on_trip = drivers.assign(drivers.online().name, "trips/t1")
 
@@ -223,23 +170,6 @@ def test_a_driver_on_a_trip_cannot_be_deleted(drivers):
     assert drivers.get(on_trip.name) == on_trip
     drivers.release(on_trip.name, "trips/t1")
     drivers.call(drivers.stub.DeleteDriver(pb.DeleteDriverRequest(name=on_trip.name)))
-
-
-def test_assign_replayed_with_its_request_id_returns_the_first_answer_without_reassigning(drivers):
-    online = drivers.online()
-    first = drivers.assign(online.name, "trips/t1", request_id="assign-t1")
-    drivers.release(online.name, "trips/t1")
-
-    replayed = drivers.assign(online.name, "trips/t1", request_id="assign-t1")
-
-    assert replayed == first
-    assert drivers.get(online.name).status == pb.DRIVER_STATUS_AVAILABLE
-    failure = drivers.fail(
-        drivers.stub.AssignTrip(
-            pb.AssignTripRequest(name=online.name, trip="trips/t2", request_id="assign-t1")
-        )
-    )
-    assert failure.info.reason == "REQUEST_ID_REUSED"
 
 
 def test_status_method_replays_return_the_first_answer(drivers):

@@ -13,7 +13,7 @@ from google.type.latlng_pb2 import LatLng
 from rideshare.drivers.v1 import drivers_pb2 as pb
 
 from services.domain import geo
-from services.drivers.store import MIGRATIONS, DriverStore, search_query
+from services.drivers.store import _ON_TRIP_FOR, MIGRATIONS, DriverStore, search_query
 from services.runtime.storage import Database
 from tests.postgres import Backends
 
@@ -173,3 +173,13 @@ def test_a_search_fetches_about_as_many_rows_as_it_returns_however_many_drivers_
 
     assert len(found) == 10
     assert sum(read) <= 6 * 10, read
+
+
+def test_the_driver_of_a_trip_is_found_by_the_index_on_current_trip():
+    db = Database(":memory:", MIGRATIONS)
+    try:
+        plan = [row["detail"] for row in db.query(f"EXPLAIN QUERY PLAN {_ON_TRIP_FOR}", ("trips/t1",))]
+    finally:
+        db.close()
+
+    assert plan == ["SEARCH drivers USING INDEX drivers_current_trip_key (current_trip=?)"]

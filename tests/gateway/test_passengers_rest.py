@@ -117,7 +117,7 @@ def test_internal_methods_are_routed_for_no_key_at_all(passengers_gateway):
     for method, path, body in (
         ("POST", "/v1/invoices", invoice),
         ("POST", "/v1/payments", {"invoice": "invoices/i1"}),
-        ("POST", "/v1/drivers/d1:assignTrip", {"trip": "trips/t1"}),
+        ("POST", "/v1/drivers:assignNearest", {"trip": "trips/t1", "radiusMeters": 1000}),
         ("POST", "/v1/drivers/d1:releaseTrip", {"trip": "trips/t1"}),
         ("POST", "/v1/notifications:batchSend", {"requests": []}),  # up to 100 messages to anyone
     ):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.type import latlng_pb2
 from rideshare.drivers.v1 import drivers_pb2, drivers_pb2_grpc
 from rideshare.passengers.v1 import passengers_pb2 as pb
 from rideshare.passengers.v1 import passengers_pb2_grpc
@@ -78,12 +79,14 @@ def test_internal_methods_are_for_the_mesh_alone(serve, tmp_path):
     config = load_config(write_mesh_file(tmp_path, MESH_TOML + "\n[services.drivers]\nport = 0\n"), env={})
     drivers = serve("drivers", config=config)
     stub = drivers_pb2_grpc.DriverServiceStub(drivers.channel)
-    request = drivers_pb2.AssignTripRequest(name="drivers/d1", trip="trips/t1")
+    pickup = latlng_pb2.LatLng(latitude=51.5, longitude=-0.1)
+    request = drivers_pb2.AssignNearestDriverRequest(trip="trips/t1", pickup=pickup, radius_meters=1000)
 
-    refused = drivers.fail(stub.AssignTrip(request, metadata=(("x-mesh-scopes", "admin"),)))
+    refused = drivers.fail(stub.AssignNearestDriver(request, metadata=(("x-mesh-scopes", "admin"),)))
 
     assert refused.code == grpc.StatusCode.PERMISSION_DENIED
-    assert drivers.fail(stub.AssignTrip(request)).code == grpc.StatusCode.NOT_FOUND  # the mesh gets through
+    through = drivers.fail(stub.AssignNearestDriver(request))  # the mesh gets through, to no driver
+    assert (through.code, through.info.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_DRIVER_AVAILABLE")
 
 
 # -- with TLS: the gateway's certificate is what makes its word count -------------------------------------

@@ -150,7 +150,6 @@ def test_cancel_reason_is_limited():
 
 
 def test_downstream_keys_are_derived_from_the_trip():
-    assert domain.assign_request_id("trips/t", "drivers/d") == "trips/t:assign:d"
     assert domain.invoice_request_id("trips/t") == "trips/t:invoice"
     assert domain.payment_request_id("trips/t") == "trips/t:payment"
     assert domain.release_request_id("trips/t") == "trips/t:release"

@@ -16,7 +16,7 @@ import pytest
 from google.type.latlng_pb2 import LatLng
 from google.type.money_pb2 import Money
 from rideshare.billing.v1.billing_pb2 import Invoice
-from rideshare.drivers.v1.drivers_pb2 import Driver, DriverSearchResult
+from rideshare.drivers.v1.drivers_pb2 import Driver
 from rideshare.payments.v1.payments_pb2 import Payment, PaymentState
 from rideshare.trips.v1.trips_pb2 import (
     AcceptTripRequest,
@@ -29,7 +29,6 @@ from rideshare.trips.v1.trips_pb2 import (
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.trips import domain
-from services.trips.clients import CANDIDATES
 from services.trips.outbox import Outbox
 from services.trips.store import MIGRATIONS, TripStore
 from services.trips.workflow import KeyedLocks, TripWorkflow
@@ -48,7 +47,6 @@ class Neighbours:
         self.invoices: dict[str, Invoice] = {}
         self.payments: dict[str, Payment] = {}
         self.sent: list[str] = []
-        self._assigned: dict[str, Driver] = {}
 
     def _reach(self, service: str, method: str, key: str = "") -> None:
         if service in self.down:
@@ -65,23 +63,17 @@ class Neighbours:
         self._reach("billing", "QuoteFare")
         return quote()
 
-    async def search_drivers(self, location: LatLng, radius: float) -> list[DriverSearchResult]:
-        self._reach("drivers", "SearchDrivers")
-        return [
-            DriverSearchResult(driver=Driver(name=name), distance_meters=index)
-            for index, name in enumerate(self.drivers)
-            if not self.drivers[name]
-        ]
-
-    async def assign_trip(self, driver: str, trip: str, request_id: str) -> Driver | None:
-        self._reach("drivers", "AssignTrip", request_id)
-        if request_id in self._assigned:
-            return self._assigned[request_id]
-        if self.drivers.get(driver) not in ("", trip):
-            return None
-        self.drivers[driver] = trip
-        self._assigned[request_id] = Driver(name=driver, display_name="Dana")
-        return self._assigned[request_id]
+    async def assign_nearest_driver(self, trip: str, pickup: LatLng, radius: float) -> Driver | None:
+        """Idempotent by the trip, like the real one: the driver the trip has, else the nearest free
+        one (the first free in `drivers`), taken now; None if every driver is taken."""
+        self._reach("drivers", "AssignNearestDriver", trip)
+        held = next((name for name, on in self.drivers.items() if on == trip), None)
+        if held is None:
+            held = next((name for name, on in self.drivers.items() if not on), None)
+            if held is None:
+                return None
+            self.drivers[held] = trip
+        return Driver(name=held, display_name="Dana")
 
     async def release_trip(self, driver: str, trip: str, request_id: str) -> None:
         self._reach("drivers", "ReleaseTrip", request_id)
@@ -164,31 +156,17 @@ def test_the_nearest_driver_is_assigned_and_told(runner, store):
         assert trip.state == domain.DRIVER_ASSIGNED
         assert trip.driver == "drivers/near"
         assert mesh.drivers["drivers/near"] == trip.name
-        assert ("AssignTrip", f"{trip.name}:assign:near") in mesh.calls
+        # One call to drivers: the nearest is found and taken at once.
+        assert sorted(mesh.calls) == [
+            ("AssignNearestDriver", trip.name),
+            ("GetPassenger", ""),
+            ("QuoteFare", ""),
+        ]
         # The outbox runs beside the workflow: when the request returns it may have told one
         # party, both or none (asserting a snapshot of that raced it in CI), so wait for both.
         async with asyncio.timeout(WAIT):
             await told.wait()
         assert sorted(mesh.sent) == ["Driver assigned", "New trip"]
-
-    run(runner, store, scenario, mesh)
-
-
-def test_a_driver_lost_to_a_race_is_skipped_for_the_next_one(runner, store):
-    mesh = Neighbours()
-    original = mesh.search_drivers
-
-    async def stale_search(location: LatLng, radius: float) -> list[DriverSearchResult]:
-        results = await original(location, radius)
-        mesh.drivers["drivers/near"] = "trips/other"  # taken between the search and the assignment
-        return results
-
-    mesh.search_drivers = stale_search  # type: ignore[method-assign]
-
-    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
-        trip = await workflow.request(request())
-        assert trip.driver == "drivers/far"
-        assert mesh.drivers == {"drivers/near": "trips/other", "drivers/far": trip.name}
 
     run(runner, store, scenario, mesh)
 
@@ -207,47 +185,9 @@ def test_no_driver_means_no_trip(runner, store):
     assert runner.run(store.stale_matching(2**62, 10)) == []
 
 
-def test_every_candidate_lost_means_no_trip_and_no_driver_held(runner, store):
-    mesh = Neighbours()
-
-    original = mesh.search_drivers
-
-    async def all_taken(location: LatLng, radius: float) -> list[DriverSearchResult]:
-        found = await original(location, radius)
-        mesh.drivers = {"drivers/near": "trips/a", "drivers/far": "trips/b"}  # taken after the search
-        return found
-
-    mesh.search_drivers = all_taken  # type: ignore[method-assign]
-
-    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
-        with pytest.raises(FailedPrecondition):
-            await workflow.request(request())
-        # Both asked; then a second search found nobody AVAILABLE.
-        assert [method for method, _ in mesh.calls].count("AssignTrip") == 2
-        assert [method for method, _ in mesh.calls].count("SearchDrivers") == 2
-
-    run(runner, store, scenario, mesh)
-    assert runner.run(store.stale_matching(2**62, 10)) == []
-
-
-def test_riders_racing_for_the_same_nearest_drivers_all_get_one_while_any_is_free(runner, store):
-    """30 requests at once, 30 drivers: each search finds the same nearest 10 (as SearchDrivers does
-    for one pickup) and most of them are taken by the time they are asked. Matching searches again
-    until it wins one, so nobody hears NO_DRIVER_AVAILABLE while a driver is free; the 31st does."""
+def test_riders_requesting_at_once_all_get_a_driver_while_any_is_free(runner, store):
     mesh = Neighbours()
     mesh.drivers = {f"drivers/d{n:02}": "" for n in range(30)}
-    search, assign = mesh.search_drivers, mesh.assign_trip
-
-    async def nearest_ten(location: LatLng, radius: float) -> list[DriverSearchResult]:
-        await asyncio.sleep(0)  # the other requests run between the search and the asking
-        return (await search(location, radius))[:CANDIDATES]
-
-    async def slow_assign(driver: str, trip: str, request_id: str) -> Driver | None:
-        await asyncio.sleep(0)
-        return await assign(driver, trip, request_id)
-
-    mesh.search_drivers = nearest_ten  # type: ignore[method-assign]
-    mesh.assign_trip = slow_assign  # type: ignore[method-assign]
 
     async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
         trips = await asyncio.gather(*(workflow.request(request()) for _ in range(30)))
@@ -259,16 +199,19 @@ def test_riders_racing_for_the_same_nearest_drivers_all_get_one_while_any_is_fre
 
     run(runner, store, scenario, mesh)
     assert len(visible(runner, store)) == 30
+    assert runner.run(store.stale_matching(2**62, 10)) == []
 
 
-def test_an_unknown_passenger_is_not_found_and_nothing_is_asked(runner, store):
+def test_an_unknown_passenger_is_not_found_and_no_driver_is_taken(runner, store):
     async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
         with pytest.raises(NotFound) as error:
             await workflow.request(request(passenger="passengers/nobody"))
         assert error.value.reason == "PASSENGER_NOT_FOUND"
-        assert [method for method, _ in mesh.calls] == ["GetPassenger"]
+        assert "AssignNearestDriver" not in [method for method, _ in mesh.calls]
+        assert set(mesh.drivers.values()) == {""}
 
     run(runner, store, scenario)
+    assert runner.run(store.stale_matching(2**62, 10)) == []
 
 
 def test_a_crash_after_the_driver_said_yes_is_resumed_by_the_retry(runner, store):
@@ -302,44 +245,44 @@ def test_a_crash_after_the_driver_said_yes_is_resumed_by_the_retry(runner, store
 
 def test_a_driver_service_outage_mid_request_is_resumed_by_the_retry(runner, store):
     mesh = Neighbours()
-    original = mesh.assign_trip
+    original = mesh.assign_nearest_driver
 
-    async def down_after_assigning(driver: str, trip: str, request_id: str) -> Driver | None:
-        await original(driver, trip, request_id)
+    async def down_after_assigning(trip: str, pickup: LatLng, radius: float) -> Driver | None:
+        await original(trip, pickup, radius)
         mesh.down.add("drivers")
         raise Unavailable("drivers is down")  # the answer is lost
 
-    mesh.assign_trip = down_after_assigning  # type: ignore[method-assign]
+    mesh.assign_nearest_driver = down_after_assigning  # type: ignore[method-assign]
 
     async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
         with pytest.raises(Unavailable):
             await workflow.request(request(request_id="r1"))
-        mesh.assign_trip = original  # type: ignore[method-assign]
+        mesh.assign_nearest_driver = original  # type: ignore[method-assign]
         with pytest.raises(Unavailable):
             await workflow.request(request(request_id="r1"))
+        mesh.drivers = {"drivers/nearer": "", **mesh.drivers}  # a nearer driver came online meanwhile
         mesh.down.clear()
         trip = await workflow.request(request(request_id="r1"))
-        assert trip.driver == "drivers/near"
-        assert mesh.drivers == {"drivers/near": trip.name, "drivers/far": ""}
+        assert trip.driver == "drivers/near", "the driver the lost answer took, never a second"
+        assert mesh.drivers == {"drivers/nearer": "", "drivers/near": trip.name, "drivers/far": ""}
+        assert [key for method, key in mesh.calls if method == "AssignNearestDriver"] == [trip.name] * 2
 
     run(runner, store, scenario, mesh)
 
 
 def test_a_reused_request_id_is_refused_even_while_matching(runner, store):
     mesh = Neighbours()
-    mesh.down.add("drivers")
 
     async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
-        mesh.down.clear()
-        original = mesh.assign_trip
+        original = mesh.assign_nearest_driver
 
-        async def lost(driver: str, trip: str, request_id: str) -> Driver | None:
+        async def lost(trip: str, pickup: LatLng, radius: float) -> Driver | None:
             raise Unavailable("drivers is down")
 
-        mesh.assign_trip = lost  # type: ignore[method-assign]
+        mesh.assign_nearest_driver = lost  # type: ignore[method-assign]
         with pytest.raises(Unavailable):
             await workflow.request(request(request_id="r1"))
-        mesh.assign_trip = original  # type: ignore[method-assign]
+        mesh.assign_nearest_driver = original  # type: ignore[method-assign]
         with pytest.raises(InvalidArgument) as error:
             await workflow.request(request(request_id="r1", payment_method="pm_card_declined"))
         assert error.value.reason == "REQUEST_ID_REUSED"
@@ -368,52 +311,66 @@ def test_a_repeat_after_the_answer_gets_the_same_trip_and_calls_no_other_service
     assert len(visible(runner, store)) == 1
 
 
-def test_a_driver_another_request_is_asking_is_asked_last(runner, store):
-    # Both riders' searches put drivers/near first; the second asks drivers/far at once
-    # instead of losing a race for drivers/near (a call and two writes saved).
-    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
-        original, asking, answer = mesh.assign_trip, asyncio.Event(), asyncio.Event()
-
-        async def slow_once(driver: str, trip: str, request_id: str) -> Driver | None:
-            if not asking.is_set():
-                asking.set()
-                await answer.wait()
-            return await original(driver, trip, request_id)
-
-        mesh.assign_trip = slow_once  # type: ignore[method-assign]
-        first = asyncio.ensure_future(workflow.request(request(request_id="r1")))
-        await asking.wait()
-        second = await workflow.request(request(request_id="r2"))
-        answer.set()
-
-        assert (second.driver, (await first).driver) == ("drivers/far", "drivers/near")
-        assert [method for method, _ in mesh.calls].count("AssignTrip") == 2
-
-    run(runner, store, scenario)
-
-
 def test_the_janitor_frees_the_driver_of_an_abandoned_request(runner, store):
     mesh = Neighbours()
+    original = mesh.assign_nearest_driver
 
-    async def lost(driver: str, trip: str, request_id: str) -> Driver | None:
-        mesh.drivers[driver] = trip  # assigned, but the answer never came back
+    async def lost(trip: str, pickup: LatLng, radius: float) -> Driver | None:
+        await original(trip, pickup, radius)  # assigned, but the answer never came back
         raise Unavailable("drivers is down")
 
-    original = mesh.assign_trip
-    mesh.assign_trip = lost  # type: ignore[method-assign]
+    mesh.assign_nearest_driver = lost  # type: ignore[method-assign]
 
     async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
         with pytest.raises(Unavailable):
             await workflow.request(request(request_id="r1"))
+        (abandoned,) = await store.stale_matching(2**62, 10)
+        assert mesh.drivers["drivers/near"] == abandoned.trip.name
+        mesh.assign_nearest_driver = original  # type: ignore[method-assign]
         assert await workflow.sweep_abandoned(older_than=3600) == 0, "a recent attempt is left alone"
         await asyncio.sleep(0.01)
         assert await workflow.sweep_abandoned(older_than=0.001) == 1
         assert mesh.drivers == {"drivers/near": "", "drivers/far": ""}
         assert await store.stale_matching(2**62, 10) == []
+        assert mesh.calls[-2:] == [
+            ("AssignNearestDriver", abandoned.trip.name),
+            ("ReleaseTrip", f"{abandoned.trip.name}:release"),
+        ]
 
-        mesh.assign_trip = original  # type: ignore[method-assign]
         trip = await workflow.request(request(request_id="r1"))
         assert trip.state == domain.DRIVER_ASSIGNED, "a late repeat starts afresh"
+        assert trip.name != abandoned.trip.name
+
+    run(runner, store, scenario, mesh)
+
+
+def test_the_janitor_gives_back_at_once_a_driver_an_abandoned_request_never_got(runner, store):
+    mesh = Neighbours()
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        mesh.down.add("drivers")
+        with pytest.raises(Unavailable):
+            await workflow.request(request(request_id="r1"))
+        mesh.down.clear()
+        await asyncio.sleep(0.01)
+        assert await workflow.sweep_abandoned(older_than=0.001) == 1
+        assert mesh.drivers == {"drivers/near": "", "drivers/far": ""}
+        assert [method for method, _ in mesh.calls][-2:] == ["AssignNearestDriver", "ReleaseTrip"]
+
+    run(runner, store, scenario, mesh)
+
+
+def test_the_janitor_keeps_an_abandoned_request_while_drivers_is_down(runner, store):
+    mesh = Neighbours()
+    mesh.down.add("drivers")
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        with pytest.raises(Unavailable):
+            await workflow.request(request(request_id="r1"))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Unavailable):
+            await workflow.sweep_abandoned(older_than=0.001)
+        assert len(await store.stale_matching(2**62, 10)) == 1, "kept for the next sweep"
 
     run(runner, store, scenario, mesh)
 

@@ -73,7 +73,7 @@ class Driver(_message.Message):
     """The name shown to passengers, 1 to 100 characters."""
     status: Global___DriverStatus.ValueType
     """Whether the driver can be offered trips; changed by GoOnline, GoOffline,
-    AssignTrip and ReleaseTrip.
+    AssignNearestDriver and ReleaseTrip.
     """
     current_trip: _builtins.str
     """The trip the driver is on, "trips/{trip}", while the status is ON_TRIP; empty otherwise."""
@@ -589,8 +589,8 @@ class SearchDriversRequest(_message.Message):
     @_builtins.property
     def read_mask(self) -> _field_mask_pb2.FieldMask:
         """The fields of each driver to return, as paths of `Driver` (AIP-157 partial
-        responses); empty means every field. `name` alone is what matching needs: the
-        answer is then a fraction of the size and the cost.
+        responses); empty means every field. With `name` alone the answer is a fraction
+        of the size and the cost.
         """
 
     def __init__(
@@ -662,34 +662,36 @@ class DriverSearchResult(_message.Message):
 Global___DriverSearchResult: _TypeAlias = DriverSearchResult  # noqa: Y015
 
 @_typing.final
-class AssignTripRequest(_message.Message):
-    """The request to give a driver a trip."""
+class AssignNearestDriverRequest(_message.Message):
+    """The request to give a trip the nearest available driver."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: _builtins.int
     TRIP_FIELD_NUMBER: _builtins.int
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
-    """The driver's resource name, "drivers/{driver}"."""
+    PICKUP_FIELD_NUMBER: _builtins.int
+    RADIUS_METERS_FIELD_NUMBER: _builtins.int
     trip: _builtins.str
-    """The trip to assign, "trips/{trip}"."""
-    request_id: _builtins.str
-    """A client-chosen idempotency key: a repeat with the same key returns the first result."""
+    """The trip to assign, "trips/{trip}": also what makes a repeat return the same driver."""
+    radius_meters: _builtins.float
+    """How far from the pickup a driver may be, in meters; greater than 0 and at most 50000."""
+    @_builtins.property
+    def pickup(self) -> _latlng_pb2.LatLng:
+        """Where the trip starts: latitude in [-90, 90] and longitude in [-180, 180] degrees."""
+
     def __init__(
         self,
         *,
-        name: _builtins.str = ...,
         trip: _builtins.str = ...,
-        request_id: _builtins.str = ...,
+        pickup: _latlng_pb2.LatLng | None = ...,
+        radius_meters: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pickup", b"pickup"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id", "trip", b"trip"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pickup", b"pickup", "radius_meters", b"radius_meters", "trip", b"trip"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___AssignTripRequest: _TypeAlias = AssignTripRequest  # noqa: Y015
+Global___AssignNearestDriverRequest: _TypeAlias = AssignNearestDriverRequest  # noqa: Y015
 
 @_typing.final
 class ReleaseTripRequest(_message.Message):

@@ -30,9 +30,9 @@ class DriverServiceStub:
     """Manages the people who drive: their profiles, vehicles, availability and position.
 
     A driver is OFFLINE when created, AVAILABLE after GoOnline, and ON_TRIP while
-    the trip service has assigned it a trip (AssignTrip until ReleaseTrip). Errors
-    carry an ErrorInfo in the domain "drivers.rideshare" with one of these reasons:
-    DRIVER_NOT_FOUND (NOT_FOUND), DRIVER_OFFLINE, DRIVER_NOT_AVAILABLE,
+    the trip service has assigned it a trip (AssignNearestDriver until ReleaseTrip).
+    Errors carry an ErrorInfo in the domain "drivers.rideshare" with one of these reasons:
+    DRIVER_NOT_FOUND (NOT_FOUND), DRIVER_OFFLINE, NO_DRIVER_AVAILABLE,
     DRIVER_ON_TRIP and DRIVER_ON_ANOTHER_TRIP (FAILED_PRECONDITION), INVALID_LOCATION
     (INVALID_ARGUMENT), and REQUEST_ID_REUSED (INVALID_ARGUMENT) when a request_id
     is sent again with a different request.
@@ -109,9 +109,9 @@ class DriverServiceStub:
                 request_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.SearchDriversRequest.SerializeToString,
                 response_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.SearchDriversResponse.FromString,
                 _registered_method=True)
-        self.AssignTrip = channel.unary_unary(
-                '/rideshare.drivers.v1.DriverService/AssignTrip',
-                request_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.AssignTripRequest.SerializeToString,
+        self.AssignNearestDriver = channel.unary_unary(
+                '/rideshare.drivers.v1.DriverService/AssignNearestDriver',
+                request_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.AssignNearestDriverRequest.SerializeToString,
                 response_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Driver.FromString,
                 _registered_method=True)
         self.ReleaseTrip = channel.unary_unary(
@@ -125,9 +125,9 @@ class DriverServiceServicer:
     """Manages the people who drive: their profiles, vehicles, availability and position.
 
     A driver is OFFLINE when created, AVAILABLE after GoOnline, and ON_TRIP while
-    the trip service has assigned it a trip (AssignTrip until ReleaseTrip). Errors
-    carry an ErrorInfo in the domain "drivers.rideshare" with one of these reasons:
-    DRIVER_NOT_FOUND (NOT_FOUND), DRIVER_OFFLINE, DRIVER_NOT_AVAILABLE,
+    the trip service has assigned it a trip (AssignNearestDriver until ReleaseTrip).
+    Errors carry an ErrorInfo in the domain "drivers.rideshare" with one of these reasons:
+    DRIVER_NOT_FOUND (NOT_FOUND), DRIVER_OFFLINE, NO_DRIVER_AVAILABLE,
     DRIVER_ON_TRIP and DRIVER_ON_ANOTHER_TRIP (FAILED_PRECONDITION), INVALID_LOCATION
     (INVALID_ARGUMENT), and REQUEST_ID_REUSED (INVALID_ARGUMENT) when a request_id
     is sent again with a different request.
@@ -249,12 +249,15 @@ class DriverServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def AssignTrip(self, request, context):
-        """Gives an AVAILABLE driver a trip: the driver becomes ON_TRIP with current_trip set.
-        Called by the trip service when it matches a trip to a driver. Assigning the trip
-        the driver is already on returns the driver unchanged. Fails with
-        FAILED_PRECONDITION (reason DRIVER_NOT_AVAILABLE) when the driver is OFFLINE or on
-        another trip, so two trips racing for one driver cannot both win.
+    def AssignNearestDriver(self, request, context):
+        """Gives a trip the nearest AVAILABLE driver within a radius of its pickup, in one step:
+        the driver becomes ON_TRIP with current_trip set, and is returned. Called by the trip
+        service when it matches a trip. A trip has one driver at most: if a driver is already
+        ON_TRIP for the trip, that driver is returned unchanged (so a repeat, or the trip
+        service resuming after a crash, gets the same driver, and no request_id is needed).
+        Two trips racing for one driver never both win: the loser gets the next nearest.
+        Fails with FAILED_PRECONDITION (reason NO_DRIVER_AVAILABLE, metadata latitude and
+        longitude of the pickup) when no driver within the radius is AVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -339,9 +342,9 @@ def add_DriverServiceServicer_to_server(servicer, server):
                     request_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.SearchDriversRequest.FromString,
                     response_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.SearchDriversResponse.SerializeToString,
             ),
-            'AssignTrip': grpc.unary_unary_rpc_method_handler(
-                    servicer.AssignTrip,
-                    request_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.AssignTripRequest.FromString,
+            'AssignNearestDriver': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignNearestDriver,
+                    request_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.AssignNearestDriverRequest.FromString,
                     response_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Driver.SerializeToString,
             ),
             'ReleaseTrip': grpc.unary_unary_rpc_method_handler(
@@ -361,9 +364,9 @@ class DriverService:
     """Manages the people who drive: their profiles, vehicles, availability and position.
 
     A driver is OFFLINE when created, AVAILABLE after GoOnline, and ON_TRIP while
-    the trip service has assigned it a trip (AssignTrip until ReleaseTrip). Errors
-    carry an ErrorInfo in the domain "drivers.rideshare" with one of these reasons:
-    DRIVER_NOT_FOUND (NOT_FOUND), DRIVER_OFFLINE, DRIVER_NOT_AVAILABLE,
+    the trip service has assigned it a trip (AssignNearestDriver until ReleaseTrip).
+    Errors carry an ErrorInfo in the domain "drivers.rideshare" with one of these reasons:
+    DRIVER_NOT_FOUND (NOT_FOUND), DRIVER_OFFLINE, NO_DRIVER_AVAILABLE,
     DRIVER_ON_TRIP and DRIVER_ON_ANOTHER_TRIP (FAILED_PRECONDITION), INVALID_LOCATION
     (INVALID_ARGUMENT), and REQUEST_ID_REUSED (INVALID_ARGUMENT) when a request_id
     is sent again with a different request.
@@ -721,7 +724,7 @@ class DriverService:
             _registered_method=True)
 
     @staticmethod
-    def AssignTrip(request,
+    def AssignNearestDriver(request,
             target,
             options=(),
             channel_credentials=None,
@@ -734,8 +737,8 @@ class DriverService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/rideshare.drivers.v1.DriverService/AssignTrip',
-            rideshare_dot_drivers_dot_v1_dot_drivers__pb2.AssignTripRequest.SerializeToString,
+            '/rideshare.drivers.v1.DriverService/AssignNearestDriver',
+            rideshare_dot_drivers_dot_v1_dot_drivers__pb2.AssignNearestDriverRequest.SerializeToString,
             rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Driver.FromString,
             options,
             channel_credentials,

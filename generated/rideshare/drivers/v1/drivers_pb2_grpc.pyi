@@ -17,9 +17,9 @@ class DriverServiceStub:
     """Manages the people who drive: their profiles, vehicles, availability and position.
 
     A driver is OFFLINE when created, AVAILABLE after GoOnline, and ON_TRIP while
-    the trip service has assigned it a trip (AssignTrip until ReleaseTrip). Errors
-    carry an ErrorInfo in the domain "drivers.rideshare" with one of these reasons:
-    DRIVER_NOT_FOUND (NOT_FOUND), DRIVER_OFFLINE, DRIVER_NOT_AVAILABLE,
+    the trip service has assigned it a trip (AssignNearestDriver until ReleaseTrip).
+    Errors carry an ErrorInfo in the domain "drivers.rideshare" with one of these reasons:
+    DRIVER_NOT_FOUND (NOT_FOUND), DRIVER_OFFLINE, NO_DRIVER_AVAILABLE,
     DRIVER_ON_TRIP and DRIVER_ON_ANOTHER_TRIP (FAILED_PRECONDITION), INVALID_LOCATION
     (INVALID_ARGUMENT), and REQUEST_ID_REUSED (INVALID_ARGUMENT) when a request_id
     is sent again with a different request.
@@ -88,12 +88,15 @@ class DriverServiceStub:
     """Finds the AVAILABLE drivers within a radius of a location, nearest first, by
     great-circle distance. Drivers who are OFFLINE or ON_TRIP are never returned.
     """
-    AssignTrip: _aio.UnaryUnaryMultiCallable[_drivers_pb2.AssignTripRequest, _drivers_pb2.Driver]
-    """Gives an AVAILABLE driver a trip: the driver becomes ON_TRIP with current_trip set.
-    Called by the trip service when it matches a trip to a driver. Assigning the trip
-    the driver is already on returns the driver unchanged. Fails with
-    FAILED_PRECONDITION (reason DRIVER_NOT_AVAILABLE) when the driver is OFFLINE or on
-    another trip, so two trips racing for one driver cannot both win.
+    AssignNearestDriver: _aio.UnaryUnaryMultiCallable[_drivers_pb2.AssignNearestDriverRequest, _drivers_pb2.Driver]
+    """Gives a trip the nearest AVAILABLE driver within a radius of its pickup, in one step:
+    the driver becomes ON_TRIP with current_trip set, and is returned. Called by the trip
+    service when it matches a trip. A trip has one driver at most: if a driver is already
+    ON_TRIP for the trip, that driver is returned unchanged (so a repeat, or the trip
+    service resuming after a crash, gets the same driver, and no request_id is needed).
+    Two trips racing for one driver never both win: the loser gets the next nearest.
+    Fails with FAILED_PRECONDITION (reason NO_DRIVER_AVAILABLE, metadata latitude and
+    longitude of the pickup) when no driver within the radius is AVAILABLE.
     """
     ReleaseTrip: _aio.UnaryUnaryMultiCallable[_drivers_pb2.ReleaseTripRequest, _drivers_pb2.Driver]
     """Ends a driver's trip: a driver ON_TRIP for that trip becomes AVAILABLE again and
@@ -107,9 +110,9 @@ class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages the people who drive: their profiles, vehicles, availability and position.
 
     A driver is OFFLINE when created, AVAILABLE after GoOnline, and ON_TRIP while
-    the trip service has assigned it a trip (AssignTrip until ReleaseTrip). Errors
-    carry an ErrorInfo in the domain "drivers.rideshare" with one of these reasons:
-    DRIVER_NOT_FOUND (NOT_FOUND), DRIVER_OFFLINE, DRIVER_NOT_AVAILABLE,
+    the trip service has assigned it a trip (AssignNearestDriver until ReleaseTrip).
+    Errors carry an ErrorInfo in the domain "drivers.rideshare" with one of these reasons:
+    DRIVER_NOT_FOUND (NOT_FOUND), DRIVER_OFFLINE, NO_DRIVER_AVAILABLE,
     DRIVER_ON_TRIP and DRIVER_ON_ANOTHER_TRIP (FAILED_PRECONDITION), INVALID_LOCATION
     (INVALID_ARGUMENT), and REQUEST_ID_REUSED (INVALID_ARGUMENT) when a request_id
     is sent again with a different request.
@@ -256,16 +259,19 @@ class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
-    def AssignTrip(
+    def AssignNearestDriver(
         self,
-        request: _drivers_pb2.AssignTripRequest,
-        context: _aio.ServicerContext[_drivers_pb2.AssignTripRequest, _abc.Awaitable[_drivers_pb2.Driver]],
+        request: _drivers_pb2.AssignNearestDriverRequest,
+        context: _aio.ServicerContext[_drivers_pb2.AssignNearestDriverRequest, _abc.Awaitable[_drivers_pb2.Driver]],
     ) -> _abc.Awaitable[_drivers_pb2.Driver]:
-        """Gives an AVAILABLE driver a trip: the driver becomes ON_TRIP with current_trip set.
-        Called by the trip service when it matches a trip to a driver. Assigning the trip
-        the driver is already on returns the driver unchanged. Fails with
-        FAILED_PRECONDITION (reason DRIVER_NOT_AVAILABLE) when the driver is OFFLINE or on
-        another trip, so two trips racing for one driver cannot both win.
+        """Gives a trip the nearest AVAILABLE driver within a radius of its pickup, in one step:
+        the driver becomes ON_TRIP with current_trip set, and is returned. Called by the trip
+        service when it matches a trip. A trip has one driver at most: if a driver is already
+        ON_TRIP for the trip, that driver is returned unchanged (so a repeat, or the trip
+        service resuming after a crash, gets the same driver, and no request_id is needed).
+        Two trips racing for one driver never both win: the loser gets the next nearest.
+        Fails with FAILED_PRECONDITION (reason NO_DRIVER_AVAILABLE, metadata latitude and
+        longitude of the pickup) when no driver within the radius is AVAILABLE.
         """
 
     @_abc_1.abstractmethod
