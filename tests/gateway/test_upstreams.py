@@ -14,7 +14,7 @@ from services.gateway.server import Options
 from services.runtime.server import create_server
 from services.runtime.telemetry import Telemetry
 
-from ..ports import free_port
+from ..ports import free_port, held_by
 from . import harness
 
 MESH = Path(sys.executable).parent / "mesh"
@@ -100,15 +100,14 @@ def test_mesh_gateway_runs_as_a_process_and_stops_cleanly_on_sigterm(kitchen, tm
         stderr=subprocess.PIPE,
     )
     try:
+        # Wait until the gateway itself listens, then ask once: connecting to a port nobody binds
+        # yet can connect the client to itself (TCP simultaneous open, the port being ephemeral),
+        # and it then reads its own request back.
         deadline = time.monotonic() + harness.WAIT
-        response = None
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                response = harness.request(port, "GET", "/v1/things/a")
-                break
-            except OSError:
-                time.sleep(0.05)
-        assert response is not None, process.stderr.read() if process.poll() is not None else "no answer"
+        while not held_by(port, [process.pid]) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, process.stderr.read()
+        response = harness.request(port, "GET", "/v1/things/a")
         assert (response.status, response.json.get("name")) == (200, "things/a"), response.json
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=harness.WAIT) == 0
