@@ -77,10 +77,11 @@ FREE_PORT: Any = _FreePort()
 
 
 def listening(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether something accepts TCP connections on the port."""
+    """Whether something accepts TCP connections on the port (a socket connected to itself, which
+    TCP allows when nothing listens on a port in the ephemeral range, is not something)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
-        return sock.connect_ex((host, port)) == 0
+        return sock.connect_ex((host, port)) == 0 and sock.getsockname() != sock.getpeername()
 
 
 def process_alive(pid: int) -> bool:
