@@ -101,11 +101,13 @@ class Backend(ABC):
     """Appended to a read that claims rows for its transaction, passing over rows another
     transaction holds: PostgreSQL's ` FOR UPDATE SKIP LOCKED`. SQLite needs none (one writer)."""
 
-    def lock(self, key: str) -> AbstractAsyncContextManager[None] | None:
+    @abstractmethod
+    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
         """Hold `key` for the length of a block that runs transactions of its own, against every
-        holder of it in any process on this database; None where the engine has no such lock
-        (SQLite: nothing outlives a transaction, and a transaction holds the whole file)."""
-        return None
+        other holder of it, in this process or another on this database (a block nested in one
+        holding it shares it); let go at once if the holder dies. A wait ends when the key is
+        free or the waiting call is cancelled (PostgreSQL's session advisory lock, a byte of a
+        lock file next to SQLite's)."""
 
     def listen(self, channel: str) -> AsyncGenerator[str | None, None] | None:
         """What transactions `notify` on `channel`, as they commit, in commit order; None first and
