@@ -200,8 +200,9 @@ class SqliteBackend(Backend):
         prefix = "UNIQUE constraint failed: "
         if not isinstance(error, sqlite3.IntegrityError) or not str(error).startswith(prefix):
             return None
-        columns = str(error).removeprefix(prefix).split(", ")
-        return columns[0].rpartition(".")[2] if len(columns) == 1 else None
+        # A key of several columns is named for its last, as on PostgreSQL (the request log's
+        # (method, request_id) is `request_log_request_id_key` there).
+        return str(error).removeprefix(prefix).split(", ")[-1].rpartition(".")[2]
 
     async def close(self) -> None:
         self.file.close()

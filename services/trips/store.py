@@ -212,16 +212,22 @@ class TripStore(Store[Trip]):
 
     # --- the life of an assigned trip ------------------------------------------
 
-    async def transition(self, trip_id: str, request: Message, change: Change) -> Trip:
-        """Read, `change`, write back and queue its notifications, in one transaction (AIP-155 too)."""
+    async def transition(
+        self, trip_id: str, request: Message, change: Change, current: Trip | None = None
+    ) -> Trip:
+        """Read, `change`, write back and queue its notifications, in one transaction (AIP-155 too).
+
+        `current`: the trip as the step read it while holding it (`hold`), after finding no answer
+        to `request` (`replayed`): nothing else writes a held trip, so neither is read again.
+        """
 
         async def write(tx: Tx) -> Trip:
-            trip, notices = change(await self.read(tx, trip_id))
+            trip, notices = change(current if current is not None else await self.read(tx, trip_id))
             await self.save(tx, trip)
             await _enqueue(tx, notices)
             return trip
 
-        return await self.idempotent(request, write)
+        return await self.idempotent(request, write, looked_up=current is not None)
 
     async def fix_dropoff(self, trip_id: str) -> int:
         """The drop-off time of an IN_PROGRESS trip: set by the first CompleteTrip attempt, then fixed."""

@@ -295,6 +295,7 @@ class TripWorkflow:
                 trip_id,
                 request,
                 lambda t: _with(domain.complete(t, dropoff_ns), notices.completed),
+                trip,
             )
         self.outbox.wake()
         return done
@@ -314,6 +315,7 @@ class TripWorkflow:
                 trip_id,
                 request,
                 lambda t: _with(domain.cancel(t, request.reason), notices.cancelled),
+                trip,
             )
         self.outbox.wake()
         return done

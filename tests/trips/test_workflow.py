@@ -591,6 +591,31 @@ def test_cancel_during_a_driver_outage_changes_nothing_until_the_retry(runner, s
     run(runner, store, scenario)
 
 
+def test_one_request_id_cancelling_two_trips_at_once_cancels_one_and_refuses_the_other(runner, store):
+    """Each cancel looks for an answer under its own trip's hold and finds none; the second to write
+    collides on the request log's key, rolls back and is refused, on either engine."""
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        trips = [await workflow.request(request()), await workflow.request(request())]
+        released, release = asyncio.Barrier(2), mesh.release_trip
+
+        async def both_past_the_replay_check(driver: str, trip: str, request_id: str) -> None:
+            await release(driver, trip, request_id)
+            await released.wait()
+
+        mesh.release_trip = both_past_the_replay_check  # type: ignore[method-assign]
+        results = await asyncio.gather(
+            *(workflow.cancel(CancelTripRequest(name=t.name, reason="bye", request_id="c1")) for t in trips),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, InvalidArgument)]
+        assert [r.reason for r in refused] == ["REQUEST_ID_REUSED"], results
+        states = sorted([(await store.get(t.name)).state for t in trips])
+        assert states == sorted([domain.CANCELLED, domain.DRIVER_ASSIGNED])
+
+    run(runner, store, scenario)
+
+
 def test_steps_on_one_trip_wait_for_each_other():
     locks = KeyedLocks()
     order: list[str] = []
