@@ -31,8 +31,10 @@ those belong to the process, so two backends of one process on one file
 (tests, tools) would not exclude each other, and closing any descriptor of
 the file (another backend closing) would drop all of the process's locks on
 it. OFD locks belong to the one descriptor this backend opens, and are
-released only by an unlock or by closing it. The sidecar is not the database
-file, whose locks are SQLite's.
+released only by an unlock or by closing it (a program the process starts
+does not inherit it: Python opens it close-on-exec; a child forked without
+exec would share it, locks and all). The sidecar, made at the first hold,
+is not the database file, whose locks are SQLite's.
 """
 
 from __future__ import annotations
