@@ -101,11 +101,13 @@ class Backend(ABC):
     """Appended to a read that claims rows for its transaction, passing over rows another
     transaction holds: PostgreSQL's ` FOR UPDATE SKIP LOCKED`. SQLite needs none (one writer)."""
 
-    def lock(self, key: str) -> AbstractAsyncContextManager[None] | None:
+    @abstractmethod
+    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
         """Hold `key` for the length of a block that runs transactions of its own, against every
-        holder of it in any process on this database; None where the engine has no such lock
-        (SQLite: nothing outlives a transaction, and a transaction holds the whole file)."""
-        return None
+        other holder of it, in this process or another on this database (a block nested in one
+        holding it shares it); let go at once if the holder dies. A wait ends when the key is
+        free or the waiting call is cancelled (PostgreSQL's session advisory lock, a byte of a
+        lock file next to SQLite's)."""
 
     def listen(self, channel: str) -> AsyncGenerator[str | None, None] | None:
         """What transactions `notify` on `channel`, as they commit, in commit order; None first and
@@ -151,16 +153,27 @@ class Backend(ABC):
         return _stored(row, method, request_id, fingerprint(request), response_type)
 
     async def idempotent(
-        self, method: str, request: Message, response_type: type[R], write: Callable[[Tx], Awaitable[R]]
+        self,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        write: Callable[[Tx], Awaitable[R]],
+        *,
+        looked_up: bool = False,
     ) -> R:
-        """Run `write` once per `request.request_id`; repeats get the stored answer."""
+        """Run `write` once per `request.request_id`; repeats get the stored answer.
+
+        `looked_up`: the caller found no answer (`replay`) while holding something every repeat
+        of `request` holds too (a lock on its resource), so it is not looked up again; the same
+        request_id sent with another request still collides on the log's key, and is refused.
+        """
         request_id: str = getattr(request, "request_id", "")
         digest = fingerprint(request) if request_id else ""  # before the transaction: it holds a lock
         try:
             async with self.transaction() as tx:
                 if not request_id:
                     return await write(tx)
-                stored = await logged(tx, method, request_id, digest, response_type)
+                stored = None if looked_up else await logged(tx, method, request_id, digest, response_type)
                 if stored is not None:
                     return stored
                 response = await write(tx)
@@ -353,10 +366,15 @@ class Store(Generic[M]):
 
     # --- the pieces, for a store's own steps -------------------------------------------
 
-    async def idempotent(self, request: Message, write: Callable[[Tx], Awaitable[M]]) -> M:
-        """`write` in a transaction, once per request_id (AIP-155); a taken unique column: ALREADY_EXISTS."""
+    async def idempotent(
+        self, request: Message, write: Callable[[Tx], Awaitable[M]], *, looked_up: bool = False
+    ) -> M:
+        """`write` in a transaction, once per request_id (AIP-155); a taken unique column: ALREADY_EXISTS.
+        `looked_up`: as `Backend.idempotent`'s."""
         try:
-            return await self.db.idempotent(method_of(request), request, self.resource.message, write)
+            return await self.db.idempotent(
+                method_of(request), request, self.resource.message, write, looked_up=looked_up
+            )
         except _Taken as taken:
             # Looked up after the rollback: PostgreSQL refuses any statement in a failed transaction.
             holder = await self.db.query_one(

@@ -17,19 +17,41 @@ how a unique violation is reported (`UNIQUE constraint failed: table.column`
 here, the constraint named `<table>_<column>_key` there), `?` placeholders
 (psycopg wants `%s`), and locking: one writer at a time here, so a read
 inside a transaction needs no row lock, a transaction no advisory lock, and
-a claim no `SKIP LOCKED`; nothing outlives a transaction across processes
-(`Backend.lock` is None), and there is no LISTEN (`Backend.listen` is None):
+a claim no `SKIP LOCKED`; there is no LISTEN (`Backend.listen` is None):
 replicas sharing the file poll it. `backend()` builds whichever engine
 a service's `[storage]` chooses.
+
+A lock held across a block's transactions (`Backend.lock`, PostgreSQL's
+session advisory lock there) needs no transaction here: `FileLocks` takes a
+Linux open-file-description record lock (`fcntl` `F_OFD_SETLK`) on one byte
+of a sidecar file next to the database (`<name>.db-locks`), at an offset
+from a 62-bit hash of the key. The kernel lets go of a dead process's locks
+at once. OFD locks rather than classic POSIX ones (`lockf`, `F_SETLK`):
+those belong to the process, so two backends of one process on one file
+(tests, tools) would not exclude each other, and closing any descriptor of
+the file (another backend closing) would drop all of the process's locks on
+it. OFD locks belong to the one descriptor this backend opens, and are
+released only by an unlock or by closing it (a program the process starts
+does not inherit it: Python opens it close-on-exec; a child forked without
+exec would share it, locks and all). The sidecar, made at the first hold,
+is not the database file, whose locks are SQLite's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import errno
+import fcntl
+import hashlib
+import os
 import sqlite3
+import struct
+import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +61,8 @@ from .resources import Backend, Row
 
 WAL_WAIT = 10.0
 """How long opening a database waits for another process switching it to WAL."""
+LOCK_POLL = (0.005, 0.2)
+"""A wait for a lock another process holds: the first pause between tries, doubling up to the last."""
 
 
 class Database:
@@ -143,6 +167,10 @@ class SqliteBackend(Backend):
         self._lock = asyncio.Lock()
         self._holder: asyncio.Task[Any] | None = None
         self._tx = _SqliteTx(self.file)
+        self.locks = FileLocks(None if str(path) == ":memory:" else Path(f"{path}-locks"))
+
+    def lock(self, key: str) -> AbstractAsyncContextManager[None]:
+        return self.locks.hold(key)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteTx]:
@@ -174,11 +202,91 @@ class SqliteBackend(Backend):
         prefix = "UNIQUE constraint failed: "
         if not isinstance(error, sqlite3.IntegrityError) or not str(error).startswith(prefix):
             return None
-        columns = str(error).removeprefix(prefix).split(", ")
-        return columns[0].rpartition(".")[2] if len(columns) == 1 else None
+        # A key of several columns is named for its last, as on PostgreSQL (the request log's
+        # (method, request_id) is `request_log_request_id_key` there).
+        return str(error).removeprefix(prefix).split(", ")[-1].rpartition(".")[2]
 
     async def close(self) -> None:
         self.file.close()
+        self.locks.close()
+
+
+def lock_offset(key: str) -> int:
+    """The byte of the sidecar that stands for `key`: 62 bits of a hash, so `offset + 1` stays
+    far inside a signed 64-bit `off_t`."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest()) >> 2
+
+
+_FLOCK = struct.Struct("hhqqi")
+"""Linux's `struct flock` (64-bit): type, whence, start, length, pid (0 for an OFD lock)."""
+
+
+class FileLocks:
+    """Named locks across processes, one byte of a sidecar file per key, held for a block.
+
+    Within the process a byte is one asyncio lock too: the kernel lets a descriptor
+    take a byte it holds again and drops it at the first unlock, whichever key took
+    it, so two tasks never hold one byte at once: another key that hashes to the
+    same byte waits (as it would in another process). A block nested in one that
+    holds the byte (the same key, or a colliding one) shares it, as PostgreSQL's
+    nested `lock` shares its connection. A wait for another process polls
+    (`LOCK_POLL`) until the byte is free or the waiting call is cancelled.
+    """
+
+    def __init__(self, path: Path | None, offset: Callable[[str], int] = lock_offset) -> None:
+        """`path`: the sidecar, made at the first hold if missing (None: an anonymous file, for a
+        database in memory, which no other process can open)."""
+        self.path = path
+        self.offset = offset
+        self._fd = -1
+        self._bytes: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._held: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
+            f"bytes held on {path}", default=frozenset()
+        )
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        byte = self.offset(key)
+        held = self._held.get()
+        if byte in held:
+            yield
+            return
+        local = self._bytes.get(byte)
+        if local is None:
+            local = self._bytes[byte] = asyncio.Lock()
+        async with local:
+            pause, longest = LOCK_POLL
+            while not self._set(fcntl.F_WRLCK, byte):
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, longest)
+            token = self._held.set(held | {byte})
+            try:
+                yield
+            finally:
+                self._held.reset(token)
+                self._set(fcntl.F_UNLCK, byte)
+
+    def _set(self, kind: int, byte: int) -> bool:
+        """Lock or unlock `byte` without waiting; False if another descriptor holds it."""
+        if self._fd < 0:
+            self._fd = (
+                os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
+                if self.path is None
+                else os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            )
+        try:
+            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
+        except OSError as error:
+            if error.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        return True
+
+    def close(self) -> None:
+        """Let go of every lock (closing the descriptor drops them); closing again does nothing."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class _SqliteTx:

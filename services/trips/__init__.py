@@ -61,9 +61,9 @@ per RequestTrip request_id), across the replicas sharing the database: an
 asyncio lock within a process, then the store's `hold`: on PostgreSQL an
 advisory lock (`pg_advisory_xact_lock(hashtext(key))`) in a transaction of
 its own, held while the step calls other services and commits its progress
-on other connections, and let go at once if the replica dies; on SQLite,
-which has no lock that outlives a transaction, a lease row (`step_leases`,
-renewed while the step runs, taken over 10 s after a holder died). The
+on other connections; on SQLite a record lock on one byte of a lock file
+next to the database (no transaction: one system call to take, one to let
+go). Either is let go at once if the replica dies. The
 local steps (Accept, Start) take the same lock, so none slips between
 CancelTrip freeing the driver and recording the cancellation. The outbox
 loop and the janitor run in every replica: each loop sends only the rows it

@@ -11,11 +11,10 @@ the outbox, and holding a trip across replicas while a step runs (`hold`).
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +25,6 @@ from google.type.latlng_pb2 import LatLng
 from google.type.money_pb2 import Money
 from rideshare.trips.v1.trips_pb2 import RequestTripRequest, Trip
 
-from services.runtime import log
 from services.runtime.aip import now, timestamp_from_ns
 from services.runtime.resources import Backend, Resource, Row, Store, Tx
 from services.runtime.tracing import current_traceparent
@@ -36,10 +34,6 @@ from .notices import Notice
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 """The schema: numbered SQL files, a PostgreSQL variant where the engines differ (runtime/migrations.py)."""
-LEASE_SECONDS = 10.0
-"""How long a lease (SQLite) lasts unrenewed: a replica that dies holding one blocks that trip this long."""
-
-_log = log.get_logger("rideshare.trips.store")
 
 
 @dataclass(frozen=True)
@@ -210,16 +204,22 @@ class TripStore(Store[Trip]):
 
     # --- the life of an assigned trip ------------------------------------------
 
-    async def transition(self, trip_id: str, request: Message, change: Change) -> Trip:
-        """Read, `change`, write back and queue its notifications, in one transaction (AIP-155 too)."""
+    async def transition(
+        self, trip_id: str, request: Message, change: Change, current: Trip | None = None
+    ) -> Trip:
+        """Read, `change`, write back and queue its notifications, in one transaction (AIP-155 too).
+
+        `current`: the trip as the step read it while holding it (`hold`), after finding no answer
+        to `request` (`replayed`): nothing else writes a held trip, so neither is read again.
+        """
 
         async def write(tx: Tx) -> Trip:
-            trip, notices = change(await self.read(tx, trip_id))
+            trip, notices = change(current if current is not None else await self.read(tx, trip_id))
             await self.save(tx, trip)
             await _enqueue(tx, notices)
             return trip
 
-        return await self.idempotent(request, write)
+        return await self.idempotent(request, write, looked_up=current is not None)
 
     async def fix_dropoff(self, trip_id: str) -> int:
         """The drop-off time of an IN_PROGRESS trip: set by the first CompleteTrip attempt, then fixed."""
@@ -312,51 +312,8 @@ class TripStore(Store[Trip]):
 
     # --- holding a trip (or a request key) across the replicas ------------------
 
-    def hold(self, key: str, owner: str) -> AbstractAsyncContextManager[None]:
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
         """`key` held against every other replica for the block, which runs transactions of its own
-        and calls other services in between: the database's lock (PostgreSQL's advisory lock, let go
-        at once if the holder dies), or a lease row on SQLite, which has no lock that outlives a
-        transaction (`owner` names this process's leases)."""
-        locked = self.db.lock(key)
-        return locked if locked is not None else self._leased(key, owner)
-
-    @asynccontextmanager
-    async def _leased(self, key: str, owner: str) -> AsyncIterator[None]:
-        """A lease row, renewed every third of `LEASE_SECONDS` while the block runs, so a long step
-        keeps it and a dead holder loses it soon; a waiter polls, 5 ms growing to 200 ms."""
-        pause = 0.005
-        while not await self.take_lease(key, owner, LEASE_SECONDS):
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.2)
-        renewing = asyncio.ensure_future(self._renew(key, owner))
-        try:
-            yield
-        finally:
-            renewing.cancel()
-            await self.release_lease(key, owner)
-
-    async def _renew(self, key: str, owner: str) -> None:
-        while True:
-            await asyncio.sleep(LEASE_SECONDS / 3)
-            if not await self.take_lease(key, owner, LEASE_SECONDS):
-                _log.warning(
-                    f"lost the lease on {key} to another replica",
-                    extra={"fields": {"event": "lease_lost", "key": key}},
-                )
-                return
-
-    async def take_lease(self, key: str, owner: str, ttl: float) -> bool:
-        """Hold `key` for `ttl` seconds unless another owner holds it unexpired; renews our own."""
-        stamp = time.time_ns()
-        async with self.db.transaction() as tx:
-            changed = await tx.execute(
-                "INSERT INTO step_leases (key, owner, expires) VALUES (?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires = excluded.expires "
-                "WHERE step_leases.owner = excluded.owner OR step_leases.expires < ?",
-                (key, owner, stamp + int(ttl * 1e9), stamp),
-            )
-            return changed == 1
-
-    async def release_lease(self, key: str, owner: str) -> None:
-        async with self.db.transaction() as tx:
-            await tx.execute("DELETE FROM step_leases WHERE key = ? AND owner = ?", (key, owner))
+        and calls other services in between: the database's lock (`Backend.lock`: PostgreSQL's
+        advisory lock, a byte of a lock file next to SQLite's), let go at once if the holder dies."""
+        return self.db.lock(key)

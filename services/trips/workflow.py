@@ -4,7 +4,7 @@ Each step is written so that repeating it, with the same request_id, after
 any failure finishes it exactly once; see the package docstring for the
 recovery design. Steps on one trip run one at a time, across every replica
 sharing the database (`KeyedLocks`: an asyncio lock, then the store's hold:
-PostgreSQL's advisory lock or SQLite's lease row), so e.g. a StartTrip cannot
+PostgreSQL's advisory lock or a byte of SQLite's lock file), so e.g. a StartTrip cannot
 slip between CancelTrip freeing the driver and recording the cancellation.
 """
 
@@ -32,7 +32,6 @@ from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.resources import fingerprint
 
 from . import domain, notices
-from .background import owner_name
 from .clients import Downstream
 from .outbox import Outbox
 from .store import Matching, TripStore
@@ -43,13 +42,13 @@ _log = log.get_logger("rideshare.trips.workflow")
 class Holds(Protocol):
     """Holding a key against the other replicas sharing the database (the trips store's `hold`)."""
 
-    def hold(self, key: str, owner: str) -> AbstractAsyncContextManager[None]: ...
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]: ...
 
 
 class KeyedLocks:
     """One lock per key, across the replicas: an asyncio lock for this process's own tasks,
     then the store's hold on the key for the other processes (PostgreSQL's advisory lock,
-    SQLite's lease row).
+    a byte of SQLite's lock file).
 
     The asyncio lock comes first, so a process waits on the database for a key
     with one task at most. A wait is bounded by the caller's deadline (the call is
@@ -59,7 +58,6 @@ class KeyedLocks:
     def __init__(self, store: Holds | None = None) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._store = store
-        self.owner = owner_name()
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
@@ -70,7 +68,7 @@ class KeyedLocks:
                 if self._store is None:
                     yield
                 else:
-                    async with self._store.hold(key, self.owner):
+                    async with self._store.hold(key):
                         yield
         finally:
             lock, users = self._locks[key]
@@ -255,6 +253,7 @@ class TripWorkflow:
                 trip_id,
                 request,
                 lambda t: _with(domain.complete(t, dropoff_ns), notices.completed),
+                trip,
             )
         self.outbox.wake()
         return done
@@ -274,6 +273,7 @@ class TripWorkflow:
                 trip_id,
                 request,
                 lambda t: _with(domain.cancel(t, request.reason), notices.cancelled),
+                trip,
             )
         self.outbox.wake()
         return done

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import multiprocessing
+import os
 import sqlite3
 import threading
 import time
@@ -21,7 +23,7 @@ from services.runtime.errors import InvalidArgument, Unavailable
 from services.runtime.migrations import Migration, MigrationError
 from services.runtime.postgres import PostgresBackend, pyformat
 from services.runtime.resources import Tx, fingerprint
-from services.runtime.storage import Database, SqliteBackend
+from services.runtime.storage import _FLOCK, Database, FileLocks, SqliteBackend, lock_offset
 from tests import postgres
 from tests.ports import free_port
 from tests.postgres import Backends, write_migrations
@@ -285,6 +287,96 @@ def test_using_the_sqlite_backend_inside_its_own_transaction_fails_instead_of_wa
     asyncio.run(backend.close())
 
 
+def held_elsewhere(locks: FileLocks, key: str) -> bool:
+    """Whether a descriptor other than one of ours holds `key`'s byte, asked of the kernel on a
+    descriptor of our own (F_OFD_GETLK answers with a conflicting lock, or F_UNLCK)."""
+    fd = os.open(locks.path, os.O_RDWR)
+    try:
+        query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, locks.offset(key), 1, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query)
+        return bool(_FLOCK.unpack(answer)[0] != fcntl.F_UNLCK)
+    finally:
+        os.close(fd)
+
+
+def test_two_keys_on_one_byte_take_turns_and_never_let_go_of_each_other(tmp_path, runner):
+    """Within a process the kernel would let both take the byte and drop it at the first unlock;
+    the second waits instead, and a block nested in one holding the byte shares it."""
+    locks = FileLocks(tmp_path / "db-locks", offset=lambda key: 7)
+    order: list[str] = []
+
+    async def step(key: str, entered: asyncio.Event, leave: asyncio.Event) -> None:
+        async with locks.hold(key):
+            order.append(f"{key}+")
+            entered.set()
+            await leave.wait()
+            order.append(f"{key}-")
+
+    async def main() -> None:
+        events = {key: (asyncio.Event(), asyncio.Event()) for key in "xy"}
+        first = asyncio.create_task(step("x", *events["x"]))
+        await events["x"][0].wait()
+        second = asyncio.create_task(step("y", *events["y"]))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not events["y"][0].is_set(), "y shares x's byte: it waits for x"
+        events["x"][1].set()
+        async with asyncio.timeout(5):
+            await events["y"][0].wait()
+        assert held_elsewhere(locks, "y"), "x letting go did not drop the byte y now holds"
+        events["y"][1].set()
+        await asyncio.gather(first, second)
+        assert not held_elsewhere(locks, "x")
+
+        async with locks.hold("x"):
+            async with locks.hold("y"):  # nested: already ours, shared
+                pass
+            assert held_elsewhere(locks, "x"), "the nested block let go of the outer one's byte"
+        assert not held_elsewhere(locks, "x")
+
+    runner.run(main())
+    assert order == ["x+", "x-", "y+", "y-"]
+    locks.close()
+
+
+def test_a_wait_cancelled_leaves_nothing_held(tmp_path, runner):
+    """Two backends of one process are two descriptors: they exclude each other as two processes do."""
+    holder, waiter = FileLocks(tmp_path / "db-locks"), FileLocks(tmp_path / "db-locks")
+
+    async def main() -> None:
+        async with holder.hold("t1"):
+            waiting = asyncio.create_task(waiter.hold("t1").__aenter__())
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert not waiting.done(), "another descriptor holds t1"
+            waiting.cancel()
+            await asyncio.wait({waiting})
+            assert waiting.cancelled()
+        assert not held_elsewhere(holder, "t1"), "the cancelled wait took the byte after all"
+        async with asyncio.timeout(5), waiter.hold("t1"):
+            assert held_elsewhere(holder, "t1")
+
+    runner.run(main())
+    holder.close()
+    waiter.close()
+
+
+def test_a_database_in_memory_still_has_its_locks(runner):
+    backend = SqliteBackend(":memory:", [])
+
+    async def main() -> None:
+        async with backend.lock("t1"):
+            pass
+
+    runner.run(main())
+    runner.run(backend.close())
+
+
+def test_a_key_is_a_byte_of_62_bits(tmp_path):
+    assert lock_offset("trips/t1") == lock_offset("trips/t1") != lock_offset("trips/t2")
+    assert all(0 <= lock_offset(f"k{n}") < 2**62 for n in range(100))
+
+
 # -- transactions and replays, on both engines ---------------------------------------------------------
 
 
@@ -429,8 +521,8 @@ def test_a_unique_violation_names_its_column(backends, backend):
     with pytest.raises((sqlite3.IntegrityError, psycopg.errors.UniqueViolation)) as caught:
         backends.runner.run(twice())
 
-    # SQLite names both columns of the key (so: no one column); PostgreSQL the key's name
-    assert backend.unique_violation(caught.value) == (None if backends.engine == "sqlite" else "request_id")
+    # SQLite names both columns of the key (the last one counts); PostgreSQL the key's name
+    assert backend.unique_violation(caught.value) == "request_id"
     assert backend.unique_violation(RuntimeError("UNIQUE constraint failed: things.id")) is None
 
 

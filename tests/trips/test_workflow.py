@@ -8,7 +8,11 @@ race) and check that a retry finishes the work exactly once.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
+import signal
 from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 import psycopg
@@ -28,11 +32,13 @@ from rideshare.trips.v1.trips_pb2 import (
 )
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.runtime.storage import SqliteBackend
 from services.trips import domain
 from services.trips.outbox import Outbox
 from services.trips.store import MIGRATIONS, TripStore
 from services.trips.workflow import KeyedLocks, TripWorkflow
 
+from ..mesh.test_storage import held_elsewhere
 from .test_domain import quote, request
 
 
@@ -542,6 +548,31 @@ def test_cancel_during_a_driver_outage_changes_nothing_until_the_retry(runner, s
     run(runner, store, scenario)
 
 
+def test_one_request_id_cancelling_two_trips_at_once_cancels_one_and_refuses_the_other(runner, store):
+    """Each cancel looks for an answer under its own trip's hold and finds none; the second to write
+    collides on the request log's key, rolls back and is refused, on either engine."""
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        trips = [await workflow.request(request()), await workflow.request(request())]
+        released, release = asyncio.Barrier(2), mesh.release_trip
+
+        async def both_past_the_replay_check(driver: str, trip: str, request_id: str) -> None:
+            await release(driver, trip, request_id)
+            await released.wait()
+
+        mesh.release_trip = both_past_the_replay_check  # type: ignore[method-assign]
+        results = await asyncio.gather(
+            *(workflow.cancel(CancelTripRequest(name=t.name, reason="bye", request_id="c1")) for t in trips),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, InvalidArgument)]
+        assert [r.reason for r in refused] == ["REQUEST_ID_REUSED"], results
+        states = sorted([(await store.get(t.name)).state for t in trips])
+        assert states == sorted([domain.CANCELLED, domain.DRIVER_ASSIGNED])
+
+    run(runner, store, scenario)
+
+
 def test_steps_on_one_trip_wait_for_each_other():
     locks = KeyedLocks()
     order: list[str] = []
@@ -649,16 +680,60 @@ def test_a_replica_that_dies_holding_a_trip_lets_it_go_at_once(backends, runner)
     assert runner.run(main()) == "taken"
 
 
-@pytest.mark.parametrize("backends", ["sqlite"], indirect=True)
-def test_a_lease_left_by_a_dead_replica_is_taken_over_once_it_expires(backends, runner):
-    store, dead = TripStore(backends.open(MIGRATIONS)), TripStore(backends.open(MIGRATIONS))
-    assert runner.run(dead.take_lease("t1", "dead-replica", 0.2))
-    assert not runner.run(store.take_lease("t1", "live-replica", 10))  # held, not expired
-    locks = KeyedLocks(store)
+def _replica(path: str, key: str, rounds: int, inside: str, told: Connection | None) -> None:
+    """Another trips process on the SQLite file at `path`: `rounds` steps holding `key`, each marking
+    that it is inside with a file only one process can create, and committing a write as a step
+    does; then, if it is to tell `told`, it holds `key` and says so, until it is killed."""
 
     async def main() -> None:
-        async with asyncio.timeout(WAIT), locks.hold("t1"):
-            pass
+        store = TripStore(SqliteBackend(path, MIGRATIONS))
+        for _ in range(rounds):
+            async with store.hold(key):
+                os.close(os.open(inside, os.O_CREAT | os.O_EXCL))  # FileExistsError: two inside
+                await store.notice_delivered("none")
+                os.unlink(inside)
+        if told is not None:
+            async with store.hold(key):
+                told.send("held")
+                await asyncio.Event().wait()
 
-    runner.run(main())  # waited out the dead replica's 0.2 s, then took the lease
-    assert runner.run(dead.take_lease("t1", "dead-replica", 10)), "released after the step"
+    asyncio.run(main())
+
+
+def test_two_processes_on_one_sqlite_file_never_hold_a_trip_at_once(tmp_path):
+    spawn = multiprocessing.get_context("spawn")
+    args = (str(tmp_path / "trips.db"), "t1", 300, str(tmp_path / "inside"), None)
+    asyncio.run(TripStore(SqliteBackend(tmp_path / "trips.db", MIGRATIONS)).close())  # migrated first
+    replicas = [spawn.Process(target=_replica, args=args) for _ in range(2)]
+    for replica in replicas:
+        replica.start()
+    for replica in replicas:
+        replica.join(60)
+    assert [r.exitcode for r in replicas] == [0, 0], "both replicas were inside at once, or failed"
+
+
+def test_a_process_killed_holding_a_trip_lets_it_go_at_once(tmp_path, runner):
+    """No lease to wait out: the kernel drops a dead process's locks when its descriptors close."""
+    store = TripStore(SqliteBackend(tmp_path / "trips.db", MIGRATIONS))
+    assert isinstance(store.db, SqliteBackend)
+    spawn = multiprocessing.get_context("spawn")
+    ours, theirs = spawn.Pipe()
+    dying = spawn.Process(target=_replica, args=(str(tmp_path / "trips.db"), "t1", 0, "", theirs))
+    dying.start()
+    try:
+        assert ours.poll(WAIT), "the other process never held t1"
+        assert ours.recv() == "held"
+        assert held_elsewhere(store.db.locks, "t1")
+        os.kill(dying.pid or 0, signal.SIGKILL)
+        dying.join(WAIT)
+        assert not held_elsewhere(store.db.locks, "t1"), "the dead process's lock outlived it"
+    finally:
+        dying.kill()
+        dying.join()
+
+    async def main() -> str:
+        async with asyncio.timeout(WAIT), KeyedLocks(store).hold("t1"):
+            return "taken"
+
+    assert runner.run(main()) == "taken"
+    runner.run(store.close())
