@@ -8,8 +8,8 @@ transactions committing out of order made a stream that read the later one
 first skip the other; so the inserting transaction first takes an advisory
 lock (`SEQUENCE_LOCK`), held to its commit: notifications are stored one at
 a time across the replicas, and each takes its number in commit order. Each
-also tells the replicas' feeds its `seq` (NOTIFY on `CHANNEL`, sent on
-commit).
+storing transaction also tells the replicas' feeds its last `seq` (NOTIFY on
+`CHANNEL`, sent on commit; one for a batch: a feed reads all after its position).
 """
 
 from __future__ import annotations
