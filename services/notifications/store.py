@@ -112,18 +112,19 @@ class NotificationStore(Store[Notification]):
         answer and is not stored again. The sequence lock is taken before the request log is read,
         so no concurrent send of the same request_id can slip between the read and the write. What
         does not depend on the entry is done once: one read of the request log for every entry,
-        one write of the new answers, one NOTIFY (the last `seq`: a feed reads everything after
-        its position).
+        one insert of the new notifications (in order, so their `seq`s follow the batch), one
+        write of their answers, one NOTIFY (the last `seq`: a feed reads everything after its
+        position).
         """
         method = method_of(SendNotificationRequest())  # an entry and a lone send replay each other
         keys = [(request.request_id, fingerprint(request)) for request in requests if request.request_id]
         answers: list[Notification] = []
-        stored: list[tuple[int, Notification]] = []
         async with self.db.transaction() as tx:
             await tx.lock(SEQUENCE_LOCK)
             replays = iter(await logged_batch(tx, method, keys, Notification))
             new: dict[str, tuple[str, Notification]] = {}  # request_id -> (digest, answer) stored now
             digests = iter(keys)
+            fresh: list[Notification] = []
             for index, (notification, request) in enumerate(zip(notifications, requests, strict=True)):
                 if request.request_id:
                     first, (request_id, digest) = next(replays), next(digests)
@@ -133,9 +134,11 @@ class NotificationStore(Store[Notification]):
                         answers.append(first)
                         continue
                     new[request_id] = (digest, notification)
-                seq = await self.insert(tx, notification)
                 answers.append(notification)
-                stored.append((seq, notification))
+                fresh.append(notification)
+            stored: list[tuple[int, Notification]] = list(
+                zip(await self.insert_many(tx, fresh), fresh, strict=True)
+            )
             await log_answers(tx, method, [(rid, digest, answer) for rid, (digest, answer) in new.items()])
             if stored:
                 await tx.notify(CHANNEL, str(stored[-1][0]))
