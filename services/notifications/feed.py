@@ -12,7 +12,7 @@ what differs is how it learns that another replica stored something:
   latency.
 - Otherwise (another replica committed in between) the feed reads what it
   has not seen, in order, right away.
-- PostgreSQL: each stored notification NOTIFYs its `seq` on commit, and the
+- PostgreSQL: each storing transaction NOTIFYs its last `seq` on commit, and the
   feed LISTENs on a connection of its own (`Backend.listen`) while anyone is
   subscribed; a `seq` past its position wakes it to read. When that
   connection drops it reconnects and reads everything after its position,

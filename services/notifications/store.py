@@ -8,8 +8,8 @@ transactions committing out of order made a stream that read the later one
 first skip the other; so the inserting transaction first takes an advisory
 lock (`SEQUENCE_LOCK`), held to its commit: notifications are stored one at
 a time across the replicas, and each takes its number in commit order. Each
-also tells the replicas' feeds its `seq` (NOTIFY on `CHANNEL`, sent on
-commit).
+storing transaction also tells the replicas' feeds its last `seq` (NOTIFY on
+`CHANNEL`, sent on commit; one for a batch: a feed reads all after its position).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from services.runtime.resources import (
     Store,
     Tx,
     fingerprint,
-    log_answer,
-    logged,
+    log_answers,
+    logged_batch,
     method_of,
 )
 
@@ -65,6 +65,18 @@ def _columns(notification: Notification) -> dict[str, Any]:
 NOTIFICATIONS = Resource(Notification, _notification, _columns, filters={"parent": "recipient"})
 
 
+def _repeated(first: tuple[str, Notification], digest: str, index: int, request_id: str) -> Notification:
+    """An entry repeating an earlier entry's request_id: that entry's answer, if it asks the same."""
+    first_digest, answer = first
+    if first_digest != digest:
+        raise InvalidArgument.field(
+            f"requests[{index}].request_id",
+            f"{request_id!r} was already used for a different SendNotification request",
+            reason="REQUEST_ID_REUSED",
+        )
+    return answer
+
+
 class NotificationStore(Store[Notification]):
     """The kit's List (by recipient) and Create, with the position each notification takes in the feed."""
 
@@ -96,35 +108,40 @@ class NotificationStore(Store[Notification]):
         """Store each notification once per its request's request_id, all in one transaction (AIP-233).
 
         Returns the answers, in order, and the (seq, notification) of each one this call stored: an
-        entry answered before (alone or in an earlier batch) gets its first answer and is not stored
-        again. The sequence lock is taken before the request log is read, so no concurrent send of
-        the same request_id can slip between the read and the write.
+        entry answered before (alone, in an earlier batch, or earlier in this one) gets its first
+        answer and is not stored again. The sequence lock is taken before the request log is read,
+        so no concurrent send of the same request_id can slip between the read and the write. What
+        does not depend on the entry is done once: one read of the request log for every entry,
+        one insert of the new notifications (in order, so their `seq`s follow the batch), one
+        write of their answers, one NOTIFY (the last `seq`: a feed reads everything after its
+        position).
         """
         method = method_of(SendNotificationRequest())  # an entry and a lone send replay each other
-        digests = [fingerprint(request) if request.request_id else "" for request in requests]
+        keys = [(request.request_id, fingerprint(request)) for request in requests if request.request_id]
         answers: list[Notification] = []
-        stored: list[tuple[int, Notification]] = []
         async with self.db.transaction() as tx:
             await tx.lock(SEQUENCE_LOCK)
-            for index, (notification, request, digest) in enumerate(
-                zip(notifications, requests, digests, strict=True)
-            ):
+            replays = iter(await logged_batch(tx, method, keys, Notification))
+            new: dict[str, tuple[str, Notification]] = {}  # request_id -> (digest, answer) stored now
+            digests = iter(keys)
+            fresh: list[Notification] = []
+            for index, (notification, request) in enumerate(zip(notifications, requests, strict=True)):
                 if request.request_id:
-                    try:
-                        first = await logged(tx, method, request.request_id, digest, Notification)
-                    except InvalidArgument as error:
-                        why = error.violations[0].description
-                        field = f"requests[{index}].request_id"
-                        raise InvalidArgument.field(field, why, reason=error.reason) from None
+                    first, (request_id, digest) = next(replays), next(digests)
+                    if first is None and request_id in new:  # twice in this batch
+                        first = _repeated(new[request_id], digest, index, request_id)
                     if first is not None:
                         answers.append(first)
                         continue
-                seq = await self.insert(tx, notification)
-                await tx.notify(CHANNEL, str(seq))
-                if request.request_id:
-                    await log_answer(tx, method, request.request_id, digest, notification)
+                    new[request_id] = (digest, notification)
                 answers.append(notification)
-                stored.append((seq, notification))
+                fresh.append(notification)
+            stored: list[tuple[int, Notification]] = list(
+                zip(await self.insert_many(tx, fresh), fresh, strict=True)
+            )
+            await log_answers(tx, method, [(rid, digest, answer) for rid, (digest, answer) in new.items()])
+            if stored:
+                await tx.notify(CHANNEL, str(stored[-1][0]))
         return answers, stored
 
     async def since(self, seq: int, limit: int) -> list[tuple[int, Notification]]:

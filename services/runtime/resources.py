@@ -196,21 +196,57 @@ _LOGGED = "SELECT fingerprint, response FROM request_log WHERE method = ? AND re
 
 
 async def logged(tx: Tx, method: str, request_id: str, digest: str, response_type: type[R]) -> R | None:
-    """Inside a transaction: the stored answer to `request_id`, or None if it is new.
-
-    For a write of several requests in one transaction (an AIP-233 batch), with
-    `log_answer`; `Backend.idempotent` is the same for one request.
-    """
+    """Inside a transaction: the stored answer to `request_id`, or None if it is new."""
     row = await tx.query_one(_LOGGED, (method, request_id))
     return _stored(row, method, request_id, digest, response_type)
 
 
 async def log_answer(tx: Tx, method: str, request_id: str, digest: str, response: Message) -> None:
     """Inside the transaction that wrote it: `response` is the answer to `request_id` from now on."""
+    await log_answers(tx, method, [(request_id, digest, response)])
+
+
+async def logged_batch(
+    tx: Tx, method: str, keys: Sequence[tuple[str, str]], response_type: type[R]
+) -> list[R | None]:
+    """Inside a transaction, for a write of several requests (an AIP-233 batch, with `log_answers`):
+    the stored answer to each (request_id, digest), None where it is new, in one read.
+
+    A request_id that answered another request is INVALID_ARGUMENT REQUEST_ID_REUSED on
+    `requests[i].request_id` (the batch's field). `Backend.idempotent` is the same for one request.
+    """
+    if not keys:
+        return []
+    wanted = sorted({request_id for request_id, _ in keys})
+    found = await tx.query(f"{_LOGGED_MANY} ({', '.join('?' for _ in wanted)})", (method, *wanted))
+    rows = {row["request_id"]: row for row in found}
+    answers: list[R | None] = []
+    for index, (request_id, digest) in enumerate(keys):
+        try:
+            answers.append(_stored(rows.get(request_id), method, request_id, digest, response_type))
+        except InvalidArgument as error:
+            why = error.violations[0].description
+            raise InvalidArgument.field(f"requests[{index}].request_id", why, reason=error.reason) from None
+    return answers
+
+
+_LOGGED_MANY = "SELECT request_id, fingerprint, response FROM request_log WHERE method = ? AND request_id IN"
+
+
+async def log_answers(tx: Tx, method: str, answers: Sequence[tuple[str, str, Message]]) -> None:
+    """Inside the transaction that wrote them: each (request_id, digest, response) is the answer to
+    its request_id from now on (one statement)."""
+    if not answers:
+        return
+    stamp = time.time_ns()
     await tx.execute(
-        "INSERT INTO request_log (method, request_id, fingerprint, response, create_time) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (method, request_id, digest, response.SerializeToString(), time.time_ns()),
+        "INSERT INTO request_log (method, request_id, fingerprint, response, create_time) VALUES "
+        + ", ".join("(?, ?, ?, ?, ?)" for _ in answers),
+        [
+            value
+            for request_id, digest, response in answers
+            for value in (method, request_id, digest, response.SerializeToString(), stamp)
+        ],
     )
 
 
@@ -406,6 +442,24 @@ class Store(Generic[M]):
         )
         rows = await self._write(tx.query, sql, values, resource)
         return int(rows[0]["seq"])
+
+    async def insert_many(self, tx: Tx, resources: Sequence[M]) -> Sequence[int]:
+        """Insert `resources` in one statement; their `seq`s, which follow the order given (both
+        engines number the rows of one VALUES list in order; tests/mesh/test_resources.py). For a
+        resource with no unique column of its own (which one was taken could not be told: `insert`)."""
+        if self.resource.unique:
+            raise TypeError(f"{self.table} has unique columns: insert them one by one")
+        if not resources:
+            return []
+        rows = [{"id": _own_id(resource), **self.resource.to_row(resource)} for resource in resources]
+        columns = ", ".join(rows[0])
+        marks = ", ".join(f"({', '.join('?' for _ in row)})" for row in rows)
+        found = await tx.query(
+            f"INSERT INTO {self.table} ({columns}) VALUES {marks} RETURNING id, seq",
+            [value for row in rows for value in row.values()],
+        )
+        seqs = {row["id"]: int(row["seq"]) for row in found}  # RETURNING's order is not promised
+        return [seqs[row["id"]] for row in rows]
 
     async def save(self, tx: Tx, resource: M) -> None:
         """Write every column of `resource` over its row."""

@@ -68,7 +68,8 @@ local steps (Accept, Start) take the same lock, so none slips between
 CancelTrip freeing the driver and recording the cancellation. The outbox
 loop and the janitor run in every replica: each loop sends only the rows it
 claimed (`FOR UPDATE SKIP LOCKED` on PostgreSQL, for 30 s, given back when it
-stops or fails; a dead replica's are taken over when they expire), and a
+stops or fails; a dead replica's are taken over when they expire), a pass
+carrying the steps of about 10 ms (`outbox.LINGER`), and a
 recipient's rows go out in order; a row sent twice anyway (a send outliving
 its claim) carries the same request_id, so the notification service stores
 and delivers it once. The janitor's sweep holds each trip it sweeps.

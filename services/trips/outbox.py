@@ -24,29 +24,37 @@ the recipient.
   that will never pass, for the batch, sends the same rows one by one
   (SendNotification), so only the refused row is marked dead (below) and the
   others go out; a failure that may pass is handled as for one row.
-- Delivered rows are deleted.
+- Delivered rows are deleted in the transaction that claims the next rows
+  (or by `stop`): a pass at a steady rate is one write transaction.
 - A failure that may pass (UNAVAILABLE, DEADLINE_EXCEEDED, ...) stops the
   pass and gives the claimed rows back, so later rows wait behind earlier
   ones, and the loop backs off exponentially (`initial_backoff` doubling up
   to `max_backoff`).
 - A refusal that will never pass (INVALID_ARGUMENT, ...) marks the row dead:
   kept with its error for an operator, logged, never retried.
-- A step wakes the loop at once (`wake()`); after a pass that sent
-  something it looks again at once (rows another replica held back may be
-  free now); it also polls every `idle_poll` seconds, so rows left by
-  another replica or a previous process are sent.
+- Coalescing: a step wakes the loop (`wake()`), which then lingers
+  `LINGER` (10 ms) before it claims, or less once `batch` steps have woken
+  it, so one pass carries the rows of every step in that time, not one step
+  each; after a pass that sent something it lingers the same way and claims
+  again (rows another replica held back may be free now; a full pass claims
+  again at once). A notification waits at most the linger longer than it
+  would without it (10 ms; a ride's steps are seconds apart). An idle
+  loop makes no call and no transaction: after an empty claim it waits for
+  a wake, or polls every `idle_poll` seconds, so rows left by another
+  replica or a previous process are sent.
 - Its own database out of reach (UNAVAILABLE `DATABASE_UNAVAILABLE`) is an
   outage, not a bug: the loop backs off the same way, says so in one
   warning line without a traceback and then at most one per 10 s
-  (`log.Outage`), and in one line when the database is back; the rows it
-  had claimed before are given back then, not left to expire.
+  (`log.Outage`), and in one line when the database is back; its next claim
+  takes the rows it had claimed before again (a claim lost with the
+  database's answer included), not leaving them to expire.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import grpc
@@ -83,14 +91,18 @@ CLAIM_SECONDS = 30.0
 """How long claimed rows are a replica's to send: a crashed replica's rows wait this long; a pass
 sending for longer than this may see its last rows sent by another replica too (then the same
 request_id makes it one notification)."""
+LINGER = 0.01
+"""How long a woken loop (or one that has just sent) waits for more steps before it claims: the
+most a notification is delayed, for a pass to carry the rows of several steps."""
 
 
 class OutboxStore(Protocol):
-    async def claim_notices(self, owner: str, limit: int, ttl: float) -> list[OutboxEntry]: ...
-    async def release_notices(self, owner: str) -> None: ...
-    async def notice_delivered(self, entry_id: str) -> None: ...
-    async def notices_delivered(self, entry_ids: list[str]) -> None: ...
-    async def notice_failed(self, entry_id: str, error: str, *, dead: bool) -> None: ...
+    async def claim_notices(
+        self, owner: str, limit: int, ttl: float, delivered: Sequence[str] = ()
+    ) -> list[OutboxEntry]: ...
+    async def release_notices(self, owner: str, delivered: Sequence[str] = ()) -> None: ...
+    async def notices_delivered(self, entry_ids: Sequence[str]) -> None: ...
+    async def notices_failed(self, entry_ids: Sequence[str], error: str, *, dead: bool) -> None: ...
 
 
 class Outbox:
@@ -105,6 +117,7 @@ class Outbox:
         initial_backoff: float = 0.1,
         max_backoff: float = 5.0,
         idle_poll: float = 5.0,
+        linger: float = LINGER,
         batch: int = 100,
         owner: str = "",
     ) -> None:
@@ -117,19 +130,36 @@ class Outbox:
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
         self.idle_poll = idle_poll
+        self.linger = linger
         self.batch = min(batch, MAX_BATCH) if send_batch is not None else batch
         self._wake = asyncio.Event()
+        self._steps = 0
+        """Wakes since the last claim: at least that many steps' rows are waiting."""
+        self._full = asyncio.Event()
+        """Set once `batch` steps have woken the loop since its last claim: no point lingering."""
+        self._delivered: list[str] = []
+        """Sent by this loop and not deleted yet: its next claim (or its stop) deletes them."""
         self.task = Background("trips-outbox", self._run)
         self.outage = log.Outage(_log, "trips-outbox: its database")
 
     def wake(self) -> None:
-        """New rows were committed: deliver them now (starting the loop if it is not running)."""
+        """New rows were committed: deliver them soon (starting the loop if it is not running)."""
+        self._steps += 1
+        if self._steps >= self.batch:
+            self._full.set()
         self._wake.set()
         self.task.try_start()
 
     async def deliver_pending(self) -> tuple[int, bool]:
-        """One pass: (how many were delivered, whether it stopped on a failure that may pass)."""
+        """One pass on its own: (how many were delivered, whether it stopped on a failure that may pass)."""
         entries = await self.store.claim_notices(self.owner, self.batch, CLAIM_SECONDS)
+        delivered, failed = await self._send(entries)
+        await self.store.notices_delivered(delivered)
+        return len(delivered), failed
+
+    async def _send(self, entries: list[OutboxEntry]) -> tuple[list[str], bool]:
+        """Send claimed `entries`: the ids delivered (the caller deletes them), and whether it stopped on
+        a failure that may pass (then everything not delivered was given back)."""
         if self.send_batch is None or len(entries) < 2:
             return await self._one_by_one(entries)
         try:
@@ -138,58 +168,63 @@ class Outbox:
         except grpc.aio.AioRpcError as error:
             if error.code() in PERMANENT:  # one row (at least) is bad: find it, send the others
                 return await self._one_by_one(entries)
-            text = f"{error.code().name}: {error.details()}"
-            for entry in entries:
-                await self.store.notice_failed(entry.id, text, dead=False)
-            _log.warning(
-                "notification service unreachable; will retry",
-                extra={"fields": {"rows": len(entries), "error": text, "attempts": entries[0].attempts + 1}},
-            )
-            await self.store.release_notices(self.owner)
-            return 0, True
-        await self.store.notices_delivered([entry.id for entry in entries])
-        return len(entries), False
+            await self._unreachable(entries, error, [])
+            return [], True
+        return [entry.id for entry in entries], False
 
-    async def _one_by_one(self, entries: list[OutboxEntry]) -> tuple[int, bool]:
+    async def _one_by_one(self, entries: list[OutboxEntry]) -> tuple[list[str], bool]:
         """Send `entries` one call each, in order: a refused one is set aside, the others still go."""
-        delivered = 0
-        for entry in entries:
+        delivered: list[str] = []
+        for index, entry in enumerate(entries):
             try:
                 with continued(entry.traceparent):  # the delivery joins the trace of the step
                     await self.send(entry.notice, entry.id)
             except grpc.aio.AioRpcError as error:
+                if error.code() not in PERMANENT:
+                    await self._unreachable(entries[index : index + 1], error, delivered)
+                    return [], True
                 text = f"{error.code().name}: {error.details()}"
-                permanent = error.code() in PERMANENT
-                await self.store.notice_failed(entry.id, text, dead=permanent)
-                if permanent:
-                    _log.error(
-                        "notification refused for good; kept in the outbox as dead",
-                        extra={"fields": {"outbox_id": entry.id, "error": text, "trip": entry.notice.trip}},
-                    )
-                    continue
-                _log.warning(
-                    "notification service unreachable; will retry",
-                    extra={"fields": {"outbox_id": entry.id, "error": text, "attempts": entry.attempts + 1}},
+                await self.store.notices_failed([entry.id], text, dead=True)
+                _log.error(
+                    "notification refused for good; kept in the outbox as dead",
+                    extra={"fields": {"outbox_id": entry.id, "error": text, "trip": entry.notice.trip}},
                 )
-                await self.store.release_notices(self.owner)
-                return delivered, True
-            await self.store.notice_delivered(entry.id)
-            delivered += 1
+                continue
+            delivered.append(entry.id)
         return delivered, False
+
+    async def _unreachable(
+        self, failed: list[OutboxEntry], error: grpc.aio.AioRpcError, delivered: list[str]
+    ) -> None:
+        """A failure that may pass: count an attempt of the `failed` rows, delete what was `delivered`,
+        give the rest back, so later rows wait behind earlier ones."""
+        text = f"{error.code().name}: {error.details()}"
+        await self.store.notices_failed([entry.id for entry in failed], text, dead=False)
+        await self.store.release_notices(self.owner, delivered)
+        one = {"outbox_id": failed[0].id} if len(failed) == 1 else {"rows": len(failed)}
+        _log.warning(
+            "notification service unreachable; will retry",
+            extra={"fields": {**one, "error": text, "attempts": failed[0].attempts + 1}},
+        )
 
     async def _run(self) -> None:
         backoff = self.initial_backoff
         while True:
+            self._steps = 0
+            self._full.clear()
             self._wake.clear()
             try:
-                if self.outage.failures:  # what we claimed before the outage: ours to send again now
-                    await self.store.release_notices(self.owner)
-                delivered, failed = await self.deliver_pending()
+                # One transaction: delete what the last pass sent, claim the next rows.
+                entries = await self.store.claim_notices(
+                    self.owner, self.batch, CLAIM_SECONDS, self._delivered
+                )
+                self._delivered = []
+                self._delivered, failed = await self._send(entries)
             except Unavailable as error:
                 if error.reason != "DATABASE_UNAVAILABLE":
                     raise
                 self.outage.failed(error)
-                delivered, failed = 0, True
+                entries, failed = [], True
             else:
                 self.outage.ended()
             if failed:
@@ -197,13 +232,20 @@ class Outbox:
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
             backoff = self.initial_backoff
-            if delivered:
-                continue
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns normally when a
-            # cancel and a wake-up arrive together, and stop() then waited for ever.
+            if len(entries) >= self.batch:
+                continue  # a full pass: more are likely waiting
+            if not entries:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns normally when a
+                # cancel and a wake-up arrive together, and stop() then waited for ever.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.idle_poll):
+                        await self._wake.wait()
+                if not self._wake.is_set():
+                    continue  # the poll: rows another replica or process left, claimed at once
+            # Woken by a step, or just sent: let the steps of the next few ms join this claim.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.idle_poll):
-                    await self._wake.wait()
+                async with asyncio.timeout(self.linger):
+                    await self._full.wait()
 
     def start(self) -> None:
         self.task.start()
@@ -212,6 +254,6 @@ class Outbox:
         """Stop the loop and give back what it claimed, for another replica to send at once."""
         await self.task.stop()
         try:
-            await self.store.release_notices(self.owner)
+            await self.store.release_notices(self.owner, self._delivered)
         except Exception as error:  # the database away: the claims expire instead
             _log.warning("could not give back claimed notifications", extra={"fields": {"error": str(error)}})

@@ -134,6 +134,10 @@ def _entry(row: Row) -> OutboxEntry:
     return OutboxEntry(row["id"], notice, row["attempts"], row["traceparent"])
 
 
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" for _ in values)
+
+
 async def _enqueue(tx: Tx, notices: Sequence[Notice]) -> None:
     stamp = time.time_ns()
     trace = current_traceparent()
@@ -255,22 +259,29 @@ class TripStore(Store[Trip]):
         rows = await self.db.query("SELECT * FROM outbox WHERE dead = 0 ORDER BY seq LIMIT ?", (limit,))
         return [_entry(r) for r in rows]
 
-    async def claim_notices(self, owner: str, limit: int, ttl: float) -> list[OutboxEntry]:
-        """Up to `limit` waiting rows, oldest first, now `owner`'s to send for `ttl` seconds.
+    async def claim_notices(
+        self, owner: str, limit: int, ttl: float, delivered: Sequence[str] = ()
+    ) -> list[OutboxEntry]:
+        """Up to `limit` waiting rows, oldest first, now `owner`'s to send for `ttl` seconds; the rows
+        `owner` has `delivered` since its last claim are deleted first, in the same transaction.
 
         Rows another replica claimed are passed over (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite
         has one writer at a time) until their claim expires, which is how a crashed replica's rows
-        are taken over. A recipient's notifications go out in order: a claimed row is given back
-        at once if an earlier row of its recipient is waiting and not ours, read after our claim,
-        so it sees (as unclaimed, or claimed by another) whatever another replica has in hand.
+        are taken over; rows `owner` still holds (claimed before its database went away, the answer
+        lost) are its own to take again at once. A recipient's notifications go out in order: a
+        claimed row is given back at once if an earlier row of its recipient is waiting and not
+        ours, read after our claim, so it sees (as unclaimed, or claimed by another) whatever
+        another replica has in hand.
         """
         stamp = time.time_ns()
         async with self.db.transaction() as tx:
+            if delivered:
+                await tx.execute(f"DELETE FROM outbox WHERE id IN ({_marks(delivered)})", delivered)
             claimed = await tx.query(
                 "UPDATE outbox SET claimed_by = ?, claim_expires = ? WHERE seq IN ("
-                "SELECT seq FROM outbox WHERE dead = 0 AND claim_expires < ? "
+                "SELECT seq FROM outbox WHERE dead = 0 AND (claim_expires < ? OR claimed_by = ?) "
                 f"ORDER BY seq LIMIT ?{self.db.skip_locked}) RETURNING *",
-                (owner, stamp + int(ttl * 1e9), stamp, limit),
+                (owner, stamp + int(ttl * 1e9), stamp, owner, limit),
             )
             returned = await tx.query(
                 "UPDATE outbox SET claimed_by = '', claim_expires = 0 WHERE claimed_by = ? AND EXISTS ("
@@ -281,33 +292,31 @@ class TripStore(Store[Trip]):
         given_back = {r["seq"] for r in returned}
         return [_entry(r) for r in sorted(claimed, key=lambda r: r["seq"]) if r["seq"] not in given_back]
 
-    async def release_notices(self, owner: str) -> None:
-        """Give back every row `owner` claimed and has not sent, for any replica to send now."""
+    async def release_notices(self, owner: str, delivered: Sequence[str] = ()) -> None:
+        """Delete the rows `owner` has `delivered`, and give back every other row it claimed, for
+        any replica to send now (one transaction)."""
         async with self.db.transaction() as tx:
+            if delivered:
+                await tx.execute(f"DELETE FROM outbox WHERE id IN ({_marks(delivered)})", delivered)
             await tx.execute(
                 "UPDATE outbox SET claimed_by = '', claim_expires = 0 WHERE claimed_by = ?", (owner,)
             )
 
-    async def notice_delivered(self, entry_id: str) -> None:
-        async with self.db.transaction() as tx:
-            await tx.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
-
-    async def notices_delivered(self, entry_ids: list[str]) -> None:
-        """Delete a batch's rows at once (one statement, one commit)."""
+    async def notices_delivered(self, entry_ids: Sequence[str]) -> None:
+        """Delete delivered rows at once (one statement, one commit)."""
         if not entry_ids:
             return
-        marks = ", ".join("?" for _ in entry_ids)
         async with self.db.transaction() as tx:
-            await tx.execute(f"DELETE FROM outbox WHERE id IN ({marks})", entry_ids)
+            await tx.execute(f"DELETE FROM outbox WHERE id IN ({_marks(entry_ids)})", entry_ids)
 
-    async def notice_failed(self, entry_id: str, error: str, *, dead: bool) -> None:
-        """Count a failed attempt and give the row back; a dead entry (refused for good) is kept for
-        an operator, never retried."""
+    async def notices_failed(self, entry_ids: Sequence[str], error: str, *, dead: bool) -> None:
+        """Count a failed attempt of each row and give them back (one statement); a dead entry
+        (refused for good) is kept for an operator, never retried."""
         async with self.db.transaction() as tx:
             await tx.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?, dead = ?,"
-                " claimed_by = '', claim_expires = 0 WHERE id = ?",
-                (error[:1000], 1 if dead else 0, entry_id),
+                f" claimed_by = '', claim_expires = 0 WHERE id IN ({_marks(entry_ids)})",
+                (error[:1000], 1 if dead else 0, *entry_ids),
             )
 
     # --- holding a trip (or a request key) across the replicas ------------------

@@ -257,6 +257,31 @@ def test_insert_takes_extra_columns_and_answers_the_seq(store, runner):
     runner.run(scenario())
 
 
+def test_insert_many_numbers_the_rows_in_the_order_given_in_one_statement(store, runner):
+    plain = Store(store.db, Resource(pb.Passenger, _person, _columns, table="people"))  # no unique column
+
+    async def scenario() -> tuple[list[int], list[str]]:
+        made = [person(n)[0] for n in [31, 4, 15, 9, 26, 5, 35, 8, 97, 93]]
+        async with store.db.transaction() as tx:
+            assert await plain.insert_many(tx, []) == []
+            seqs = list(await plain.insert_many(tx, made))
+        rows = await store.db.query("SELECT id FROM people ORDER BY seq")
+        return seqs, [row["id"] for row in rows]
+
+    seqs, ids = runner.run(scenario())
+    assert seqs == list(range(1, 11))
+    assert ids == [f"p{n}" for n in [31, 4, 15, 9, 26, 5, 35, 8, 97, 93]]
+
+
+def test_insert_many_refuses_a_resource_with_unique_columns(store, runner):
+    async def scenario() -> None:
+        async with store.db.transaction() as tx:
+            await store.insert_many(tx, [person(1)[0]])
+
+    with pytest.raises(TypeError, match="unique"):
+        runner.run(scenario())
+
+
 def test_concurrent_updates_of_one_resource_take_turns_and_none_is_lost(store, runner):
     # PostgreSQL runs the transactions side by side on pooled connections: without the row lock,
     # two would read the same name and one append would be lost.

@@ -80,6 +80,19 @@ def test_an_entry_reusing_a_request_id_for_another_notification_fails_the_whole_
     assert notifications.list(DEE).notifications == []  # the good entry was rolled back with it
 
 
+def test_a_request_id_twice_in_one_batch_is_stored_once_or_refused_if_the_entries_differ(notifications):
+    sent = batch(notifications, entry(ADA, "one", "r1"), entry(DEE, "two"), entry(ADA, "one", "r1"))
+
+    assert sent.notifications[2] == sent.notifications[0]
+    assert [n.title for n in notifications.list(ADA).notifications] == ["one"]
+
+    request = pb.BatchSendNotificationsRequest(requests=[entry(DEE, "new", "r7"), entry(ADA, "other", "r7")])
+    failure = notifications.fail(notifications.stub.BatchSendNotifications(request))
+    assert failure.info.reason == "REQUEST_ID_REUSED"
+    assert failure.fields == ["requests[1].request_id"]
+    assert [n.title for n in notifications.list(DEE).notifications] == ["two"]
+
+
 @pytest.mark.parametrize(("count", "refused"), [(0, True), (100, False), (101, True)])
 def test_a_batch_holds_one_to_a_hundred_requests(notifications, count, refused):
     request = pb.BatchSendNotificationsRequest(requests=[entry(ADA, f"n{i}") for i in range(count)])

@@ -179,7 +179,7 @@ def test_the_loop_retries_with_backoff_until_the_service_is_back(runner, store):
 
 
 class Watched:
-    """The store, telling when a row was delivered (sent, then deleted)."""
+    """The store, telling when a row was delivered (sent, then deleted by the next claim)."""
 
     def __init__(self, store: TripStore) -> None:
         self.store = store
@@ -188,34 +188,33 @@ class Watched:
     def __getattr__(self, name: str):
         return getattr(self.store, name)
 
-    async def notice_delivered(self, entry_id: str) -> None:
-        await self.store.notice_delivered(entry_id)
-        self.delivered.set()
+    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=()):
+        entries = await self.store.claim_notices(owner, limit, ttl, delivered)
+        if delivered:
+            self.delivered.set()
+        return entries
 
 
 class Outage(Watched):
-    """The store whose database goes away: the first delivery's record fails, then `claims` claims."""
+    """The store whose database goes away as the first delivery is recorded, for that claim and
+    `claims` more."""
 
     def __init__(self, store: TripStore, claims: int) -> None:
         super().__init__(store)
-        self.failures = [self.notice_delivered, *[self.claim_notices] * claims]
+        self.claims = claims
+        self.failing: int | None = None
 
-    def unavailable(self, method) -> None:
-        if self.failures and self.failures[0] == method:
-            self.failures.pop(0)
+    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=()):
+        if delivered and self.failing is None:
+            self.failing = self.claims + 1
+        if self.failing:
+            self.failing -= 1
             raise Unavailable(
                 "database 127.0.0.1:5432/trips is unavailable: connection refused",
                 reason="DATABASE_UNAVAILABLE",
                 metadata={"database": "127.0.0.1:5432/trips"},
             )
-
-    async def claim_notices(self, owner: str, limit: int, ttl: float):
-        self.unavailable(self.claim_notices)
-        return await self.store.claim_notices(owner, limit, ttl)
-
-    async def notice_delivered(self, entry_id: str) -> None:
-        self.unavailable(self.notice_delivered)
-        await super().notice_delivered(entry_id)
+        return await super().claim_notices(owner, limit, ttl, delivered)
 
 
 def test_its_database_away_is_one_warning_without_traceback_and_a_line_when_it_is_back(runner, store, caplog):
@@ -228,7 +227,7 @@ def test_its_database_away_is_one_warning_without_traceback_and_a_line_when_it_i
         outbox = Outbox(watched, recipient.send, initial_backoff=0.01, max_backoff=0.02, idle_poll=60)  # type: ignore[arg-type]
         outbox.start()
         try:
-            # Sent, then its record failed: the row stays claimed (for 30 s) until the database is back.
+            # Sent, then its record failed: the loop keeps it as sent, deleted once the database is back.
             await asyncio.wait_for(watched.delivered.wait(), WAIT)
         finally:
             await outbox.stop()
@@ -236,7 +235,7 @@ def test_its_database_away_is_one_warning_without_traceback_and_a_line_when_it_i
     runner.run(scenario())
 
     assert pending(runner, store) == []
-    assert [request_id for _, request_id in recipient.sent] == [recipient.sent[0][1]] * 2  # one row, resent
+    assert len(recipient.sent) == 1, "sent before the outage, not again after it"
     lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "rideshare.trips.outbox"]
     assert lines == [
         ("WARNING", "trips-outbox: its database unavailable: "
@@ -274,13 +273,13 @@ class Polled:
         self.store = store
         self.read = asyncio.Event()
 
-    async def claim_notices(self, owner: str, limit: int, ttl: float):
-        entries = await self.store.claim_notices(owner, limit, ttl)
+    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=()):
+        entries = await self.store.claim_notices(owner, limit, ttl, delivered)
         self.read.set()
         return entries
 
-    async def release_notices(self, owner: str) -> None:
-        await self.store.release_notices(owner)
+    async def release_notices(self, owner: str, delivered=()) -> None:
+        await self.store.release_notices(owner, delivered)
 
 
 @pytest.mark.timeout(30)
@@ -422,7 +421,7 @@ def test_a_later_notice_waits_while_another_replica_has_an_earlier_one_of_its_re
         recipient = Recipient()
         await Outbox(store, recipient.send).deliver_pending()
         passed_over = [request_id for _, request_id in recipient.sent]
-        await store.notice_delivered(held.id)  # the other replica is done with it
+        await store.notices_delivered([held.id])  # the other replica is done with it
         await Outbox(store, recipient.send).deliver_pending()
         return passed_over, [request_id for _, request_id in recipient.sent]
 
@@ -443,3 +442,105 @@ def test_a_stopping_replica_gives_its_claims_back(runner, store):
         return [request_id for _, request_id in recipient.sent]
 
     assert runner.run(scenario()) == ids
+
+
+class Counted(Watched):
+    """The store, recording each claim's `delivered` and what it returned, telling of each claim."""
+
+    def __init__(self, store: TripStore) -> None:
+        super().__init__(store)
+        self.claims: list[tuple[list[str], list[str]]] = []
+        self.claimed = asyncio.Event()
+
+    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=()):
+        entries = await super().claim_notices(owner, limit, ttl, delivered)
+        self.claims.append((list(delivered), [e.id for e in entries]))
+        self.claimed.set()
+        return entries
+
+
+@pytest.mark.timeout(30)
+def test_a_burst_of_steps_goes_out_in_one_batch_in_order_and_one_transaction_records_it(runner, store):
+    recipient = Batches()
+    sent = asyncio.Event()
+
+    async def send_batch(notices) -> None:
+        await recipient.send_batch(notices)
+        sent.set()
+
+    async def scenario() -> list[str]:
+        counted = Counted(store)
+        # A linger no test waits out: only `batch` wakes end it, so the claim sees the whole burst.
+        outbox = Outbox(counted, recipient.send, send_batch=send_batch, batch=4, linger=3600, idle_poll=3600)  # type: ignore[arg-type]
+        outbox.start()
+        try:
+            await counted.claimed.wait()  # the first look: nothing yet, it waits for a step
+            for n in range(4):
+                await assigned(store, passenger=f"passengers/p{n % 2}", driver=f"drivers/d{n}")
+                outbox.wake()
+            await sent.wait()
+            await counted.delivered.wait()  # a full pass: it claims again at once, deleting the sent rows
+        finally:
+            await outbox.stop()
+        ids = [i for batch in recipient.batches for i in batch]
+        assert counted.claims == [([], []), ([], ids), (ids, [])]
+        return ids
+
+    ids = runner.run(scenario())
+    assert len(recipient.batches) == 1, "four steps, one call"
+    assert recipient.sent == []
+    assert len(ids) == 4
+    assert pending(runner, store) == []
+
+
+@pytest.mark.timeout(30)
+def test_the_rows_a_pass_sent_are_deleted_by_the_claim_of_the_next_pass(runner, store):
+    recipient = Recipient()
+    gate = asyncio.Event()
+
+    async def send(notice, request_id: str) -> None:
+        await gate.wait()  # the first send lasts until the second step is written
+        await recipient.send(notice, request_id)
+
+    async def scenario() -> list[tuple[list[str], list[str]]]:
+        counted = Counted(store)
+        outbox = Outbox(counted, send, batch=1, linger=3600, idle_poll=3600)  # type: ignore[arg-type]
+        outbox.start()
+        try:
+            await counted.claimed.wait()
+            for n in range(2):
+                await assigned(store, driver=f"drivers/d{n}")
+                outbox.wake()
+            gate.set()
+            while len(counted.claims) < 4:
+                counted.claimed.clear()
+                await counted.claimed.wait()
+        finally:
+            await outbox.stop()
+        return counted.claims
+
+    claims = runner.run(scenario())
+    first, second = [request_id for _, request_id in recipient.sent]
+    # one transaction a pass: each claim deletes what the pass before it sent
+    assert claims == [([], []), ([], [first]), ([first], [second]), ([second], [])]
+    assert pending(runner, store) == []
+
+
+def test_an_idle_loop_makes_no_call_and_no_transaction(runner, store):
+    recipient = Batches()
+
+    async def scenario() -> int:
+        counted = Counted(store)
+        outbox = Outbox(counted, recipient.send, send_batch=recipient.send_batch, idle_poll=3600)  # type: ignore[arg-type]
+        outbox.start()
+        try:
+            await counted.claimed.wait()
+            for _ in range(1000):  # many turns of the event loop: no polling, no busy loop
+                await asyncio.sleep(0)
+        finally:
+            await outbox.stop()
+        return len(counted.claims)
+
+    assert runner.run(scenario()) == 1
+    assert recipient.sent == []
+    assert recipient.batches == []

@@ -78,8 +78,7 @@ def test_stale_matching_lists_only_old_untouched_attempts(store, runner):
 def test_a_transition_is_atomic_with_its_notifications_and_replayed(store, runner):
     async def scenario() -> None:
         trip = await assigned(store)
-        for entry in await store.pending_notices(10):
-            await store.notice_delivered(entry.id)
+        await store.notices_delivered([entry.id for entry in await store.pending_notices(10)])
         trip_id = trip.name.removeprefix("trips/")
         accept = AcceptTripRequest(name=trip.name, request_id="a1")
 
@@ -166,12 +165,29 @@ def test_outbox_rows_stay_in_order_until_delivered_and_dead_ones_are_kept_aside(
         assert len(entries) == 3
         assert len({e.id for e in entries}) == 3
 
-        await store.notice_failed(entries[0].id, "UNAVAILABLE: down", dead=False)
-        await store.notice_failed(entries[1].id, "INVALID_ARGUMENT: bad", dead=True)
-        await store.notice_delivered(entries[2].id)
+        await store.notices_failed([entries[0].id], "UNAVAILABLE: down", dead=False)
+        await store.notices_failed([entries[1].id], "INVALID_ARGUMENT: bad", dead=True)
+        await store.notices_delivered([entries[2].id])
 
         left = await store.pending_notices(10)
         assert [(e.id, e.attempts) for e in left] == [(entries[0].id, 1)]
+
+    runner.run(scenario())
+
+
+def test_a_claim_deletes_what_its_owner_delivered_and_takes_back_what_it_still_holds(store, runner):
+    async def scenario() -> None:
+        for index in range(3):  # three notices to one passenger
+            await assigned(store, driver=f"drivers/d{index}")
+        ids = [e.id for e in await store.pending_notices(10)]
+        assert [e.id for e in await store.claim_notices("me", 2, 60)] == ids[:2]
+        assert await store.claim_notices("other", 10, 60) == [], "the third waits behind ours"
+
+        # The first sent; the second still ours (say its claim's answer was lost with the database).
+        again = await store.claim_notices("me", 10, 60, delivered=ids[:1])
+
+        assert [e.id for e in again] == ids[1:]
+        assert [e.id for e in await store.pending_notices(10)] == ids[1:]
 
     runner.run(scenario())
 
