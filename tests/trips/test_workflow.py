@@ -690,7 +690,7 @@ def _replica(path: str, key: str, rounds: int, inside: str, told: Connection | N
         for _ in range(rounds):
             async with store.hold(key):
                 os.close(os.open(inside, os.O_CREAT | os.O_EXCL))  # FileExistsError: two inside
-                await store.notice_delivered("none")
+                await store.notices_delivered(["none"])
                 os.unlink(inside)
         if told is not None:
             async with store.hold(key):
