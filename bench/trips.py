@@ -64,7 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +158,10 @@ class Run:
     """CPU seconds of each process over the run."""
     calls: Counter[str] = field(default_factory=Counter)
     """gRPC calls made over the run, by `caller -> service.Method` (the processes' /metrics)."""
+    took: dict[str, float] = field(default_factory=dict)
+    """Seconds those calls took in all, by `caller -> service.Method` as the caller saw them and by
+    `service.Method` as the service's handler did: the difference is time spent before the handler
+    ran (the callee's event loop backlog, the channel) or after it."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -275,17 +279,24 @@ class Mesh:
                     used[f"postgres:{pid}"] = cpu_seconds(pid)
         return used
 
-    def calls(self) -> Counter[str]:
+    def calls(self) -> tuple[Counter[str], dict[str, float]]:
         """Every gRPC call the mesh's processes made so far, by edge and method, from their /metrics
-        (the admin port is the port + mesh.toml's default offset of 1000)."""
+        (the admin port is the port + mesh.toml's default offset of 1000); and the seconds those calls
+        took, summed, as each caller saw them (the same keys) and as the called service's handlers
+        did (`service.Method`)."""
         made: Counter[str] = Counter()
+        took: dict[str, float] = defaultdict(float)
         for name, port in [*self.ports.items(), ("gateway", self.gateway_port)]:
             scraped = stats.scrape(stats.Target(name, "", f"http://127.0.0.1:{port + ADMIN_OFFSET}/metrics"))
             for (metric, labels), value in (scraped.series or {}).items():
+                label = dict(labels)
                 if metric == "mesh_client_calls_total":
-                    label = dict(labels)
                     made[f"{label['caller']} -> {label['service']}.{label['grpc_method']}"] += int(value)
-        return made
+                elif metric == "mesh_client_call_duration_seconds_sum":
+                    took[f"{label['caller']} -> {label['service']}.{label['grpc_method']}"] += value
+                elif metric == "mesh_server_call_duration_seconds_sum":
+                    took[f"{label['service']}.{label['grpc_method']}"] += value
+        return made, took
 
 
 @contextlib.contextmanager
@@ -396,6 +407,8 @@ def _kind(step: str, status: int, body: bytes) -> str:
         error = json.loads(body)
         reasons = [d["reason"] for d in error.get("details", []) if "reason" in d]
         said = reasons[0] if reasons else _CODES.get(error.get("code"), "")
+        if said == "OVERLOADED":  # which of the gateway's limits refused: its message says
+            said += " (lag)" if "behind" in error.get("message", "") else " (in flight)"
     except (ValueError, TypeError, AttributeError, KeyError):
         said = "not JSON"
     return f"{step} {status} {said}".rstrip()
@@ -530,7 +543,7 @@ def measure(
         await (load.closed_loop(riders) if riders else load.open_loop())
 
     run = Run(mesh.variant, flow, drivers, rate, seconds)
-    before, load_before, calls_before = mesh.cpu(), cpu_seconds(os.getpid()), mesh.calls()
+    before, load_before, (calls_before, took_before) = mesh.cpu(), cpu_seconds(os.getpid()), mesh.calls()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(rides(run))
     settle([mesh])  # the outbox sends the rides' notifications after their answers: count those too
@@ -538,7 +551,9 @@ def measure(
     for name, seconds_used in after.items():  # a server process that ended meanwhile is left out
         process = name.split(":")[0]
         run.cpu[process] = run.cpu.get(process, 0.0) + seconds_used - before.get(name, 0.0)
-    run.calls = mesh.calls() - calls_before
+    calls, took = mesh.calls()
+    run.calls = calls - calls_before
+    run.took = {name: seconds_took - took_before.get(name, 0.0) for name, seconds_took in took.items()}
     run.cpu["load"] = cpu_seconds(os.getpid()) - load_before
     if riders:
         run.offered = len(run.rides) / run.seconds
@@ -685,7 +700,30 @@ def report(runs: list[Run]) -> str:
         lines.append(
             f"| {r.variant} | {r.flow} | {r.drivers:,} | {r.offered:g} | {' | '.join(cells)} | {total:.2f} |"
         )
+    lines += [
+        "",
+        "Where a call's time goes: mean ms per call as its caller saw it / as the called service's "
+        "handler did (the difference: waiting for the callee's event loop, or in the channel; a "
+        "handler's time includes the calls it makes):",
+        "",
+        f"{key} | {' | '.join(edges)} |",
+        f"| --- | --- | ---: | ---: | {' | '.join('---:' for _ in edges)} |",
+    ]
+    for r in runs:
+        cells = [_mean_ms(r, edge) for edge in edges]
+        lines.append(f"| {r.variant} | {r.flow} | {r.drivers:,} | {r.offered:g} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def _mean_ms(run: Run, edge: str) -> str:
+    """`12.0 / 3.1`: mean ms of the edge's calls at the caller / at the callee's handler (every
+    caller's calls of that method)."""
+    method = edge.split(" -> ")[1]
+    served = sum(count for name, count in run.calls.items() if name.endswith(f" -> {method}"))
+    if not run.calls[edge] or not served:
+        return "-"
+    caller, handler = run.took.get(edge, 0.0) / run.calls[edge], run.took.get(method, 0.0) / served
+    return f"{caller * 1000:.1f} / {handler * 1000:.1f}"
 
 
 def plot(runs: list[Run], path: Path) -> None:
