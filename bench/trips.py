@@ -4,7 +4,9 @@ What it answers (issue 12): how many rides a second the mesh serves on this
 machine and at what latency, where the CPU of a ride goes, and whether that
 changes as the drivers around the pickup grow from 100 to 10,000, and what
 each storage engine gives (issue 13): `--storage sqlite,postgres`, both by
-default, a mesh per engine side by side.
+default, a mesh per engine side by side; for the cancel flow and the whole
+flow (`--flow`); and past capacity, whether the rides admitted keep a bounded
+latency while the excess is refused fast (`--overload`).
 
 What runs: the whole mesh as `make run` runs it, started by `mesh up` (the
 supervisor, not a twin of it) on the repository's mesh.toml with free ports,
@@ -22,28 +24,52 @@ API key (`mesh keys create`, 10,000 requests/s, so the key's rate limit never
 refuses), `--passengers` passengers who sign in, and drivers who go online at
 random places within `--area` meters of the center (Berlin), 32 calls in
 flight. Drivers are added as the count grows (100, then 900 more, ...), so
-one mesh serves every count.
+one mesh serves every count. The full flow needs the assigned driver's own
+token, and matching picks any driver, so each driver it can meet signs in:
+the first `--full-drivers` drivers (default 100) are created with a password
+and sign in at setup (argon2id twice, about 0.4 s of CPU a driver, 4 at a
+time), and the full flow runs only at the driver counts up to that.
 
-A ride is what a passenger app does, over REST through the gateway with the
-passenger's bearer token: `POST /v1/trips` (RequestTrip, pickup within 1 km
-of the center, dropoff 3 km east), then `POST /v1/{trip}:cancel`. The load is
-open-loop: ride i is due at start + i / rate whether or not earlier ones were
-answered, and its latencies count from when it was due (HTTP/1.1 keep-alive
-connections, bench/overload.py's client). Bounded in count (rate x seconds)
-and time (answers wait at most DRAIN seconds after the last ride was due).
-A short run at the lowest rate warms each mesh up (channels connect, the
-gateway caches the tokens), and before each run the mesh is left to go idle
-(at most 30 s).
+A ride, over REST through the gateway, is what the apps do. The cancel flow:
+the passenger's app (its bearer token) `POST /v1/trips` (RequestTrip, pickup
+within 1 km of the center, dropoff 3 km east), then `POST /v1/{trip}:cancel`.
+The full flow: RequestTrip, then the assigned driver's app (the driver's
+token: accept, start and complete are the trip's driver's alone)
+`POST /v1/{trip}:accept`, `:start`, `:complete` (the fare invoiced and the
+card charged). A step after RequestTrip refused with 429 or 503 is sent again
+after the answer's Retry-After (3 attempts), as an app would, or the trip
+would hold its driver; a refused RequestTrip is not, it is the excess. The
+load is open-loop: ride i is due at start + i / rate whether or not earlier
+ones were answered, and its latencies count from when it was due (HTTP/1.1
+keep-alive connections, bench/overload.py's client). Bounded in count (rate
+x seconds) and time (answers wait at most DRAIN seconds after the last ride
+was due). A short run of each flow at the lowest rate warms each mesh up
+(channels connect, the gateway caches the tokens), and before each run the
+mesh is left to go idle (at most 60 s). After each run the trips still
+holding a driver are ended over gRPC (cancelled, or completed if started).
 
-Reported per variant, driver count and offered rate: rides per second that
-completed (cancelled) over the time from the first due to the last answer,
-RequestTrip and whole-ride p50/p90/p99 of the completed ones, errors by
-step, HTTP status and reason, each process's CPU time (/proc/<pid>/stat,
+`--overload`: instead of `--rates`, per flow, driver count and engine, the
+capacity is measured first (RIDERS riders in a closed loop on the current
+tree's mesh, each starting its next ride when its last one ends; a baseline
+gets the same rates), then rides are offered at 1x and 2x that.
+
+Reported per variant, flow, driver count and offered rate: rides per second
+that completed over the time from the first due to the last answer; the
+admitted RequestTrips' p50/p90/p99 (answered 200); the whole ride's
+p50/p90/p99 without the bench's own Retry-After waits (the latency of what the
+mesh admitted) and its p99 with them (what a rider whose app obeys
+Retry-After waits); the refusals apart (429/503 by step: their count, how
+fast they came, p50/p99, and how many said Retry-After); errors by step, HTTP
+status and reason (for the gateway's OVERLOADED, which limit: in flight or
+lag); each step's p50/p90/p99; each process's CPU time (/proc/<pid>/stat,
 before the run and once the mesh is idle after it, so the notifications the
 outbox sends after the answers count) and the gRPC calls each process made
 (its /metrics, by caller, service and method), both divided by the completed
-rides. No assertion: the
-figures go to docs/benchmarks.md with the command, machine and date.
+rides; and where a call's time goes: each edge's mean time at the caller and
+at the called service's handler (/metrics histograms' sums), the difference
+being the wait before the handler ran. `--plot` draws the admitted rides' p99
+against the offered rate, a line per flow. No assertion: the figures go to
+docs/benchmarks.md with the command, machine and date.
 """
 
 from __future__ import annotations
@@ -755,7 +781,9 @@ def plot(runs: list[Run], path: Path) -> None:
             marker=markers[flow], label=f"{variant}, {flow} flow, {drivers:,} drivers",
         )  # fmt: skip
     axes.set_yscale("log")
-    axes.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    axes.yaxis.set_major_formatter(plain)
+    axes.yaxis.set_minor_formatter(plain)
     axes.set_xlabel("offered rides per second (cancel: request, cancel; full: request to complete)")
     axes.set_ylabel("p99 of an admitted ride, ms (log)")
     axes.grid(True, which="both", alpha=0.3)
