@@ -502,9 +502,9 @@ class Rides:
                 run.refused.append(Refusal(step, status, self.answered - sent, after is not None))
                 if attempt == attempts - 1:
                     return
-                pause = min(RETRY_AFTER if after is None else after, MAX_RETRY_AFTER)
-                await asyncio.sleep(pause)  # what the refusal's Retry-After says
-                waited += pause
+                asleep = self.loop.time()
+                await asyncio.sleep(min(RETRY_AFTER if after is None else after, MAX_RETRY_AFTER))
+                waited += self.loop.time() - asleep  # what the refusal's Retry-After says, as slept
             run.steps.setdefault(step, []).append(self.answered - began - waited)
             waits += waited
             if step == "RequestTrip":
