@@ -116,7 +116,7 @@ class Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.answer: asyncio.Future[tuple[int, bool, bytes]] | None = None
+        self.answer: asyncio.Future[tuple[int, bytes, bytes]] | None = None
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -136,12 +136,12 @@ class Connection(asyncio.Protocol):
         del self.buffer[:size]
         answer, self.answer = self.answer, None
         if not answer.done():  # given up on (past the drain): only its answer came late
-            answer.set_result((int(head[9:12]), b"connection: close" in head.lower(), body))
+            answer.set_result((int(head[9:12]), head, body))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.answer is not None and not self.answer.done():
-            self.answer.set_result((0, True, b""))
+            self.answer.set_result((0, b"", b""))
 
 
 class Pool:
@@ -154,18 +154,19 @@ class Pool:
         self.waiting: list[asyncio.Future[Connection]] = []
         self.opening: set[asyncio.Task[None]] = set()
 
-    async def exchange(self, request: bytes) -> tuple[int, bytes]:
-        """Send one request on a free connection: the answer's status (0: none came) and body."""
+    async def exchange(self, request: bytes) -> tuple[int, bytes, bytes]:
+        """Send one request on a free connection: the answer's status (0: none came), head (status
+        line and headers) and body."""
         try:
             connection = await self.get()
         except OSError:
-            return 0, b""
+            return 0, b"", b""
         answer = connection.answer = asyncio.get_running_loop().create_future()
         assert connection.transport is not None
         connection.transport.write(request)
-        status, close, body = await answer
-        self.put(connection, reusable=status != 0 and not close)
-        return status, body
+        status, head, body = await answer
+        self.put(connection, reusable=status != 0 and b"connection: close" not in head.lower())
+        return status, head, body
 
     async def get(self) -> Connection:
         while self.idle:
@@ -222,7 +223,7 @@ async def _open_loop(port: int, rate: float, seconds: float) -> tuple[dict[int, 
     answered = [0.0]
 
     async def one(due: float) -> None:
-        status, _ = await pool.exchange(REQUEST)
+        status, _, _ = await pool.exchange(REQUEST)
         answered[0] = loop.time()
         latencies.setdefault(status, []).append(answered[0] - due)
 

@@ -4,7 +4,9 @@ What it answers (issue 12): how many rides a second the mesh serves on this
 machine and at what latency, where the CPU of a ride goes, and whether that
 changes as the drivers around the pickup grow from 100 to 10,000, and what
 each storage engine gives (issue 13): `--storage sqlite,postgres`, both by
-default, a mesh per engine side by side.
+default, a mesh per engine side by side; for the cancel flow and the whole
+flow (`--flow`); and past capacity, whether the rides admitted keep a bounded
+latency while the excess is refused fast (`--overload`).
 
 What runs: the whole mesh as `make run` runs it, started by `mesh up` (the
 supervisor, not a twin of it) on the repository's mesh.toml with free ports,
@@ -22,28 +24,52 @@ API key (`mesh keys create`, 10,000 requests/s, so the key's rate limit never
 refuses), `--passengers` passengers who sign in, and drivers who go online at
 random places within `--area` meters of the center (Berlin), 32 calls in
 flight. Drivers are added as the count grows (100, then 900 more, ...), so
-one mesh serves every count.
+one mesh serves every count. The full flow needs the assigned driver's own
+token, and matching picks any driver, so each driver it can meet signs in:
+the first `--full-drivers` drivers (default 100) are created with a password
+and sign in at setup (argon2id twice, about 0.4 s of CPU a driver, 4 at a
+time), and the full flow runs only at the driver counts up to that.
 
-A ride is what a passenger app does, over REST through the gateway with the
-passenger's bearer token: `POST /v1/trips` (RequestTrip, pickup within 1 km
-of the center, dropoff 3 km east), then `POST /v1/{trip}:cancel`. The load is
-open-loop: ride i is due at start + i / rate whether or not earlier ones were
-answered, and its latencies count from when it was due (HTTP/1.1 keep-alive
-connections, bench/overload.py's client). Bounded in count (rate x seconds)
-and time (answers wait at most DRAIN seconds after the last ride was due).
-A short run at the lowest rate warms each mesh up (channels connect, the
-gateway caches the tokens), and before each run the mesh is left to go idle
-(at most 30 s).
+A ride, over REST through the gateway, is what the apps do. The cancel flow:
+the passenger's app (its bearer token) `POST /v1/trips` (RequestTrip, pickup
+within 1 km of the center, dropoff 3 km east), then `POST /v1/{trip}:cancel`.
+The full flow: RequestTrip, then the assigned driver's app (the driver's
+token: accept, start and complete are the trip's driver's alone)
+`POST /v1/{trip}:accept`, `:start`, `:complete` (the fare invoiced and the
+card charged). A step after RequestTrip refused with 429 or 503 is sent again
+after the answer's Retry-After (3 attempts), as an app would, or the trip
+would hold its driver; a refused RequestTrip is not, it is the excess. The
+load is open-loop: ride i is due at start + i / rate whether or not earlier
+ones were answered, and its latencies count from when it was due (HTTP/1.1
+keep-alive connections, bench/overload.py's client). Bounded in count (rate
+x seconds) and time (answers wait at most DRAIN seconds after the last ride
+was due). A short run of each flow at the lowest rate warms each mesh up
+(channels connect, the gateway caches the tokens), and before each run the
+mesh is left to go idle (at most 60 s). After each run the trips still
+holding a driver are ended over gRPC (cancelled, or completed if started).
 
-Reported per variant, driver count and offered rate: rides per second that
-completed (cancelled) over the time from the first due to the last answer,
-RequestTrip and whole-ride p50/p90/p99 of the completed ones, errors by
-step, HTTP status and reason, each process's CPU time (/proc/<pid>/stat,
+`--overload`: instead of `--rates`, per flow, driver count and engine, the
+capacity is measured first (RIDERS riders in a closed loop on the current
+tree's mesh, each starting its next ride when its last one ends; a baseline
+gets the same rates), then rides are offered at 1x and 2x that.
+
+Reported per variant, flow, driver count and offered rate: rides per second
+that completed over the time from the first due to the last answer; the
+admitted RequestTrips' p50/p90/p99 (answered 200); the whole ride's
+p50/p90/p99 without the bench's own Retry-After waits (the latency of what the
+mesh admitted) and its p99 with them (what a rider whose app obeys
+Retry-After waits); the refusals apart (429/503 by step: their count, how
+fast they came, p50/p99, and how many said Retry-After); errors by step, HTTP
+status and reason (for the gateway's OVERLOADED, which limit: in flight or
+lag); each step's p50/p90/p99; each process's CPU time (/proc/<pid>/stat,
 before the run and once the mesh is idle after it, so the notifications the
 outbox sends after the answers count) and the gRPC calls each process made
 (its /metrics, by caller, service and method), both divided by the completed
-rides. No assertion: the
-figures go to docs/benchmarks.md with the command, machine and date.
+rides; and where a call's time goes: each edge's mean time at the caller and
+at the called service's handler (/metrics histograms' sums), the difference
+being the wait before the handler ran. `--plot` draws the admitted rides' p99
+against the offered rate, a line per flow. No assertion: the figures go to
+docs/benchmarks.md with the command, machine and date.
 """
 
 from __future__ import annotations
@@ -52,17 +78,19 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,31 +128,66 @@ START_TIMEOUT = 60.0
 ADMIN_OFFSET = 1000
 IN_FLIGHT = 32
 """Setup calls in flight at once."""
-CANCEL_ATTEMPTS = 3
-"""A refused CancelTrip (503, 429) is sent again after RETRY_AFTER, as an app would: a trip left
-assigned holds its driver for good."""
+FLOWS = ("cancel", "full")
+STEPS = {
+    "cancel": ("RequestTrip", "CancelTrip"),
+    "full": ("RequestTrip", "AcceptTrip", "StartTrip", "CompleteTrip"),
+}
+"""The calls of a ride, by flow: the passenger's app, then (full) the assigned driver's."""
+FULL_DRIVERS = 100
+"""The full flow's driver counts at most (default of --full-drivers): each of its drivers has a
+password and signs in at setup, argon2id twice, about 0.4 s of CPU a driver."""
+ATTEMPTS = 3
+"""A step after RequestTrip refused (503, 429) is sent again after its Retry-After, as an app would:
+a trip left unfinished holds its driver for good. A refused RequestTrip is not: it is the excess."""
 RETRY_AFTER = 1.0
+"""Seconds to wait after a refusal without a Retry-After."""
+MAX_RETRY_AFTER = 5.0
+RIDERS = 16
+"""Riders of the closed loop that measures a capacity (--overload): each a call in flight at most,
+below the gateway's max_in_flight (32), so none is refused."""
 PASSWORD = "bench password"
 _TICKS = os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")
 
 
 @dataclass
+class Refusal:
+    step: str
+    status: int
+    seconds: float
+    """From when the call was due (RequestTrip) or sent to the refusal."""
+    retry_after: bool
+    """Whether the refusal said when to come back."""
+
+
+@dataclass
 class Run:
     variant: str
+    flow: str
     drivers: int
     offered: float
     seconds: float
     """From the first ride due to the last answer: longer than the load when answers lag."""
-    requested: list[float] = field(default_factory=list)
-    """Seconds from due to RequestTrip's answer, for the trips created."""
+    steps: dict[str, list[float]] = field(default_factory=dict)
+    """Seconds from a step's start to its 200, by step, without the bench's Retry-After waits; a
+    RequestTrip starts when its ride is due, a later step when the one before it was answered."""
     rides: list[float] = field(default_factory=list)
-    """Seconds from due to CancelTrip's answer, for the rides completed."""
+    """Seconds from due to the last step's 200, for the rides completed, without the bench's own
+    Retry-After waits: the latency of the calls the mesh admitted."""
+    waiting: list[float] = field(default_factory=list)
+    """The same rides with those waits: what a rider whose app obeys Retry-After sees."""
+    refused: list[Refusal] = field(default_factory=list)
+    """Every 429 and 503, answered or retried (they are also in `errors`)."""
     errors: Counter[str] = field(default_factory=Counter)
     cpu: dict[str, float] = field(default_factory=dict)
     """CPU seconds of each process over the run."""
     calls: Counter[str] = field(default_factory=Counter)
     """gRPC calls made over the run, by `caller -> service.Method` (the processes' /metrics)."""
+    took: dict[str, float] = field(default_factory=dict)
+    """Seconds those calls took in all, by `caller -> service.Method` as the caller saw them and by
+    `service.Method` as the service's handler did: the difference is time spent before the handler
+    ran (the callee's event loop backlog, the channel) or after it."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -169,6 +232,8 @@ class Mesh:
         self.key = ""
         self.tokens: list[tuple[str, str]] = []
         """(passenger name, access token) of each passenger."""
+        self.driver_tokens: dict[str, str] = {}
+        """Access token by driver name, of the drivers who signed in (the full flow's)."""
         self.drivers = 0
 
     def mesh(self, *args: str) -> str:
@@ -240,17 +305,24 @@ class Mesh:
                     used[f"postgres:{pid}"] = cpu_seconds(pid)
         return used
 
-    def calls(self) -> Counter[str]:
+    def calls(self) -> tuple[Counter[str], dict[str, float]]:
         """Every gRPC call the mesh's processes made so far, by edge and method, from their /metrics
-        (the admin port is the port + mesh.toml's default offset of 1000)."""
+        (the admin port is the port + mesh.toml's default offset of 1000); and the seconds those calls
+        took, summed, as each caller saw them (the same keys) and as the called service's handlers
+        did (`service.Method`)."""
         made: Counter[str] = Counter()
+        took: dict[str, float] = defaultdict(float)
         for name, port in [*self.ports.items(), ("gateway", self.gateway_port)]:
             scraped = stats.scrape(stats.Target(name, "", f"http://127.0.0.1:{port + ADMIN_OFFSET}/metrics"))
             for (metric, labels), value in (scraped.series or {}).items():
+                label = dict(labels)
                 if metric == "mesh_client_calls_total":
-                    label = dict(labels)
                     made[f"{label['caller']} -> {label['service']}.{label['grpc_method']}"] += int(value)
-        return made
+                elif metric == "mesh_client_call_duration_seconds_sum":
+                    took[f"{label['caller']} -> {label['service']}.{label['grpc_method']}"] += value
+                elif metric == "mesh_server_call_duration_seconds_sum":
+                    took[f"{label['service']}.{label['grpc_method']}"] += value
+        return made, took
 
 
 @contextlib.contextmanager
@@ -314,7 +386,9 @@ async def _sign_up(mesh: Mesh, count: int) -> None:
         mesh.tokens = await _bounded([functools.partial(one, n) for n in range(count)], 4)
 
 
-async def _add_drivers(mesh: Mesh, target: int, area: float, seed: int) -> None:
+async def _add_drivers(mesh: Mesh, target: int, area: float, seed: int, signed_in: int) -> None:
+    """Drivers online until there are `target`; the first `signed_in` of all of them are created
+    with an email and a password and sign in (the full flow's drivers act with their own token)."""
     rng = random.Random(seed * 1_000_003 + mesh.drivers)
     places = [around(rng, CENTER, area) for _ in range(target - mesh.drivers)]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.ports['drivers']}") as channel:
@@ -323,10 +397,18 @@ async def _add_drivers(mesh: Mesh, target: int, area: float, seed: int) -> None:
         async def one(number: int, place: LatLng) -> None:
             vehicle = dpb.Vehicle(make="Toyota", model="Prius", license_plate=f"B-{number}")
             draft = dpb.Driver(display_name=f"Driver {number}", vehicle=vehicle)
+            email = f"driver{number}@bench.example"
+            if number < signed_in:
+                draft.email, draft.password = email, PASSWORD
             created = await stub.CreateDriver(dpb.CreateDriverRequest(driver=draft))
             await stub.GoOnline(dpb.GoOnlineRequest(name=created.name, location=place))
+            if number < signed_in:
+                session = await stub.SignIn(dpb.SignInRequest(email=email, password=PASSWORD))
+                mesh.driver_tokens[created.name] = session.access_token
 
-        await _bounded([functools.partial(one, n, p) for n, p in enumerate(places, mesh.drivers)])
+        # argon2id (creating a password, signing in) is CPU-bound: as many in flight as for passengers
+        limit = 4 if mesh.drivers < signed_in else IN_FLIGHT
+        await _bounded([functools.partial(one, n, p) for n, p in enumerate(places, mesh.drivers)], limit)
     mesh.drivers = target
 
 
@@ -351,90 +433,156 @@ def _kind(step: str, status: int, body: bytes) -> str:
         error = json.loads(body)
         reasons = [d["reason"] for d in error.get("details", []) if "reason" in d]
         said = reasons[0] if reasons else _CODES.get(error.get("code"), "")
+        if said == "OVERLOADED":  # which of the gateway's limits refused: its message says
+            said += " (lag)" if "behind" in error.get("message", "") else " (in flight)"
     except (ValueError, TypeError, AttributeError, KeyError):
         said = "not JSON"
     return f"{step} {status} {said}".rstrip()
 
 
 _CODES = {code.value[0]: code.name for code in grpc.StatusCode}
+_RETRY_AFTER = re.compile(rb"\r\nretry-after:\s*(\d+)", re.IGNORECASE)
 
 
-async def _rides(mesh: Mesh, run: Run, seed: int) -> None:
-    loop = asyncio.get_running_loop()
-    pool = Pool(mesh.gateway_port)
-    rng = random.Random(seed)
-    pending: set[asyncio.Task[None]] = set()
-    answered = [0.0]
+def _retry_after(head: bytes) -> float | None:
+    """The answer's Retry-After in seconds (delay-seconds, what the gateway sends), None without one."""
+    found = _RETRY_AFTER.search(head)
+    return float(found.group(1)) if found else None
 
-    async def ride(number: int, due: float) -> None:
+
+class Rides:
+    """Rides of one flow through one mesh's gateway, each recorded in `run` as it ends."""
+
+    def __init__(self, mesh: Mesh, run: Run, seed: int) -> None:
+        self.mesh = mesh
+        self.run = run
+        self.rng = random.Random(seed)
+        self.pool = Pool(mesh.gateway_port)
+        self.loop = asyncio.get_running_loop()
+        self.answered = 0.0
+        """When the last answer came."""
+
+    async def ride(self, number: int, due: float) -> None:
+        try:
+            await self._ride(number, due)
+        except Exception as error:  # a bug here must show in the report, not vanish with the task
+            self.run.errors[f"bench error {type(error).__name__}"] += 1
+
+    async def _ride(self, number: int, due: float) -> None:
+        mesh, run = self.mesh, self.run
         passenger, token = mesh.tokens[number % len(mesh.tokens)]
-        pickup = around(rng, CENTER, PICKUP_SPREAD)
+        pickup = around(self.rng, CENTER, PICKUP_SPREAD)
         body = {
             "passenger": passenger,
             "pickup": {"latitude": pickup.latitude, "longitude": pickup.longitude},
             "dropoff": {"latitude": pickup.latitude, "longitude": pickup.longitude + 0.044},
             "paymentMethod": "pm_card_visa",
         }
-        status, answer = await pool.exchange(_http("/v1/trips", body, mesh.key, token))
-        answered[0] = loop.time()
-        if status != 200:
-            run.errors[_kind("RequestTrip", status, answer)] += 1
-            return
-        run.requested.append(answered[0] - due)
-        name = json.loads(answer)["name"]
-        cancel = _http(f"/v1/{name}:cancel", {"reason": "bench"}, mesh.key, token)
-        for attempt in range(CANCEL_ATTEMPTS):
-            status, answer = await pool.exchange(cancel)
-            answered[0] = loop.time()
-            if status == 200:
-                run.rides.append(answered[0] - due)
-                return
-            run.errors[_kind("CancelTrip", status, answer)] += 1
-            if status not in (429, 503) or attempt == CANCEL_ATTEMPTS - 1:
-                return
-            await asyncio.sleep(RETRY_AFTER)  # what the refusal's Retry-After says
+        waits = 0.0
+        """Seconds this ride slept on Retry-After: the app's wait, not the mesh's."""
+        trip: dict[str, str] = {}
+        for step in STEPS[run.flow]:
+            if step == "RequestTrip":  # counted from when the ride was due: no coordinated omission
+                request, began, attempts = _http("/v1/trips", body, mesh.key, token), due, 1
+            else:
+                path = f"/v1/{trip['name']}:{step.removesuffix('Trip').lower()}"
+                request = _http(path, {"reason": "bench"} if step == "CancelTrip" else {}, mesh.key, token)
+                began, attempts = self.loop.time(), ATTEMPTS
+            waited = 0.0
+            for attempt in range(attempts):
+                sent = began if attempt == 0 else self.loop.time()
+                status, head, answer = await self.pool.exchange(request)
+                self.answered = self.loop.time()
+                if status == 200:
+                    break
+                run.errors[_kind(step, status, answer)] += 1
+                if status not in (429, 503):
+                    return
+                after = _retry_after(head)
+                run.refused.append(Refusal(step, status, self.answered - sent, after is not None))
+                if attempt == attempts - 1:
+                    return
+                asleep = self.loop.time()
+                await asyncio.sleep(min(RETRY_AFTER if after is None else after, MAX_RETRY_AFTER))
+                waited += self.loop.time() - asleep  # what the refusal's Retry-After says, as slept
+            run.steps.setdefault(step, []).append(self.answered - began - waited)
+            waits += waited
+            if step == "RequestTrip":
+                trip = json.loads(answer)
+                if run.flow == "full":  # the assigned driver takes it from here, with its own token
+                    token = mesh.driver_tokens.get(trip["driver"], "")
+                    if not token:
+                        run.errors["RequestTrip assigned a driver who did not sign in"] += 1
+                        return
+        run.rides.append(self.answered - due - waits)
+        run.waiting.append(self.answered - due)
 
-    async def counted(number: int, due: float) -> None:
-        try:
-            await ride(number, due)
-        except Exception as error:  # a bug here must show in the report, not vanish with the task
-            run.errors[f"bench error {type(error).__name__}"] += 1
+    async def open_loop(self) -> None:
+        """Ride i due at start + i / rate, whether or not earlier ones were answered."""
+        run, pending = self.run, set[asyncio.Task[None]]()
+        count = max(1, int(run.offered * run.seconds))
+        start = self.loop.time() + 0.1
+        for number in range(count):
+            due = start + number / run.offered
+            delay = due - self.loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.ensure_future(self.ride(number, due))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await self._drain(pending)
+        run.seconds = max(self.answered - start, run.seconds)
 
-    count = max(1, int(run.offered * run.seconds))
-    start = loop.time() + 0.1
-    for number in range(count):
-        due = start + number / run.offered
-        delay = due - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.ensure_future(counted(number, due))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-    if pending:
-        await asyncio.wait(pending, timeout=DRAIN)
-    if pending:
-        run.errors["unanswered"] += len(pending)
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending)
-    pool.close()
-    run.seconds = max(answered[0] - start, run.seconds)
+    async def closed_loop(self, riders: int) -> None:
+        """`riders` riders, each starting its next ride when its last one ends, for run.seconds."""
+        run, numbers = self.run, itertools.count()
+        start = self.loop.time()
+        end = start + run.seconds
+
+        async def rider() -> None:
+            while self.loop.time() < end:
+                await self.ride(next(numbers), self.loop.time())
+
+        await self._drain({asyncio.ensure_future(rider()) for _ in range(riders)})
+        run.seconds = max(self.answered - start, run.seconds)
+
+    async def _drain(self, pending: set[asyncio.Task[None]]) -> None:
+        """Wait at most DRAIN seconds past the load for the rides still under way; count the rest."""
+        if pending:
+            await asyncio.wait(pending, timeout=DRAIN)
+        if pending := {task for task in pending if not task.done()}:
+            self.run.errors["unanswered"] += len(pending)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending)
+        self.pool.close()
 
 
-def measure(mesh: Mesh, drivers: int, rate: float, seconds: float, seed: int) -> Run:
+def measure(
+    mesh: Mesh, flow: str, drivers: int, rate: float, seconds: float, seed: int, riders: int = 0
+) -> Run:
+    """One run: open-loop at `rate`, or closed-loop with `riders` (the rate is then what they got)."""
     import uvloop
 
-    run = Run(mesh.variant, drivers, rate, seconds)
-    before, load_before, calls_before = mesh.cpu(), cpu_seconds(os.getpid()), mesh.calls()
+    async def rides(run: Run) -> None:
+        load = Rides(mesh, run, seed)
+        await (load.closed_loop(riders) if riders else load.open_loop())
+
+    run = Run(mesh.variant, flow, drivers, rate, seconds)
+    before, load_before, (calls_before, took_before) = mesh.cpu(), cpu_seconds(os.getpid()), mesh.calls()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_rides(mesh, run, seed))
+        runner.run(rides(run))
     settle([mesh])  # the outbox sends the rides' notifications after their answers: count those too
     after = mesh.cpu()
-    run.cpu = Counter()
-    for name, seconds in after.items():  # a server process that ended meanwhile is left out
-        run.cpu[name.split(":")[0]] += seconds - before.get(name, 0.0)
-    run.calls = mesh.calls() - calls_before
+    for name, seconds_used in after.items():  # a server process that ended meanwhile is left out
+        process = name.split(":")[0]
+        run.cpu[process] = run.cpu.get(process, 0.0) + seconds_used - before.get(name, 0.0)
+    calls, took = mesh.calls()
+    run.calls = calls - calls_before
+    run.took = {name: seconds_took - took_before.get(name, 0.0) for name, seconds_took in took.items()}
     run.cpu["load"] = cpu_seconds(os.getpid()) - load_before
+    if riders:
+        run.offered = len(run.rides) / run.seconds
     held = asyncio.run(_free_drivers(mesh))
     if held:
         run.errors["drivers left ON_TRIP (freed after the run)"] = held
@@ -442,8 +590,9 @@ def measure(mesh: Mesh, drivers: int, rate: float, seconds: float, seed: int) ->
 
 
 async def _free_drivers(mesh: Mesh) -> int:
-    """Cancel the trips still holding a driver (a RequestTrip answered too late for the client, a
-    CancelTrip refused every time), over gRPC: each run starts with every driver AVAILABLE."""
+    """End the trips still holding a driver (a RequestTrip answered too late for the client, a step
+    refused every time), over gRPC: each run starts with every driver AVAILABLE. A trip in progress
+    is completed (it cannot be cancelled), any other cancelled."""
     held = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.ports['drivers']}") as channel:
         stub = drivers_pb2_grpc.DriverServiceStub(channel)
@@ -456,12 +605,29 @@ async def _free_drivers(mesh: Mesh) -> int:
                 break
     async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.ports['trips']}") as channel:
         trips = trips_pb2_grpc.TripServiceStub(channel)
-        cancels = [
-            functools.partial(trips.CancelTrip, tpb.CancelTripRequest(name=name, reason="bench cleanup"))
-            for name in held
-        ]
-        await _bounded(cancels)
+
+        async def end(name: str) -> None:
+            trip = await trips.GetTrip(tpb.GetTripRequest(name=name))
+            if trip.state == tpb.TRIP_STATE_IN_PROGRESS:
+                await trips.CompleteTrip(tpb.CompleteTripRequest(name=name))
+            else:
+                await trips.CancelTrip(tpb.CancelTripRequest(name=name, reason="bench cleanup"))
+
+        await _bounded([functools.partial(end, name) for name in held])
     return len(held)
+
+
+def capacities(up: list[Mesh], flow: str, drivers: int, seconds: float, seed: int) -> dict[str, float]:
+    """Rides per second of `flow` by storage engine, measured with RIDERS riders in a closed loop on
+    the first mesh of each engine (the current tree's: a baseline is offered the same rates)."""
+    found: dict[str, float] = {}
+    for mesh in up:
+        if mesh.storage not in found:
+            settle(up)
+            got = round(measure(mesh, flow, drivers, 0.0, seconds, seed, RIDERS).offered)
+            found[mesh.storage] = got
+            print(f"{mesh.variant} {flow} flow, {drivers:,} drivers: capacity {got:g} rides/s", flush=True)
+    return found
 
 
 def settle(up: list[Mesh], limit: float = 60.0) -> float:
@@ -484,56 +650,111 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def _ms(values: list[float]) -> str:
+def _ms(values: list[float], shares: Sequence[float] = (0.5, 0.9, 0.99)) -> str:
     if not values:
         return "-"
-    return " / ".join(f"{percentile(values, q) * 1000:,.0f}" for q in (0.5, 0.9, 0.99))
+    return " / ".join(f"{percentile(values, q) * 1000:,.0f}" for q in shares)
+
+
+def _refused(refused: list[Refusal]) -> str:
+    """`RequestTrip 503: 40, CancelTrip 503: 2; 3 / 9 ms; Retry-After 42/42`."""
+    if not refused:
+        return "-"
+    counts = Counter(f"{r.step} {r.status}" for r in refused)
+    told = sum(r.retry_after for r in refused)
+    return (
+        f"{', '.join(f'{k}: {v}' for k, v in counts.most_common())}; "
+        f"{_ms([r.seconds for r in refused], (0.5, 0.99))} ms; Retry-After {told}/{len(refused)}"
+    )
 
 
 def report(runs: list[Run]) -> str:
     processes = [*SERVICES, "gateway", "supervisor", "postgres", "load"]
+    key = "| variant | flow | drivers | offered"
     lines = [
-        "| variant | drivers | offered rides/s | completed/s | RequestTrip p50 / p90 / p99 ms "
-        "| ride p50 / p90 / p99 ms | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        f"{key} rides/s | completed/s | RequestTrip 200 p50 / p90 / p99 ms | ride p50 / p90 / p99 ms "
+        "| ride p99 with Retry-After waits ms | refused (429, 503): count; p50 / p99 ms; with Retry-After "
+        "| errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in runs:
         errors = ", ".join(f"{k}: {v}" for k, v in r.errors.most_common()) or "-"
         lines.append(
-            f"| {r.variant} | {r.drivers:,} | {r.offered:g} | {len(r.rides) / r.seconds:,.1f} "
-            f"| {_ms(r.requested)} | {_ms(r.rides)} | {errors} |"
+            f"| {r.variant} | {r.flow} | {r.drivers:,} | {r.offered:g} | {len(r.rides) / r.seconds:,.1f} "
+            f"| {_ms(r.steps.get('RequestTrip', []))} | {_ms(r.rides)} | {_ms(r.waiting, (0.99,))} "
+            f"| {_refused(r.refused)} | {errors} |"
         )
+    steps = [step for step in dict.fromkeys(s for flow in FLOWS for s in STEPS[flow])]
+    lines += [
+        "",
+        "Each step's p50 / p90 / p99 ms (answered 200; RequestTrip from when its ride was due, "
+        "a later step from the answer before it; without the bench's Retry-After waits):",
+        "",
+        f"{key} | {' | '.join(steps)} |",
+        f"| --- | --- | ---: | ---: | {' | '.join('---:' for _ in steps)} |",
+    ]
+    for r in runs:
+        cells = [_ms(r.steps.get(step, [])) for step in steps]
+        lines.append(f"| {r.variant} | {r.flow} | {r.drivers:,} | {r.offered:g} | {' | '.join(cells)} |")
     lines += [
         "",
         "CPU ms per completed ride, by process (postgres: the server's processes for the mesh's "
         "connections, not its WAL writer or checkpointer):",
         "",
-        f"| variant | drivers | offered | {' | '.join(processes)} | all but load |",
-        f"| --- | ---: | ---: | {' | '.join('---:' for _ in processes)} | ---: |",
+        f"{key} | {' | '.join(processes)} | all but load |",
+        f"| --- | --- | ---: | ---: | {' | '.join('---:' for _ in processes)} | ---: |",
     ]
     for r in runs:
         done = max(1, len(r.rides))
         cells = [f"{r.cpu.get(p, 0.0) / done * 1000:.1f}" for p in processes]
         mesh = sum(v for k, v in r.cpu.items() if k != "load") / done * 1000
-        lines.append(f"| {r.variant} | {r.drivers:,} | {r.offered:g} | {' | '.join(cells)} | {mesh:.1f} |")
+        lines.append(
+            f"| {r.variant} | {r.flow} | {r.drivers:,} | {r.offered:g} | {' | '.join(cells)} | {mesh:.1f} |"
+        )
     edges = sorted({edge for r in runs for edge in r.calls})
     lines += [
         "",
         "gRPC calls per completed ride, by caller -> service.method:",
         "",
-        f"| variant | drivers | offered | {' | '.join(edges)} | all |",
-        f"| --- | ---: | ---: | {' | '.join('---:' for _ in edges)} | ---: |",
+        f"{key} | {' | '.join(edges)} | all |",
+        f"| --- | --- | ---: | ---: | {' | '.join('---:' for _ in edges)} | ---: |",
     ]
     for r in runs:
         done = max(1, len(r.rides))
         cells = [f"{r.calls[edge] / done:.2f}" for edge in edges]
         total = sum(r.calls.values()) / done
-        lines.append(f"| {r.variant} | {r.drivers:,} | {r.offered:g} | {' | '.join(cells)} | {total:.2f} |")
+        lines.append(
+            f"| {r.variant} | {r.flow} | {r.drivers:,} | {r.offered:g} | {' | '.join(cells)} | {total:.2f} |"
+        )
+    lines += [
+        "",
+        "Where a call's time goes: mean ms per call as its caller saw it / as the called service's "
+        "handler did (the difference: waiting for the callee's event loop, or in the channel; a "
+        "handler's time includes the calls it makes):",
+        "",
+        f"{key} | {' | '.join(edges)} |",
+        f"| --- | --- | ---: | ---: | {' | '.join('---:' for _ in edges)} |",
+    ]
+    for r in runs:
+        cells = [_mean_ms(r, edge) for edge in edges]
+        lines.append(f"| {r.variant} | {r.flow} | {r.drivers:,} | {r.offered:g} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
+def _mean_ms(run: Run, edge: str) -> str:
+    """`12.0 / 3.1`: mean ms of the edge's calls at the caller / at the callee's handler (every
+    caller's calls of that method)."""
+    method = edge.split(" -> ")[1]
+    served = sum(count for name, count in run.calls.items() if name.endswith(f" -> {method}"))
+    if not run.calls[edge] or not served:
+        return "-"
+    caller, handler = run.took.get(edge, 0.0) / run.calls[edge], run.took.get(method, 0.0) / served
+    return f"{caller * 1000:.1f} / {handler * 1000:.1f}"
+
+
 def plot(runs: list[Run], path: Path) -> None:
-    """p99 of whole rides against the offered rate, a line per variant and driver count (a PNG)."""
+    """p99 of the admitted rides (without the bench's Retry-After waits) against the offered rate,
+    a line per variant, flow and driver count (a PNG)."""
     try:
         import matplotlib
         import matplotlib.ticker
@@ -544,24 +765,27 @@ def plot(runs: list[Run], path: Path) -> None:
         print(f"bench: no plot: matplotlib is missing (pip install -e '.[bench]'); not writing {path}")
         return
     figure, axes = pyplot.subplots(figsize=(7, 4.5))
-    lines = sorted({(r.variant, r.drivers) for r in runs}, key=lambda line: (line[0], line[1]))
+    lines = sorted({(r.variant, r.flow, r.drivers) for r in runs})
     variants = sorted({r.variant for r in runs})
     styles = {variant: ("-", "--", ":", "-.")[n % 4] for n, variant in enumerate(variants)}
-    colours = {drivers: f"C{n}" for n, drivers in enumerate(sorted({r.drivers for r in runs}))}
-    for variant, drivers in lines:
+    colours = {line: f"C{n}" for n, line in enumerate(sorted({(r.flow, r.drivers) for r in runs}))}
+    markers = {"cancel": "o", "full": "s"}
+    for variant, flow, drivers in lines:
         mine = sorted(
-            (r for r in runs if (r.variant, r.drivers) == (variant, drivers)), key=lambda r: r.offered
+            (r for r in runs if (r.variant, r.flow, r.drivers) == (variant, flow, drivers)),
+            key=lambda r: r.offered,
         )
         p99 = [percentile(r.rides, 0.99) * 1000 if r.rides else math.nan for r in mine]
-        style = styles[variant]
         axes.plot(
-            [r.offered for r in mine], p99, style, color=colours[drivers], marker="o",
-            label=f"{variant}, {drivers:,} drivers",
+            [r.offered for r in mine], p99, styles[variant], color=colours[(flow, drivers)],
+            marker=markers[flow], label=f"{variant}, {flow} flow, {drivers:,} drivers",
         )  # fmt: skip
     axes.set_yscale("log")
-    axes.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    axes.set_xlabel("offered rides per second (RequestTrip + CancelTrip over REST)")
-    axes.set_ylabel("p99 of a ride, ms (log)")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    axes.yaxis.set_major_formatter(plain)
+    axes.yaxis.set_minor_formatter(plain)
+    axes.set_xlabel("offered rides per second (cancel: request, cancel; full: request to complete)")
+    axes.set_ylabel("p99 of an admitted ride, ms (log)")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
@@ -570,10 +794,26 @@ def plot(runs: list[Run], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Rides (RequestTrip, CancelTrip) through the whole mesh.")
-    parser.add_argument("--quick", action="store_true", help="100 and 1,000 drivers, 20 and 40 rides/s, 3 s")
+    parser = argparse.ArgumentParser(
+        description="Rides through the whole mesh: RequestTrip then CancelTrip (cancel flow), or "
+        "RequestTrip, AcceptTrip, StartTrip, CompleteTrip (full flow), over REST through the gateway."
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="100 and 1,000 drivers, 20 and 40 rides/s, 3 s, cancel flow"
+    )
+    parser.add_argument("--flow", help="cancel, full or both (default cancel,full; quick cancel)")
     parser.add_argument("--drivers", help="driver counts, ascending (default 100,1000,10000; quick 100,1000)")
+    parser.add_argument(
+        "--full-drivers", type=int, default=FULL_DRIVERS, metavar="N",
+        help=f"the full flow runs at the driver counts up to N (default {FULL_DRIVERS}): the first N "
+        "drivers have a password and sign in at setup (argon2id: about 0.4 s of CPU each)",
+    )  # fmt: skip
     parser.add_argument("--rates", help="offered rides per second (default 20,40,80,150; quick 20,40)")
+    parser.add_argument(
+        "--overload", action="store_true",
+        help=f"instead of --rates: per flow, driver count and storage, measure the capacity ({RIDERS} "
+        "riders in a closed loop on the current mesh) and offer 1x and 2x that",
+    )  # fmt: skip
     parser.add_argument("--seconds", type=float, help="seconds of load per run (default 10, quick 3)")
     parser.add_argument("--passengers", type=int, default=20, help="passengers taking turns (default 20)")
     parser.add_argument(
@@ -592,16 +832,25 @@ def main(argv: list[str] | None = None) -> None:
     counts = [int(x) for x in (args.drivers or ("100,1000" if args.quick else "100,1000,10000")).split(",")]
     rates = [float(x) for x in (args.rates or ("20,40" if args.quick else "20,40,80,150")).split(",")]
     seconds = args.seconds or (3.0 if args.quick else 10.0)
+    flows = (args.flow or ("cancel" if args.quick else ",".join(FLOWS))).split(",")
     if counts != sorted(counts) or not all(0 < c <= 100_000 for c in counts):
         parser.error("--drivers: ascending counts from 1 to 100,000")
     storages = args.storage.split(",")
     if not storages or not set(storages) <= set(STORAGES) or len(set(storages)) != len(storages):
         parser.error(f"--storage: some of {','.join(STORAGES)}")
+    if not flows or not set(flows) <= set(FLOWS) or len(set(flows)) != len(flows):
+        parser.error(f"--flow: some of {','.join(FLOWS)}")
+    if "full" in flows and not any(c <= args.full_drivers for c in counts):
+        parser.error("--full-drivers: below every driver count, the full flow would not run")
+    if args.overload and args.rates:
+        parser.error("--overload measures the rates: no --rates with it")
     if not all(0 < r <= 1000 for r in rates) or not 0 < seconds <= 120 or args.passengers < 1:
         parser.error("--rates from 0 to 1000, --seconds up to 120, --passengers at least 1")
+    signed_in = min(counts[-1], args.full_drivers) if "full" in flows else 0
     print(
-        f"rides (RequestTrip + CancelTrip over REST) at {rates} per s for {seconds:g} s each, with "
-        f"{counts} drivers within {args.area:g} m, on {' and '.join(storages)}; "
+        f"rides ({' and '.join(flows)} flow) at {'1x and 2x capacity' if args.overload else rates} per s "
+        f"for {seconds:g} s each, with {counts} drivers within {args.area:g} m "
+        f"(the full flow up to {args.full_drivers:,}), on {' and '.join(storages)}; "
         f"load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
@@ -613,27 +862,35 @@ def main(argv: list[str] | None = None) -> None:
     ):
         for mesh in up:
             asyncio.run(_sign_up(mesh, args.passengers))
-            asyncio.run(_add_drivers(mesh, counts[0], args.area, args.seed))
-            measure(mesh, counts[0], min(rates), 2.0, -1)  # warm-up: channels, token cache, SQLite pages
+            asyncio.run(_add_drivers(mesh, counts[0], args.area, args.seed, signed_in))
+            for flow in flows:  # warm-up: channels, token cache, SQLite pages
+                measure(mesh, flow, counts[0], min(rates), 2.0, -1)
         for number, count in enumerate(counts):
             for mesh in up:
                 began = time.monotonic()
-                asyncio.run(_add_drivers(mesh, count, args.area, args.seed))
+                asyncio.run(_add_drivers(mesh, count, args.area, args.seed, signed_in))
                 print(
                     f"{mesh.variant}: {count:,} drivers online ({time.monotonic() - began:.0f} s)", flush=True
                 )
-            for step, rate in enumerate(rates):
-                order = up if (number + step) % 2 == 0 else list(reversed(up))
-                for mesh in order:
-                    waited = settle(up)
-                    run = measure(mesh, count, rate, seconds, args.seed + step)
-                    runs.append(run)
-                    print(
-                        f"{mesh.variant} {count:,} drivers, {rate:g}/s: {len(run.rides) / run.seconds:.1f} "
-                        f"rides/s, ride p50/p90/p99 {_ms(run.rides)} ms, {sum(run.errors.values())} errors"
-                        f" (idle after {waited:.0f} s, load average {os.getloadavg()[0]:.1f})",
-                        flush=True,
-                    )
+            for flow in flows:
+                if flow == "full" and count > args.full_drivers:
+                    continue
+                offered = capacities(up, flow, count, seconds, args.seed) if args.overload else None
+                for step in range(2 if offered else len(rates)):
+                    order = up if (number + step) % 2 == 0 else list(reversed(up))
+                    for mesh in order:
+                        rate = offered[mesh.storage] * (step + 1) if offered else rates[step]
+                        waited = settle(up)
+                        run = measure(mesh, flow, count, rate, seconds, args.seed + step)
+                        runs.append(run)
+                        print(
+                            f"{mesh.variant} {flow} flow, {count:,} drivers, {rate:g}/s: "
+                            f"{len(run.rides) / run.seconds:.1f} rides/s, "
+                            f"ride p50/p90/p99 {_ms(run.rides)} ms, "
+                            f"{len(run.refused)} refused, {sum(run.errors.values())} errors"
+                            f" (idle after {waited:.0f} s, load average {os.getloadavg()[0]:.1f})",
+                            flush=True,
+                        )
         if args.logs:
             args.logs.mkdir(parents=True, exist_ok=True)
             for mesh in up:
