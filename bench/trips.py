@@ -13,7 +13,9 @@ supervisor, not a twin of it) on the repository's mesh.toml with free ports,
 its own data dir and access tokens that outlive the run (environment
 overrides). With `--baseline-ref REF` the mesh of another git revision runs
 too (a temporary worktree, as bench/rest.py does), and each measurement is
-taken on both, alternating which goes first. Nothing is pinned: the mesh and
+taken on both, alternating which goes first; `--variant NAME:MESH_KEY=VALUE,...`
+adds the current tree again with mesh settings changed by environment (two
+trips replicas, a gateway limit), side by side the same way. Nothing is pinned: the mesh and
 this load generator share the two cores, as with `make run`. On PostgreSQL
 (127.0.0.1:5432, user `postgres`, as on every machine of the project) each
 mesh gets a database per service named `bench_<random>_<service>`, made by
@@ -201,7 +203,17 @@ def cpu_seconds(pid: int) -> float:
 class Mesh:
     """`mesh up` of one source tree on free ports, and who is in it once setup is done."""
 
-    def __init__(self, variant: str, tree: Path, workdir: Path, baseline: bool, storage: str) -> None:
+    def __init__(
+        self,
+        variant: str,
+        tree: Path,
+        workdir: Path,
+        baseline: bool,
+        storage: str,
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        """`overrides`: mesh settings by environment (`MESH_SERVICES__TRIPS__REPLICAS=2`), for a
+        `--variant` of the current tree."""
         self.variant = f"{variant}/{storage}"
         self.storage = storage
         self.database_prefix = f"bench_{os.urandom(4).hex()}" if storage == "postgres" else ""
@@ -225,10 +237,14 @@ class Mesh:
                 MESH_STORAGE__BACKEND="postgres",
                 MESH_STORAGE__DSN=f"{SERVER}/{self.database_prefix}_{{service}}",
             )
+        env.update(overrides or {})
         self.env = env
         self.log = self.data_dir.parent / "mesh-up.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.pids: dict[str, int] = {}
+        """Each process by name: the service's for its first replica, `service:k` for replica k."""
+        self.admin_ports: dict[str, int] = {}
+        """Where each process serves /metrics, by the same names."""
         self.key = ""
         self.tokens: list[tuple[str, str]] = []
         """(passenger name, access token) of each passenger."""
@@ -258,7 +274,11 @@ class Mesh:
             with contextlib.suppress(OSError, ValueError):
                 found = json.loads(state.read_text())
                 if found.get("supervisor_pid") == self.process.pid:
-                    self.pids = {m["service"]: m["pid"] for m in found["members"]}
+                    for member in found["members"]:
+                        replica = member.get("replica", 0)
+                        name = f"{member['service']}:{replica}" if replica else member["service"]
+                        self.pids[name] = member["pid"]
+                        self.admin_ports[name] = int(member["address"].rpartition(":")[2]) + ADMIN_OFFSET
                     self.pids["supervisor"] = self.process.pid
                     break
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -312,8 +332,8 @@ class Mesh:
         did (`service.Method`)."""
         made: Counter[str] = Counter()
         took: dict[str, float] = defaultdict(float)
-        for name, port in [*self.ports.items(), ("gateway", self.gateway_port)]:
-            scraped = stats.scrape(stats.Target(name, "", f"http://127.0.0.1:{port + ADMIN_OFFSET}/metrics"))
+        for name, port in self.admin_ports.items():
+            scraped = stats.scrape(stats.Target(name, "", f"http://127.0.0.1:{port}/metrics"))
             for (metric, labels), value in (scraped.series or {}).items():
                 label = dict(labels)
                 if metric == "mesh_client_calls_total":
@@ -326,18 +346,24 @@ class Mesh:
 
 
 @contextlib.contextmanager
-def meshes(workdir: Path, baseline_ref: str | None, storages: Sequence[str]) -> Iterator[list[Mesh]]:
-    """A mesh per source tree and storage engine, all running side by side; stopped (and their
-    databases dropped) at the end."""
+def meshes(
+    workdir: Path,
+    baseline_ref: str | None,
+    storages: Sequence[str],
+    variants: Mapping[str, Mapping[str, str]] | None = None,
+) -> Iterator[list[Mesh]]:
+    """A mesh per source tree (and per `variants` entry: the current tree with those settings) and
+    storage engine, all running side by side; stopped (and their databases dropped) at the end."""
     started: list[Mesh] = []
     with contextlib.ExitStack() as stack:
-        trees = [("current", REPO, False)]
+        trees: list[tuple[str, Path, bool, Mapping[str, str]]] = [("current", REPO, False, {})]
+        trees += [(name, REPO, False, settings) for name, settings in (variants or {}).items()]
         if baseline_ref:
-            trees.append((baseline_ref, stack.enter_context(baseline_tree(baseline_ref)), True))
+            trees.append((baseline_ref, stack.enter_context(baseline_tree(baseline_ref)), True, {}))
         try:
-            for variant, tree, baseline in trees:
+            for variant, tree, baseline, settings in trees:
                 for storage in storages:
-                    mesh = Mesh(variant, tree, workdir, baseline, storage)
+                    mesh = Mesh(variant, tree, workdir, baseline, storage, settings)
                     started.append(mesh)
                     mesh.start()
             yield started
@@ -824,6 +850,14 @@ def main(argv: list[str] | None = None) -> None:
         "--baseline-ref", metavar="REF", help="also run the mesh of this git revision, side by side"
     )
     parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="also run the current tree with these mesh settings (environment overrides), side by side, "
+        "e.g. 2-trips:MESH_SERVICES__TRIPS__REPLICAS=2",
+    )
+    parser.add_argument(
         "--storage", default=",".join(STORAGES), help="storage engines, a mesh each (default sqlite,postgres)"
     )
     parser.add_argument("--plot", type=Path, metavar="PNG", help="draw p99 against the offered rate here")
@@ -836,6 +870,14 @@ def main(argv: list[str] | None = None) -> None:
     if counts != sorted(counts) or not all(0 < c <= 100_000 for c in counts):
         parser.error("--drivers: ascending counts from 1 to 100,000")
     storages = args.storage.split(",")
+    variants: dict[str, dict[str, str]] = {}
+    for given in args.variant:
+        name, _, settings = given.partition(":")
+        pairs = [pair.partition("=") for pair in settings.split(",") if pair]
+        malformed = any(not key.startswith("MESH_") or not sep for key, sep, _ in pairs)
+        if not name or "/" in name or not pairs or malformed:
+            parser.error(f"--variant {given!r}: NAME:MESH_KEY=VALUE,...")
+        variants[name] = {key: value for key, _, value in pairs}
     if not storages or not set(storages) <= set(STORAGES) or len(set(storages)) != len(storages):
         parser.error(f"--storage: some of {','.join(STORAGES)}")
     if not flows or not set(flows) <= set(FLOWS) or len(set(flows)) != len(flows):
@@ -858,7 +900,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[Run] = []
     with (
         tempfile.TemporaryDirectory(prefix="rideshare-bench-trips-") as folder,
-        meshes(Path(folder), args.baseline_ref, storages) as up,
+        meshes(Path(folder), args.baseline_ref, storages, variants) as up,
     ):
         for mesh in up:
             asyncio.run(_sign_up(mesh, args.passengers))
