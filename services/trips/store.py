@@ -185,18 +185,21 @@ class TripStore(Store[Trip]):
 
     async def finish_matching(
         self,
-        trip_id: str,
+        matching: Matching,
         driver: str,
         request: RequestTripRequest,
         notices: Callable[[Trip], Sequence[Notice]],
     ) -> Trip:
-        """MATCHING -> DRIVER_ASSIGNED with its notifications, recorded as the answer to `request`."""
+        """MATCHING -> DRIVER_ASSIGNED with its notifications, recorded as the answer to `request`.
+
+        The caller holds the trip (`hold`) and read `matching` while holding it, and holds the
+        request's key, under which it found no answer to `request` (`replayed`): nothing else
+        writes a held trip or answers a held request, so neither is read again here.
+        """
 
         async def write(tx: Tx) -> Trip:
-            row = await tx.query_one("SELECT * FROM trips WHERE id = ? AND state = ?", (trip_id, MATCHING))
-            if row is None:
-                raise self.not_found(trip_id)
-            trip = _trip(row)
+            trip = Trip()
+            trip.CopyFrom(matching.trip)
             trip.driver = driver
             trip.state = DRIVER_ASSIGNED
             trip.update_time.CopyFrom(now())
@@ -204,7 +207,7 @@ class TripStore(Store[Trip]):
             await _enqueue(tx, notices(trip))
             return trip
 
-        return await self.idempotent(request, write)
+        return await self.idempotent(request, write, looked_up=True)
 
     # --- the life of an assigned trip ------------------------------------------
 

@@ -136,6 +136,7 @@ class TripWorkflow:
         after any failure asks again and gets the driver the first call took, if
         it took one, never a second.
         """
+        fresh = matching is None
         if matching is None:
             # Both are reads: side by side, a ride waits for the slower one, not for both.
             _, quote = await asyncio.gather(
@@ -145,7 +146,9 @@ class TripWorkflow:
             trip = domain.new_trip(request, quote)
             matching = await self.store.add_matching(trip, request.request_id, fingerprint(request))
         async with self.locks.hold(matching.id):
-            current = await self.store.matching(matching.id)
+            # A trip written a moment ago is as written: only the janitor also holds MATCHING
+            # trips, and it drops only those untouched for `matching_timeout_seconds`.
+            current = matching if fresh else await self.store.matching(matching.id)
             if current is None:
                 # The janitor gave this attempt up (and freed its driver) while we waited: start afresh.
                 return await self._match(request, None)
@@ -162,7 +165,7 @@ class TripWorkflow:
 
     async def _assigned(self, request: RequestTripRequest, matching: Matching, driver: Driver) -> Trip:
         trip = await self.store.finish_matching(
-            matching.id, driver.name, request, lambda assigned: notices.assigned(assigned, driver)
+            matching, driver.name, request, lambda assigned: notices.assigned(assigned, driver)
         )
         self.outbox.wake()
         return trip

@@ -41,7 +41,7 @@ async def assigned(
     """A DRIVER_ASSIGNED trip written the way RequestTrip writes it, with one queued notification."""
     rpc = request(request_id=request_id, passenger=passenger)
     matching = await store.add_matching(domain.new_trip(rpc, quote()), request_id, fingerprint(rpc))
-    return await store.finish_matching(matching.id, driver, rpc, notice)
+    return await store.finish_matching(matching, driver, rpc, notice)
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ def test_a_matching_trip_is_invisible_until_a_driver_is_assigned(store, runner):
 
         assert (await store.matching(trip_id)).trip == trip
 
-        done = await store.finish_matching(trip_id, "drivers/d1", rpc, notice)
+        done = await store.finish_matching(matching, "drivers/d1", rpc, notice)
 
         assert done.state == domain.DRIVER_ASSIGNED
         assert done.driver == "drivers/d1"
