@@ -31,6 +31,7 @@ from services.gateway.telemetry import HttpTracing, gateway_telemetry
 from services.runtime import log
 from services.runtime.config import GatewayConfig, MeshConfig, load_config
 from services.runtime.errors import ConfigError
+from services.runtime.server import run as run_process
 from services.runtime.server import stop_when_supervisor_exits
 from services.runtime.telemetry import Telemetry
 from services.runtime.tokens import Verifier
@@ -292,11 +293,8 @@ def main(config_path: str | None, options: Options) -> int:
         log.configure("gateway")
         _log.error(str(exc), extra={"fields": {"event": "config_error"}})
         return 2
-    import uvloop
-
     try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(run(config, options))
+        return run_process(run(config, options))
     except ConfigError as exc:
         _log.error(str(exc), extra={"fields": {"event": "config_error"}})
         return 2

@@ -311,7 +311,7 @@ def stop_when_supervisor_exits(stop: Callable[[], None]) -> None:
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """Run a process's main coroutine on uvloop, as every mesh process does.
+    """Run a process's main coroutine on uvloop, as every mesh process (the gateway too) does.
 
     grpc.aio serves ~7-10 % more calls per core on uvloop than on asyncio's own
     loop (DESIGN.md; docs/benchmarks.md section 1 for the runtime's figure).
