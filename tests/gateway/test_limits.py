@@ -25,17 +25,20 @@ from .test_http import error_of
 
 # -- the in-flight queue ---------------------------------------------------------------------------------
 
+NEW, CONTINUING = False, True
+"""Whether a call continues work already admitted (its route names an existing resource)."""
+
 
 def test_calls_past_the_cap_wait_their_turn_in_order():
     async def scenario() -> list[str]:
         gate = InFlight(limit=2, max_wait=30)
-        assert gate.try_enter()
-        assert gate.try_enter()
-        assert not gate.try_enter()
+        assert gate.try_enter(NEW)
+        assert gate.try_enter(NEW)
+        assert not gate.try_enter(NEW)
         order: list[str] = []
 
         async def call(name: str) -> None:
-            await gate.wait(None)
+            await gate.wait(None, NEW)
             order.append(name)
 
         waiters = [asyncio.ensure_future(call(name)) for name in ("first", "second")]
@@ -56,9 +59,9 @@ def test_calls_past_the_cap_wait_their_turn_in_order():
 def test_a_call_that_cannot_wait_is_refused_at_once_with_503_and_retry_after():
     async def scenario() -> HttpError:
         gate = InFlight(limit=1, max_wait=0.0)
-        assert gate.try_enter()
+        assert gate.try_enter(NEW)
         with pytest.raises(HttpError) as refused:
-            await gate.wait(None)
+            await gate.wait(None, NEW)
         assert gate.waiting == 0
         return refused.value
 
@@ -70,10 +73,10 @@ def test_a_call_that_cannot_wait_is_refused_at_once_with_503_and_retry_after():
 def test_a_call_is_refused_at_once_when_the_wait_ahead_is_longer_than_its_deadline():
     async def scenario() -> None:
         gate = InFlight(limit=1, max_wait=30)
-        assert gate.try_enter()
+        assert gate.try_enter(NEW)
         gate.holding = 2.0  # calls have been holding their slot for 2 s
         with pytest.raises(HttpError):
-            await gate.wait(1.0)  # the caller's deadline is 1 s away
+            await gate.wait(1.0, NEW)  # the caller's deadline is 1 s away
         assert gate.waiting == 0
 
     asyncio.run(scenario())
@@ -81,21 +84,21 @@ def test_a_call_is_refused_at_once_when_the_wait_ahead_is_longer_than_its_deadli
 
 def test_the_check_before_the_body_is_read_refuses_only_what_could_not_start_in_time():
     gate = InFlight(limit=1, max_wait=30)
-    gate.check(0)  # a free slot: nothing to wait for
-    assert gate.try_enter()
+    gate.check(0, NEW)  # a free slot: nothing to wait for
+    assert gate.try_enter(NEW)
     gate.holding = 2.0
     with pytest.raises(HttpError):
-        gate.check(1.0)
-    gate.check(5.0)  # it may wait its turn
+        gate.check(1.0, NEW)
+    gate.check(5.0, NEW)  # it may wait its turn
     assert gate.busy == 1  # a check takes no slot
 
 
 def test_a_call_whose_wait_runs_out_is_refused():
     async def scenario() -> None:
         gate = InFlight(limit=1, max_wait=30)
-        assert gate.try_enter()
+        assert gate.try_enter(NEW)
         with pytest.raises(HttpError) as refused:
-            await gate.wait(0.05)  # its deadline passes while it waits
+            await gate.wait(0.05, NEW)  # its deadline passes while it waits
         assert refused.value.status == 503
         assert gate.waiting == 0
         gate.leave(None)  # nobody waits any more: the slot is free
@@ -107,8 +110,8 @@ def test_a_call_whose_wait_runs_out_is_refused():
 def test_a_waiter_that_goes_away_just_after_its_turn_came_passes_the_slot_on():
     async def scenario() -> None:
         gate = InFlight(limit=1, max_wait=30)
-        assert gate.try_enter()
-        waiter = asyncio.ensure_future(gate.wait(None))
+        assert gate.try_enter(NEW)
+        waiter = asyncio.ensure_future(gate.wait(None, NEW))
         await asyncio.sleep(0)  # it runs until it waits
         assert gate.waiting == 1
         gate.leave(None)  # its turn comes...
