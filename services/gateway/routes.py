@@ -326,7 +326,7 @@ def _names_resource(template: Template) -> bool:
     existing resource (`GET /v1/{name=trips/*}`, `POST /v1/{name=trips/*}:cancel`, `PATCH`,
     `DELETE`), so the call acts on something a caller was already given; a path ending in a
     literal names a collection or the API itself (`POST /v1/trips`, `GET /v1/drivers`,
-    `POST /v1/passengers:signIn`, `POST /v1/{parent=passengers/*}/notifications`) and starts
+    `POST /v1/passengers:signIn`, `GET /v1/{parent=passengers/*}/notifications`) and starts
     something. Under overload the gateway refuses new work first (limits.InFlight)."""
     if not template.variables:
         return False
