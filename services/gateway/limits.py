@@ -137,7 +137,7 @@ class InFlight:
         if continues:
             ahead = (self.waiting_continuing + 1) * self.holding / self.limit
         else:
-            ahead = (self.waiting + 1) * self.holding / max(self.limit - self.reserve, 1)
+            ahead = (self.waiting + 1) * self.holding / (self.limit - self.reserve)
         if wait <= 0 or ahead > wait:
             raise self._overloaded(wait, continues)
         return wait
