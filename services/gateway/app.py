@@ -195,7 +195,8 @@ class Gateway:
             return
         unary = not binding.rpc.server_streaming
         if unary:
-            self.in_flight.check(timeout)  # a call that cannot start in time is not even read
+            # A call that cannot start in time is not even read.
+            self.in_flight.check(timeout, binding.continues)
         body = await self._read_body(binding, request_headers, receive) if binding.has_body else b""
         try:
             request = transcode.decode_request(binding, match.values, query, body)
@@ -209,10 +210,11 @@ class Gateway:
             finally:
                 self.streams.leave(owners)
             return
-        # A unary call takes an in-flight slot; past the cap it waits while its deadline allows.
+        # A unary call takes an in-flight slot; past the cap it waits while its deadline allows,
+        # and a call that continues work goes before one that starts it (limits.py).
         in_flight = self.in_flight
-        if not in_flight.try_enter():
-            waited = await in_flight.wait(timeout)
+        if not in_flight.try_enter(binding.continues):
+            waited = await in_flight.wait(timeout, binding.continues)
             if timeout is not None:
                 timeout -= waited
         since = time.monotonic()

@@ -7,7 +7,7 @@ segments through a trie per HTTP method, trying a literal child before a `*`
 child before a `**` tail, so literal routes win over wildcard ones and the
 first route found is the most specific. Everything about a binding that does
 not depend on the request (field paths, converters, which fields the path and
-body bind) is resolved here, once.
+body bind, whether it continues work: `continues`) is resolved here, once.
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ class Binding:
     query_cache: dict[str, Any] = field(default_factory=dict)
     """Query key -> resolved field (or the error it gives), filled as keys are seen."""
     annotated: bool = True
+    continues: bool = False
+    """Its path names an existing resource (`continues`): under overload it goes before new work."""
 
     @property
     def has_body(self) -> bool:
@@ -313,7 +315,23 @@ def compile_binding(
         object_body=body_path is None or _plain_message(body_path.leaf),
         encode=_response_encoder(rpc, response_path),
         annotated=annotated,
+        continues=_names_resource(template),
     )
+
+
+def _names_resource(template: Template) -> bool:
+    """Whether a call on this path continues work already admitted rather than starting new work.
+
+    Decided from the contract (AIP-131..136 paths): a path that ends in a variable names an
+    existing resource (`GET /v1/{name=trips/*}`, `POST /v1/{name=trips/*}:cancel`, `PATCH`,
+    `DELETE`), so the call acts on something a caller was already given; a path ending in a
+    literal names a collection or the API itself (`POST /v1/trips`, `GET /v1/drivers`,
+    `POST /v1/passengers:signIn`, `GET /v1/{parent=passengers/*}/notifications`) and starts
+    something. Under overload the gateway refuses new work first (limits.InFlight)."""
+    if not template.variables:
+        return False
+    last = template.variables[-1]
+    return last.end is None or last.end == len(template.segments)
 
 
 def _body_decoder(rpc: Rpc, body: f.FieldPath | None) -> BodyDecoder:
