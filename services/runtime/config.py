@@ -214,7 +214,7 @@ class GatewayConfig:
     body_timeout: Seconds = 30.0
     idle_timeout: Seconds = 5.0
     max_connections: Count = 1000
-    max_in_flight: Count = 32
+    max_in_flight: Count = 24
     max_queue_wait: Delay = 0.05
     max_lag: Delay = 0.05  # how late the gateway's event loop may run before it refuses new calls
     max_streams_per_key: Count = 100

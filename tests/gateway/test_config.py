@@ -26,7 +26,7 @@ def test_without_a_gateway_table_the_gateway_is_off_with_defaults(tmp_path):
     assert (gateway.rate_limit.requests_per_second, gateway.rate_limit.burst) == (10.0, 20)
     assert (gateway.max_header_bytes, gateway.max_url_bytes) == (65536, 8192)
     assert (gateway.header_timeout, gateway.body_timeout, gateway.idle_timeout) == (10.0, 30.0, 5.0)
-    assert (gateway.max_connections, gateway.max_in_flight, gateway.max_queue_wait) == (1000, 32, 0.05)
+    assert (gateway.max_connections, gateway.max_in_flight, gateway.max_queue_wait) == (1000, 24, 0.05)
     assert gateway.max_streams_per_key == 100
 
 
