@@ -18,7 +18,7 @@ import psycopg_pool
 import pytest
 from rideshare.passengers.v1 import passengers_pb2 as pb
 
-from services.runtime import migrations
+from services.runtime import migrations, storage
 from services.runtime.errors import InvalidArgument, Unavailable
 from services.runtime.migrations import Migration, MigrationError
 from services.runtime.postgres import PostgresBackend, pyformat
@@ -284,6 +284,70 @@ def test_using_the_sqlite_backend_inside_its_own_transaction_fails_instead_of_wa
 
     with pytest.raises(RuntimeError, match="through its Tx"):
         asyncio.run(misuse())
+    asyncio.run(backend.close())
+
+
+def _rows_in_the_database_file(path: Path) -> int:
+    """Rows of `t` in the database file itself, leaving out what is only in its WAL (`immutable`:
+    SQLite reads the file as it is, with no WAL and no locks)."""
+    conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def _commit(backend: SqliteBackend, count: int) -> None:
+    for number in range(count):
+        async with backend.transaction() as tx:
+            await tx.execute("INSERT INTO t (v) VALUES (?)", (f"row {number}",))
+
+
+def test_the_wal_is_copied_into_the_database_by_a_worker_every_so_many_commits(tmp_path, monkeypatch):
+    """The serving connection never checkpoints (a checkpoint fsyncs with the event loop
+    stalled); after CHECKPOINT_EVERY commits one runs off the loop, and the rows reach the file."""
+    monkeypatch.setattr(storage, "CHECKPOINT_EVERY", 5)
+    path = tmp_path / "t.db"
+    backend = SqliteBackend(path, ["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"])
+    loop_thread = threading.get_ident()
+    ran_in: list[int] = []
+    checkpoint = storage._Checkpoints._checkpoint
+
+    def watched(self: storage._Checkpoints) -> None:
+        ran_in.append(threading.get_ident())
+        checkpoint(self)
+
+    monkeypatch.setattr(storage._Checkpoints, "_checkpoint", watched)
+
+    async def scenario() -> None:
+        assert backend.file.query_one("PRAGMA wal_autocheckpoint")[0] == 0
+        await _commit(backend, 4)
+        assert ran_in == []
+        await _commit(backend, 1)
+        await backend.close()  # waits for the checkpoint that the fifth commit started
+
+    asyncio.run(scenario())
+    assert len(ran_in) == 1
+    assert ran_in[0] != loop_thread  # a worker, not the event loop's thread
+    assert _rows_in_the_database_file(path) == 5
+
+
+def test_the_serving_connection_does_not_checkpoint_on_its_own(tmp_path, monkeypatch):
+    """Past SQLite's own 1,000-page mark the rows are still only in the WAL until a checkpoint is due."""
+    monkeypatch.setattr(storage, "CHECKPOINT_EVERY", 10**9)
+    path = tmp_path / "t.db"
+    backend = SqliteBackend(path, ["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"])
+
+    backend.file.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the table, in the file
+
+    async def scenario() -> None:
+        async with backend.transaction() as tx:
+            for number in range(3000):  # ~1,500 pages in one commit
+                await tx.execute("INSERT INTO t (v) VALUES (?)", ("x" * 2000 + str(number),))
+        await _commit(backend, 1)
+        assert _rows_in_the_database_file(path) == 0
+
+    asyncio.run(scenario())
     asyncio.run(backend.close())
 
 
