@@ -31,7 +31,7 @@ from services.runtime.errors import NotFound, PermissionDenied
 from services.runtime.principal import require_owner, signed_in
 
 from .store import TripStore
-from .workflow import TripWorkflow
+from .workflow import Allowed, TripWorkflow
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -66,30 +66,25 @@ class TripServicer(trips_pb2_grpc.TripServiceServicer):
         return ListTripsResponse(trips=page.items, next_page_token=page.next_page_token)
 
     async def AcceptTrip(self, request: AcceptTripRequest, context: Context) -> Trip:
-        await self._allowed(request.name, "accept")
-        return await self.workflow.accept(request)
+        return await self.workflow.accept(request, self._allowed("accept"))
 
     async def StartTrip(self, request: StartTripRequest, context: Context) -> Trip:
-        await self._allowed(request.name, "start")
-        return await self.workflow.start(request)
+        return await self.workflow.start(request, self._allowed("start"))
 
     async def CompleteTrip(self, request: CompleteTripRequest, context: Context) -> Trip:
-        await self._allowed(request.name, "complete")
-        return await self.workflow.complete(request)
+        return await self.workflow.complete(request, self._allowed("complete"))
 
     async def CancelTrip(self, request: CancelTripRequest, context: Context) -> Trip:
-        await self._allowed(request.name)
-        return await self.workflow.cancel(request)
+        return await self.workflow.cancel(request, self._allowed())
 
-    async def _allowed(self, name: str, drivers_step: str = "") -> None:
-        """Whether the caller may act on the trip (and take `drivers_step` on it); its NOT_FOUND if not.
+    def _allowed(self, drivers_step: str = "") -> Allowed:
+        """Whether the caller may act on a trip (and take `drivers_step` on it): its NOT_FOUND if not.
 
-        A trip's passenger and driver never change once it is visible, so the check holds for the
-        step that follows it.
+        The step checks it on the trip it holds, before anything else (a repeat's stored answer
+        included), so the trip is read once.
         """
         who = signed_in()
-        if not who.admin:
-            self._check(who, await self.store.get(name), drivers_step)
+        return lambda trip: self._check(who, trip, drivers_step)
 
     def _check(self, who: Principal, trip: Trip, drivers_step: str = "") -> None:
         if who.admin:

@@ -45,6 +45,16 @@ class Holds(Protocol):
     def hold(self, key: str) -> AbstractAsyncContextManager[None]: ...
 
 
+StepRequest = AcceptTripRequest | StartTripRequest | CompleteTripRequest | CancelTripRequest
+Allowed = Callable[[Trip], None]
+"""Whether the caller may take a step on a trip (the servicer's rule of who owns it): raises the
+refusal, checked by the step on the trip it holds, so the trip is read once."""
+
+
+def anyone(trip: Trip) -> None:
+    """A step taken on the service's own behalf (tests, the mesh): no one to refuse."""
+
+
 class KeyedLocks:
     """One lock per key, across the replicas: an asyncio lock for this process's own tasks,
     then the store's hold on the key for the other processes (PostgreSQL's advisory lock,
@@ -209,34 +219,47 @@ class TripWorkflow:
 
     # --- the local steps -----------------------------------------------------------
 
-    async def accept(self, request: AcceptTripRequest) -> Trip:
+    async def _held(self, request: StepRequest, allowed: Allowed) -> tuple[Trip, Trip | None]:
+        """The trip a step holds, once the caller may take the step on it, and the stored answer
+        to a repeat of `request` (None for a first). Read once, under the hold: nothing else
+        changes a held trip, so the step writes from it without reading it again."""
+        trip = await self.store.get(request.name)
+        allowed(trip)  # before the replay: another's request_id must tell a stranger nothing
+        return trip, await self.store.replayed(request)
+
+    async def accept(self, request: AcceptTripRequest, allowed: Allowed = anyone) -> Trip:
         trip_id = resource_id(request.name, "trips")
         async with self.locks.hold(trip_id):
+            trip, replay = await self._held(request, allowed)
+            if replay is not None:
+                return replay
             trip = await self.store.transition(
-                trip_id, request, lambda t: _with(domain.accept(t), notices.accepted)
+                trip_id, request, lambda t: _with(domain.accept(t), notices.accepted), trip
             )
         self.outbox.wake()
         return trip
 
-    async def start(self, request: StartTripRequest) -> Trip:
+    async def start(self, request: StartTripRequest, allowed: Allowed = anyone) -> Trip:
         trip_id = resource_id(request.name, "trips")
         async with self.locks.hold(trip_id):
+            trip, replay = await self._held(request, allowed)
+            if replay is not None:
+                return replay
             trip = await self.store.transition(
-                trip_id, request, lambda t: _with(domain.start(t), notices.started)
+                trip_id, request, lambda t: _with(domain.start(t), notices.started), trip
             )
         self.outbox.wake()
         return trip
 
     # --- CompleteTrip and CancelTrip ----------------------------------------------
 
-    async def complete(self, request: CompleteTripRequest) -> Trip:
+    async def complete(self, request: CompleteTripRequest, allowed: Allowed = anyone) -> Trip:
         """Invoice, charge, free the driver, then COMPLETED; each step recorded as it succeeds."""
         trip_id = resource_id(request.name, "trips")
         async with self.locks.hold(trip_id):
-            replay = await self.store.replayed(request)
+            trip, replay = await self._held(request, allowed)
             if replay is not None:
                 return replay
-            trip = await self.store.get(request.name)
             domain.check_completable(trip)
             dropoff_ns = await self.store.fix_dropoff(trip_id)
             if not trip.invoice:
@@ -261,15 +284,14 @@ class TripWorkflow:
         self.outbox.wake()
         return done
 
-    async def cancel(self, request: CancelTripRequest) -> Trip:
+    async def cancel(self, request: CancelTripRequest, allowed: Allowed = anyone) -> Trip:
         """Free the driver, then CANCELLED: a trip is never cancelled with its driver still held."""
         domain.check_cancel_reason(request.reason)
         trip_id = resource_id(request.name, "trips")
         async with self.locks.hold(trip_id):
-            replay = await self.store.replayed(request)
+            trip, replay = await self._held(request, allowed)
             if replay is not None:
                 return replay
-            trip = await self.store.get(request.name)
             domain.check_cancellable(trip)
             await self.downstream.release_trip(trip.driver, trip.name, domain.release_request_id(trip.name))
             done = await self.store.transition(
