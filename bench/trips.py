@@ -696,74 +696,85 @@ def _refused(refused: list[Refusal]) -> str:
 
 def report(runs: list[Run]) -> str:
     processes = [*SERVICES, "gateway", "supervisor", "postgres", "load"]
-    key = "| variant | flow | drivers | offered"
-    lines = [
-        f"{key} rides/s | completed/s | RequestTrip 200 p50 / p90 / p99 ms | ride p50 / p90 / p99 ms "
-        "| ride p99 with Retry-After waits ms | refused (429, 503): count; p50 / p99 ms; with Retry-After "
-        "| errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
-    ]
-    for r in runs:
-        errors = ", ".join(f"{k}: {v}" for k, v in r.errors.most_common()) or "-"
-        lines.append(
-            f"| {r.variant} | {r.flow} | {r.drivers:,} | {r.offered:g} | {len(r.rides) / r.seconds:,.1f} "
-            f"| {_ms(r.steps.get('RequestTrip', []))} | {_ms(r.rides)} | {_ms(r.waiting, (0.99,))} "
-            f"| {_refused(r.refused)} | {errors} |"
-        )
-    steps = [step for step in dict.fromkeys(s for flow in FLOWS for s in STEPS[flow])]
-    lines += [
-        "",
-        "Each step's p50 / p90 / p99 ms (answered 200; RequestTrip from when its ride was due, "
-        "a later step from the answer before it; without the bench's Retry-After waits):",
-        "",
-        f"{key} | {' | '.join(steps)} |",
-        f"| --- | --- | ---: | ---: | {' | '.join('---:' for _ in steps)} |",
-    ]
-    for r in runs:
-        cells = [_ms(r.steps.get(step, [])) for step in steps]
-        lines.append(f"| {r.variant} | {r.flow} | {r.drivers:,} | {r.offered:g} | {' | '.join(cells)} |")
-    lines += [
-        "",
-        "CPU ms per completed ride, by process (postgres: the server's processes for the mesh's "
-        "connections, not its WAL writer or checkpointer):",
-        "",
-        f"{key} | {' | '.join(processes)} | all but load |",
-        f"| --- | --- | ---: | ---: | {' | '.join('---:' for _ in processes)} | ---: |",
-    ]
-    for r in runs:
-        done = max(1, len(r.rides))
-        cells = [f"{r.cpu.get(p, 0.0) / done * 1000:.1f}" for p in processes]
-        mesh = sum(v for k, v in r.cpu.items() if k != "load") / done * 1000
-        lines.append(
-            f"| {r.variant} | {r.flow} | {r.drivers:,} | {r.offered:g} | {' | '.join(cells)} | {mesh:.1f} |"
-        )
+    steps = list(dict.fromkeys(s for flow in FLOWS for s in STEPS[flow]))
     edges = sorted({edge for r in runs for edge in r.calls})
+
+    def done(r: Run) -> int:
+        return max(1, len(r.rides))
+
+    def summary(r: Run) -> list[str]:
+        errors = ", ".join(f"{k}: {v}" for k, v in r.errors.most_common()) or "-"
+        return [
+            f"{len(r.rides) / r.seconds:,.1f}",
+            _ms(r.steps.get("RequestTrip", [])),
+            _ms(r.rides),
+            _ms(r.waiting, (0.99,)),
+            _refused(r.refused),
+            errors,
+        ]
+
+    def cpu(r: Run) -> list[str]:
+        used = [r.cpu.get(p, 0.0) for p in processes] + [sum(v for k, v in r.cpu.items() if k != "load")]
+        return [f"{seconds / done(r) * 1000:.1f}" for seconds in used]
+
+    def calls(r: Run) -> list[str]:
+        made = [r.calls[edge] for edge in edges] + [sum(r.calls.values())]
+        return [f"{count / done(r):.2f}" for count in made]
+
+    summary_columns = [
+        "completed/s", "RequestTrip 200 p50 / p90 / p99 ms", "ride p50 / p90 / p99 ms",
+        "ride p99 with Retry-After waits ms",
+    ]  # fmt: skip
+    refusals = ["refused (429, 503): count; p50 / p99 ms; with Retry-After", "errors"]
+    return "\n\n".join(
+        [
+            _table(runs, "", summary_columns, summary, text=refusals, offered="offered rides/s"),
+            _table(
+                runs,
+                "Each step's p50 / p90 / p99 ms (answered 200; RequestTrip from when its ride was due, "
+                "a later step from the answer before it; without the bench's Retry-After waits):",
+                steps,
+                lambda r: [_ms(r.steps.get(step, [])) for step in steps],
+            ),
+            _table(
+                runs,
+                "CPU ms per completed ride, by process (postgres: the server's processes for the mesh's "
+                "connections, not its WAL writer or checkpointer):",
+                [*processes, "all but load"],
+                cpu,
+            ),
+            _table(
+                runs, "gRPC calls per completed ride, by caller -> service.method:", [*edges, "all"], calls
+            ),
+            _table(
+                runs,
+                "Where a call's time goes: mean ms per call as its caller saw it / as the called service's "
+                "handler did (the difference: waiting for the callee's event loop, or in the channel; a "
+                "handler's time includes the calls it makes):",
+                edges,
+                lambda r: [_mean_ms(r, edge) for edge in edges],
+            ),
+        ]
+    )
+
+
+def _table(
+    runs: list[Run],
+    title: str,
+    columns: list[str],
+    cells: Callable[[Run], list[str]],
+    text: Sequence[str] = (),
+    offered: str = "offered",
+) -> str:
+    """A Markdown table with a row per run: variant, flow, drivers, offered, then `columns` (numbers,
+    right-aligned) and `text` (left-aligned), the cells `cells` gives; `title` above it."""
+    head = ["variant", "flow", "drivers", offered, *columns, *text]
+    align = ["---", "---", "---:", "---:", *("---:" for _ in columns), *("---" for _ in text)]
+    lines = [title, ""] if title else []
+    lines += [f"| {' | '.join(head)} |", f"| {' | '.join(align)} |"]
     lines += [
-        "",
-        "gRPC calls per completed ride, by caller -> service.method:",
-        "",
-        f"{key} | {' | '.join(edges)} | all |",
-        f"| --- | --- | ---: | ---: | {' | '.join('---:' for _ in edges)} | ---: |",
+        f"| {' | '.join([r.variant, r.flow, f'{r.drivers:,}', f'{r.offered:g}', *cells(r)])} |" for r in runs
     ]
-    for r in runs:
-        done = max(1, len(r.rides))
-        cells = [f"{r.calls[edge] / done:.2f}" for edge in edges]
-        total = sum(r.calls.values()) / done
-        lines.append(
-            f"| {r.variant} | {r.flow} | {r.drivers:,} | {r.offered:g} | {' | '.join(cells)} | {total:.2f} |"
-        )
-    lines += [
-        "",
-        "Where a call's time goes: mean ms per call as its caller saw it / as the called service's "
-        "handler did (the difference: waiting for the callee's event loop, or in the channel; a "
-        "handler's time includes the calls it makes):",
-        "",
-        f"{key} | {' | '.join(edges)} |",
-        f"| --- | --- | ---: | ---: | {' | '.join('---:' for _ in edges)} |",
-    ]
-    for r in runs:
-        cells = [_mean_ms(r, edge) for edge in edges]
-        lines.append(f"| {r.variant} | {r.flow} | {r.drivers:,} | {r.offered:g} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
