@@ -722,3 +722,51 @@ class ReleaseTripRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseTripRequest: _TypeAlias = ReleaseTripRequest  # noqa: Y015
+
+@_typing.final
+class BatchReleaseTripsRequest(_message.Message):
+    """The request to end several drivers' trips at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReleaseTripRequest]:
+        """The releases, 1 to 100, each with its own request_id."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___ReleaseTripRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchReleaseTripsRequest: _TypeAlias = BatchReleaseTripsRequest  # noqa: Y015
+
+@_typing.final
+class BatchReleaseTripsResponse(_message.Message):
+    """The drivers of a batch, in the order of its requests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRIVERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def drivers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Driver]:
+        """Each request's driver as it released it (or first answered, for a repeated request_id)."""
+
+    def __init__(
+        self,
+        *,
+        drivers: _abc.Iterable[Global___Driver] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drivers", b"drivers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchReleaseTripsResponse: _TypeAlias = BatchReleaseTripsResponse  # noqa: Y015

@@ -119,6 +119,11 @@ class DriverServiceStub:
                 request_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.ReleaseTripRequest.SerializeToString,
                 response_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Driver.FromString,
                 _registered_method=True)
+        self.BatchReleaseTrips = channel.unary_unary(
+                '/rideshare.drivers.v1.DriverService/BatchReleaseTrips',
+                request_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.BatchReleaseTripsRequest.SerializeToString,
+                response_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.BatchReleaseTripsResponse.FromString,
+                _registered_method=True)
 
 
 class DriverServiceServicer:
@@ -274,6 +279,18 @@ class DriverServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchReleaseTrips(self, request, context):
+        """Ends up to 100 drivers' trips at once (AIP-233), each entry as ReleaseTrip, all or
+        none: if any entry is refused, no driver is changed, and the error names the entry,
+        for example "requests[3].trip". Each entry keeps its own request_id: an entry already
+        answered, alone or in an earlier batch, is not applied again and gets its first answer.
+        Called by the trip service's outbox, which queues a release with the step that ends
+        a trip (cancelled or completed) and sends the releases of many trips in one call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DriverServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -351,6 +368,11 @@ def add_DriverServiceServicer_to_server(servicer, server):
                     servicer.ReleaseTrip,
                     request_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.ReleaseTripRequest.FromString,
                     response_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Driver.SerializeToString,
+            ),
+            'BatchReleaseTrips': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchReleaseTrips,
+                    request_deserializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.BatchReleaseTripsRequest.FromString,
+                    response_serializer=rideshare_dot_drivers_dot_v1_dot_drivers__pb2.BatchReleaseTripsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -767,6 +789,33 @@ class DriverService:
             '/rideshare.drivers.v1.DriverService/ReleaseTrip',
             rideshare_dot_drivers_dot_v1_dot_drivers__pb2.ReleaseTripRequest.SerializeToString,
             rideshare_dot_drivers_dot_v1_dot_drivers__pb2.Driver.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchReleaseTrips(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.drivers.v1.DriverService/BatchReleaseTrips',
+            rideshare_dot_drivers_dot_v1_dot_drivers__pb2.BatchReleaseTripsRequest.SerializeToString,
+            rideshare_dot_drivers_dot_v1_dot_drivers__pb2.BatchReleaseTripsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -105,6 +105,14 @@ class DriverServiceStub:
     service can repeat the call safely. Fails with FAILED_PRECONDITION (reason
     DRIVER_ON_ANOTHER_TRIP) when the driver is on a different trip.
     """
+    BatchReleaseTrips: _aio.UnaryUnaryMultiCallable[_drivers_pb2.BatchReleaseTripsRequest, _drivers_pb2.BatchReleaseTripsResponse]
+    """Ends up to 100 drivers' trips at once (AIP-233), each entry as ReleaseTrip, all or
+    none: if any entry is refused, no driver is changed, and the error names the entry,
+    for example "requests[3].trip". Each entry keeps its own request_id: an entry already
+    answered, alone or in an earlier batch, is not applied again and gets its first answer.
+    Called by the trip service's outbox, which queues a release with the step that ends
+    a trip (cancelled or completed) and sends the releases of many trips in one call.
+    """
 
 class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages the people who drive: their profiles, vehicles, availability and position.
@@ -285,6 +293,20 @@ class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
         cancelled. A driver who is not on any trip is returned unchanged, so the trip
         service can repeat the call safely. Fails with FAILED_PRECONDITION (reason
         DRIVER_ON_ANOTHER_TRIP) when the driver is on a different trip.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchReleaseTrips(
+        self,
+        request: _drivers_pb2.BatchReleaseTripsRequest,
+        context: _aio.ServicerContext[_drivers_pb2.BatchReleaseTripsRequest, _abc.Awaitable[_drivers_pb2.BatchReleaseTripsResponse]],
+    ) -> _abc.Awaitable[_drivers_pb2.BatchReleaseTripsResponse]:
+        """Ends up to 100 drivers' trips at once (AIP-233), each entry as ReleaseTrip, all or
+        none: if any entry is refused, no driver is changed, and the error names the entry,
+        for example "requests[3].trip". Each entry keeps its own request_id: an entry already
+        answered, alone or in an earlier batch, is not applied again and gets its first answer.
+        Called by the trip service's outbox, which queues a release with the step that ends
+        a trip (cancelled or completed) and sends the releases of many trips in one call.
         """
 
 def add_DriverServiceServicer_to_server(servicer: DriverServiceServicer, server: _aio.Server) -> None: ...
