@@ -6,7 +6,7 @@ import re
 
 from rideshare.notifications.v1.notifications_pb2 import Notification
 
-from services.runtime.aip import new_id, now
+from services.runtime.aip import check_batch_size, new_id, now
 from services.runtime.errors import FieldViolation, InvalidArgument
 
 MAX_TITLE = 100
@@ -24,10 +24,6 @@ def _violation(value: str, field: str, limit: int, control: re.Pattern[str]) -> 
     if len(value) > limit or control.search(value):
         return FieldViolation(field, f"must be 1 to {limit} printable characters")
     return None
-
-
-MAX_BATCH = 100
-"""The most notifications one BatchSendNotifications stores."""
 
 
 def check_content(notification: Notification, prefix: str) -> None:
@@ -56,10 +52,7 @@ def new_notification(draft: Notification, prefix: str = "notification") -> Notif
 
 def new_batch(drafts: list[Notification]) -> list[Notification]:
     """Each draft as `new_notification` makes it; every bad entry's violations at once, named by index."""
-    if not drafts:
-        raise InvalidArgument.field("requests", "is required")
-    if len(drafts) > MAX_BATCH:
-        raise InvalidArgument.field("requests", f"must hold at most {MAX_BATCH} requests, not {len(drafts)}")
+    check_batch_size(len(drafts))
     made: list[Notification] = []
     violations: list[FieldViolation] = []
     for index, draft in enumerate(drafts):

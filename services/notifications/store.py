@@ -20,13 +20,13 @@ from typing import Any
 from rideshare.notifications.v1.notifications_pb2 import Notification, SendNotificationRequest
 
 from services.runtime.aip import timestamp_from_ns
-from services.runtime.errors import InvalidArgument
 from services.runtime.resources import (
     Backend,
     Resource,
     Row,
     Store,
     Tx,
+    answered_in_batch,
     fingerprint,
     log_answers,
     logged_batch,
@@ -63,18 +63,6 @@ def _columns(notification: Notification) -> dict[str, Any]:
 
 
 NOTIFICATIONS = Resource(Notification, _notification, _columns, filters={"parent": "recipient"})
-
-
-def _repeated(first: tuple[str, Notification], digest: str, index: int, request_id: str) -> Notification:
-    """An entry repeating an earlier entry's request_id: that entry's answer, if it asks the same."""
-    first_digest, answer = first
-    if first_digest != digest:
-        raise InvalidArgument.field(
-            f"requests[{index}].request_id",
-            f"{request_id!r} was already used for a different SendNotification request",
-            reason="REQUEST_ID_REUSED",
-        )
-    return answer
 
 
 class NotificationStore(Store[Notification]):
@@ -129,7 +117,7 @@ class NotificationStore(Store[Notification]):
                 if request.request_id:
                     first, (request_id, digest) = next(replays), next(digests)
                     if first is None and request_id in new:  # twice in this batch
-                        first = _repeated(new[request_id], digest, index, request_id)
+                        first = answered_in_batch(new[request_id], digest, index, request_id, method)
                     if first is not None:
                         answers.append(first)
                         continue

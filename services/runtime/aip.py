@@ -49,6 +49,19 @@ def page_size(requested: int) -> int:
     return min(requested, MAX_PAGE_SIZE)
 
 
+MAX_BATCH = 100
+"""The most requests one batch method (AIP-233) takes."""
+
+
+def check_batch_size(count: int) -> None:
+    """A batch holds 1 to MAX_BATCH requests, in its `requests` field (the validator also refuses
+    none, as REQUIRED; this is for the handler, which sees every request)."""
+    if not count:
+        raise InvalidArgument.field("requests", "is required")
+    if count > MAX_BATCH:
+        raise InvalidArgument.field("requests", f"must hold at most {MAX_BATCH} requests, not {count}")
+
+
 def encode_page_token(position: Any, query: dict[str, Any] | None = None) -> str:
     """An opaque token for 'continue after `position`' of this exact query."""
     payload = json.dumps({"p": position, "q": query or {}}, separators=(",", ":"), sort_keys=True)

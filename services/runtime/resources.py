@@ -41,7 +41,7 @@ import hashlib
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -231,6 +231,20 @@ async def logged_batch(
 
 
 _LOGGED_MANY = "SELECT request_id, fingerprint, response FROM request_log WHERE method = ? AND request_id IN"
+
+
+def answered_in_batch(first: tuple[str, R], digest: str, index: int, request_id: str, method: str) -> R:
+    """Entry `index` repeating the request_id of an earlier entry of its batch, which was answered
+    `first` = (digest, answer): that answer if it asks the same (not applied twice), else INVALID_ARGUMENT
+    REQUEST_ID_REUSED on `requests[i].request_id` (`logged_batch` sees only earlier calls' answers)."""
+    first_digest, answer = first
+    if first_digest != digest:
+        raise InvalidArgument.field(
+            f"requests[{index}].request_id",
+            f"{request_id!r} was already used for a different {method} request",
+            reason="REQUEST_ID_REUSED",
+        )
+    return answer
 
 
 async def log_answers(tx: Tx, method: str, answers: Sequence[tuple[str, str, Message]]) -> None:
@@ -432,6 +446,21 @@ class Store(Generic[M]):
 
     async def read(self, tx: Tx, resource_id: str) -> M:
         return self.resource.from_row(await self.fetch(tx, resource_id))
+
+    async def read_many(self, tx: Tx, resource_ids: Iterable[str]) -> dict[str, M]:
+        """The visible resources among `resource_ids`, by id (those missing are left out), in one
+        read, locked until the transaction ends. Locked in id order: two transactions locking
+        overlapping sets on PostgreSQL take their rows in one order, so neither waits on the other
+        while holding a row the other waits for (a deadlock)."""
+        wanted = sorted(set(resource_ids))
+        if not wanted:
+            return {}
+        marks = ", ".join("?" for _ in wanted)
+        rows = await tx.query(
+            f"SELECT * FROM {self.table} WHERE id IN ({marks}){self._visible} ORDER BY id{self.db.row_lock}",
+            wanted,
+        )
+        return {row["id"]: self.resource.from_row(row) for row in rows}
 
     async def insert(self, tx: Tx, resource: M, **extra: Any) -> int:
         """Insert `resource` (and `extra` columns the message does not carry); its `seq`."""
