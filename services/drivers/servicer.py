@@ -9,6 +9,8 @@ from google.protobuf.empty_pb2 import Empty
 from rideshare.drivers.v1 import drivers_pb2_grpc
 from rideshare.drivers.v1.drivers_pb2 import (
     AssignNearestDriverRequest,
+    BatchReleaseTripsRequest,
+    BatchReleaseTripsResponse,
     CreateDriverRequest,
     DeleteDriverRequest,
     Driver,
@@ -26,7 +28,7 @@ from rideshare.drivers.v1.drivers_pb2 import (
     UpdateDriverRequest,
 )
 
-from services.runtime.aip import read_mask_paths
+from services.runtime.aip import check_batch_size, read_mask_paths
 from services.runtime.sessions import AccountMethods, Accounts, hash_password
 
 from . import domain
@@ -109,3 +111,9 @@ class DriverServicer(AccountMethods[Driver], drivers_pb2_grpc.DriverServiceServi
         return await self.store.update(
             request.name, lambda current: domain.release_trip(current, request.trip), request
         )
+
+    async def BatchReleaseTrips(
+        self, request: BatchReleaseTripsRequest, context: Context
+    ) -> BatchReleaseTripsResponse:
+        check_batch_size(len(request.requests))
+        return BatchReleaseTripsResponse(drivers=await self.store.release_batch(request.requests))

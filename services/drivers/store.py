@@ -31,13 +31,24 @@ from rideshare.drivers.v1.drivers_pb2 import (
     DRIVER_STATUS_AVAILABLE,
     DRIVER_STATUS_ON_TRIP,
     Driver,
+    ReleaseTripRequest,
     Vehicle,
 )
 
 from services.domain import geo
 from services.runtime.aip import apply_read_mask, now, timestamp_from_ns
-from services.runtime.errors import AlreadyExists
-from services.runtime.resources import Backend, Resource, Row, Store
+from services.runtime.errors import AlreadyExists, FailedPrecondition, MeshError
+from services.runtime.resources import (
+    Backend,
+    Resource,
+    Row,
+    Store,
+    answered_in_batch,
+    fingerprint,
+    log_answers,
+    logged_batch,
+    method_of,
+)
 
 from . import domain
 
@@ -213,6 +224,57 @@ class DriverStore(Store[Driver]):
             if held is None:
                 raise
             return _driver(held)
+
+    async def release_batch(self, requests: Sequence[ReleaseTripRequest]) -> list[Driver]:
+        """Each release as ReleaseTrip makes it, in order, all in one transaction (AIP-233): the
+        drivers as each entry left them, or the first answer of an entry answered before (alone, in
+        an earlier batch, or earlier in this one: the same request_id means the same as ReleaseTrip's).
+
+        An entry refused (no such driver, another trip) refuses the batch, named by its index. The
+        batch's drivers are locked first, in one read and in id order (`read_many`), and only then
+        is the request log read: a repeat of an entry releases the same driver, so it waits for this
+        transaction and then finds its answer, and two batches never deadlock. The same driver
+        twice sees the earlier entry's release; each changed driver is written once, at the end.
+        """
+        method = method_of(ReleaseTripRequest())  # an entry and a lone ReleaseTrip replay each other
+        ids = [self.id_of(request.name, f"requests[{index}].name") for index, request in enumerate(requests)]
+        keys = [(request.request_id, fingerprint(request)) for request in requests if request.request_id]
+        answers: list[Driver] = []
+        async with self.db.transaction() as tx:
+            read = await self.read_many(tx, ids)
+            drivers = dict(read)
+            replays, digests = iter(await logged_batch(tx, method, keys, Driver)), iter(keys)
+            new: dict[str, tuple[str, Driver]] = {}  # request_id -> (digest, answer) released now
+            for index, (request, driver_id) in enumerate(zip(requests, ids, strict=True)):
+                if request.request_id:
+                    first, (request_id, digest) = next(replays), next(digests)
+                    if first is None and request_id in new:  # twice in this batch
+                        first = answered_in_batch(new[request_id], digest, index, request_id, method)
+                    if first is not None:
+                        answers.append(first)
+                        continue
+                if driver_id not in drivers:
+                    raise _entry(self.not_found(driver_id), f"requests[{index}].name")
+                try:
+                    drivers[driver_id] = domain.release_trip(drivers[driver_id], request.trip)
+                except FailedPrecondition as refused:
+                    raise _entry(refused, f"requests[{index}].trip") from None
+                if request.request_id:
+                    new[request_id] = (digest, drivers[driver_id])
+                answers.append(drivers[driver_id])
+            for driver_id, driver in drivers.items():
+                if driver is not read[driver_id] and driver != read[driver_id]:
+                    await self.save(tx, driver)
+            await log_answers(tx, method, [(rid, digest, answer) for rid, (digest, answer) in new.items()])
+        return answers
+
+
+def _entry(error: MeshError, field: str) -> MeshError:
+    """`error`, refusing a batch's entry, naming it: the message starts with the entry's field
+    (`requests[3].trip: ...`), and metadata `field` holds it, for a caller to tell which entry."""
+    return type(error)(
+        f"{field}: {error.message}", reason=error.reason, metadata={**error.metadata, "field": field}
+    )
 
 
 async def _nearest(

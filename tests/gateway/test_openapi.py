@@ -123,7 +123,7 @@ def test_restricted_methods_are_not_in_the_public_document(project):
     documented = {op["operationId"] for _, _, op in operations(project[1])}
     restricted = {"CreateInvoice", "ListInvoices", "CreatePayment", "ListPayments", "RefundPayment"}
     restricted |= {"AssignNearestDriver", "ReleaseTrip", "ListDrivers", "SearchDrivers", "SendNotification"}
-    restricted |= {"BatchSendNotifications"}
+    restricted |= {"BatchSendNotifications", "BatchReleaseTrips"}
     restricted |= {"ListPassengers"}
     methods = {operation_id.split("_")[1] for operation_id in documented}  # Service_Method[_n]
     assert not methods & restricted
