@@ -236,6 +236,17 @@ class DriverStore(Store[Driver]):
         transaction and then finds its answer, and two batches never deadlock. The same driver
         twice sees the earlier entry's release; each changed driver is written once, at the end.
         """
+        try:
+            return await self._release_batch(requests)
+        except Exception as error:
+            if self.db.unique_violation(error) != "request_id":
+                raise
+            # On PostgreSQL, another request logged one of the request_ids between our read of the
+            # log and our write (a repeat of the same entry cannot: it waits for the driver). Read
+            # again, after the rollback: the log now has it, and says REQUEST_ID_REUSED on its entry.
+            return await self._release_batch(requests)
+
+    async def _release_batch(self, requests: Sequence[ReleaseTripRequest]) -> list[Driver]:
         method = method_of(ReleaseTripRequest())  # an entry and a lone ReleaseTrip replay each other
         ids = [self.id_of(request.name, f"requests[{index}].name") for index, request in enumerate(requests)]
         keys = [(request.request_id, fingerprint(request)) for request in requests if request.request_id]

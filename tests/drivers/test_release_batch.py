@@ -4,13 +4,17 @@ then the store on both engines."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from google.type.latlng_pb2 import LatLng
 from rideshare.drivers.v1 import drivers_pb2 as pb
 
+from services.drivers import store as store_module
 from services.drivers.store import MIGRATIONS, DriverStore
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.resources import log_answer, log_answers
 from tests.postgres import Backends
 
 from .test_search import north_of
@@ -202,3 +206,40 @@ def test_the_store_releases_all_or_none_and_replays_per_entry(backends: Backends
     assert [d.current_trip for d in released] == ["", ""]
     assert again == released[::-1]
     assert [runner.run(store.get(d.name)) for d in (one, two)] == released
+
+
+@pytest.fixture
+def replicas(postgres_databases, tmp_path, runner):
+    """Two drivers stores on one PostgreSQL database, as two replicas of the service have."""
+    backends = Backends("postgres", tmp_path, runner, postgres_databases)
+    yield DriverStore(backends.open(MIGRATIONS)), DriverStore(backends.open(MIGRATIONS))
+    backends.close()
+
+
+def test_a_request_id_another_request_logs_meanwhile_is_refused_as_reused(replicas, runner, monkeypatch):
+    one, other = replicas
+    (driver,) = _on_trips(runner, one, "trips/t1")
+    read_the_log = asyncio.Event()
+
+    async def about_to_log(*args):
+        read_the_log.set()
+        await log_answers(*args)
+
+    monkeypatch.setattr(store_module, "log_answers", about_to_log)
+
+    async def scenario():
+        async with other.db.transaction() as tx:  # another request with r1, committed after the batch read
+            await log_answer(tx, "ReleaseTrip", "r1", "another request", pb.Driver())
+            released = asyncio.create_task(one.release_batch([entry(driver.name, "trips/t1", "r1")]))
+            await asyncio.wait(
+                [released, asyncio.create_task(read_the_log.wait())], return_when=asyncio.FIRST_COMPLETED
+            )
+            assert read_the_log.is_set(), released.result()
+        with pytest.raises(InvalidArgument) as caught:
+            await released
+        return caught.value
+
+    refused = runner.run(scenario())
+
+    assert (refused.reason, refused.violations[0].field) == ("REQUEST_ID_REUSED", "requests[0].request_id")
+    assert runner.run(one.get(driver.name)) == driver
