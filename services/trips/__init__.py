@@ -33,9 +33,9 @@ no driver stays ON_TRIP for a trip nobody can see.
 CompleteTrip. The first attempt fixes the drop-off time (so the invoice
 request is the same on every attempt), then: CreateInvoice (`<trip>:invoice`)
 and record the invoice on the trip; CreatePayment (`<trip>:payment`, the
-trip's payment method) and record payment and payment_state; ReleaseTrip
-(`<trip>:release`); and finally, in one transaction, COMPLETED with end_time
-and the receipt queued. If billing, payments or drivers cannot be reached the
+trip's payment method) and record payment and payment_state; and finally, in
+one transaction, COMPLETED with end_time, the receipt and the driver's release
+queued (below). If billing or payments cannot be reached the
 call fails with UNAVAILABLE naming the service, the trip stays IN_PROGRESS
 with what was recorded, and a repeat (with or without the request_id)
 continues from there: one invoice, one charge, and never COMPLETED without a
@@ -46,15 +46,20 @@ already had for it included) or a payment only if it is for exactly the fare,
 else the call fails FAILED_PRECONDITION (INVOICE_AMOUNT_MISMATCH,
 INVOICE_MISMATCH, PAYMENT_AMOUNT_MISMATCH), logged as an error, with the trip
 IN_PROGRESS and the stray invoice or payment not recorded on it. CancelTrip
-frees the driver first and then records CANCELLED, for the same reason.
+records CANCELLED with its notifications and the driver's release queued, in
+one transaction; it calls no other service.
 
-Notifications. A step never calls the notification service: it writes its
-notifications to the `outbox` table in the same transaction as the state
-change, and the outbox loop (`outbox.py`, started with the service, stopped
-in `on_stop`) sends them in order with `request_id = <outbox id>`, backing off
-while the notification service is away. So a step never fails because of
-notifications, and every notification of a committed step is sent exactly
-once, even across restarts.
+The outbox. A step never calls the notification service, and a step that
+ends a trip never waits for drivers: it writes what it owes them to the
+`outbox` table in the same transaction as the state change, and a loop per
+kind (`outbox.py`, started with the service, stopped in `on_stop`) sends
+them: notifications with `request_id = <outbox id>`, the driver's release
+(ReleaseTrip) with `<trip>:release`, many steps' rows in one batch call,
+each loop backing off while its service is away. So a step never fails
+because of notifications or drivers, and everything a committed step owes
+is sent exactly once, even across restarts. The driver of a trip that ended
+is AVAILABLE again a few milliseconds after the step answered (one linger
+of the outbox, `outbox.LINGER`), or as soon as drivers is back.
 
 Concurrency. Steps on one trip run one at a time (a lock per trip, and one
 per RequestTrip request_id), across the replicas sharing the database: an

@@ -13,7 +13,7 @@ from .background import Background
 from .clients import Downstream
 from .outbox import Outbox
 from .servicer import TripServicer
-from .store import MIGRATIONS, TripStore
+from .store import MIGRATIONS, RELEASE, TripStore
 from .workflow import TripWorkflow
 
 #: The largest radius DriverService.AssignNearestDriver accepts.
@@ -47,7 +47,14 @@ def create(runtime: Runtime) -> Service:
         send_batch=downstream.send_notifications,
         max_backoff=outbox_max_backoff,
     )
-    workflow = TripWorkflow(store, downstream, outbox, search_radius)
+    releases = Outbox(
+        store,
+        downstream.send_release,
+        send_batch=downstream.send_releases,
+        max_backoff=outbox_max_backoff,
+        kind=RELEASE,
+    )
+    workflow = TripWorkflow(store, downstream, outbox, releases, search_radius)
 
     async def sweep_forever() -> None:
         while True:
@@ -63,10 +70,12 @@ def create(runtime: Runtime) -> Service:
 
     def start() -> None:
         outbox.task.start()
+        releases.task.start()
         janitor.start()
 
     async def stop() -> None:
         await outbox.stop()
+        await releases.stop()
         await janitor.stop()
 
     return Service(

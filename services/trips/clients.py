@@ -27,7 +27,12 @@ from rideshare.billing.v1.billing_pb2 import (
     QuoteFareResponse,
 )
 from rideshare.drivers.v1 import drivers_pb2_grpc
-from rideshare.drivers.v1.drivers_pb2 import AssignNearestDriverRequest, Driver, ReleaseTripRequest
+from rideshare.drivers.v1.drivers_pb2 import (
+    AssignNearestDriverRequest,
+    BatchReleaseTripsRequest,
+    Driver,
+    ReleaseTripRequest,
+)
 from rideshare.notifications.v1 import notifications_pb2_grpc
 from rideshare.notifications.v1.notifications_pb2 import (
     BatchSendNotificationsRequest,
@@ -45,6 +50,7 @@ from services.runtime.downstream import error_metadata, error_reason, failed_wit
 from services.runtime.errors import NotFound
 
 from .notices import Notice
+from .store import Release
 
 _log = log.get_logger("rideshare.trips.clients")
 
@@ -87,19 +93,28 @@ class Downstream:
 
     async def release_trip(self, driver: str, trip: str, request_id: str) -> None:
         """Free the driver of `trip`; a driver already free of it (or gone) is fine."""
-        stub = self.clients.stub(drivers_pb2_grpc.DriverServiceStub)
         with reaching("drivers"):
-            try:
-                await stub.ReleaseTrip(ReleaseTripRequest(name=driver, trip=trip, request_id=request_id))
-            except grpc.aio.AioRpcError as error:
-                gone = failed_with(error, grpc.StatusCode.NOT_FOUND)
-                if gone or failed_with(error, grpc.StatusCode.FAILED_PRECONDITION, "DRIVER_ON_ANOTHER_TRIP"):
-                    _log.info(
-                        "driver was already released",
-                        extra={"fields": {"driver": driver, "trip": trip, "reason": error_reason(error)}},
-                    )
-                    return
+            await self.send_release(Release(driver, trip), request_id)
+
+    async def send_release(self, release: Release, request_id: str) -> None:
+        """`release_trip` for the outbox: other failures propagate as they are, as `send_notification`'s."""
+        stub = self.clients.stub(drivers_pb2_grpc.DriverServiceStub)
+        try:
+            await stub.ReleaseTrip(_release_request(release, request_id))
+        except grpc.aio.AioRpcError as error:
+            gone = failed_with(error, grpc.StatusCode.NOT_FOUND)
+            taken = failed_with(error, grpc.StatusCode.FAILED_PRECONDITION, "DRIVER_ON_ANOTHER_TRIP")
+            if not (gone or taken):
                 raise
+            fields = {"driver": release.driver, "trip": release.trip, "reason": error_reason(error)}
+            _log.info("driver was already released", extra={"fields": fields})
+
+    async def send_releases(self, releases: list[tuple[Release, str]]) -> None:
+        """Several at once, all or none (BatchReleaseTrips); raw, like `send_release`. A batch with a
+        driver already released is refused whole: the outbox then sends its entries one by one."""
+        stub = self.clients.stub(drivers_pb2_grpc.DriverServiceStub)
+        request = BatchReleaseTripsRequest(requests=[_release_request(r, rid) for r, rid in releases])
+        await stub.BatchReleaseTrips(request)
 
     async def quote_fare(self, pickup: LatLng, dropoff: LatLng) -> QuoteFareResponse:
         stub = self.clients.stub(billing_pb2_grpc.BillingServiceStub)
@@ -170,3 +185,7 @@ def _send_request(notice: Notice, request_id: str) -> SendNotificationRequest:
         recipient=notice.recipient, title=notice.title, body=notice.body, trip=notice.trip
     )
     return SendNotificationRequest(notification=notification, request_id=request_id)
+
+
+def _release_request(release: Release, request_id: str) -> ReleaseTripRequest:
+    return ReleaseTripRequest(name=release.driver, trip=release.trip, request_id=request_id)

@@ -1,13 +1,16 @@
-"""Delivering the notification outbox: at least once, in order per recipient, however long the notification
-service is away, from every replica at once.
+"""Delivering the outbox: at least once, in order per recipient, however long the service it goes to
+is away, from every replica at once.
 
-A trip step writes its notifications to the `outbox` table in the same
-transaction as the step (`store.transition`), so a step never fails, and no
-notification is lost or invented, because of the notification service. This
-loop sends the pending rows oldest first, each with `request_id = <outbox
-id>`: a row re-sent after a lost answer or a crash is stored once by the
-notification service (AIP-155), which makes "at least once" exactly once for
-the recipient.
+A trip step writes what it owes other services to the `outbox` table in the
+same transaction as the step (`store.transition`): its notifications, and when
+the trip ends (cancelled or completed) the release of its driver. So a step
+never fails, and nothing is lost or invented, because of the notification
+service or the drivers service. A loop per kind of row (`kind`: NOTICE to the
+notification service, RELEASE to drivers) sends its pending rows oldest first,
+each with `request_id = <outbox id>` (a release's is its trip's
+`<trip>:release`): a row re-sent after a lost answer or a crash takes effect
+once (AIP-155), which makes "at least once" exactly once. The two loops share
+nothing but the table: a drivers outage does not hold notifications back.
 
 - Each replica's loop claims a batch of rows (`store.claim_notices`: on
   PostgreSQL `FOR UPDATE SKIP LOCKED`, so replicas claim different rows)
@@ -16,14 +19,15 @@ the recipient.
   and a stopping one gives its claims back. A recipient's rows go out in
   order: while one replica has an earlier row of a recipient in hand, the
   others leave that recipient's later rows alone.
-- A pass sends what it claimed (up to `batch`, at most 100) as one
-  BatchSendNotifications, oldest first, so a recipient's rows keep their
-  order; each entry still carries its outbox id as request_id, so a batch
-  re-sent after a lost answer, or an entry sent alone later, is stored once.
-  The batch is all or nothing on the notification service's side. A refusal
-  that will never pass, for the batch, sends the same rows one by one
-  (SendNotification), so only the refused row is marked dead (below) and the
-  others go out; a failure that may pass is handled as for one row.
+- A pass sends what it claimed (up to `batch`, at most 100) as one batch
+  call (BatchSendNotifications, BatchReleaseTrips), oldest first, so a
+  recipient's rows keep their order; each entry still carries its outbox id
+  as request_id, so a batch re-sent after a lost answer, or an entry sent
+  alone later, takes effect once. The batch is all or nothing on the other
+  side. A refusal that will never pass, for the batch, sends the same rows
+  one by one (SendNotification, ReleaseTrip), so only the refused row is
+  marked dead (below) and the others go out; a failure that may pass is
+  handled as for one row.
 - Delivered rows are deleted in the transaction that claims the next rows
   (or by `stop`): a pass at a steady rate is one write transaction.
 - A failure that may pass (UNAVAILABLE, DEADLINE_EXCEEDED, ...) stops the
@@ -55,7 +59,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -64,8 +68,7 @@ from services.runtime.errors import Unavailable
 from services.runtime.tracing import continued
 
 from .background import Background, owner_name
-from .notices import Notice
-from .store import OutboxEntry
+from .store import NOTICE, RELEASE, OutboxEntry
 
 _log = log.get_logger("rideshare.trips.outbox")
 
@@ -83,10 +86,13 @@ PERMANENT = frozenset(
     }
 )
 
-Send = Callable[[Notice, str], Awaitable[object]]
-SendBatch = Callable[[list[tuple[Notice, str]]], Awaitable[object]]
+Send = Callable[[Any, str], Awaitable[object]]
+"""Sends one row's item (a Notice, a Release) with its request_id."""
+SendBatch = Callable[[list[tuple[Any, str]]], Awaitable[object]]
 MAX_BATCH = 100
-"""The most notifications one BatchSendNotifications takes (the contract's limit)."""
+"""The most entries one batch call takes (the contracts' limit)."""
+WORDS = {NOTICE: ("notification", "notification service"), RELEASE: ("driver release", "drivers service")}
+"""What the logs call a row of each kind, and where it goes."""
 CLAIM_SECONDS = 30.0
 """How long claimed rows are a replica's to send: a crashed replica's rows wait this long; a pass
 sending for longer than this may see its last rows sent by another replica too (then the same
@@ -98,7 +104,7 @@ most a notification is delayed, for a pass to carry the rows of several steps.""
 
 class OutboxStore(Protocol):
     async def claim_notices(
-        self, owner: str, limit: int, ttl: float, delivered: Sequence[str] = ()
+        self, owner: str, limit: int, ttl: float, delivered: Sequence[str] = (), kind: str = NOTICE
     ) -> list[OutboxEntry]: ...
     async def release_notices(self, owner: str, delivered: Sequence[str] = ()) -> None: ...
     async def notices_delivered(self, entry_ids: Sequence[str]) -> None: ...
@@ -106,7 +112,7 @@ class OutboxStore(Protocol):
 
 
 class Outbox:
-    """The delivery loop over a store's outbox."""
+    """The delivery loop of one kind of row (`kind`) over a store's outbox."""
 
     def __init__(
         self,
@@ -120,8 +126,11 @@ class Outbox:
         linger: float = LINGER,
         batch: int = 100,
         owner: str = "",
+        kind: str = NOTICE,
     ) -> None:
         self.store = store
+        self.kind = kind
+        self.what, self.where = WORDS[kind]
         self.owner = owner or owner_name()
         """This loop's name on the rows it claims."""
         self.send = send
@@ -139,8 +148,9 @@ class Outbox:
         """Set once `batch` steps have woken the loop since its last claim: no point lingering."""
         self._delivered: list[str] = []
         """Sent by this loop and not deleted yet: its next claim (or its stop) deletes them."""
-        self.task = Background("trips-outbox", self._run)
-        self.outage = log.Outage(_log, "trips-outbox: its database")
+        name = "trips-outbox" if kind == NOTICE else f"trips-outbox-{kind}s"
+        self.task = Background(name, self._run)
+        self.outage = log.Outage(_log, f"{name}: its database")
 
     def wake(self) -> None:
         """New rows were committed: deliver them soon (starting the loop if it is not running)."""
@@ -152,7 +162,7 @@ class Outbox:
 
     async def deliver_pending(self) -> tuple[int, bool]:
         """One pass on its own: (how many were delivered, whether it stopped on a failure that may pass)."""
-        entries = await self.store.claim_notices(self.owner, self.batch, CLAIM_SECONDS)
+        entries = await self.store.claim_notices(self.owner, self.batch, CLAIM_SECONDS, kind=self.kind)
         delivered, failed = await self._send(entries)
         await self.store.notices_delivered(delivered)
         return len(delivered), failed
@@ -164,7 +174,7 @@ class Outbox:
             return await self._one_by_one(entries)
         try:
             with continued(entries[0].traceparent):  # the batch joins the trace of its oldest step
-                await self.send_batch([(entry.notice, entry.id) for entry in entries])
+                await self.send_batch([(entry.item, entry.id) for entry in entries])
         except grpc.aio.AioRpcError as error:
             if error.code() in PERMANENT:  # one row (at least) is bad: find it, send the others
                 return await self._one_by_one(entries)
@@ -178,7 +188,7 @@ class Outbox:
         for index, entry in enumerate(entries):
             try:
                 with continued(entry.traceparent):  # the delivery joins the trace of the step
-                    await self.send(entry.notice, entry.id)
+                    await self.send(entry.item, entry.id)
             except grpc.aio.AioRpcError as error:
                 if error.code() not in PERMANENT:
                     await self._unreachable(entries[index : index + 1], error, delivered)
@@ -186,8 +196,8 @@ class Outbox:
                 text = f"{error.code().name}: {error.details()}"
                 await self.store.notices_failed([entry.id], text, dead=True)
                 _log.error(
-                    "notification refused for good; kept in the outbox as dead",
-                    extra={"fields": {"outbox_id": entry.id, "error": text, "trip": entry.notice.trip}},
+                    f"{self.what} refused for good; kept in the outbox as dead",
+                    extra={"fields": {"outbox_id": entry.id, "error": text, "trip": entry.item.trip}},
                 )
                 continue
             delivered.append(entry.id)
@@ -203,7 +213,7 @@ class Outbox:
         await self.store.release_notices(self.owner, delivered)
         one = {"outbox_id": failed[0].id} if len(failed) == 1 else {"rows": len(failed)}
         _log.warning(
-            "notification service unreachable; will retry",
+            f"{self.where} unreachable; will retry",
             extra={"fields": {**one, "error": text, "attempts": failed[0].attempts + 1}},
         )
 
@@ -216,7 +226,7 @@ class Outbox:
             try:
                 # One transaction: delete what the last pass sent, claim the next rows.
                 entries = await self.store.claim_notices(
-                    self.owner, self.batch, CLAIM_SECONDS, self._delivered
+                    self.owner, self.batch, CLAIM_SECONDS, self._delivered, self.kind
                 )
                 self._delivered = []
                 self._delivered, failed = await self._send(entries)
@@ -256,4 +266,4 @@ class Outbox:
         try:
             await self.store.release_notices(self.owner, self._delivered)
         except Exception as error:  # the database away: the claims expire instead
-            _log.warning("could not give back claimed notifications", extra={"fields": {"error": str(error)}})
+            _log.warning(f"could not give back claimed {self.what}s", extra={"fields": {"error": str(error)}})

@@ -1,12 +1,14 @@
-"""Where trips and their unsent notifications are kept: the kit's trips, plus matching, outbox and locks.
+"""Where trips and what their steps owe other services are kept: the kit's trips, plus matching, outbox
+and locks.
 
 One database holds the `trips` table (MATCHING trips included, hidden from the
-kit's reads) and the `outbox` of notifications; a step and its notifications
-are written in one transaction. Get, List, replays (AIP-155) and reading and
-writing a trip in a step are the kit's; what is the trip service's own is
-here: the MATCHING life of a trip (its request key and fingerprint), the
-drop-off time fixed by the first CompleteTrip attempt,
-the outbox, and holding a trip across replicas while a step runs (`hold`).
+kit's reads) and the `outbox`: the notifications of each step, and the driver
+to release when a trip ends; a step and its outbox rows are written in one
+transaction. Get, List, replays (AIP-155) and reading and writing a trip in a
+step are the kit's; what is the trip service's own is here: the MATCHING life
+of a trip (its request key and fingerprint), the drop-off time fixed by the
+first CompleteTrip attempt, the outbox, and holding a trip across replicas
+while a step runs (`hold`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from services.runtime.aip import now, timestamp_from_ns
 from services.runtime.resources import Backend, Resource, Row, Store, Tx
 from services.runtime.tracing import current_traceparent
 
-from .domain import DRIVER_ASSIGNED, IN_PROGRESS, MATCHING
+from .domain import DRIVER_ASSIGNED, IN_PROGRESS, MATCHING, release_request_id
 from .notices import Notice
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -51,17 +53,31 @@ class Matching:
 
 
 @dataclass(frozen=True)
+class Release:
+    """A driver to free from a trip that ended (DriverService.ReleaseTrip), owed by the step that ended it."""
+
+    driver: str
+    trip: str
+
+
+NOTICE, RELEASE = "notice", "release"
+"""The kinds of outbox rows; a delivery loop per kind (outbox.py)."""
+
+Item = Notice | Release
+
+
+@dataclass(frozen=True)
 class OutboxEntry:
-    """A notification written with a trip step and not yet delivered; `id` is its request_id."""
+    """A row written with a trip step and not yet delivered; `id` is its request_id."""
 
     id: str
-    notice: Notice
+    item: Item
     attempts: int
     traceparent: str = ""
     """The W3C trace context of the step that wrote it ("" if none): delivery continues that trace."""
 
 
-Change = Callable[[Trip], tuple[Trip, Sequence[Notice]]]
+Change = Callable[[Trip], tuple[Trip, Sequence[Item]]]
 
 
 def _trip(row: Row) -> Trip:
@@ -130,27 +146,38 @@ def _matching(row: Row) -> Matching:
 
 
 def _entry(row: Row) -> OutboxEntry:
-    notice = Notice(row["recipient"], row["title"], row["body"], row["trip"])
-    return OutboxEntry(row["id"], notice, row["attempts"], row["traceparent"])
+    item: Item = (
+        Release(row["recipient"], row["trip"])
+        if row["kind"] == RELEASE
+        else Notice(row["recipient"], row["title"], row["body"], row["trip"])
+    )
+    return OutboxEntry(row["id"], item, row["attempts"], row["traceparent"])
 
 
 def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" for _ in values)
 
 
-async def _enqueue(tx: Tx, notices: Sequence[Notice]) -> None:
-    stamp = time.time_ns()
-    trace = current_traceparent()
-    for notice in notices:
-        await tx.execute(
-            "INSERT INTO outbox (id, recipient, title, body, trip, create_time, traceparent)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (uuid.uuid4().hex, notice.recipient, notice.title, notice.body, notice.trip, stamp, trace),
-        )
+async def _enqueue(tx: Tx, items: Sequence[Item]) -> None:
+    """One statement for a step's rows: a notice's id is new, a release's that of its trip's release."""
+    if not items:
+        return
+    stamp, trace = time.time_ns(), current_traceparent()
+    rows = [
+        (release_request_id(i.trip), RELEASE, i.driver, "", "", i.trip)
+        if isinstance(i, Release)
+        else (uuid.uuid4().hex, NOTICE, i.recipient, i.title, i.body, i.trip)
+        for i in items
+    ]
+    await tx.execute(
+        "INSERT INTO outbox (id, kind, recipient, title, body, trip, create_time, traceparent) VALUES "
+        + ", ".join("(?, ?, ?, ?, ?, ?, ?, ?)" for _ in rows),
+        [value for row in rows for value in (*row, stamp, trace)],
+    )
 
 
 class TripStore(Store[Trip]):
-    """Trips (the kit's Get, List and replays) and the notification outbox, in the service's own database."""
+    """Trips (the kit's Get, List and replays) and the outbox, in the service's own database."""
 
     def __init__(self, db: Backend) -> None:
         super().__init__(db, TRIPS)
@@ -188,7 +215,7 @@ class TripStore(Store[Trip]):
         matching: Matching,
         driver: str,
         request: RequestTripRequest,
-        notices: Callable[[Trip], Sequence[Notice]],
+        notices: Callable[[Trip], Sequence[Item]],
     ) -> Trip:
         """MATCHING -> DRIVER_ASSIGNED with its notifications, recorded as the answer to `request`.
 
@@ -214,16 +241,16 @@ class TripStore(Store[Trip]):
     async def transition(
         self, trip_id: str, request: Message, change: Change, current: Trip | None = None
     ) -> Trip:
-        """Read, `change`, write back and queue its notifications, in one transaction (AIP-155 too).
+        """Read, `change`, write back and queue its outbox rows, in one transaction (AIP-155 too).
 
         `current`: the trip as the step read it while holding it (`hold`), after finding no answer
         to `request` (`replayed`): nothing else writes a held trip, so neither is read again.
         """
 
         async def write(tx: Tx) -> Trip:
-            trip, notices = change(current if current is not None else await self.read(tx, trip_id))
+            trip, owed = change(current if current is not None else await self.read(tx, trip_id))
             await self.save(tx, trip)
-            await _enqueue(tx, notices)
+            await _enqueue(tx, owed)
             return trip
 
         return await self.idempotent(request, write, looked_up=current is not None)
@@ -257,24 +284,27 @@ class TripStore(Store[Trip]):
 
     # --- outbox -----------------------------------------------------------------
 
-    async def pending_notices(self, limit: int) -> list[OutboxEntry]:
-        """What waits to be sent, oldest first, whoever has claimed it (operators and tests look)."""
-        rows = await self.db.query("SELECT * FROM outbox WHERE dead = 0 ORDER BY seq LIMIT ?", (limit,))
+    async def pending_notices(self, limit: int, kind: str = NOTICE) -> list[OutboxEntry]:
+        """What of `kind` waits to be sent, oldest first, whoever has claimed it (operators, tests)."""
+        rows = await self.db.query(
+            "SELECT * FROM outbox WHERE kind = ? AND dead = 0 ORDER BY seq LIMIT ?", (kind, limit)
+        )
         return [_entry(r) for r in rows]
 
     async def claim_notices(
-        self, owner: str, limit: int, ttl: float, delivered: Sequence[str] = ()
+        self, owner: str, limit: int, ttl: float, delivered: Sequence[str] = (), kind: str = NOTICE
     ) -> list[OutboxEntry]:
-        """Up to `limit` waiting rows, oldest first, now `owner`'s to send for `ttl` seconds; the rows
-        `owner` has `delivered` since its last claim are deleted first, in the same transaction.
+        """Up to `limit` waiting rows of `kind`, oldest first, now `owner`'s to send for `ttl` seconds;
+        the rows `owner` has `delivered` since its last claim are deleted first, in the same transaction.
 
         Rows another replica claimed are passed over (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite
         has one writer at a time) until their claim expires, which is how a crashed replica's rows
         are taken over; rows `owner` still holds (claimed before its database went away, the answer
-        lost) are its own to take again at once. A recipient's notifications go out in order: a
-        claimed row is given back at once if an earlier row of its recipient is waiting and not
-        ours, read after our claim, so it sees (as unclaimed, or claimed by another) whatever
-        another replica has in hand.
+        lost) are its own to take again at once. A recipient's rows of a kind go out in order: a
+        claimed row is given back at once if an earlier row of its kind and recipient is waiting
+        and not ours, read after our claim, so it sees (as unclaimed, or claimed by another)
+        whatever another replica has in hand. Kinds do not wait for each other: a driver's
+        notifications go out while the drivers service, which its release waits for, is away.
         """
         stamp = time.time_ns()
         async with self.db.transaction() as tx:
@@ -282,14 +312,15 @@ class TripStore(Store[Trip]):
                 await tx.execute(f"DELETE FROM outbox WHERE id IN ({_marks(delivered)})", delivered)
             claimed = await tx.query(
                 "UPDATE outbox SET claimed_by = ?, claim_expires = ? WHERE seq IN ("
-                "SELECT seq FROM outbox WHERE dead = 0 AND (claim_expires < ? OR claimed_by = ?) "
-                f"ORDER BY seq LIMIT ?{self.db.skip_locked}) RETURNING *",
-                (owner, stamp + int(ttl * 1e9), stamp, owner, limit),
+                "SELECT seq FROM outbox WHERE kind = ? AND dead = 0 AND (claim_expires < ? OR claimed_by = ?)"
+                f" ORDER BY seq LIMIT ?{self.db.skip_locked}) RETURNING *",
+                (owner, stamp + int(ttl * 1e9), kind, stamp, owner, limit),
             )
             returned = await tx.query(
                 "UPDATE outbox SET claimed_by = '', claim_expires = 0 WHERE claimed_by = ? AND EXISTS ("
-                "SELECT 1 FROM outbox AS earlier WHERE earlier.recipient = outbox.recipient AND"
-                " earlier.seq < outbox.seq AND earlier.dead = 0 AND earlier.claimed_by <> ?) RETURNING seq",
+                "SELECT 1 FROM outbox AS earlier WHERE earlier.kind = outbox.kind AND"
+                " earlier.recipient = outbox.recipient AND earlier.seq < outbox.seq AND earlier.dead = 0"
+                " AND earlier.claimed_by <> ?) RETURNING seq",
                 (owner, owner),
             )
         given_back = {r["seq"] for r in returned}

@@ -34,7 +34,7 @@ from services.runtime.resources import fingerprint
 from . import domain, notices
 from .clients import Downstream
 from .outbox import Outbox
-from .store import Matching, TripStore
+from .store import Item, Matching, Release, TripStore
 
 _log = log.get_logger("rideshare.trips.workflow")
 
@@ -111,11 +111,19 @@ class TripWorkflow:
     """Runs the steps of a trip against the store and the other services."""
 
     def __init__(
-        self, store: TripStore, downstream: Downstream, outbox: Outbox, search_radius: float
+        self,
+        store: TripStore,
+        downstream: Downstream,
+        outbox: Outbox,
+        releases: Outbox,
+        search_radius: float,
     ) -> None:
         self.store = store
         self.downstream = downstream
         self.outbox = outbox
+        """Sends the notifications the steps queue."""
+        self.releases = releases
+        """Sends the drivers' releases the steps that end a trip queue."""
         self.search_radius = search_radius
         self.locks = KeyedLocks(store)
 
@@ -274,18 +282,17 @@ class TripWorkflow:
                 )
                 _refuse_if(domain.payment_mismatch(trip, payment))
                 trip = await self.store.record_payment(trip_id, payment.name, domain.payment_state(payment))
-            await self.downstream.release_trip(trip.driver, trip.name, domain.release_request_id(trip.name))
             done = await self.store.transition(
                 trip_id,
                 request,
-                lambda t: _with(domain.complete(t, dropoff_ns), notices.completed),
+                lambda t: _ended(domain.complete(t, dropoff_ns), notices.completed),
                 trip,
             )
-        self.outbox.wake()
+        self._ended()
         return done
 
     async def cancel(self, request: CancelTripRequest, allowed: Allowed = anyone) -> Trip:
-        """Free the driver, then CANCELLED: a trip is never cancelled with its driver still held."""
+        """CANCELLED, with the driver's release queued in the same transaction."""
         domain.check_cancel_reason(request.reason)
         trip_id = resource_id(request.name, "trips")
         async with self.locks.hold(trip_id):
@@ -293,15 +300,19 @@ class TripWorkflow:
             if replay is not None:
                 return replay
             domain.check_cancellable(trip)
-            await self.downstream.release_trip(trip.driver, trip.name, domain.release_request_id(trip.name))
             done = await self.store.transition(
                 trip_id,
                 request,
-                lambda t: _with(domain.cancel(t, request.reason), notices.cancelled),
+                lambda t: _ended(domain.cancel(t, request.reason), notices.cancelled),
                 trip,
             )
-        self.outbox.wake()
+        self._ended()
         return done
+
+    def _ended(self) -> None:
+        """A trip ended: its driver's release and its notifications were queued."""
+        self.releases.wake()
+        self.outbox.wake()
 
 
 def _refuse_if(mismatch: FailedPrecondition | None) -> None:
@@ -319,6 +330,11 @@ def _refuse_if(mismatch: FailedPrecondition | None) -> None:
     raise mismatch
 
 
-def _with(trip: Trip, make: Callable[[Trip], list[notices.Notice]]) -> tuple[Trip, list[notices.Notice]]:
+def _with(trip: Trip, make: Callable[[Trip], list[notices.Notice]]) -> tuple[Trip, list[Item]]:
     """The changed trip and what to tell people about it."""
-    return trip, make(trip)
+    return trip, [*make(trip)]
+
+
+def _ended(trip: Trip, make: Callable[[Trip], list[notices.Notice]]) -> tuple[Trip, list[Item]]:
+    """The trip that ended, its driver to release, and what to tell people about it."""
+    return trip, [Release(trip.driver, trip.name), *make(trip)]

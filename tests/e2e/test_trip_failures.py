@@ -183,7 +183,7 @@ def test_completing_while_billing_is_down_fails_cleanly_then_completes_exactly_o
     payments = rides.payments(completed["invoice"])
     assert [p["name"] for p in payments] == [completed["payment"]]
     assert payments[0]["state"] == "PAYMENT_STATE_SUCCEEDED"
-    assert rides.get_driver(driver["name"])["status"] == "DRIVER_STATUS_AVAILABLE"
+    rides.released(driver["name"])
     rides.wait_notification(passenger["name"], trip["name"], RECEIPT)
 
     # Completing it once more is refused and charges nothing.

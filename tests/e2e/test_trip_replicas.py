@@ -50,7 +50,7 @@ def test_completing_one_trip_on_both_replicas_at_once_completes_it_once(
     assert final["state"] == COMPLETED
     assert [i["name"] for i in rides.invoices(trip=trip["name"])] == [final["invoice"]]
     assert [p["name"] for p in rides.payments(final["invoice"])] == [final["payment"]]
-    assert rides.get_driver(driver["name"])["status"] == "DRIVER_STATUS_AVAILABLE"
+    rides.released(driver["name"])
 
 
 def test_the_same_request_on_both_replicas_at_once_makes_one_trip(

@@ -36,6 +36,7 @@ from rideshare.trips.v1 import trips_pb2
 from services.runtime.postgres import CONNECTION_TROUBLE, describe
 from tests import postgres
 from tests.conftest import Failure, failure_of
+from tests.trips.rides import released
 from tests.whole_mesh import SERVICES, Mesh
 
 RIDERS = 3
@@ -277,8 +278,7 @@ def check_every_record(mesh: Mesh, traffic: Traffic, dsns: dict[str, str]) -> No
         assert [p.name for p in payments] == [trip.payment]
         assert payments[0].state == payments_pb2.PAYMENT_STATE_SUCCEEDED
         assert payments[0].amount == trip.fare
-        driver = mesh.call(mesh.drivers.GetDriver(drivers_pb2.GetDriverRequest(name=done.driver)))
-        assert (driver.status, driver.current_trip) == (drivers_pb2.DRIVER_STATUS_AVAILABLE, "")
+        released(mesh, done.driver)
 
     # The trip service's outbox delivers what each step queued, once: every passenger's receipt
     # arrives, and no notification is there twice.

@@ -55,6 +55,20 @@ def get_driver(mesh: Mesh, name: str) -> drivers_pb2.Driver:
     return mesh.call(mesh.drivers.GetDriver(drivers_pb2.GetDriverRequest(name=name)))
 
 
+def released(mesh: Mesh, name: str) -> drivers_pb2.Driver:
+    """The driver once AVAILABLE with no trip: the trip service's outbox frees a driver right after
+    the step that ends the trip (CancelTrip, CompleteTrip) has answered."""
+
+    async def free() -> drivers_pb2.Driver | None:
+        found = await mesh.drivers.GetDriver(drivers_pb2.GetDriverRequest(name=name))
+        return (
+            found if (found.status, found.current_trip) == (drivers_pb2.DRIVER_STATUS_AVAILABLE, "") else None
+        )
+
+    found: drivers_pb2.Driver = mesh.eventually(free, f"{name} released")
+    return found
+
+
 def request_trip(
     rider: str, payment_method: str = "pm_card_visa", request_id: str = "", **fields
 ) -> pb.RequestTripRequest:

@@ -17,6 +17,7 @@ from .rides import (
     notified,
     passenger,
     payments_of,
+    released,
     request,
     request_trip,
 )
@@ -52,7 +53,7 @@ def test_billing_down_at_completion_then_back_completes_exactly_once(mesh):
     assert done.payment_state == pb.TRIP_PAYMENT_STATE_SUCCEEDED
     assert [i.name for i in invoices_of(mesh, trip.name)] == [done.invoice]
     assert [p.name for p in payments_of(mesh, done.invoice)] == [done.payment]
-    assert get_driver(mesh, dana).status == AVAILABLE
+    released(mesh, dana)
     assert mesh.call(mesh.trips.CompleteTrip(complete_request(trip.name))) == done
     assert notified(mesh, rider, "Your receipt").count("Your receipt") == 1
 

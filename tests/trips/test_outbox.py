@@ -11,7 +11,7 @@ import pytest
 from services.runtime.errors import Unavailable
 from services.trips.background import Background
 from services.trips.outbox import Outbox
-from services.trips.store import MIGRATIONS, TripStore
+from services.trips.store import MIGRATIONS, NOTICE, TripStore
 
 from .conftest import assigned
 
@@ -188,8 +188,8 @@ class Watched:
     def __getattr__(self, name: str):
         return getattr(self.store, name)
 
-    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=()):
-        entries = await self.store.claim_notices(owner, limit, ttl, delivered)
+    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=(), kind=NOTICE):
+        entries = await self.store.claim_notices(owner, limit, ttl, delivered, kind)
         if delivered:
             self.delivered.set()
         return entries
@@ -204,7 +204,7 @@ class Outage(Watched):
         self.claims = claims
         self.failing: int | None = None
 
-    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=()):
+    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=(), kind=NOTICE):
         if delivered and self.failing is None:
             self.failing = self.claims + 1
         if self.failing:
@@ -214,7 +214,7 @@ class Outage(Watched):
                 reason="DATABASE_UNAVAILABLE",
                 metadata={"database": "127.0.0.1:5432/trips"},
             )
-        return await super().claim_notices(owner, limit, ttl, delivered)
+        return await super().claim_notices(owner, limit, ttl, delivered, kind)
 
 
 def test_its_database_away_is_one_warning_without_traceback_and_a_line_when_it_is_back(runner, store, caplog):
@@ -273,8 +273,8 @@ class Polled:
         self.store = store
         self.read = asyncio.Event()
 
-    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=()):
-        entries = await self.store.claim_notices(owner, limit, ttl, delivered)
+    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=(), kind=NOTICE):
+        entries = await self.store.claim_notices(owner, limit, ttl, delivered, kind)
         self.read.set()
         return entries
 
@@ -367,7 +367,7 @@ def test_two_replicas_draining_one_outbox_send_every_notice_once_in_order_per_re
             await assigned(
                 first if n % 2 else second, passenger=f"passengers/p{n % 6}", driver=f"drivers/d{n}"
             )
-        queued = [(e.notice.recipient, e.id) for e in await first.pending_notices(100)]
+        queued = [(e.item.recipient, e.id) for e in await first.pending_notices(100)]
         replicas = [
             Outbox(first, recipient.sender("first"), batch=8),
             Outbox(second, recipient.sender("second"), batch=8),
@@ -452,8 +452,8 @@ class Counted(Watched):
         self.claims: list[tuple[list[str], list[str]]] = []
         self.claimed = asyncio.Event()
 
-    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=()):
-        entries = await super().claim_notices(owner, limit, ttl, delivered)
+    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=(), kind=NOTICE):
+        entries = await super().claim_notices(owner, limit, ttl, delivered, kind)
         self.claims.append((list(delivered), [e.id for e in entries]))
         self.claimed.set()
         return entries

@@ -30,6 +30,7 @@ from .rides import (
     list_trips,
     notified,
     passenger,
+    released,
     request,
     request_trip,
     start,
@@ -76,8 +77,7 @@ def test_a_whole_trip_from_request_to_receipt(mesh):
         trip.fare,
         payments_pb2.PAYMENT_STATE_SUCCEEDED,
     )
-    freed = get_driver(mesh, dana)
-    assert (freed.status, freed.current_trip) == (AVAILABLE, "")
+    released(mesh, dana)
 
     titles = notified(mesh, rider, "Your receipt")
     assert titles == ["Driver assigned", "Your driver is on the way", "Your trip has started", "Your receipt"]
@@ -95,7 +95,7 @@ def test_a_declined_card_completes_the_trip_as_declined(mesh):
     assert done.payment_state == pb.TRIP_PAYMENT_STATE_DECLINED
     payment = mesh.call(mesh.payments.GetPayment(payments_pb2.GetPaymentRequest(name=done.payment)))
     assert (payment.state, payment.decline_reason) == (payments_pb2.PAYMENT_STATE_DECLINED, "card_declined")
-    assert get_driver(mesh, done.driver).status == AVAILABLE
+    released(mesh, done.driver)
     assert notified(mesh, rider, "Your receipt")
 
 
@@ -237,7 +237,7 @@ def test_cancel_frees_the_driver_for_the_next_trip(mesh):
     assert cancelled.end_time.seconds > 0
     assert cancelled.payment_state == pb.TRIP_PAYMENT_STATE_NOT_CHARGED
     assert not cancelled.invoice
-    assert get_driver(mesh, dana).status == AVAILABLE
+    released(mesh, dana)
     assert "Trip cancelled" in notified(mesh, dana, "Trip cancelled")
     assert "Trip cancelled" in notified(mesh, first, "Trip cancelled")
     assert request(mesh, second).driver == dana
@@ -264,7 +264,7 @@ def test_every_mutating_call_replays_its_first_answer(mesh):
     assert len(invoices.invoices) == 1
     payments = mesh.call(mesh.payments.ListPayments(payments_pb2.ListPaymentsRequest(invoice=done.invoice)))
     assert len(payments.payments) == 1
-    assert get_driver(mesh, dana).status == AVAILABLE
+    released(mesh, dana)
 
     other = request(mesh, rider)
     first = cancel(mesh, other.name, reason="r", request_id="can-1")

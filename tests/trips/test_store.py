@@ -46,7 +46,7 @@ def test_a_matching_trip_is_invisible_until_a_driver_is_assigned(store, runner):
         assert await store.get(trip.name) == done
         assert await store.matching(trip_id) is None
         assert await store.replayed(rpc) == done
-        assert [e.notice for e in await store.pending_notices(10)] == notice(done)
+        assert [e.item for e in await store.pending_notices(10)] == notice(done)
 
     runner.run(scenario())
 

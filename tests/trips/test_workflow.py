@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+import grpc
 import psycopg
 import pytest
 from google.type.latlng_pb2 import LatLng
@@ -35,7 +36,7 @@ from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFoun
 from services.runtime.storage import SqliteBackend
 from services.trips import domain
 from services.trips.outbox import Outbox
-from services.trips.store import MIGRATIONS, TripStore
+from services.trips.store import MIGRATIONS, RELEASE, Release, TripStore
 from services.trips.workflow import KeyedLocks, TripWorkflow
 
 from ..mesh.test_storage import held_elsewhere
@@ -53,6 +54,10 @@ class Neighbours:
         self.invoices: dict[str, Invoice] = {}
         self.payments: dict[str, Payment] = {}
         self.sent: list[str] = []
+        self.freed = asyncio.Event()
+        """Set when a driver is released."""
+        self.refused = asyncio.Event()
+        """Set when the outbox's release met drivers down."""
 
     def _reach(self, service: str, method: str, key: str = "") -> None:
         if service in self.down:
@@ -85,6 +90,7 @@ class Neighbours:
         self._reach("drivers", "ReleaseTrip", request_id)
         if self.drivers.get(driver) == trip:
             self.drivers[driver] = ""
+            self.freed.set()
 
     async def create_invoice(self, invoice: Invoice, request_id: str) -> Invoice:
         """Billing prices every ride here at the quote's fare, as the real one prices the trip's places."""
@@ -113,6 +119,22 @@ class Neighbours:
     async def send_notification(self, notice: Any, request_id: str) -> None:
         self.sent.append(notice.title)
 
+    async def send_release(self, release: Release, request_id: str) -> None:
+        """The outbox's ReleaseTrip, failing as a gRPC call does (the outbox retries UNAVAILABLE)."""
+        if "drivers" in self.down:
+            self.refused.set()
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "drivers is down"
+            )
+        await self.release_trip(release.driver, release.trip, request_id)
+
+    async def released(self, driver: str) -> None:
+        """Until the outbox has released `driver` (it runs beside the workflow, on the same loop)."""
+        async with asyncio.timeout(WAIT):
+            while self.drivers[driver]:
+                self.freed.clear()
+                await self.freed.wait()
+
 
 Scenario = Callable[[TripWorkflow, Neighbours], Awaitable[None]]
 WAIT = 10.0
@@ -131,11 +153,13 @@ def run(runner, store, scenario: Scenario, neighbours: Neighbours | None = None)
 
     async def main() -> None:
         outbox = Outbox(store, neighbours.send_notification)
-        workflow = TripWorkflow(store, neighbours, outbox, 5000.0)  # type: ignore[arg-type]
+        releases = Outbox(store, neighbours.send_release, kind=RELEASE)
+        workflow = TripWorkflow(store, neighbours, outbox, releases, 5000.0)  # type: ignore[arg-type]
         try:
             await scenario(workflow, neighbours)
         finally:
             await outbox.stop()
+            await releases.stop()
         assert len(workflow.locks) == 0, "every lock is released"
 
     runner.run(main())
@@ -387,7 +411,7 @@ async def _ride(workflow: TripWorkflow, payment_method: str = "pm_card_visa") ->
     return await workflow.start(StartTripRequest(name=trip.name))
 
 
-@pytest.mark.parametrize("outage", ["billing", "payments", "drivers"])
+@pytest.mark.parametrize("outage", ["billing", "payments"])
 def test_complete_during_an_outage_keeps_the_trip_in_progress_and_the_retry_finishes_once(
     runner, store, outage
 ):
@@ -399,7 +423,7 @@ def test_complete_during_an_outage_keeps_the_trip_in_progress_and_the_retry_fini
             await workflow.complete(complete)
         halfway = await store.get(trip.name)
         assert halfway.state == domain.IN_PROGRESS
-        assert halfway.payment_state == (domain.NOT_CHARGED if outage != "drivers" else domain.PAID)
+        assert halfway.payment_state == domain.NOT_CHARGED
 
         mesh.down.clear()
         done = await workflow.complete(complete)
@@ -411,7 +435,7 @@ def test_complete_during_an_outage_keeps_the_trip_in_progress_and_the_retry_fini
         )
         assert len(mesh.invoices) == 1
         assert len(mesh.payments) == 1
-        assert mesh.drivers[done.driver] == ""
+        await mesh.released(done.driver)
         assert done.end_time.ToNanoseconds() >= done.start_time.ToNanoseconds()
 
         with pytest.raises(FailedPrecondition) as again:
@@ -530,20 +554,31 @@ def test_a_completed_trip_was_invoiced_and_charged_exactly_its_fare(runner, stor
     run(runner, store, scenario)
 
 
-def test_cancel_during_a_driver_outage_changes_nothing_until_the_retry(runner, store):
+@pytest.mark.parametrize("step", ["cancel", "complete"])
+def test_a_trip_ends_during_a_drivers_outage_and_its_driver_is_released_once_drivers_is_back(
+    runner, store, step
+):
     async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
-        trip = await workflow.request(request())
+        trip = await (_ride(workflow) if step == "complete" else workflow.request(request()))
+
+        async def end() -> Trip:
+            if step == "complete":
+                return await workflow.complete(CompleteTripRequest(name=trip.name, request_id="e1"))
+            return await workflow.cancel(CancelTripRequest(name=trip.name, reason="plans", request_id="e1"))
+
         mesh.down.add("drivers")
-        cancel = CancelTripRequest(name=trip.name, reason="changed plans", request_id="x1")
-        with pytest.raises(Unavailable):
-            await workflow.cancel(cancel)
-        assert (await store.get(trip.name)).state == domain.DRIVER_ASSIGNED
+        done = await end()
+        assert done.state == (domain.COMPLETED if step == "complete" else domain.CANCELLED)
+        assert mesh.drivers[trip.driver] == trip.name, "held while drivers is away"
+        async with asyncio.timeout(WAIT):
+            await mesh.refused.wait()  # the outbox tried, and keeps the release
+        owed = await store.pending_notices(10, RELEASE)
+        assert [(e.id, e.item) for e in owed] == [(f"{trip.name}:release", Release(trip.driver, trip.name))]
 
         mesh.down.clear()
-        done = await workflow.cancel(cancel)
-        assert (done.state, done.cancel_reason) == (domain.CANCELLED, "changed plans")
-        assert mesh.drivers[trip.driver] == ""
-        assert await workflow.cancel(cancel) == done
+        await mesh.released(trip.driver)
+        assert mesh.calls.count(("ReleaseTrip", f"{trip.name}:release")) == 1
+        assert await end() == done, "a repeat is answered as the first, and queues nothing again"
 
     run(runner, store, scenario)
 
