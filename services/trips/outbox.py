@@ -64,6 +64,7 @@ from typing import Any, Protocol
 import grpc
 
 from services.runtime import log
+from services.runtime.aip import MAX_BATCH
 from services.runtime.errors import Unavailable
 from services.runtime.tracing import continued
 
@@ -89,8 +90,6 @@ PERMANENT = frozenset(
 Send = Callable[[Any, str], Awaitable[object]]
 """Sends one row's item (a Notice, a Release) with its request_id."""
 SendBatch = Callable[[list[tuple[Any, str]]], Awaitable[object]]
-MAX_BATCH = 100
-"""The most entries one batch call takes (the contracts' limit)."""
 WORDS = {NOTICE: ("notification", "notification service"), RELEASE: ("driver release", "drivers service")}
 """What the logs call a row of each kind, and where it goes."""
 CLAIM_SECONDS = 30.0
