@@ -40,13 +40,10 @@ from services.runtime.aip import apply_read_mask, now, timestamp_from_ns
 from services.runtime.errors import AlreadyExists, FailedPrecondition, MeshError
 from services.runtime.resources import (
     Backend,
+    BatchLog,
     Resource,
     Row,
     Store,
-    answered_in_batch,
-    fingerprint,
-    log_answers,
-    logged_batch,
     method_of,
 )
 
@@ -247,36 +244,31 @@ class DriverStore(Store[Driver]):
             return await self._release_batch(requests)
 
     async def _release_batch(self, requests: Sequence[ReleaseTripRequest]) -> list[Driver]:
-        method = method_of(ReleaseTripRequest())  # an entry and a lone ReleaseTrip replay each other
+        # An entry and a lone ReleaseTrip replay each other: one method in the log.
+        log = BatchLog(method_of(ReleaseTripRequest()), requests, Driver)
         ids = [self.id_of(request.name, f"requests[{index}].name") for index, request in enumerate(requests)]
-        keys = [(request.request_id, fingerprint(request)) for request in requests if request.request_id]
         answers: list[Driver] = []
         async with self.db.transaction() as tx:
             read = await self.read_many(tx, ids)
             drivers = dict(read)
-            replays, digests = iter(await logged_batch(tx, method, keys, Driver)), iter(keys)
-            new: dict[str, tuple[str, Driver]] = {}  # request_id -> (digest, answer) released now
+            await log.read(tx)
             for index, (request, driver_id) in enumerate(zip(requests, ids, strict=True)):
-                if request.request_id:
-                    first, (request_id, digest) = next(replays), next(digests)
-                    if first is None and request_id in new:  # twice in this batch
-                        first = answered_in_batch(new[request_id], digest, index, request_id, method)
-                    if first is not None:
-                        answers.append(first)
-                        continue
+                first = log.first(index)
+                if first is not None:
+                    answers.append(first)
+                    continue
                 if driver_id not in drivers:
                     raise _entry(self.not_found(driver_id), f"requests[{index}].name")
                 try:
                     drivers[driver_id] = domain.release_trip(drivers[driver_id], request.trip)
                 except FailedPrecondition as refused:
                     raise _entry(refused, f"requests[{index}].trip") from None
-                if request.request_id:
-                    new[request_id] = (digest, drivers[driver_id])
+                log.answered(index, drivers[driver_id])
                 answers.append(drivers[driver_id])
             for driver_id, driver in drivers.items():
                 if driver is not read[driver_id] and driver != read[driver_id]:
                     await self.save(tx, driver)
-            await log_answers(tx, method, [(rid, digest, answer) for rid, (digest, answer) in new.items()])
+            await log.write(tx)
         return answers
 
 

@@ -22,14 +22,11 @@ from rideshare.notifications.v1.notifications_pb2 import Notification, SendNotif
 from services.runtime.aip import timestamp_from_ns
 from services.runtime.resources import (
     Backend,
+    BatchLog,
     Resource,
     Row,
     Store,
     Tx,
-    answered_in_batch,
-    fingerprint,
-    log_answers,
-    logged_batch,
     method_of,
 )
 
@@ -104,30 +101,25 @@ class NotificationStore(Store[Notification]):
         write of their answers, one NOTIFY (the last `seq`: a feed reads everything after its
         position).
         """
-        method = method_of(SendNotificationRequest())  # an entry and a lone send replay each other
-        keys = [(request.request_id, fingerprint(request)) for request in requests if request.request_id]
+        # An entry and a lone send replay each other: one method in the log.
+        log = BatchLog(method_of(SendNotificationRequest()), requests, Notification)
         answers: list[Notification] = []
         async with self.db.transaction() as tx:
             await tx.lock(SEQUENCE_LOCK)
-            replays = iter(await logged_batch(tx, method, keys, Notification))
-            new: dict[str, tuple[str, Notification]] = {}  # request_id -> (digest, answer) stored now
-            digests = iter(keys)
+            await log.read(tx)
             fresh: list[Notification] = []
-            for index, (notification, request) in enumerate(zip(notifications, requests, strict=True)):
-                if request.request_id:
-                    first, (request_id, digest) = next(replays), next(digests)
-                    if first is None and request_id in new:  # twice in this batch
-                        first = answered_in_batch(new[request_id], digest, index, request_id, method)
-                    if first is not None:
-                        answers.append(first)
-                        continue
-                    new[request_id] = (digest, notification)
+            for index, notification in enumerate(notifications):
+                first = log.first(index)
+                if first is not None:
+                    answers.append(first)
+                    continue
+                log.answered(index, notification)
                 answers.append(notification)
                 fresh.append(notification)
             stored: list[tuple[int, Notification]] = list(
                 zip(await self.insert_many(tx, fresh), fresh, strict=True)
             )
-            await log_answers(tx, method, [(rid, digest, answer) for rid, (digest, answer) in new.items()])
+            await log.write(tx)
             if stored:
                 await tx.notify(CHANNEL, str(stored[-1][0]))
         return answers, stored

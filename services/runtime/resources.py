@@ -206,45 +206,73 @@ async def log_answer(tx: Tx, method: str, request_id: str, digest: str, response
     await log_answers(tx, method, [(request_id, digest, response)])
 
 
-async def logged_batch(
-    tx: Tx, method: str, keys: Sequence[tuple[str, str]], response_type: type[R]
-) -> list[R | None]:
-    """Inside a transaction, for a write of several requests (an AIP-233 batch, with `log_answers`):
-    the stored answer to each (request_id, digest), None where it is new, in one read.
+class BatchLog(Generic[R]):
+    """The request log of one AIP-233 batch, each entry replayed by its own request_id, as
+    `Backend.idempotent` replays one request: made before the transaction (the digests), read once
+    inside it, then per entry `first(i)`, the answer it already has (logged by an earlier call, or
+    given to an earlier entry of this batch with the same request_id and request) or None to apply
+    it now, and `answered(i, response)` once applied; `write` logs the new answers in one statement.
 
-    A request_id that answered another request is INVALID_ARGUMENT REQUEST_ID_REUSED on
-    `requests[i].request_id` (the batch's field). `Backend.idempotent` is the same for one request.
+    A request_id that answered another request, before or earlier in the batch, is INVALID_ARGUMENT
+    REQUEST_ID_REUSED on `requests[i].request_id` (the batch's field).
     """
-    if not keys:
-        return []
-    wanted = sorted({request_id for request_id, _ in keys})
-    found = await tx.query(f"{_LOGGED_MANY} ({', '.join('?' for _ in wanted)})", (method, *wanted))
-    rows = {row["request_id"]: row for row in found}
-    answers: list[R | None] = []
-    for index, (request_id, digest) in enumerate(keys):
+
+    def __init__(self, method: str, requests: Sequence[Message], response_type: type[R]) -> None:
+        self.method = method
+        self.response_type = response_type
+        self.keys: list[tuple[str, str] | None] = [
+            (request_id, fingerprint(request)) if (request_id := getattr(request, "request_id", "")) else None
+            for request in requests
+        ]
+        """(request_id, digest) of each entry, None for one sent without a request_id."""
+        self.logged: list[R | None] = [None] * len(self.keys)
+        self.new: dict[str, tuple[str, R]] = {}
+        """request_id -> (digest, answer) of the entries applied by this batch."""
+
+    async def read(self, tx: Tx) -> None:
+        """The answers logged for the batch's request_ids, in one read (inside its transaction)."""
+        wanted = sorted({key[0] for key in self.keys if key is not None})
+        if not wanted:
+            return
+        found = await tx.query(f"{_LOGGED_MANY} ({', '.join('?' for _ in wanted)})", (self.method, *wanted))
+        rows = {row["request_id"]: row for row in found}
+        for index, key in enumerate(self.keys):
+            if key is not None:
+                self.logged[index] = self._stored(index, key, rows.get(key[0]))
+
+    def first(self, index: int) -> R | None:
+        key = self.keys[index]
+        if key is None:
+            return None
+        if self.logged[index] is None and key[0] in self.new:  # twice in this batch
+            digest, answer = self.new[key[0]]
+            if digest != key[1]:
+                raise self._entry(index, _reused(key[0], self.method))
+            return answer
+        return self.logged[index]
+
+    def answered(self, index: int, response: R) -> None:
+        key = self.keys[index]
+        if key is not None:
+            self.new[key[0]] = (key[1], response)
+
+    async def write(self, tx: Tx) -> None:
+        await log_answers(tx, self.method, [(rid, digest, one) for rid, (digest, one) in self.new.items()])
+
+    def _stored(self, index: int, key: tuple[str, str], row: Row | None) -> R | None:
         try:
-            answers.append(_stored(rows.get(request_id), method, request_id, digest, response_type))
+            return _stored(row, self.method, *key, self.response_type)
         except InvalidArgument as error:
-            why = error.violations[0].description
-            raise InvalidArgument.field(f"requests[{index}].request_id", why, reason=error.reason) from None
-    return answers
+            raise self._entry(index, error) from None
+
+    @staticmethod
+    def _entry(index: int, error: InvalidArgument) -> InvalidArgument:
+        """REQUEST_ID_REUSED on the entry's own field."""
+        why = error.violations[0].description
+        return InvalidArgument.field(f"requests[{index}].request_id", why, reason=error.reason)
 
 
 _LOGGED_MANY = "SELECT request_id, fingerprint, response FROM request_log WHERE method = ? AND request_id IN"
-
-
-def answered_in_batch(first: tuple[str, R], digest: str, index: int, request_id: str, method: str) -> R:
-    """Entry `index` repeating the request_id of an earlier entry of its batch, which was answered
-    `first` = (digest, answer): that answer if it asks the same (not applied twice), else INVALID_ARGUMENT
-    REQUEST_ID_REUSED on `requests[i].request_id` (`logged_batch` sees only earlier calls' answers)."""
-    first_digest, answer = first
-    if first_digest != digest:
-        raise InvalidArgument.field(
-            f"requests[{index}].request_id",
-            f"{request_id!r} was already used for a different {method} request",
-            reason="REQUEST_ID_REUSED",
-        )
-    return answer
 
 
 async def log_answers(tx: Tx, method: str, answers: Sequence[tuple[str, str, Message]]) -> None:
@@ -268,12 +296,16 @@ def _stored(row: Row | None, method: str, request_id: str, digest: str, response
     if row is None:
         return None
     if row["fingerprint"] != digest:
-        raise InvalidArgument.field(
-            "request_id",
-            f"{request_id!r} was already used for a different {method} request",
-            reason="REQUEST_ID_REUSED",
-        )
+        raise _reused(request_id, method)
     return response_type.FromString(bytes(row["response"]))
+
+
+def _reused(request_id: str, method: str) -> InvalidArgument:
+    return InvalidArgument.field(
+        "request_id",
+        f"{request_id!r} was already used for a different {method} request",
+        reason="REQUEST_ID_REUSED",
+    )
 
 
 def fingerprint(request: Message) -> str:

@@ -11,10 +11,9 @@ import pytest
 from google.type.latlng_pb2 import LatLng
 from rideshare.drivers.v1 import drivers_pb2 as pb
 
-from services.drivers import store as store_module
 from services.drivers.store import MIGRATIONS, DriverStore
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.runtime.resources import log_answer, log_answers
+from services.runtime.resources import BatchLog, log_answer
 from tests.postgres import Backends
 
 from .test_search import north_of
@@ -221,11 +220,13 @@ def test_a_request_id_another_request_logs_meanwhile_is_refused_as_reused(replic
     (driver,) = _on_trips(runner, one, "trips/t1")
     read_the_log = asyncio.Event()
 
-    async def about_to_log(*args):
-        read_the_log.set()
-        await log_answers(*args)
+    write = BatchLog.write
 
-    monkeypatch.setattr(store_module, "log_answers", about_to_log)
+    async def about_to_log(log, tx):
+        read_the_log.set()
+        await write(log, tx)
+
+    monkeypatch.setattr(BatchLog, "write", about_to_log)
 
     async def scenario():
         async with other.db.transaction() as tx:  # another request with r1, committed after the batch read

@@ -68,15 +68,20 @@ def test_a_bad_entry_is_named_by_its_index_and_nothing_is_stored(notifications, 
     assert notifications.list(ADA).notifications == []
 
 
-def test_an_entry_reusing_a_request_id_for_another_notification_fails_the_whole_batch(notifications):
+@pytest.mark.parametrize("first_key", ["r9", ""])
+def test_an_entry_reusing_a_request_id_for_another_notification_fails_the_whole_batch(
+    notifications, first_key
+):
     notifications.send(ADA, title="first", request_id="r1")
-    request = pb.BatchSendNotificationsRequest(requests=[entry(DEE, "new", "r9"), entry(ADA, "other", "r1")])
+    request = pb.BatchSendNotificationsRequest(
+        requests=[entry(DEE, "new", first_key), entry(ADA, "other", "r1")]
+    )
 
     failure = notifications.fail(notifications.stub.BatchSendNotifications(request))
 
     assert failure.code is grpc.StatusCode.INVALID_ARGUMENT
     assert failure.info.reason == "REQUEST_ID_REUSED"
-    assert failure.fields == ["requests[1].request_id"]
+    assert failure.fields == ["requests[1].request_id"], "the entry itself, however many before it have a key"
     assert notifications.list(DEE).notifications == []  # the good entry was rolled back with it
 
 
