@@ -154,11 +154,12 @@ class TripServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CompleteTrip(self, request, context):
-        """The driver has dropped the passenger off: IN_PROGRESS becomes COMPLETED, end_time
-        is set, the driver is released, the fare is invoiced and the payment method is
-        charged. A declined charge is not an error: the trip completes with payment_state
-        DECLINED. Fails with FAILED_PRECONDITION (reason TRIP_NOT_IN_PROGRESS) in any
-        other state.
+        """The driver has dropped the passenger off: the fare is invoiced and the payment
+        method charged, then IN_PROGRESS becomes COMPLETED and end_time is set. A declined
+        charge is not an error: the trip completes with payment_state DECLINED. The driver
+        is released (AVAILABLE, no current_trip) right after the answer, within
+        milliseconds, or once the driver service is reachable again. Fails with
+        FAILED_PRECONDITION (reason TRIP_NOT_IN_PROGRESS) in any other state.
 
         The passenger pays exactly the fare: an invoice or payment the trip would adopt
         whose amount is not the fare fails the call with FAILED_PRECONDITION, reason
@@ -174,9 +175,9 @@ class TripServiceServicer:
 
     def CancelTrip(self, request, context):
         """Cancels a trip that has not started: DRIVER_ASSIGNED or ACCEPTED becomes
-        CANCELLED, end_time is set and the driver is released. Nothing is charged. Fails
-        with FAILED_PRECONDITION (reason TRIP_NOT_CANCELLABLE) once the trip is in
-        progress, completed or cancelled.
+        CANCELLED and end_time is set. Nothing is charged. The driver is released as
+        CompleteTrip releases it: right after the answer. Fails with FAILED_PRECONDITION
+        (reason TRIP_NOT_CANCELLABLE) once the trip is in progress, completed or cancelled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
