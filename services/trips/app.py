@@ -11,7 +11,7 @@ from services.runtime.errors import ConfigError, MeshError
 
 from .background import Background
 from .clients import Downstream
-from .outbox import Outbox
+from .outbox import Outbox, OutboxMetrics
 from .servicer import TripServicer
 from .store import MIGRATIONS, RELEASE, TripStore
 from .workflow import TripWorkflow
@@ -55,6 +55,8 @@ def create(runtime: Runtime) -> Service:
         kind=RELEASE,
     )
     workflow = TripWorkflow(store, downstream, outbox, releases, search_radius)
+    if runtime.telemetry.metrics is not None:
+        runtime.telemetry.metrics.registry.register(OutboxMetrics([outbox, releases]))
 
     async def sweep_forever() -> None:
         while True:

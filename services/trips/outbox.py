@@ -46,6 +46,11 @@ nothing but the table: a drivers outage does not hold notifications back.
   loop makes no call and no transaction: after an empty claim it waits for
   a wake, or polls every `idle_poll` seconds, so rows left by another
   replica or a previous process are sent.
+- Counted for operators (`OutboxMetrics`, on the trip service's /metrics,
+  by kind): rows delivered, passes that found the service away, rows dead,
+  and how long deliveries have been failing (0 while they go out): a drivers
+  outage shows as `trips_outbox_failing_seconds{kind="release"}` rising while
+  the drivers it has not released stay ON_TRIP.
 - Its own database out of reach (UNAVAILABLE `DATABASE_UNAVAILABLE`) is an
   outage, not a bug: the loop backs off the same way, says so in one
   warning line without a traceback and then at most one per 10 s
@@ -58,10 +63,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import grpc
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from services.runtime import log
 from services.runtime.aip import MAX_BATCH
@@ -147,6 +154,14 @@ class Outbox:
         """Set once `batch` steps have woken the loop since its last claim: no point lingering."""
         self._delivered: list[str] = []
         """Sent by this loop and not deleted yet: its next claim (or its stop) deletes them."""
+        self.delivered = 0
+        """Rows delivered since the loop was made (what `OutboxMetrics` reports, with the next three)."""
+        self.retries = 0
+        """Passes stopped by a failure that may pass (the service away): their rows wait."""
+        self.dead = 0
+        """Rows refused for good, kept as dead."""
+        self.failing_since: float | None = None
+        """When the current run of failed passes began (`time.time()`); None while rows go out."""
         name = "trips-outbox" if kind == NOTICE else f"trips-outbox-{kind}s"
         self.task = Background(name, self._run)
         self.outage = log.Outage(_log, f"{name}: its database")
@@ -169,6 +184,15 @@ class Outbox:
     async def _send(self, entries: list[OutboxEntry]) -> tuple[list[str], bool]:
         """Send claimed `entries`: the ids delivered (the caller deletes them), and whether it stopped on
         a failure that may pass (then everything not delivered was given back)."""
+        delivered, failed = await self._deliver(entries)
+        self.delivered += len(delivered)
+        if failed:
+            self.failing_since = self.failing_since or time.time()
+        elif entries:
+            self.failing_since = None
+        return delivered, failed
+
+    async def _deliver(self, entries: list[OutboxEntry]) -> tuple[list[str], bool]:
         if self.send_batch is None or len(entries) < 2:
             return await self._one_by_one(entries)
         try:
@@ -194,6 +218,7 @@ class Outbox:
                     return [], True
                 text = f"{error.code().name}: {error.details()}"
                 await self.store.notices_failed([entry.id], text, dead=True)
+                self.dead += 1
                 _log.error(
                     f"{self.what} refused for good; kept in the outbox as dead",
                     extra={"fields": {"outbox_id": entry.id, "error": text, "trip": entry.item.trip}},
@@ -208,6 +233,7 @@ class Outbox:
         """A failure that may pass: count an attempt of the `failed` rows, delete what was `delivered`,
         give the rest back, so later rows wait behind earlier ones."""
         text = f"{error.code().name}: {error.details()}"
+        self.retries += 1
         await self.store.notices_failed([entry.id for entry in failed], text, dead=False)
         await self.store.release_notices(self.owner, delivered)
         one = {"outbox_id": failed[0].id} if len(failed) == 1 else {"rows": len(failed)}
@@ -266,3 +292,38 @@ class Outbox:
             await self.store.release_notices(self.owner, self._delivered)
         except Exception as error:  # the database away: the claims expire instead
             _log.warning(f"could not give back claimed {self.what}s", extra={"fields": {"error": str(error)}})
+
+
+class OutboxMetrics:
+    """The loops' counts on /metrics, by kind: a prometheus-client custom collector, read when /metrics
+    is (on the admin server's thread: plain numbers the loops update on the event loop, each read whole).
+
+    `trips_outbox_delivered_total`, `trips_outbox_retries_total`, `trips_outbox_dead_total` and
+    `trips_outbox_failing_seconds` (0 while rows go out).
+    """
+
+    def __init__(self, loops: Sequence[Outbox]) -> None:
+        self.loops = loops
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["kind"]
+        delivered = CounterMetricFamily("trips_outbox_delivered", "Outbox rows delivered.", labels=labels)
+        retries = CounterMetricFamily(
+            "trips_outbox_retries",
+            "Outbox passes that found the service away; their rows wait.",
+            labels=labels,
+        )
+        dead = CounterMetricFamily("trips_outbox_dead", "Outbox rows refused for good.", labels=labels)
+        failing = GaugeMetricFamily(
+            "trips_outbox_failing_seconds",
+            "How long deliveries have been failing; 0 while they go out.",
+            labels=labels,
+        )
+        now = time.time()
+        for loop in self.loops:
+            delivered.add_metric([loop.kind], loop.delivered)
+            retries.add_metric([loop.kind], loop.retries)
+            dead.add_metric([loop.kind], loop.dead)
+            since = loop.failing_since
+            failing.add_metric([loop.kind], 0.0 if since is None else now - since)
+        yield from (delivered, retries, dead, failing)

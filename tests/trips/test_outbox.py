@@ -7,11 +7,12 @@ import logging
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from services.runtime.errors import Unavailable
 from services.trips.background import Background
-from services.trips.outbox import Outbox
-from services.trips.store import MIGRATIONS, NOTICE, TripStore
+from services.trips.outbox import Outbox, OutboxMetrics
+from services.trips.store import MIGRATIONS, NOTICE, RELEASE, TripStore
 
 from .conftest import assigned
 
@@ -86,6 +87,32 @@ def test_a_refused_notification_is_set_aside_and_the_rest_still_go(runner, store
     assert runner.run(Outbox(store, recipient.send).deliver_pending()) == (1, False)
     assert [request_id for _, request_id in recipient.sent] == ids[1:]
     assert pending(runner, store) == []
+
+
+def test_an_operator_sees_what_each_kind_delivered_and_how_long_it_has_been_failing(runner, store):
+    runner.run(queued(store, 3))
+    recipient = Recipient()
+    recipient.failures = [
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ]
+    notices, releases = Outbox(store, recipient.send), Outbox(store, recipient.send, kind=RELEASE)
+    registry = CollectorRegistry()
+    registry.register(OutboxMetrics([notices, releases]))
+
+    def sample(name: str, kind: str = NOTICE) -> float | None:
+        return registry.get_sample_value(name, {"kind": kind})
+
+    runner.run(notices.deliver_pending())
+    runner.run(notices.deliver_pending())
+    assert sample("trips_outbox_retries_total") == 2
+    assert sample("trips_outbox_failing_seconds") > 0, "failing since the first of the two passes"
+
+    runner.run(notices.deliver_pending())  # the first row refused for good, the other two go
+    assert (sample("trips_outbox_delivered_total"), sample("trips_outbox_dead_total")) == (2, 1)
+    assert sample("trips_outbox_failing_seconds") == 0
+    assert [sample(f"trips_outbox_{n}", RELEASE) for n in ("delivered_total", "failing_seconds")] == [0, 0]
 
 
 class Batches(Recipient):
