@@ -232,7 +232,9 @@ class DriverServiceServicer:
     def GoOffline(self, request, context):
         """Takes an AVAILABLE driver OFFLINE, so it is no longer offered trips. A driver who is
         already OFFLINE is returned unchanged. Fails with FAILED_PRECONDITION (reason
-        DRIVER_ON_TRIP) while the driver is on a trip.
+        DRIVER_ON_TRIP, metadata "current_trip") while the driver is on a trip; the trip
+        service frees its driver just after a trip is completed or cancelled, so a moment
+        later the same call succeeds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

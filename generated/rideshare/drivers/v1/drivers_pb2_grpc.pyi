@@ -78,7 +78,9 @@ class DriverServiceStub:
     GoOffline: _aio.UnaryUnaryMultiCallable[_drivers_pb2.GoOfflineRequest, _drivers_pb2.Driver]
     """Takes an AVAILABLE driver OFFLINE, so it is no longer offered trips. A driver who is
     already OFFLINE is returned unchanged. Fails with FAILED_PRECONDITION (reason
-    DRIVER_ON_TRIP) while the driver is on a trip.
+    DRIVER_ON_TRIP, metadata "current_trip") while the driver is on a trip; the trip
+    service frees its driver just after a trip is completed or cancelled, so a moment
+    later the same call succeeds.
     """
     UpdateDriverLocation: _aio.UnaryUnaryMultiCallable[_drivers_pb2.UpdateDriverLocationRequest, _drivers_pb2.Driver]
     """Records where an online driver is now. Fails with FAILED_PRECONDITION (reason
@@ -243,7 +245,9 @@ class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_drivers_pb2.Driver]:
         """Takes an AVAILABLE driver OFFLINE, so it is no longer offered trips. A driver who is
         already OFFLINE is returned unchanged. Fails with FAILED_PRECONDITION (reason
-        DRIVER_ON_TRIP) while the driver is on a trip.
+        DRIVER_ON_TRIP, metadata "current_trip") while the driver is on a trip; the trip
+        service frees its driver just after a trip is completed or cancelled, so a moment
+        later the same call succeeds.
         """
 
     @_abc_1.abstractmethod
