@@ -120,6 +120,7 @@ def test_internal_methods_are_routed_for_no_key_at_all(passengers_gateway):
         ("POST", "/v1/drivers:assignNearest", {"trip": "trips/t1", "radiusMeters": 1000}),
         ("POST", "/v1/drivers/d1:releaseTrip", {"trip": "trips/t1"}),
         ("POST", "/v1/notifications:batchSend", {"requests": []}),  # up to 100 messages to anyone
+        ("POST", "/v1/drivers:batchReleaseTrips", {"requests": []}),  # free up to 100 drivers mid-trip
     ):
         response = passengers_gateway.request(method, path, body)  # with the admin key
         assert (response.status, response.json["code"]) == (404, 5), path

@@ -88,6 +88,14 @@ def test_internal_methods_are_for_the_mesh_alone(serve, tmp_path):
     through = drivers.fail(stub.AssignNearestDriver(request))  # the mesh gets through, to no driver
     assert (through.code, through.info.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_DRIVER_AVAILABLE")
 
+    # Freeing drivers mid-trip in bulk is the trips outbox's alone, too.
+    release = drivers_pb2.ReleaseTripRequest(name="drivers/d1", trip="trips/t1")
+    batch = drivers_pb2.BatchReleaseTripsRequest(requests=[release])
+    admin = drivers.fail(stub.BatchReleaseTrips(batch, metadata=(("x-mesh-scopes", "admin"),)))
+    assert (admin.code, admin.info.reason) == (grpc.StatusCode.PERMISSION_DENIED, "METHOD_RESTRICTED")
+    missing = drivers.fail(stub.BatchReleaseTrips(batch))  # the mesh gets through, to no driver
+    assert missing.code == grpc.StatusCode.NOT_FOUND
+
 
 # -- with TLS: the gateway's certificate is what makes its word count -------------------------------------
 
