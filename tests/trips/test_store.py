@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from rideshare.trips.v1.trips_pb2 import AcceptTripRequest, ListTripsRequest, RequestTripRequest, Trip
+from rideshare.trips.v1.trips_pb2 import (
+    AcceptTripRequest,
+    CancelTripRequest,
+    ListTripsRequest,
+    RequestTripRequest,
+    Trip,
+)
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.resources import fingerprint
 from services.trips import domain
-from services.trips.store import MIGRATIONS, TripStore
+from services.trips.notices import Notice
+from services.trips.store import MIGRATIONS, RELEASE, Release, TripStore
 from tests.postgres import Backends
 
 from .conftest import assigned, notice
@@ -188,6 +195,30 @@ def test_a_claim_deletes_what_its_owner_delivered_and_takes_back_what_it_still_h
 
         assert [e.id for e in again] == ids[1:]
         assert [e.id for e in await store.pending_notices(10)] == ids[1:]
+
+    runner.run(scenario())
+
+
+def test_a_release_and_a_notice_to_one_driver_are_claimed_apart_and_neither_waits_for_the_other(
+    store, runner
+):
+    async def scenario() -> None:
+        trip = await assigned(store)
+        told = Notice(trip.driver, "Trip cancelled", "You are available again.", trip.name)
+        ended = await store.transition(
+            trip.name.removeprefix("trips/"),
+            CancelTripRequest(name=trip.name, request_id="c1"),
+            lambda t: (domain.cancel(t, ""), [Release(t.driver, t.name), told]),
+        )
+        assert ended.state == domain.CANCELLED
+
+        [release] = await store.claim_notices("drivers-loop", 10, 60, kind=RELEASE)
+        assert (release.id, release.item) == (f"{trip.name}:release", Release(trip.driver, trip.name))
+        # The driver's notification goes out while its release is in another loop's hands (say
+        # drivers is away): kinds keep their own order, not each other's.
+        notices = await store.claim_notices("notices-loop", 10, 60)
+        assert [e.item for e in notices] == [*notice(trip), told]
+        assert await store.claim_notices("other-drivers-loop", 10, 60, kind=RELEASE) == []
 
     runner.run(scenario())
 
