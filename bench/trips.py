@@ -69,7 +69,10 @@ outbox sends after the answers count) and the gRPC calls each process made
 (its /metrics, by caller, service and method), both divided by the completed
 rides; and where a call's time goes: each edge's mean time at the caller and
 at the called service's handler (/metrics histograms' sums), the difference
-being the wait before the handler ran. `--plot` draws the admitted rides' p99
+being the wait before the handler ran. A rate given more than once
+(`--rates 150,150,150`) also gets one line with each run's ride p99, their
+median and how many stayed under 50 ms (the issue's goal): on a shared
+machine one run's tail says little. `--plot` draws the admitted rides' p99
 against the offered rate, a line per flow. No assertion: the figures go to
 docs/benchmarks.md with the command, machine and date.
 """
@@ -88,6 +91,7 @@ import random
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -754,8 +758,26 @@ def report(runs: list[Run]) -> str:
                 edges,
                 lambda r: [_mean_ms(r, edge) for edge in edges],
             ),
+            *_repeats(runs),
         ]
     )
+
+
+def _repeats(runs: list[Run]) -> list[str]:
+    """For a rate given more than once (`--rates 150,150,150`): each run's ride p99 side by side, their
+    median, and how many stayed under 50 ms; on a shared machine one run's tail says little."""
+    alike: dict[tuple[str, str, int, float], list[Run]] = {}
+    for r in runs:
+        alike.setdefault((r.variant, r.flow, r.drivers, r.offered), []).append(r)
+    lines = [
+        f"- {variant}, {flow} flow, {drivers:,} drivers, {offered:g}/s: ride p99 "
+        f"{', '.join(f'{p:,.0f}' for p in p99s)} ms; median {statistics.median(p99s):,.0f}; "
+        f"under 50 ms in {sum(p < 50 for p in p99s)} of {len(p99s)}"
+        for (variant, flow, drivers, offered), same in alike.items()
+        if len(same) > 1
+        for p99s in [[percentile(r.rides, 0.99) * 1000 if r.rides else float("inf") for r in same]]
+    ]
+    return ["Runs of the same rate, side by side:\n\n" + "\n".join(lines)] if lines else []
 
 
 def _table(
