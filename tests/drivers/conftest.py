@@ -9,7 +9,9 @@ from google.type import latlng_pb2
 from rideshare.drivers.v1 import drivers_pb2 as pb
 from rideshare.drivers.v1 import drivers_pb2_grpc
 
+from services.drivers.store import MIGRATIONS, DriverStore
 from tests.conftest import MESH_TOML, Running, ServeFactory, write_mesh_file
+from tests.postgres import Backends
 
 MESH = MESH_TOML + "\n[services.drivers]\nport = 0\n"
 
@@ -101,3 +103,11 @@ class Drivers:
 @pytest.fixture
 def drivers(serve: ServeFactory) -> Drivers:
     return Drivers(serve)
+
+
+@pytest.fixture
+def replicas(postgres_databases, tmp_path, runner):
+    """Two drivers stores on one PostgreSQL database, as two replicas of the service have."""
+    backends = Backends("postgres", tmp_path, runner, postgres_databases)
+    yield DriverStore(backends.open(MIGRATIONS)), DriverStore(backends.open(MIGRATIONS))
+    backends.close()

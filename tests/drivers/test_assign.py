@@ -192,14 +192,6 @@ def _race(runner, monkeypatch, *calls):
     return runner.run(run())
 
 
-@pytest.fixture
-def replicas(postgres_databases, tmp_path, runner):
-    """Two drivers stores on one PostgreSQL database, as two replicas of the service have."""
-    backends = Backends("postgres", tmp_path, runner, postgres_databases)
-    yield DriverStore(backends.open(MIGRATIONS)), DriverStore(backends.open(MIGRATIONS))
-    backends.close()
-
-
 def test_replicas_racing_for_the_nearest_driver_take_different_drivers(replicas, runner, monkeypatch):
     one, other = replicas
     near, far = _online(runner, one, 100, 300)

@@ -207,14 +207,6 @@ def test_the_store_releases_all_or_none_and_replays_per_entry(backends: Backends
     assert [runner.run(store.get(d.name)) for d in (one, two)] == released
 
 
-@pytest.fixture
-def replicas(postgres_databases, tmp_path, runner):
-    """Two drivers stores on one PostgreSQL database, as two replicas of the service have."""
-    backends = Backends("postgres", tmp_path, runner, postgres_databases)
-    yield DriverStore(backends.open(MIGRATIONS)), DriverStore(backends.open(MIGRATIONS))
-    backends.close()
-
-
 def test_a_request_id_another_request_logs_meanwhile_is_refused_as_reused(replicas, runner, monkeypatch):
     one, other = replicas
     (driver,) = _on_trips(runner, one, "trips/t1")
