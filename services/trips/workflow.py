@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
@@ -330,9 +330,9 @@ def _refuse_if(mismatch: FailedPrecondition | None) -> None:
     raise mismatch
 
 
-def _with(trip: Trip, make: Callable[[Trip], list[notices.Notice]]) -> tuple[Trip, list[Item]]:
+def _with(trip: Trip, make: Callable[[Trip], list[notices.Notice]]) -> tuple[Trip, Sequence[Item]]:
     """The changed trip and what to tell people about it."""
-    return trip, [*make(trip)]
+    return trip, make(trip)
 
 
 def _ended(trip: Trip, make: Callable[[Trip], list[notices.Notice]]) -> tuple[Trip, list[Item]]:
