@@ -25,6 +25,10 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[test]'
 	@touch $@ $(VENV)/.run
 
+$(VENV)/.bench: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[bench]'
+	@touch $@ $(VENV)/.run
+
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[dev]'
 	@touch $@ $(VENV)/.test $(VENV)/.run
@@ -55,7 +59,10 @@ lint: $(VENV)/.dev node_modules/.bin/protoc-gen-buf-lint ## ruff, mypy and buf l
 	$(BIN)/mypy services
 	$(BIN)/mesh lint-protos --plugin node_modules/.bin/protoc-gen-buf-lint
 
-bench: $(VENV)/.run ## gRPC calls/s by server model, REST req/s vs grpc-gateway, feature costs, shedding, storage engines, rides on SQLite and PostgreSQL (BENCH_ARGS=--quick)
+# The rides' p99 against the offered rate is drawn here (var/ is local data, never committed).
+BENCH_PLOT ?= var/bench/trips-p99.png
+
+bench: $(VENV)/.bench ## gRPC calls/s by server model, REST req/s vs grpc-gateway, feature costs, shedding, storage engines, rides on SQLite and PostgreSQL (BENCH_ARGS=--quick)
 	@command -v h2load >/dev/null || { echo "make bench: installing h2load (nghttp2-client)"; \
 		apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 	@command -v taskset >/dev/null || { echo "make bench: installing taskset (util-linux)"; \
@@ -68,7 +75,7 @@ bench: $(VENV)/.run ## gRPC calls/s by server model, REST req/s vs grpc-gateway,
 	$(BIN)/python -m bench.features $(BENCH_ARGS)
 	$(BIN)/python -m bench.overload $(BENCH_ARGS)
 	$(BIN)/python -m bench.storage $(BENCH_ARGS)
-	$(BIN)/python -m bench.trips $(BENCH_ARGS)
+	$(BIN)/python -m bench.trips --plot $(BENCH_PLOT) $(BENCH_ARGS)
 
 clean: ## remove the venv, node_modules and local data (var/)
 	rm -rf $(VENV) node_modules var

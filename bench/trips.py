@@ -848,6 +848,7 @@ def plot(runs: list[Run], path: Path) -> None:
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     print(f"plot written to {path}")
 
