@@ -12,7 +12,7 @@ each with `request_id = <outbox id>` (a release's is its trip's
 once (AIP-155), which makes "at least once" exactly once. The two loops share
 nothing but the table: a drivers outage does not hold notifications back.
 
-- Each replica's loop claims a batch of rows (`store.claim_notices`: on
+- Each replica's loop claims a batch of rows (`store.claim_outbox`: on
   PostgreSQL `FOR UPDATE SKIP LOCKED`, so replicas claim different rows)
   for `CLAIM_SECONDS`, and sends only what it claimed, so no row is sent by
   two replicas; a crashed replica's claims are taken over when they expire,
@@ -109,12 +109,12 @@ most a notification is delayed, for a pass to carry the rows of several steps.""
 
 
 class OutboxStore(Protocol):
-    async def claim_notices(
+    async def claim_outbox(
         self, owner: str, limit: int, ttl: float, delivered: Sequence[str] = (), kind: str = NOTICE
     ) -> list[OutboxEntry]: ...
-    async def release_notices(self, owner: str, delivered: Sequence[str] = ()) -> None: ...
-    async def notices_delivered(self, entry_ids: Sequence[str]) -> None: ...
-    async def notices_failed(self, entry_ids: Sequence[str], error: str, *, dead: bool) -> None: ...
+    async def end_claims(self, owner: str, delivered: Sequence[str] = ()) -> None: ...
+    async def outbox_delivered(self, entry_ids: Sequence[str]) -> None: ...
+    async def outbox_failed(self, entry_ids: Sequence[str], error: str, *, dead: bool) -> None: ...
 
 
 class Outbox:
@@ -176,9 +176,9 @@ class Outbox:
 
     async def deliver_pending(self) -> tuple[int, bool]:
         """One pass on its own: (how many were delivered, whether it stopped on a failure that may pass)."""
-        entries = await self.store.claim_notices(self.owner, self.batch, CLAIM_SECONDS, kind=self.kind)
+        entries = await self.store.claim_outbox(self.owner, self.batch, CLAIM_SECONDS, kind=self.kind)
         delivered, failed = await self._send(entries)
-        await self.store.notices_delivered(delivered)
+        await self.store.outbox_delivered(delivered)
         return len(delivered), failed
 
     async def _send(self, entries: list[OutboxEntry]) -> tuple[list[str], bool]:
@@ -217,7 +217,7 @@ class Outbox:
                     await self._unreachable(entries[index : index + 1], error, delivered)
                     return [], True
                 text = f"{error.code().name}: {error.details()}"
-                await self.store.notices_failed([entry.id], text, dead=True)
+                await self.store.outbox_failed([entry.id], text, dead=True)
                 self.dead += 1
                 _log.error(
                     f"{self.what} refused for good; kept in the outbox as dead",
@@ -234,8 +234,8 @@ class Outbox:
         give the rest back, so later rows wait behind earlier ones."""
         text = f"{error.code().name}: {error.details()}"
         self.retries += 1
-        await self.store.notices_failed([entry.id for entry in failed], text, dead=False)
-        await self.store.release_notices(self.owner, delivered)
+        await self.store.outbox_failed([entry.id for entry in failed], text, dead=False)
+        await self.store.end_claims(self.owner, delivered)
         one = {"outbox_id": failed[0].id} if len(failed) == 1 else {"rows": len(failed)}
         _log.warning(
             f"{self.where} unreachable; will retry",
@@ -250,7 +250,7 @@ class Outbox:
             self._wake.clear()
             try:
                 # One transaction: delete what the last pass sent, claim the next rows.
-                entries = await self.store.claim_notices(
+                entries = await self.store.claim_outbox(
                     self.owner, self.batch, CLAIM_SECONDS, self._delivered, self.kind
                 )
                 self._delivered = []
@@ -289,7 +289,7 @@ class Outbox:
         """Stop the loop and give back what it claimed, for another replica to send at once."""
         await self.task.stop()
         try:
-            await self.store.release_notices(self.owner, self._delivered)
+            await self.store.end_claims(self.owner, self._delivered)
         except Exception as error:  # the database away: the claims expire instead
             _log.warning(f"could not give back claimed {self.what}s", extra={"fields": {"error": str(error)}})
 

@@ -284,14 +284,14 @@ class TripStore(Store[Trip]):
 
     # --- outbox -----------------------------------------------------------------
 
-    async def pending_notices(self, limit: int, kind: str = NOTICE) -> list[OutboxEntry]:
+    async def outbox_pending(self, limit: int, kind: str = NOTICE) -> list[OutboxEntry]:
         """What of `kind` waits to be sent, oldest first, whoever has claimed it (operators, tests)."""
         rows = await self.db.query(
             "SELECT * FROM outbox WHERE kind = ? AND dead = 0 ORDER BY seq LIMIT ?", (kind, limit)
         )
         return [_entry(r) for r in rows]
 
-    async def claim_notices(
+    async def claim_outbox(
         self, owner: str, limit: int, ttl: float, delivered: Sequence[str] = (), kind: str = NOTICE
     ) -> list[OutboxEntry]:
         """Up to `limit` waiting rows of `kind`, oldest first, now `owner`'s to send for `ttl` seconds;
@@ -326,7 +326,7 @@ class TripStore(Store[Trip]):
         given_back = {r["seq"] for r in returned}
         return [_entry(r) for r in sorted(claimed, key=lambda r: r["seq"]) if r["seq"] not in given_back]
 
-    async def release_notices(self, owner: str, delivered: Sequence[str] = ()) -> None:
+    async def end_claims(self, owner: str, delivered: Sequence[str] = ()) -> None:
         """Delete the rows `owner` has `delivered`, and give back every other row it claimed, for
         any replica to send now (one transaction)."""
         async with self.db.transaction() as tx:
@@ -336,14 +336,14 @@ class TripStore(Store[Trip]):
                 "UPDATE outbox SET claimed_by = '', claim_expires = 0 WHERE claimed_by = ?", (owner,)
             )
 
-    async def notices_delivered(self, entry_ids: Sequence[str]) -> None:
+    async def outbox_delivered(self, entry_ids: Sequence[str]) -> None:
         """Delete delivered rows at once (one statement, one commit)."""
         if not entry_ids:
             return
         async with self.db.transaction() as tx:
             await tx.execute(f"DELETE FROM outbox WHERE id IN ({_marks(entry_ids)})", entry_ids)
 
-    async def notices_failed(self, entry_ids: Sequence[str], error: str, *, dead: bool) -> None:
+    async def outbox_failed(self, entry_ids: Sequence[str], error: str, *, dead: bool) -> None:
         """Count a failed attempt of each row and give them back (one statement); a dead entry
         (refused for good) is kept for an operator, never retried."""
         async with self.db.transaction() as tx:

@@ -48,11 +48,11 @@ async def queued(store, count: int) -> list[str]:
     """The outbox ids of `count` assigned trips' notifications, in order."""
     for index in range(count):
         await assigned(store, driver=f"drivers/d{index}")
-    return [e.id for e in await store.pending_notices(10)]
+    return [e.id for e in await store.outbox_pending(10)]
 
 
 def pending(runner, store) -> list:
-    return runner.run(store.pending_notices(10))
+    return runner.run(store.outbox_pending(10))
 
 
 def test_a_pass_sends_in_order_with_the_outbox_id_as_request_id(runner, store):
@@ -215,8 +215,8 @@ class Watched:
     def __getattr__(self, name: str):
         return getattr(self.store, name)
 
-    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=(), kind=NOTICE):
-        entries = await self.store.claim_notices(owner, limit, ttl, delivered, kind)
+    async def claim_outbox(self, owner: str, limit: int, ttl: float, delivered=(), kind=NOTICE):
+        entries = await self.store.claim_outbox(owner, limit, ttl, delivered, kind)
         if delivered:
             self.delivered.set()
         return entries
@@ -231,7 +231,7 @@ class Outage(Watched):
         self.claims = claims
         self.failing: int | None = None
 
-    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=(), kind=NOTICE):
+    async def claim_outbox(self, owner: str, limit: int, ttl: float, delivered=(), kind=NOTICE):
         if delivered and self.failing is None:
             self.failing = self.claims + 1
         if self.failing:
@@ -241,7 +241,7 @@ class Outage(Watched):
                 reason="DATABASE_UNAVAILABLE",
                 metadata={"database": "127.0.0.1:5432/trips"},
             )
-        return await super().claim_notices(owner, limit, ttl, delivered, kind)
+        return await super().claim_outbox(owner, limit, ttl, delivered, kind)
 
 
 def test_its_database_away_is_one_warning_without_traceback_and_a_line_when_it_is_back(runner, store, caplog):
@@ -300,13 +300,13 @@ class Polled:
         self.store = store
         self.read = asyncio.Event()
 
-    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=(), kind=NOTICE):
-        entries = await self.store.claim_notices(owner, limit, ttl, delivered, kind)
+    async def claim_outbox(self, owner: str, limit: int, ttl: float, delivered=(), kind=NOTICE):
+        entries = await self.store.claim_outbox(owner, limit, ttl, delivered, kind)
         self.read.set()
         return entries
 
-    async def release_notices(self, owner: str, delivered=()) -> None:
-        await self.store.release_notices(owner, delivered)
+    async def end_claims(self, owner: str, delivered=()) -> None:
+        await self.store.end_claims(owner, delivered)
 
 
 @pytest.mark.timeout(30)
@@ -394,7 +394,7 @@ def test_two_replicas_draining_one_outbox_send_every_notice_once_in_order_per_re
             await assigned(
                 first if n % 2 else second, passenger=f"passengers/p{n % 6}", driver=f"drivers/d{n}"
             )
-        queued = [(e.item.recipient, e.id) for e in await first.pending_notices(100)]
+        queued = [(e.item.recipient, e.id) for e in await first.outbox_pending(100)]
         replicas = [
             Outbox(first, recipient.sender("first"), batch=8),
             Outbox(second, recipient.sender("second"), batch=8),
@@ -403,7 +403,7 @@ def test_two_replicas_draining_one_outbox_send_every_notice_once_in_order_per_re
         async def drain(outbox: Outbox) -> None:
             # Round and round like the loop, until the outbox is empty (rows another replica held
             # back are free once it delivered them).
-            while (await outbox.deliver_pending())[0] or await outbox.store.pending_notices(1):  # noqa: ASYNC110
+            while (await outbox.deliver_pending())[0] or await outbox.store.outbox_pending(1):  # noqa: ASYNC110
                 await asyncio.sleep(0)
 
         async with asyncio.timeout(WAIT):
@@ -422,7 +422,7 @@ def test_two_replicas_draining_one_outbox_send_every_notice_once_in_order_per_re
         for sends in recipient.by.values():
             mine = [i for r, i in sends if r == passenger]
             assert mine == sorted(mine, key=in_order.index)
-    assert runner.run(first.pending_notices(100)) == []
+    assert runner.run(first.outbox_pending(100)) == []
 
 
 def test_rows_claimed_by_a_replica_that_died_are_sent_once_the_claim_expires(runner, store):
@@ -430,11 +430,11 @@ def test_rows_claimed_by_a_replica_that_died_are_sent_once_the_claim_expires(run
     recipient = Recipient()
     outbox = Outbox(store, recipient.send)
 
-    runner.run(store.claim_notices("dead-replica", 10, 60))
+    runner.run(store.claim_outbox("dead-replica", 10, 60))
     assert runner.run(outbox.deliver_pending()) == (0, False), "claimed by a replica still counted alive"
 
-    runner.run(store.release_notices("dead-replica"))
-    runner.run(store.claim_notices("dead-replica", 10, -1))  # claimed, and the claim has run out
+    runner.run(store.end_claims("dead-replica"))
+    runner.run(store.claim_outbox("dead-replica", 10, -1))  # claimed, and the claim has run out
     assert runner.run(outbox.deliver_pending()) == (3, False)
     assert [request_id for _, request_id in recipient.sent] == ids
 
@@ -442,13 +442,13 @@ def test_rows_claimed_by_a_replica_that_died_are_sent_once_the_claim_expires(run
 def test_a_later_notice_waits_while_another_replica_has_an_earlier_one_of_its_recipient(runner, store):
     async def scenario() -> tuple[list[str], list[str]]:
         await assigned(store, passenger="passengers/p1", driver="drivers/d1")
-        [held] = await store.claim_notices("other-replica", 1, 60)  # in flight on another replica
+        [held] = await store.claim_outbox("other-replica", 1, 60)  # in flight on another replica
         await assigned(store, passenger="passengers/p1", driver="drivers/d2")
         await assigned(store, passenger="passengers/p2", driver="drivers/d3")
         recipient = Recipient()
         await Outbox(store, recipient.send).deliver_pending()
         passed_over = [request_id for _, request_id in recipient.sent]
-        await store.notices_delivered([held.id])  # the other replica is done with it
+        await store.outbox_delivered([held.id])  # the other replica is done with it
         await Outbox(store, recipient.send).deliver_pending()
         return passed_over, [request_id for _, request_id in recipient.sent]
 
@@ -462,7 +462,7 @@ def test_a_stopping_replica_gives_its_claims_back(runner, store):
 
     async def scenario() -> list[str]:
         stopping = Outbox(store, Recipient().send, owner="stopping")
-        await store.claim_notices(stopping.owner, 10, 60)  # claimed, not sent yet
+        await store.claim_outbox(stopping.owner, 10, 60)  # claimed, not sent yet
         await stopping.stop()
         recipient = Recipient()
         await Outbox(store, recipient.send).deliver_pending()
@@ -479,8 +479,8 @@ class Counted(Watched):
         self.claims: list[tuple[list[str], list[str]]] = []
         self.claimed = asyncio.Event()
 
-    async def claim_notices(self, owner: str, limit: int, ttl: float, delivered=(), kind=NOTICE):
-        entries = await super().claim_notices(owner, limit, ttl, delivered, kind)
+    async def claim_outbox(self, owner: str, limit: int, ttl: float, delivered=(), kind=NOTICE):
+        entries = await super().claim_outbox(owner, limit, ttl, delivered, kind)
         self.claims.append((list(delivered), [e.id for e in entries]))
         self.claimed.set()
         return entries

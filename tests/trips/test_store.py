@@ -53,7 +53,7 @@ def test_a_matching_trip_is_invisible_until_a_driver_is_assigned(store, runner):
         assert await store.get(trip.name) == done
         assert await store.matching(trip_id) is None
         assert await store.replayed(rpc) == done
-        assert [e.item for e in await store.pending_notices(10)] == notice(done)
+        assert [e.item for e in await store.outbox_pending(10)] == notice(done)
 
     runner.run(scenario())
 
@@ -85,7 +85,7 @@ def test_stale_matching_lists_only_old_untouched_attempts(store, runner):
 def test_a_transition_is_atomic_with_its_notifications_and_replayed(store, runner):
     async def scenario() -> None:
         trip = await assigned(store)
-        await store.notices_delivered([entry.id for entry in await store.pending_notices(10)])
+        await store.outbox_delivered([entry.id for entry in await store.outbox_pending(10)])
         trip_id = trip.name.removeprefix("trips/")
         accept = AcceptTripRequest(name=trip.name, request_id="a1")
 
@@ -95,7 +95,7 @@ def test_a_transition_is_atomic_with_its_notifications_and_replayed(store, runne
         accepted = await store.transition(trip_id, accept, change)
         assert accepted.state == domain.ACCEPTED
         assert await store.transition(trip_id, accept, change) == accepted
-        assert len(await store.pending_notices(10)) == 1
+        assert len(await store.outbox_pending(10)) == 1
 
         with pytest.raises(InvalidArgument) as reused:
             await store.transition(trip_id, AcceptTripRequest(name="trips/x", request_id="a1"), change)
@@ -106,7 +106,7 @@ def test_a_transition_is_atomic_with_its_notifications_and_replayed(store, runne
 
         with pytest.raises(FailedPrecondition):
             await store.transition(trip_id, AcceptTripRequest(name=trip.name), failing)
-        assert len(await store.pending_notices(10)) == 1, "a refused step queues nothing"
+        assert len(await store.outbox_pending(10)) == 1, "a refused step queues nothing"
         assert (await store.get(trip.name)).state == domain.ACCEPTED
 
     runner.run(scenario())
@@ -168,15 +168,15 @@ def test_outbox_rows_stay_in_order_until_delivered_and_dead_ones_are_kept_aside(
     async def scenario() -> None:
         for index in range(3):
             await assigned(store, driver=f"drivers/d{index}")
-        entries = await store.pending_notices(10)
+        entries = await store.outbox_pending(10)
         assert len(entries) == 3
         assert len({e.id for e in entries}) == 3
 
-        await store.notices_failed([entries[0].id], "UNAVAILABLE: down", dead=False)
-        await store.notices_failed([entries[1].id], "INVALID_ARGUMENT: bad", dead=True)
-        await store.notices_delivered([entries[2].id])
+        await store.outbox_failed([entries[0].id], "UNAVAILABLE: down", dead=False)
+        await store.outbox_failed([entries[1].id], "INVALID_ARGUMENT: bad", dead=True)
+        await store.outbox_delivered([entries[2].id])
 
-        left = await store.pending_notices(10)
+        left = await store.outbox_pending(10)
         assert [(e.id, e.attempts) for e in left] == [(entries[0].id, 1)]
 
     runner.run(scenario())
@@ -186,15 +186,15 @@ def test_a_claim_deletes_what_its_owner_delivered_and_takes_back_what_it_still_h
     async def scenario() -> None:
         for index in range(3):  # three notices to one passenger
             await assigned(store, driver=f"drivers/d{index}")
-        ids = [e.id for e in await store.pending_notices(10)]
-        assert [e.id for e in await store.claim_notices("me", 2, 60)] == ids[:2]
-        assert await store.claim_notices("other", 10, 60) == [], "the third waits behind ours"
+        ids = [e.id for e in await store.outbox_pending(10)]
+        assert [e.id for e in await store.claim_outbox("me", 2, 60)] == ids[:2]
+        assert await store.claim_outbox("other", 10, 60) == [], "the third waits behind ours"
 
         # The first sent; the second still ours (say its claim's answer was lost with the database).
-        again = await store.claim_notices("me", 10, 60, delivered=ids[:1])
+        again = await store.claim_outbox("me", 10, 60, delivered=ids[:1])
 
         assert [e.id for e in again] == ids[1:]
-        assert [e.id for e in await store.pending_notices(10)] == ids[1:]
+        assert [e.id for e in await store.outbox_pending(10)] == ids[1:]
 
     runner.run(scenario())
 
@@ -212,13 +212,13 @@ def test_a_release_and_a_notice_to_one_driver_are_claimed_apart_and_neither_wait
         )
         assert ended.state == domain.CANCELLED
 
-        [release] = await store.claim_notices("drivers-loop", 10, 60, kind=RELEASE)
+        [release] = await store.claim_outbox("drivers-loop", 10, 60, kind=RELEASE)
         assert (release.id, release.item) == (f"{trip.name}:release", Release(trip.driver, trip.name))
         # The driver's notification goes out while its release is in another loop's hands (say
         # drivers is away): kinds keep their own order, not each other's.
-        notices = await store.claim_notices("notices-loop", 10, 60)
+        notices = await store.claim_outbox("notices-loop", 10, 60)
         assert [e.item for e in notices] == [*notice(trip), told]
-        assert await store.claim_notices("other-drivers-loop", 10, 60, kind=RELEASE) == []
+        assert await store.claim_outbox("other-drivers-loop", 10, 60, kind=RELEASE) == []
 
     runner.run(scenario())
 
@@ -231,7 +231,7 @@ def test_everything_survives_a_restart(backends, runner):
     second = TripStore(backends.open(MIGRATIONS))
     assert runner.run(second.get(trip.name)) == trip
     assert runner.run(second.replayed(request(request_id="r1"))) == trip
-    assert len(runner.run(second.pending_notices(10))) == 1
+    assert len(runner.run(second.outbox_pending(10))) == 1
 
 
 def test_replayed_refuses_a_reused_request_id(store, runner):

@@ -572,7 +572,7 @@ def test_a_trip_ends_during_a_drivers_outage_and_its_driver_is_released_once_dri
         assert mesh.drivers[trip.driver] == trip.name, "held while drivers is away"
         async with asyncio.timeout(WAIT):
             await mesh.refused.wait()  # the outbox tried, and keeps the release
-        owed = await store.pending_notices(10, RELEASE)
+        owed = await store.outbox_pending(10, RELEASE)
         assert [(e.id, e.item) for e in owed] == [(f"{trip.name}:release", Release(trip.driver, trip.name))]
 
         mesh.down.clear()
@@ -725,7 +725,7 @@ def _replica(path: str, key: str, rounds: int, inside: str, told: Connection | N
         for _ in range(rounds):
             async with store.hold(key):
                 os.close(os.open(inside, os.O_CREAT | os.O_EXCL))  # FileExistsError: two inside
-                await store.notices_delivered(["none"])
+                await store.outbox_delivered(["none"])
                 os.unlink(inside)
         if told is not None:
             async with store.hold(key):
