@@ -2,6 +2,8 @@
 
     OFFLINE --GoOnline--> AVAILABLE --AssignNearestDriver--> ON_TRIP --ReleaseTrip--> AVAILABLE
     AVAILABLE --GoOffline--> OFFLINE
+    ON_TRIP --GoOffline--> ON_TRIP, offline_after_trip --ReleaseTrip--> OFFLINE
+    (GoOnline on a trip clears offline_after_trip)
 
 Each transition is a pure function from the stored driver to the new one (or
 a FAILED_PRECONDITION naming the reason from the contract); the store runs it
@@ -143,26 +145,25 @@ def _moved(driver: Driver, location: LatLng) -> Driver:
 
 
 def go_online(driver: Driver, location: LatLng) -> Driver:
-    """OFFLINE becomes AVAILABLE at `location`; an online driver keeps its status and only moves."""
+    """OFFLINE becomes AVAILABLE at `location`; an online driver keeps its status and only moves
+    (and one on a trip who had asked to go offline after it stays online)."""
     changed = _moved(driver, location)
     if driver.status == DRIVER_STATUS_OFFLINE:
         changed.status = DRIVER_STATUS_AVAILABLE
+    changed.offline_after_trip = False
     return changed
 
 
 def go_offline(driver: Driver) -> Driver:
-    """AVAILABLE becomes OFFLINE (keeping its last location); OFFLINE stays as it is."""
-    if driver.status == DRIVER_STATUS_ON_TRIP:
-        raise _refuse(
-            driver,
-            "DRIVER_ON_TRIP",
-            f"{driver.name} is on {driver.current_trip} and cannot go offline until it ends",
-            current_trip=driver.current_trip,
-        )
-    if driver.status == DRIVER_STATUS_OFFLINE:
+    """AVAILABLE becomes OFFLINE (keeping its last location); ON_TRIP goes OFFLINE when the trip
+    ends (`offline_after_trip`); OFFLINE, or already going, stays as it is."""
+    if driver.status == DRIVER_STATUS_OFFLINE or driver.offline_after_trip:
         return driver
     changed = _copy(driver)
-    changed.status = DRIVER_STATUS_OFFLINE
+    if driver.status == DRIVER_STATUS_ON_TRIP:
+        changed.offline_after_trip = True
+    else:
+        changed.status = DRIVER_STATUS_OFFLINE
     changed.update_time.CopyFrom(now())
     return changed
 
@@ -175,7 +176,8 @@ def update_location(driver: Driver, location: LatLng) -> Driver:
 
 
 def release_trip(driver: Driver, trip: str) -> Driver:
-    """ON_TRIP for `trip` becomes AVAILABLE; a driver on no trip is unchanged; another trip is refused."""
+    """ON_TRIP for `trip` becomes AVAILABLE (OFFLINE if it asked to go offline during the trip); a
+    driver on no trip is unchanged; another trip is refused."""
     if driver.status != DRIVER_STATUS_ON_TRIP:
         return driver
     if driver.current_trip != trip:
@@ -187,8 +189,9 @@ def release_trip(driver: Driver, trip: str) -> Driver:
             current_trip=driver.current_trip,
         )
     changed = _copy(driver)
-    changed.status = DRIVER_STATUS_AVAILABLE
+    changed.status = DRIVER_STATUS_OFFLINE if driver.offline_after_trip else DRIVER_STATUS_AVAILABLE
     changed.current_trip = ""
+    changed.offline_after_trip = False
     changed.update_time.CopyFrom(now())
     return changed
 

@@ -65,6 +65,7 @@ def _driver(row: Row) -> Driver:
             make=row["vehicle_make"], model=row["vehicle_model"], license_plate=row["license_plate"]
         ),
         status=row["status"],
+        offline_after_trip=bool(row["offline_after_trip"]),
         current_trip=row["current_trip"],
         email=row["email"],
         create_time=timestamp_from_ns(row["create_time"]),
@@ -84,6 +85,7 @@ def _columns(driver: Driver) -> dict[str, Any]:
         "vehicle_model": driver.vehicle.model,
         "license_plate": driver.vehicle.license_plate,
         "status": int(driver.status),
+        "offline_after_trip": int(driver.offline_after_trip),
         "latitude": driver.location.latitude if located else None,
         "longitude": driver.location.longitude if located else None,
         "cell": geo.cell_of(driver.location.latitude, driver.location.longitude) if located else None,

@@ -52,6 +52,7 @@ def test_transitions_change_the_status_and_the_update_time(before, change, after
     ("before", "change"),
     [
         (driver(pb.DRIVER_STATUS_OFFLINE), domain.go_offline),
+        (domain.go_offline(driver(pb.DRIVER_STATUS_ON_TRIP, "trips/t")), domain.go_offline),
         (driver(pb.DRIVER_STATUS_AVAILABLE), lambda d: domain.release_trip(d, "trips/t")),
         (driver(pb.DRIVER_STATUS_OFFLINE), lambda d: domain.release_trip(d, "trips/t")),
     ],
@@ -63,7 +64,6 @@ def test_repeats_return_the_very_same_driver(before, change):
 @pytest.mark.parametrize(
     ("before", "change", "reason"),
     [
-        (driver(pb.DRIVER_STATUS_ON_TRIP, "trips/t"), domain.go_offline, "DRIVER_ON_TRIP"),
         (driver(pb.DRIVER_STATUS_ON_TRIP, "trips/t"), domain.check_deletable, "DRIVER_ON_TRIP"),
         (driver(pb.DRIVER_STATUS_OFFLINE), lambda d: domain.update_location(d, HERE), "DRIVER_OFFLINE"),
         (
@@ -78,6 +78,34 @@ def test_illegal_transitions_name_their_reason(before, change, reason):
         change(before)
 
     assert caught.value.reason == reason
+
+
+def test_going_offline_on_a_trip_takes_effect_when_the_trip_ends():
+    on_trip = driver(pb.DRIVER_STATUS_ON_TRIP, "trips/t")
+
+    going = domain.go_offline(on_trip)
+    ended = domain.release_trip(going, "trips/t")
+
+    assert (going.status, going.current_trip, going.offline_after_trip) == (
+        pb.DRIVER_STATUS_ON_TRIP,
+        "trips/t",
+        True,
+    )
+    assert going.update_time.ToNanoseconds() > 0
+    assert (ended.status, ended.current_trip, ended.offline_after_trip) == (
+        pb.DRIVER_STATUS_OFFLINE,
+        "",
+        False,
+    )
+
+
+def test_going_online_on_a_trip_takes_back_going_offline():
+    going = domain.go_offline(driver(pb.DRIVER_STATUS_ON_TRIP, "trips/t"))
+
+    staying = domain.go_online(going, HERE)
+
+    assert (staying.status, staying.offline_after_trip) == (pb.DRIVER_STATUS_ON_TRIP, False)
+    assert domain.release_trip(staying, "trips/t").status == pb.DRIVER_STATUS_AVAILABLE
 
 
 @pytest.mark.parametrize(

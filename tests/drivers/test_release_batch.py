@@ -11,6 +11,7 @@ import pytest
 from google.type.latlng_pb2 import LatLng
 from rideshare.drivers.v1 import drivers_pb2 as pb
 
+from services.drivers import domain
 from services.drivers.store import MIGRATIONS, DriverStore
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.runtime.resources import BatchLog, log_answer
@@ -204,6 +205,20 @@ def test_the_store_releases_all_or_none_and_replays_per_entry(backends: Backends
 
     assert [d.current_trip for d in released] == ["", ""]
     assert again == released[::-1]
+    assert [runner.run(store.get(d.name)) for d in (one, two)] == released
+
+
+def test_a_batch_takes_a_driver_who_asked_to_go_offline_offline(backends: Backends, runner):
+    store = DriverStore(backends.open(MIGRATIONS))
+    one, two = _on_trips(runner, store, "trips/t1", "trips/t2")
+    runner.run(store.update(one.name, domain.go_offline, pb.GoOfflineRequest(name=one.name)))
+
+    released = runner.run(store.release_batch([entry(one.name, "trips/t1"), entry(two.name, "trips/t2")]))
+
+    assert [(d.status, d.offline_after_trip) for d in released] == [
+        (pb.DRIVER_STATUS_OFFLINE, False),
+        (pb.DRIVER_STATUS_AVAILABLE, False),
+    ]
     assert [runner.run(store.get(d.name)) for d in (one, two)] == released
 
 

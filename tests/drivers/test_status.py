@@ -44,15 +44,37 @@ def test_go_offline_keeps_the_last_location_and_repeats_harmlessly(drivers):
     assert again == offline
 
 
-def test_a_driver_on_a_trip_cannot_go_offline(drivers):
+def test_a_driver_going_offline_on_a_trip_finishes_it_and_then_goes_offline(drivers):
     on_trip = drivers.assign(drivers.online().name, "trips/t1")
 
-    failure = drivers.fail(drivers.stub.GoOffline(pb.GoOfflineRequest(name=on_trip.name)))
+    going = drivers.call(drivers.stub.GoOffline(pb.GoOfflineRequest(name=on_trip.name)))
+    again = drivers.call(drivers.stub.GoOffline(pb.GoOfflineRequest(name=on_trip.name)))
+    stored = drivers.get(on_trip.name)
+    ended = drivers.release(on_trip.name, "trips/t1")
 
-    assert failure.code is grpc.StatusCode.FAILED_PRECONDITION
-    assert failure.info.reason == "DRIVER_ON_TRIP"
-    assert failure.info.metadata["current_trip"] == "trips/t1"
-    assert drivers.get(on_trip.name) == on_trip
+    assert (going.status, going.current_trip, going.offline_after_trip) == (
+        pb.DRIVER_STATUS_ON_TRIP,
+        "trips/t1",
+        True,
+    )
+    assert again == going == stored != on_trip
+    assert (ended.status, ended.current_trip, ended.offline_after_trip) == (
+        pb.DRIVER_STATUS_OFFLINE,
+        "",
+        False,
+    )
+    assert drivers.get(on_trip.name) == ended
+
+
+def test_going_online_on_a_trip_keeps_the_driver_online_after_it(drivers):
+    on_trip = drivers.assign(drivers.online().name, "trips/t1")
+    drivers.call(drivers.stub.GoOffline(pb.GoOfflineRequest(name=on_trip.name)))
+
+    staying = drivers.go_online(on_trip.name, 51.6, -0.2)
+    ended = drivers.release(on_trip.name, "trips/t1")
+
+    assert (staying.status, staying.offline_after_trip) == (pb.DRIVER_STATUS_ON_TRIP, False)
+    assert ended.status == pb.DRIVER_STATUS_AVAILABLE
 
 
 def test_update_location_moves_an_online_driver(drivers):

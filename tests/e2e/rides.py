@@ -128,14 +128,14 @@ class Rides:
     def get_driver(self, name: str) -> Json:
         return self.call("drivers", "GetDriver", {"name": name})
 
-    def released(self, name: str) -> Json:
-        """The driver once AVAILABLE with no trip: the trip service's outbox frees the driver shortly
+    def released(self, name: str, status: str = "DRIVER_STATUS_AVAILABLE") -> Json:
+        """The driver once free (`status`, no trip): the trip service's outbox frees the driver shortly
         after the step that ended the trip (CancelTrip, CompleteTrip) answered."""
         found: list[Json] = []
 
         def free() -> bool:
             found[:] = [self.get_driver(name)]
-            return found[0]["status"] == "DRIVER_STATUS_AVAILABLE" and "currentTrip" not in found[0]
+            return found[0]["status"] == status and "currentTrip" not in found[0]
 
         assert wait_until(free, NOTIFY_TIMEOUT, interval=0.1), f"{name} not released: {found}"
         return found[0]

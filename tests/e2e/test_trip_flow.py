@@ -103,6 +103,23 @@ def test_the_driver_is_available_again_where_the_trip_was(rides, visa_ride):
     assert [r["driver"]["name"] for r in found["results"]] == [driver["name"]]
 
 
+def test_a_driver_who_goes_offline_during_a_trip_is_offline_once_it_ends(rides):
+    """What a driver app does for "last trip": never refused, and the trip's end (the outbox's
+    release) takes the driver OFFLINE, not AVAILABLE for the next passenger."""
+    _, driver, trip = rides.to_in_progress()
+
+    going = rides.call("drivers", "GoOffline", {"name": driver["name"]})
+    completed = rides.step("CompleteTrip", trip["name"])
+
+    assert (going["status"], going["currentTrip"], going["offlineAfterTrip"]) == (
+        "DRIVER_STATUS_ON_TRIP",
+        trip["name"],
+        True,
+    )
+    assert completed["state"] == COMPLETED
+    assert "offlineAfterTrip" not in rides.released(driver["name"], "DRIVER_STATUS_OFFLINE")
+
+
 def test_the_passenger_hears_of_every_step_ending_with_the_receipt(rides, visa_ride):
     trip = visa_ride.completed
 

@@ -60,6 +60,7 @@ class Driver(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     VEHICLE_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    OFFLINE_AFTER_TRIP_FIELD_NUMBER: _builtins.int
     LOCATION_FIELD_NUMBER: _builtins.int
     CURRENT_TRIP_FIELD_NUMBER: _builtins.int
     LOCATION_UPDATE_TIME_FIELD_NUMBER: _builtins.int
@@ -74,6 +75,10 @@ class Driver(_message.Message):
     status: Global___DriverStatus.ValueType
     """Whether the driver can be offered trips; changed by GoOnline, GoOffline,
     AssignNearestDriver and ReleaseTrip.
+    """
+    offline_after_trip: _builtins.bool
+    """True while the driver is ON_TRIP and has asked to go offline (GoOffline): the trip's
+    end takes the driver OFFLINE instead of AVAILABLE. GoOnline clears it.
     """
     current_trip: _builtins.str
     """The trip the driver is on, "trips/{trip}", while the status is ON_TRIP; empty otherwise."""
@@ -114,6 +119,7 @@ class Driver(_message.Message):
         display_name: _builtins.str = ...,
         vehicle: Global___Vehicle | None = ...,
         status: Global___DriverStatus.ValueType = ...,
+        offline_after_trip: _builtins.bool = ...,
         location: _latlng_pb2.LatLng | None = ...,
         current_trip: _builtins.str = ...,
         location_update_time: _timestamp_pb2.Timestamp | None = ...,
@@ -124,7 +130,7 @@ class Driver(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_password", b"_password", "create_time", b"create_time", "location", b"location", "location_update_time", b"location_update_time", "password", b"password", "update_time", b"update_time", "vehicle", b"vehicle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_password", b"_password", "create_time", b"create_time", "current_trip", b"current_trip", "display_name", b"display_name", "email", b"email", "location", b"location", "location_update_time", b"location_update_time", "name", b"name", "password", b"password", "status", b"status", "update_time", b"update_time", "vehicle", b"vehicle"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_password", b"_password", "create_time", b"create_time", "current_trip", b"current_trip", "display_name", b"display_name", "email", b"email", "location", b"location", "location_update_time", b"location_update_time", "name", b"name", "offline_after_trip", b"offline_after_trip", "password", b"password", "status", b"status", "update_time", b"update_time", "vehicle", b"vehicle"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__password: _TypeAlias = _typing.Literal["password"]  # noqa: Y015
     _WhichOneofArgType__password: _TypeAlias = _typing.Literal["_password", b"_password"]  # noqa: Y015

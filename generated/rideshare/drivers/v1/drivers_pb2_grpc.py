@@ -30,7 +30,8 @@ class DriverServiceStub:
     """Manages the people who drive: their profiles, vehicles, availability and position.
 
     A driver is OFFLINE when created, AVAILABLE after GoOnline, and ON_TRIP while
-    the trip service has assigned it a trip (AssignNearestDriver until ReleaseTrip).
+    the trip service has assigned it a trip (AssignNearestDriver until ReleaseTrip);
+    a driver who goes offline during a trip goes OFFLINE when it ends, not AVAILABLE.
     Errors carry an ErrorInfo in the domain "drivers.rideshare" with one of these reasons:
     DRIVER_NOT_FOUND (NOT_FOUND), DRIVER_OFFLINE, NO_DRIVER_AVAILABLE,
     DRIVER_ON_TRIP and DRIVER_ON_ANOTHER_TRIP (FAILED_PRECONDITION), INVALID_LOCATION
@@ -130,7 +131,8 @@ class DriverServiceServicer:
     """Manages the people who drive: their profiles, vehicles, availability and position.
 
     A driver is OFFLINE when created, AVAILABLE after GoOnline, and ON_TRIP while
-    the trip service has assigned it a trip (AssignNearestDriver until ReleaseTrip).
+    the trip service has assigned it a trip (AssignNearestDriver until ReleaseTrip);
+    a driver who goes offline during a trip goes OFFLINE when it ends, not AVAILABLE.
     Errors carry an ErrorInfo in the domain "drivers.rideshare" with one of these reasons:
     DRIVER_NOT_FOUND (NOT_FOUND), DRIVER_OFFLINE, NO_DRIVER_AVAILABLE,
     DRIVER_ON_TRIP and DRIVER_ON_ANOTHER_TRIP (FAILED_PRECONDITION), INVALID_LOCATION
@@ -223,18 +225,20 @@ class DriverServiceServicer:
 
     def GoOnline(self, request, context):
         """Makes an OFFLINE driver AVAILABLE for trips at the given location. A driver who is
-        already online keeps its status (AVAILABLE or ON_TRIP) and only moves to the location.
+        already online keeps its status (AVAILABLE or ON_TRIP) and only moves to the location;
+        a driver on a trip who had asked to go offline after it stays online (offline_after_trip
+        is cleared).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GoOffline(self, request, context):
-        """Takes an AVAILABLE driver OFFLINE, so it is no longer offered trips. A driver who is
-        already OFFLINE is returned unchanged. Fails with FAILED_PRECONDITION (reason
-        DRIVER_ON_TRIP, metadata "current_trip") while the driver is on a trip; the trip
-        service frees its driver just after a trip is completed or cancelled, so a moment
-        later the same call succeeds.
+        """Takes an AVAILABLE driver OFFLINE, so it is no longer offered trips. A driver on a
+        trip stays ON_TRIP with offline_after_trip set, and goes OFFLINE instead of AVAILABLE
+        when the trip ends: so a driver app may call it during a trip, or right after
+        completing or cancelling one (the trip service frees its driver a moment after it
+        answers). A driver who is already OFFLINE, or already going, is returned unchanged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -388,7 +392,8 @@ class DriverService:
     """Manages the people who drive: their profiles, vehicles, availability and position.
 
     A driver is OFFLINE when created, AVAILABLE after GoOnline, and ON_TRIP while
-    the trip service has assigned it a trip (AssignNearestDriver until ReleaseTrip).
+    the trip service has assigned it a trip (AssignNearestDriver until ReleaseTrip);
+    a driver who goes offline during a trip goes OFFLINE when it ends, not AVAILABLE.
     Errors carry an ErrorInfo in the domain "drivers.rideshare" with one of these reasons:
     DRIVER_NOT_FOUND (NOT_FOUND), DRIVER_OFFLINE, NO_DRIVER_AVAILABLE,
     DRIVER_ON_TRIP and DRIVER_ON_ANOTHER_TRIP (FAILED_PRECONDITION), INVALID_LOCATION

@@ -17,7 +17,8 @@ class DriverServiceStub:
     """Manages the people who drive: their profiles, vehicles, availability and position.
 
     A driver is OFFLINE when created, AVAILABLE after GoOnline, and ON_TRIP while
-    the trip service has assigned it a trip (AssignNearestDriver until ReleaseTrip).
+    the trip service has assigned it a trip (AssignNearestDriver until ReleaseTrip);
+    a driver who goes offline during a trip goes OFFLINE when it ends, not AVAILABLE.
     Errors carry an ErrorInfo in the domain "drivers.rideshare" with one of these reasons:
     DRIVER_NOT_FOUND (NOT_FOUND), DRIVER_OFFLINE, NO_DRIVER_AVAILABLE,
     DRIVER_ON_TRIP and DRIVER_ON_ANOTHER_TRIP (FAILED_PRECONDITION), INVALID_LOCATION
@@ -73,14 +74,16 @@ class DriverServiceStub:
     """
     GoOnline: _aio.UnaryUnaryMultiCallable[_drivers_pb2.GoOnlineRequest, _drivers_pb2.Driver]
     """Makes an OFFLINE driver AVAILABLE for trips at the given location. A driver who is
-    already online keeps its status (AVAILABLE or ON_TRIP) and only moves to the location.
+    already online keeps its status (AVAILABLE or ON_TRIP) and only moves to the location;
+    a driver on a trip who had asked to go offline after it stays online (offline_after_trip
+    is cleared).
     """
     GoOffline: _aio.UnaryUnaryMultiCallable[_drivers_pb2.GoOfflineRequest, _drivers_pb2.Driver]
-    """Takes an AVAILABLE driver OFFLINE, so it is no longer offered trips. A driver who is
-    already OFFLINE is returned unchanged. Fails with FAILED_PRECONDITION (reason
-    DRIVER_ON_TRIP, metadata "current_trip") while the driver is on a trip; the trip
-    service frees its driver just after a trip is completed or cancelled, so a moment
-    later the same call succeeds.
+    """Takes an AVAILABLE driver OFFLINE, so it is no longer offered trips. A driver on a
+    trip stays ON_TRIP with offline_after_trip set, and goes OFFLINE instead of AVAILABLE
+    when the trip ends: so a driver app may call it during a trip, or right after
+    completing or cancelling one (the trip service frees its driver a moment after it
+    answers). A driver who is already OFFLINE, or already going, is returned unchanged.
     """
     UpdateDriverLocation: _aio.UnaryUnaryMultiCallable[_drivers_pb2.UpdateDriverLocationRequest, _drivers_pb2.Driver]
     """Records where an online driver is now. Fails with FAILED_PRECONDITION (reason
@@ -120,7 +123,8 @@ class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages the people who drive: their profiles, vehicles, availability and position.
 
     A driver is OFFLINE when created, AVAILABLE after GoOnline, and ON_TRIP while
-    the trip service has assigned it a trip (AssignNearestDriver until ReleaseTrip).
+    the trip service has assigned it a trip (AssignNearestDriver until ReleaseTrip);
+    a driver who goes offline during a trip goes OFFLINE when it ends, not AVAILABLE.
     Errors carry an ErrorInfo in the domain "drivers.rideshare" with one of these reasons:
     DRIVER_NOT_FOUND (NOT_FOUND), DRIVER_OFFLINE, NO_DRIVER_AVAILABLE,
     DRIVER_ON_TRIP and DRIVER_ON_ANOTHER_TRIP (FAILED_PRECONDITION), INVALID_LOCATION
@@ -234,7 +238,9 @@ class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_drivers_pb2.GoOnlineRequest, _abc.Awaitable[_drivers_pb2.Driver]],
     ) -> _abc.Awaitable[_drivers_pb2.Driver]:
         """Makes an OFFLINE driver AVAILABLE for trips at the given location. A driver who is
-        already online keeps its status (AVAILABLE or ON_TRIP) and only moves to the location.
+        already online keeps its status (AVAILABLE or ON_TRIP) and only moves to the location;
+        a driver on a trip who had asked to go offline after it stays online (offline_after_trip
+        is cleared).
         """
 
     @_abc_1.abstractmethod
@@ -243,11 +249,11 @@ class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _drivers_pb2.GoOfflineRequest,
         context: _aio.ServicerContext[_drivers_pb2.GoOfflineRequest, _abc.Awaitable[_drivers_pb2.Driver]],
     ) -> _abc.Awaitable[_drivers_pb2.Driver]:
-        """Takes an AVAILABLE driver OFFLINE, so it is no longer offered trips. A driver who is
-        already OFFLINE is returned unchanged. Fails with FAILED_PRECONDITION (reason
-        DRIVER_ON_TRIP, metadata "current_trip") while the driver is on a trip; the trip
-        service frees its driver just after a trip is completed or cancelled, so a moment
-        later the same call succeeds.
+        """Takes an AVAILABLE driver OFFLINE, so it is no longer offered trips. A driver on a
+        trip stays ON_TRIP with offline_after_trip set, and goes OFFLINE instead of AVAILABLE
+        when the trip ends: so a driver app may call it during a trip, or right after
+        completing or cancelling one (the trip service frees its driver a moment after it
+        answers). A driver who is already OFFLINE, or already going, is returned unchanged.
         """
 
     @_abc_1.abstractmethod

@@ -157,8 +157,9 @@ class TripServiceServicer:
         """The driver has dropped the passenger off: the fare is invoiced and the payment
         method charged, then IN_PROGRESS becomes COMPLETED and end_time is set. A declined
         charge is not an error: the trip completes with payment_state DECLINED. The driver
-        is released (AVAILABLE, no current_trip) right after the answer, within
-        milliseconds, or once the driver service is reachable again. Fails with
+        is released (AVAILABLE, no current_trip; OFFLINE if it asked to go offline during
+        the trip) right after the answer, within milliseconds, or once the driver service
+        is reachable again. Fails with
         FAILED_PRECONDITION (reason TRIP_NOT_IN_PROGRESS) in any other state.
 
         The passenger pays exactly the fare: an invoice or payment the trip would adopt
