@@ -27,8 +27,9 @@ idempotent by the trip (it returns the driver already ON_TRIP for it), and
 carries on, so it never assigns a second driver. A repeat that never comes
 is handled by the janitor (`TripWorkflow.sweep_abandoned`, setting
 `matching_timeout_seconds`, default 60): it asks drivers for the trip's
-driver the same way, releases it (`<trip>:release`) and deletes the trip, so
-no driver stays ON_TRIP for a trip nobody can see.
+driver the same way, deletes the trip and queues the driver's release
+(`<trip>:release`, sent by the outbox like a trip end's) in one transaction,
+so no driver stays ON_TRIP for a trip nobody can see.
 
 CompleteTrip. The first attempt fixes the drop-off time (so the invoice
 request is the same on every attempt), then: CreateInvoice (`<trip>:invoice`)

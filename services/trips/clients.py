@@ -91,13 +91,9 @@ class Downstream:
                 raise
         return assigned
 
-    async def release_trip(self, driver: str, trip: str, request_id: str) -> None:
-        """Free the driver of `trip`; a driver already free of it (or gone) is fine."""
-        with reaching("drivers"):
-            await self.send_release(Release(driver, trip), request_id)
-
     async def send_release(self, release: Release, request_id: str) -> None:
-        """`release_trip` for the outbox: other failures propagate as they are, as `send_notification`'s."""
+        """Free the driver of a trip, for the outbox: a driver already free of it (or gone) is fine;
+        other failures propagate as they are, as `send_notification`'s."""
         stub = self.clients.stub(drivers_pb2_grpc.DriverServiceStub)
         try:
             await stub.ReleaseTrip(_release_request(release, request_id))

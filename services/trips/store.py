@@ -199,9 +199,12 @@ class TripStore(Store[Trip]):
         )
         return None if row is None else _matching(row)
 
-    async def drop_matching(self, trip_id: str) -> None:
+    async def drop_matching(self, trip_id: str, release: Release | None = None) -> None:
+        """Forget a MATCHING trip, and queue the release of the driver it may hold (the janitor's)."""
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM trips WHERE id = ? AND state = ?", (trip_id, MATCHING))
+            if release is not None:
+                await _enqueue(tx, [release])
 
     async def stale_matching(self, updated_before_ns: int, limit: int) -> list[Matching]:
         rows = await self.db.query(

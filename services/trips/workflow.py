@@ -201,8 +201,10 @@ class TripWorkflow:
         the price of reusing the match is that, for a trip that never got a driver,
         the nearest free one is taken and given back at once (two writes in
         drivers, a moment the driver is not AVAILABLE). Then the invisible trip is
-        deleted, so a late repeat of the request starts afresh. A failure on the
-        way leaves the trip MATCHING, and the next sweep repeats it to the same end.
+        deleted and the driver's release queued, in one transaction, and the outbox
+        frees the driver as it does at a trip's end; a late repeat of the request
+        starts afresh. A failure on the way leaves the trip MATCHING, and the next
+        sweep repeats it to the same end.
         """
         before = time.time_ns() - int(older_than * 1e9)
         swept = 0
@@ -213,11 +215,8 @@ class TripWorkflow:
                     continue
                 trip = current.trip
                 driver = await self._driver_of(trip)
-                if driver is not None:
-                    await self.downstream.release_trip(
-                        driver.name, trip.name, domain.release_request_id(trip.name)
-                    )
-                await self.store.drop_matching(stale.id)
+                await self.store.drop_matching(stale.id, Release(driver.name, trip.name) if driver else None)
+                self.releases.wake()
                 swept += 1
                 _log.warning(
                     "gave up an abandoned trip request",
