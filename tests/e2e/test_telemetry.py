@@ -223,14 +223,18 @@ def test_one_trace_id_follows_a_call_through_every_process_it_reaches(mesh, ride
             found += [span for span in map(json.loads, lines) if span["trace_id"] == trace_id]
         return found
 
-    assert wait_until(lambda: {s["service"] for s in spans()} == chain, TRACE_FILE_PATIENCE), (
-        f"spans of {trace_id} only from {sorted({s['service'] for s in spans()})}"
-    )
-    recorded = spans()
-    ids = {s["span_id"] for s in recorded}
+    def roots() -> list[tuple[str, str]]:
+        recorded = spans()
+        ids = {s["span_id"] for s in recorded}
+        return [(s["service"], s["kind"]) for s in recorded if s["parent_span_id"] not in ids]
+
+    # A process writes its spans in batches as they end (a client span before the server span it is
+    # in): wait until every process has written the trace's spans, i.e. they hang together.
+    assert wait_until(
+        lambda: {s["service"] for s in spans()} == chain and len(roots()) == 1, TRACE_FILE_PATIENCE
+    ), f"spans of {trace_id} from {sorted({s['service'] for s in spans()})}, roots {roots()}"
     # Every span but the first server span of trips hangs under another span of the same trace.
-    roots = [s for s in recorded if s["parent_span_id"] not in ids]
-    assert [(r["service"], r["kind"]) for r in roots] == [("trips", "SERVER")]
+    assert roots() == [("trips", "SERVER")]
 
 
 def test_one_rest_request_has_one_trace_id_from_the_gateway_to_the_notification(mesh, rides, api_key):
