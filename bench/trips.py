@@ -15,8 +15,9 @@ overrides). With `--baseline-ref REF` the mesh of another git revision runs
 too (a temporary worktree, as bench/rest.py does), and each measurement is
 taken on both, alternating which goes first; `--variant NAME:MESH_KEY=VALUE,...`
 adds the current tree again with mesh settings changed by environment (two
-trips replicas, a gateway limit), side by side the same way. Nothing is pinned: the mesh and
-this load generator share the two cores, as with `make run`. On PostgreSQL
+trips replicas, a gateway limit; or grpc's own `GRPC_...` variables), side by side
+the same way. Nothing is pinned: the mesh and this load generator share the two cores,
+as with `make run`. On PostgreSQL
 (127.0.0.1:5432, user `postgres`, as on every machine of the project) each
 mesh gets a database per service named `bench_<random>_<service>`, made by
 `mesh up` and dropped when the run ends.
@@ -888,8 +889,8 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="NAME:KEY=VALUE,...",
-        help="also run the current tree with these mesh settings (environment overrides), side by side, "
-        "e.g. 2-trips:MESH_SERVICES__TRIPS__REPLICAS=2",
+        help="also run the current tree with these mesh settings (MESH_ or GRPC_ environment overrides), "
+        "side by side, e.g. 2-trips:MESH_SERVICES__TRIPS__REPLICAS=2",
     )
     parser.add_argument(
         "--storage", default=",".join(STORAGES), help="storage engines, a mesh each (default sqlite,postgres)"
@@ -908,9 +909,9 @@ def main(argv: list[str] | None = None) -> None:
     for given in args.variant:
         name, _, settings = given.partition(":")
         pairs = [pair.partition("=") for pair in settings.split(",") if pair]
-        malformed = any(not key.startswith("MESH_") or not sep for key, sep, _ in pairs)
+        malformed = any(not key.startswith(("MESH_", "GRPC_")) or not sep for key, sep, _ in pairs)
         if not name or "/" in name or not pairs or malformed:
-            parser.error(f"--variant {given!r}: NAME:MESH_KEY=VALUE,...")
+            parser.error(f"--variant {given!r}: NAME:MESH_KEY=VALUE,... (or GRPC_KEY=VALUE)")
         variants[name] = {key: value for key, _, value in pairs}
     if not storages or not set(storages) <= set(STORAGES) or len(set(storages)) != len(storages):
         parser.error(f"--storage: some of {','.join(STORAGES)}")
