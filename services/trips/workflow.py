@@ -215,8 +215,10 @@ class TripWorkflow:
                     continue
                 trip = current.trip
                 driver = await self._driver_of(trip)
-                await self.store.drop_matching(stale.id, Release(driver.name, trip.name) if driver else None)
-                self.releases.wake()
+                release = Release(driver.name, trip.name) if driver else None
+                await self.store.drop_matching(stale.id, release)
+                if release:
+                    self.releases.wake()
                 swept += 1
                 _log.warning(
                     "gave up an abandoned trip request",
