@@ -46,6 +46,10 @@ nothing but the table: a drivers outage does not hold notifications back.
   loop makes no call and no transaction: after an empty claim it waits for
   a wake, or polls every `idle_poll` seconds, so rows left by another
   replica or a previous process are sent.
+- A step that must see what this process's earlier steps queued as done
+  waits for the loop's next pass (`through`): RequestTrip, finding no
+  driver, waits for the releases of trips that ended a moment ago, which
+  are free drivers the drivers service does not know of yet.
 - Counted for operators (`OutboxMetrics`, on the trip service's /metrics,
   by kind): rows delivered, passes that found the service away, rows dead,
   and how long deliveries have been failing (0 while they go out): a drivers
@@ -148,6 +152,12 @@ class Outbox:
         self.linger = linger
         self.batch = min(batch, MAX_BATCH) if send_batch is not None else batch
         self._wake = asyncio.Event()
+        self._woken = 0
+        """Wakes since the loop was made: one per step that queued rows."""
+        self._through = 0
+        """How many of those wakes' rows the last pass that claimed all it found has been through."""
+        self._passed = asyncio.Event()
+        """Set (and replaced) when a pass ends: what `through` waits on."""
         self._steps = 0
         """Wakes since the last claim: at least that many steps' rows are waiting."""
         self._full = asyncio.Event()
@@ -168,11 +178,29 @@ class Outbox:
 
     def wake(self) -> None:
         """New rows were committed: deliver them soon (starting the loop if it is not running)."""
+        self._woken += 1
         self._steps += 1
         if self._steps >= self.batch:
             self._full.set()
         self._wake.set()
         self.task.try_start()
+
+    def in_flight(self) -> bool:
+        """Whether rows this process's steps queued have not been through a pass yet (rows another
+        replica queued are its own loop's)."""
+        return self._through < self._woken
+
+    async def through(self) -> None:
+        """Until a pass has been through the rows this process's steps queued before now: sent them,
+        or found their service away."""
+        wanted = self._woken
+        while self._through < wanted:
+            await self._passed.wait()
+
+    def _pass_ended(self, through: int) -> None:
+        self._through = max(self._through, through)
+        passed, self._passed = self._passed, asyncio.Event()
+        passed.set()
 
     async def deliver_pending(self) -> tuple[int, bool]:
         """One pass on its own: (how many were delivered, whether it stopped on a failure that may pass)."""
@@ -248,6 +276,7 @@ class Outbox:
             self._steps = 0
             self._full.clear()
             self._wake.clear()
+            woken = self._woken  # the rows of these wakes are committed: this claim sees them
             try:
                 # One transaction: delete what the last pass sent, claim the next rows.
                 entries = await self.store.claim_outbox(
@@ -262,6 +291,8 @@ class Outbox:
                 entries, failed = [], True
             else:
                 self.outage.ended()
+            # A full pass may have left rows of these wakes for the next one.
+            self._pass_ended(woken if len(entries) < self.batch else self._through)
             if failed:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)

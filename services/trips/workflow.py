@@ -11,6 +11,7 @@ slip between CancelTrip freeing the driver and recording the cancellation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -37,6 +38,10 @@ from .outbox import Outbox
 from .store import Item, Matching, Release, TripStore
 
 _log = log.get_logger("rideshare.trips.workflow")
+
+RELEASES_WAIT = 0.5
+"""How long RequestTrip, finding no driver, waits for this process's releases in flight to go out
+(a pass is ~10 ms; while drivers is away the outbox backs off, and the answer is NO_DRIVER_AVAILABLE)."""
 
 
 class Holds(Protocol):
@@ -172,6 +177,13 @@ class TripWorkflow:
                 return await self._match(request, None)
             trip = current.trip
             driver = await self._driver_of(trip)
+            if driver is None and self.releases.in_flight():
+                # Trips that ended a moment ago are still freeing their drivers (the outbox sends a
+                # release a linger after the answer): those drivers are free, so ask once more.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RELEASES_WAIT):
+                        await self.releases.through()
+                driver = await self._driver_of(trip)
             if driver is None:
                 await self.store.drop_matching(current.id)
                 raise no_driver_available(trip)

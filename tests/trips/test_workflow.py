@@ -585,6 +585,54 @@ def test_a_trip_ends_during_a_drivers_outage_and_its_driver_is_released_once_dri
     run(runner, store, scenario)
 
 
+def test_a_driver_freed_a_moment_ago_is_found_while_its_release_is_still_in_the_outbox(runner, store):
+    """The only driver near cancels out of one trip and is asked for the next before the outbox has
+    released it (held here until that first ask): RequestTrip waits for the outbox's pass and asks
+    again, instead of answering NO_DRIVER_AVAILABLE with a free driver in reach."""
+    mesh = Neighbours()
+    mesh.drivers = {"drivers/near": ""}
+    asked, assign, release = asyncio.Event(), mesh.assign_nearest_driver, mesh.release_trip
+
+    async def asking(trip: str, pickup: LatLng, radius: float) -> Driver | None:
+        found = await assign(trip, pickup, radius)
+        asked.set()
+        return found
+
+    async def once_asked(driver: str, trip: str, request_id: str) -> None:
+        await asked.wait()
+        await release(driver, trip, request_id)
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        first = await workflow.request(request(request_id="r1"))
+        mesh.assign_nearest_driver, mesh.release_trip = asking, once_asked  # type: ignore[method-assign]
+        await workflow.cancel(CancelTripRequest(name=first.name, reason="plans"))
+
+        second = await workflow.request(request(request_id="r2"))
+
+        assert (second.state, second.driver) == (domain.DRIVER_ASSIGNED, "drivers/near")
+        assert [key for method, key in mesh.calls if method == "AssignNearestDriver"] == [
+            first.name,
+            second.name,
+            second.name,
+        ]
+
+    run(runner, store, scenario, mesh)
+
+
+def test_no_driver_in_reach_and_no_release_in_flight_is_answered_at_once(runner, store):
+    mesh = Neighbours()
+    mesh.drivers = {"drivers/near": "trips/elsewhere"}
+
+    async def scenario(workflow: TripWorkflow, mesh: Neighbours) -> None:
+        with pytest.raises(FailedPrecondition) as refused:
+            await workflow.request(request(request_id="r1"))
+
+        assert refused.value.reason == "NO_DRIVER_AVAILABLE"
+        assert [method for method, _ in mesh.calls].count("AssignNearestDriver") == 1, "asked once"
+
+    run(runner, store, scenario, mesh)
+
+
 def test_one_request_id_cancelling_two_trips_at_once_cancels_one_and_refuses_the_other(runner, store):
     """Each cancel looks for an answer under its own trip's hold and finds none; the second to write
     collides on the request log's key, rolls back and is refused, on either engine."""
