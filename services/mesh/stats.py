@@ -9,6 +9,9 @@ With no window, counts since each process started are used.
 - Per edge (caller -> service), from the CLIENT side of the caller; callers
   that expose no metrics of their own (grpcurl, anything outside the mesh)
   appear from the server side's `caller` label, without latencies.
+- Per outbox (trips' notifications and drivers' releases, `<service>_outbox_*`
+  by `kind`): rows delivered and retries over the window, rows dead and how
+  long deliveries have been failing as they stand, over every replica.
 
 Success means "not the server's fault": a failure is a code that maps to
 HTTP 5xx (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE,
@@ -182,6 +185,55 @@ def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None
 
 
 @dataclass
+class Outbox:
+    """What one service owes others through its outbox, of one kind (trips: `notice`, `release`),
+    summed over its replicas: rows delivered and passes that found the recipient away, over the
+    window; rows refused for good and how long deliveries have been failing, as they stand."""
+
+    delivered: float = 0.0
+    rps: float = 0.0
+    retries: float = 0.0
+    dead: float = 0.0
+    failing_seconds: float = 0.0
+    """The longest any replica has been failing; 0 while its rows go out."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "delivered": round(self.delivered),
+            "rps": round(self.rps, 3),
+            "retries": round(self.retries),
+            "dead": round(self.dead),
+            "failing_seconds": round(self.failing_seconds, 3),
+        }
+
+
+_OUTBOX = "_outbox_"
+"""What a service's outbox metrics are named: `<service>_outbox_delivered_total` and the like, by `kind`."""
+
+
+def _add_outboxes(
+    into: dict[tuple[str, str], Outbox], service: str, delta: Series, now: Series, elapsed: float
+) -> None:
+    """One process's outbox counts over the window (`delta`) and its gauge as it stands (`now`)."""
+    for (name, labels), value in delta.items():
+        if _OUTBOX not in name:
+            continue
+        kind = dict(labels).get("kind", "")
+        what = name.partition(_OUTBOX)[2]
+        if what == "delivered_total":
+            outbox = into.setdefault((service, kind), Outbox())
+            outbox.delivered += value
+            outbox.rps += value / elapsed
+        elif what == "retries_total":
+            into.setdefault((service, kind), Outbox()).retries += value
+        elif what == "dead_total":
+            into.setdefault((service, kind), Outbox()).dead += now[(name, labels)]
+        elif what == "failing_seconds":
+            outbox = into.setdefault((service, kind), Outbox())
+            outbox.failing_seconds = max(outbox.failing_seconds, now[(name, labels)])
+
+
+@dataclass
 class Report:
     """Golden metrics per service (server side) and per edge (client side)."""
 
@@ -194,6 +246,8 @@ class Report:
     """(caller, service) -> metrics."""
     edge_sources: dict[tuple[str, str], str] = field(default_factory=dict)
     """(caller, service) -> "client" or, for callers without metrics of their own, "server"."""
+    outboxes: dict[tuple[str, str], Outbox] = field(default_factory=dict)
+    """(service, kind) -> what it owes others (services with an outbox: trips)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -216,6 +270,10 @@ class Report:
                 }
                 | golden.as_dict()
                 for (caller, service), golden in sorted(self.edges.items())
+            ],
+            "outboxes": [
+                {"service": service, "kind": kind} | outbox.as_dict()
+                for (service, kind), outbox in sorted(self.outboxes.items())
             ],
         }
 
@@ -270,6 +328,7 @@ def report(now: Iterable[Scrape], before: Iterable[Scrape] | None = None) -> Rep
     instances: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     edges: dict[tuple[str, str], Golden] = {}
     server_edges: dict[tuple[str, str], Golden] = {}
+    outboxes: dict[tuple[str, str], Outbox] = {}
     scraped_callers: set[str] = set()
     for scrape_now in now:
         counts = instances[scrape_now.target.service]
@@ -286,6 +345,7 @@ def report(now: Iterable[Scrape], before: Iterable[Scrape] | None = None) -> Rep
         _add(edges, series, elapsed, "mesh_client", _edge)
         # The server's histogram has no caller label: these edges get counts, not latencies.
         _add(server_edges, series, elapsed, "mesh_server", _edge, latency=False)
+        _add_outboxes(outboxes, scrape_now.target.service, series, scrape_now.series, elapsed)
     sources = {edge: "client" for edge in edges}
     for (caller, service), golden in server_edges.items():
         if caller not in scraped_callers and (caller, service) not in edges:
@@ -301,6 +361,7 @@ def report(now: Iterable[Scrape], before: Iterable[Scrape] | None = None) -> Rep
         instances={k: (v[0], v[1]) for k, v in instances.items()},
         edges=edges,
         edge_sources=sources,
+        outboxes=outboxes,
     )
 
 
@@ -376,4 +437,22 @@ def format_report(result: Report) -> str:
             )
         )
     text = f"Services ({heading})\n{_table(rows)}\n\nEdges\n"
-    return text + (_table(edge_rows) if len(edge_rows) > 1 else "(no calls observed)")
+    text += _table(edge_rows) if len(edge_rows) > 1 else "(no calls observed)"
+    if result.outboxes:
+        outbox_rows: list[tuple[str, ...]] = [
+            ("SERVICE", "KIND", "DELIVERED", "RPS", "RETRIES", "DEAD", "FAILING")
+        ]
+        for (service, kind), outbox in sorted(result.outboxes.items()):
+            outbox_rows.append(
+                (
+                    service,
+                    kind,
+                    f"{outbox.delivered:.0f}",
+                    f"{outbox.rps:.1f}",
+                    f"{outbox.retries:.0f}",
+                    f"{outbox.dead:.0f}",
+                    f"for {outbox.failing_seconds:.0f}s" if outbox.failing_seconds else "-",
+                )
+            )
+        text += f"\n\nOutboxes (what a service owes others, sent at least once)\n{_table(outbox_rows)}"
+    return text

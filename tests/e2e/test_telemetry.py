@@ -170,6 +170,22 @@ def test_mesh_stats_shows_every_service_and_the_edges_trips_calls(mesh, rides):
     assert edges[("unknown", "trips")]["source"] == "server"
 
 
+def test_mesh_stats_shows_what_the_trips_outbox_has_delivered(mesh, rides):
+    request_trip(rides)  # the driver's "new trip" notification goes out through the outbox
+    found: list[dict] = []
+
+    def delivered() -> bool:
+        code, out, err = mesh.mesh("stats", "--json", "--window", "0")
+        assert code == 0, err
+        found[:] = [
+            o for o in json.loads(out)["outboxes"] if (o["service"], o["kind"]) == ("trips", "notice")
+        ]
+        return bool(found) and found[0]["delivered"] >= 1
+
+    assert wait_until(delivered, 10.0, interval=0.2), found
+    assert (found[0]["dead"], found[0]["failing_seconds"]) == (0, 0)
+
+
 def test_mesh_stats_over_a_window_prints_the_table(mesh, rides):
     request_trip(rides)  # the edges it prints, whichever tests ran before
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from services.mesh.graph import layers, render_mesh_page, to_dot, to_svg
 from services.mesh.stats import (
@@ -21,6 +25,7 @@ from services.mesh.stats import (
     targets,
 )
 from services.runtime.config import load_config
+from services.trips.outbox import OutboxMetrics
 
 INF = math.inf
 
@@ -273,3 +278,60 @@ def test_the_mesh_page_refreshes_itself_and_embeds_the_graph(mesh_config):
     assert '<meta http-equiv="refresh"' in page
     assert "<svg" in page
     assert "<td>passengers</td><td>0/1</td>" in page
+
+
+def outbox_text(now: float, **kinds: tuple[int, int, int, float | None]) -> str:
+    """What trips' /metrics says of its outbox loops, by the real collector: (delivered, retries, dead,
+    failing since) by kind."""
+    registry = CollectorRegistry()
+    loops = [
+        SimpleNamespace(
+            kind=kind, delivered=d, retries=r, dead=x, failing_since=None if f is None else now - f
+        )
+        for kind, (d, r, x, f) in kinds.items()
+    ]
+    registry.register(OutboxMetrics(loops))  # type: ignore[arg-type]
+    return "process_start_time_seconds 1000.0\n" + generate_latest(registry).decode()
+
+
+def test_an_outbox_shows_deliveries_over_the_window_and_how_long_it_has_been_failing():
+    second = Target("trips", "127.0.0.1:12", "http://127.0.0.1:1012/metrics")
+    before = [
+        scrape(TRIPS, 100.0, outbox_text(time.time(), notice=(100, 0, 1, None), release=(40, 2, 0, 20.0))),
+        scrape(second, 100.0, outbox_text(time.time(), notice=(10, 0, 0, None), release=(5, 0, 0, None))),
+    ]
+    after = [
+        scrape(TRIPS, 110.0, outbox_text(time.time(), notice=(160, 0, 1, None), release=(40, 9, 0, 30.0))),
+        scrape(second, 110.0, outbox_text(time.time(), notice=(30, 0, 0, None), release=(5, 3, 0, 12.0))),
+    ]
+
+    result = report(after, before)
+
+    notice, release = result.outboxes[("trips", "notice")], result.outboxes[("trips", "release")]
+    assert (notice.delivered, notice.rps, notice.retries, notice.dead) == (80, pytest.approx(8.0), 0, 1)
+    assert notice.failing_seconds == 0
+    # Drivers away: nothing released in the window, 10 passes found it away; the longest replica's failing
+    # time as it stands (a gauge: 30 s, not the 10 s it grew by in the window).
+    assert (release.delivered, release.retries) == (0, 10)
+    assert release.failing_seconds == pytest.approx(30.0, abs=1.0)
+    table = format_report(result)
+    assert re.search(r"^trips\s+notice\s+80\s+8\.0\s+0\s+1\s+-$", table, re.MULTILINE)
+    assert re.search(r"^trips\s+release\s+0\s+0\.0\s+10\s+0\s+for 30s$", table, re.MULTILINE)
+    assert json.loads(json.dumps(result.as_dict()))["outboxes"][1] == {
+        "service": "trips",
+        "kind": "release",
+        "delivered": 0,
+        "rps": 0.0,
+        "retries": 10,
+        "dead": 0,
+        "failing_seconds": pytest.approx(30.0, abs=1.0),
+    }
+
+
+def test_a_mesh_without_an_outbox_prints_no_outbox_table():
+    text = metrics_text({("trips", "passengers", "OK"): 5}, {0.001: 5, INF: 5}, client=False)
+
+    result = report([scrape(PASSENGERS, 1010.0, text)])
+
+    assert result.outboxes == {}
+    assert "Outboxes" not in format_report(result)
