@@ -185,7 +185,7 @@ def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None
 
 
 @dataclass
-class Outbox:
+class OutboxStats:
     """What one service owes others through its outbox, of one kind (trips: `notice`, `release`),
     summed over its replicas: rows delivered and passes that found the recipient away, over the
     window; rows refused for good and how long deliveries have been failing, as they stand."""
@@ -196,6 +196,11 @@ class Outbox:
     dead: float = 0.0
     failing_seconds: float = 0.0
     """The longest any replica has been failing; 0 while its rows go out."""
+
+    def columns(self) -> tuple[str, ...]:
+        """DELIVERED, RPS, RETRIES, DEAD and FAILING, as `mesh stats` prints them."""
+        failing = f"for {self.failing_seconds:.0f}s" if self.failing_seconds else "-"
+        return f"{self.delivered:.0f}", f"{self.rps:.1f}", f"{self.retries:.0f}", f"{self.dead:.0f}", failing
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -209,27 +214,27 @@ class Outbox:
 
 _OUTBOX = "_outbox_"
 """What a service's outbox metrics are named: `<service>_outbox_delivered_total` and the like, by `kind`."""
+_OUTBOX_SAMPLES = frozenset({"delivered_total", "retries_total", "dead_total", "failing_seconds"})
 
 
 def _add_outboxes(
-    into: dict[tuple[str, str], Outbox], service: str, delta: Series, now: Series, elapsed: float
+    into: dict[tuple[str, str], OutboxStats], service: str, delta: Series, now: Series, elapsed: float
 ) -> None:
-    """One process's outbox counts over the window (`delta`) and its gauge as it stands (`now`)."""
+    """One process's outbox counts over the window (`delta`), its dead rows and failing time as they
+    stand (`now`)."""
     for (name, labels), value in delta.items():
-        if _OUTBOX not in name:
-            continue
-        kind = dict(labels).get("kind", "")
         what = name.partition(_OUTBOX)[2]
+        if what not in _OUTBOX_SAMPLES:
+            continue
+        outbox = into.setdefault((service, dict(labels).get("kind", "")), OutboxStats())
         if what == "delivered_total":
-            outbox = into.setdefault((service, kind), Outbox())
             outbox.delivered += value
             outbox.rps += value / elapsed
         elif what == "retries_total":
-            into.setdefault((service, kind), Outbox()).retries += value
+            outbox.retries += value
         elif what == "dead_total":
-            into.setdefault((service, kind), Outbox()).dead += now[(name, labels)]
-        elif what == "failing_seconds":
-            outbox = into.setdefault((service, kind), Outbox())
+            outbox.dead += now[(name, labels)]
+        else:
             outbox.failing_seconds = max(outbox.failing_seconds, now[(name, labels)])
 
 
@@ -246,7 +251,7 @@ class Report:
     """(caller, service) -> metrics."""
     edge_sources: dict[tuple[str, str], str] = field(default_factory=dict)
     """(caller, service) -> "client" or, for callers without metrics of their own, "server"."""
-    outboxes: dict[tuple[str, str], Outbox] = field(default_factory=dict)
+    outboxes: dict[tuple[str, str], OutboxStats] = field(default_factory=dict)
     """(service, kind) -> what it owes others (services with an outbox: trips)."""
 
     def as_dict(self) -> dict[str, Any]:
@@ -328,7 +333,7 @@ def report(now: Iterable[Scrape], before: Iterable[Scrape] | None = None) -> Rep
     instances: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     edges: dict[tuple[str, str], Golden] = {}
     server_edges: dict[tuple[str, str], Golden] = {}
-    outboxes: dict[tuple[str, str], Outbox] = {}
+    outboxes: dict[tuple[str, str], OutboxStats] = {}
     scraped_callers: set[str] = set()
     for scrape_now in now:
         counts = instances[scrape_now.target.service]
@@ -406,7 +411,7 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 
 
 def format_report(result: Report) -> str:
-    """Two tables, services then edges, like `linkerd viz stat`."""
+    """Services then edges, like `linkerd viz stat`, then the outboxes if any process has one."""
     heading = "since each process started" if result.window is None else f"over the last {result.window:.1f}s"
     rows: list[tuple[str, ...]] = [
         ("SERVICE", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99")
@@ -439,20 +444,8 @@ def format_report(result: Report) -> str:
     text = f"Services ({heading})\n{_table(rows)}\n\nEdges\n"
     text += _table(edge_rows) if len(edge_rows) > 1 else "(no calls observed)"
     if result.outboxes:
-        outbox_rows: list[tuple[str, ...]] = [
-            ("SERVICE", "KIND", "DELIVERED", "RPS", "RETRIES", "DEAD", "FAILING")
+        outbox_rows = [("SERVICE", "KIND", "DELIVERED", "RPS", "RETRIES", "DEAD", "FAILING")] + [
+            (service, kind, *outbox.columns()) for (service, kind), outbox in sorted(result.outboxes.items())
         ]
-        for (service, kind), outbox in sorted(result.outboxes.items()):
-            outbox_rows.append(
-                (
-                    service,
-                    kind,
-                    f"{outbox.delivered:.0f}",
-                    f"{outbox.rps:.1f}",
-                    f"{outbox.retries:.0f}",
-                    f"{outbox.dead:.0f}",
-                    f"for {outbox.failing_seconds:.0f}s" if outbox.failing_seconds else "-",
-                )
-            )
         text += f"\n\nOutboxes (what a service owes others, sent at least once)\n{_table(outbox_rows)}"
     return text
